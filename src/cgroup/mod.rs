@@ -1,0 +1,233 @@
+//! Cgroup limits for one run: memory (swap off), CPU bandwidth, pids, and the counters the
+//! report needs (CPU time, peak memory, OOM kills, pids-limit hits), on cgroup v2 or v1.
+//!
+//! - **v2**: a fresh `<root>/slot-N` per run, created before the program starts and removed
+//!   after; the sandbox is born inside it with `clone3(CLONE_INTO_CGROUP)`, so no
+//!   `cgroup.procs` write (and no RCU-grace-period stall) is on the per-run path.
+//! - **v1**: `<hierarchy>/<root>/slot-N` in the memory, pids, cpu and cpuacct hierarchies,
+//!   kept per slot and reused: counters are reset and the group is checked empty between runs.
+//!   Joining still takes one `cgroup.procs` write per hierarchy (v1 has no clone-into).
+//!
+//! We write only inside our own subtree: controllers must already be enabled for it by its
+//! parent (v2), otherwise we refuse with a message saying which are missing. The cgroups-rs
+//! crate was not used because it fixes the hierarchy paths (no fake cgroupfs in tests) and
+//! enables controllers in ancestors it did not create.
+
+pub mod detect;
+pub mod v1;
+pub mod v2;
+
+use std::io::{ErrorKind, Read};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use detect::{Backend, Hierarchies, CONTROLLERS};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: unexpected content {content:?}")]
+    Parse { path: PathBuf, content: String },
+    #[error("no usable cgroup hierarchy: {0}")]
+    NoHierarchy(String),
+    #[error("cgroup v2 at {path}: controllers {missing:?} are not enabled for our subtree (enable them in {parent}/cgroup.subtree_control, e.g. through a systemd unit with Delegate=yes)")]
+    NotDelegated {
+        path: PathBuf,
+        parent: PathBuf,
+        missing: Vec<String>,
+    },
+    #[error(
+        "swap cannot be disabled for the sandbox ({path} is not available) and this host has swap"
+    )]
+    SwapUncontrolled { path: PathBuf },
+    #[error("{path}: processes of an earlier run are still there after being killed")]
+    NotEmpty { path: PathBuf },
+}
+
+pub type Result<T> = std::result::Result<T, CgroupError>;
+
+/// What a run may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CgroupLimits {
+    pub memory: u64,
+    pub pids: u64,
+    pub cpu_millicores: u64,
+}
+
+/// What a run used.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub cpu: Duration,
+    pub peak_memory: Option<u64>,
+    pub oom_kills: u64,
+    pub pids_limit_hits: u64,
+}
+
+/// The CFS period for CPU bandwidth: 100 ms, the kernel default.
+pub const CPU_PERIOD_US: u64 = 100_000;
+
+/// The cgroup of one run.
+pub enum RunCgroup {
+    V1(v1::SlotCgroup),
+    V2(v2::RunCgroup),
+}
+
+impl RunCgroup {
+    pub fn create(
+        backend: &Backend,
+        root: &Path,
+        slot: u32,
+        limits: CgroupLimits,
+    ) -> Result<RunCgroup> {
+        let name = format!("slot-{slot}");
+        Ok(match backend {
+            Backend::V2 { mount } => {
+                RunCgroup::V2(v2::RunCgroup::create(mount, root, &name, limits)?)
+            }
+            Backend::V1 { mounts } => {
+                RunCgroup::V1(v1::SlotCgroup::create(mounts, root, &name, limits)?)
+            }
+        })
+    }
+
+    /// The directory fd for `clone3(CLONE_INTO_CGROUP)` (v2 only).
+    pub fn clone_into_fd(&self) -> Option<std::os::fd::RawFd> {
+        match self {
+            RunCgroup::V2(c) => Some(c.dir_fd()),
+            RunCgroup::V1(_) => None,
+        }
+    }
+
+    /// Move `pid` in (v1 only; on v2 the child was born inside).
+    pub fn attach(&self, pid: i32) -> Result<()> {
+        match self {
+            RunCgroup::V1(c) => c.attach(pid),
+            RunCgroup::V2(_) => Ok(()),
+        }
+    }
+
+    pub fn cpu_usage(&self) -> Result<Duration> {
+        match self {
+            RunCgroup::V1(c) => c.cpu_usage(),
+            RunCgroup::V2(c) => c.cpu_usage(),
+        }
+    }
+
+    /// Kill everything inside, wait until it is empty, read the counters and clean up.
+    pub fn finish(self) -> Result<Usage> {
+        match self {
+            RunCgroup::V1(c) => c.finish(),
+            RunCgroup::V2(c) => c.finish(),
+        }
+    }
+
+    pub fn version(&self) -> &'static str {
+        match self {
+            RunCgroup::V1(_) => "v1",
+            RunCgroup::V2(_) => "v2",
+        }
+    }
+}
+
+// ---- small file helpers shared by v1 and v2; every error carries its path ----
+
+pub(crate) fn write(path: &Path, value: &str) -> Result<()> {
+    tracing::trace!(path = %path.display(), value, "cgroup write");
+    std::fs::write(path, value).map_err(|source| CgroupError::Io {
+        path: path.into(),
+        source,
+    })
+}
+
+pub(crate) fn read(path: &Path) -> Result<String> {
+    let mut s = String::new();
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_to_string(&mut s))
+        .map_err(|source| CgroupError::Io {
+            path: path.into(),
+            source,
+        })?;
+    Ok(s)
+}
+
+pub(crate) fn read_u64(path: &Path) -> Result<u64> {
+    let s = read(path)?;
+    s.trim().parse().map_err(|_| CgroupError::Parse {
+        path: path.into(),
+        content: s,
+    })
+}
+
+/// The value of `key` in a flat-keyed file (`memory.events`, `cpu.stat`, `pids.events`).
+pub(crate) fn read_key(path: &Path, key: &str) -> Result<u64> {
+    let s = read(path)?;
+    for line in s.lines() {
+        let mut it = line.split_whitespace();
+        if it.next() == Some(key) {
+            if let Some(v) = it.next().and_then(|v| v.parse().ok()) {
+                return Ok(v);
+            }
+        }
+    }
+    Err(CgroupError::Parse {
+        path: path.into(),
+        content: s,
+    })
+}
+
+pub(crate) fn mkdir(path: &Path) -> Result<()> {
+    match std::fs::create_dir(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(()),
+        Err(source) => Err(CgroupError::Io {
+            path: path.into(),
+            source,
+        }),
+    }
+}
+
+pub(crate) fn procs(dir: &Path) -> Result<Vec<i32>> {
+    Ok(read(&dir.join("cgroup.procs"))?
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect())
+}
+
+/// SIGKILL every process listed until none is left (bounded: 2 s).
+pub(crate) fn kill_listed(dir: &Path) -> Result<()> {
+    for _ in 0..200 {
+        let pids = procs(dir)?;
+        if pids.is_empty() {
+            return Ok(());
+        }
+        for pid in pids {
+            // These pids were read from our own cgroup; a pid cannot leave it except by dying.
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Err(CgroupError::NotEmpty { path: dir.into() })
+}
+
+/// Whether the host has swap (then the sandbox must be able to turn it off).
+pub(crate) fn host_has_swap(meminfo: &Path) -> bool {
+    std::fs::read_to_string(meminfo)
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("SwapTotal:"))
+                .and_then(|l| {
+                    l.split_whitespace()
+                        .nth(1)
+                        .and_then(|v| v.parse::<u64>().ok())
+                })
+        })
+        .is_none_or(|kb| kb > 0)
+}

@@ -1,0 +1,177 @@
+//! `isolate-grade check`: what this host offers the sandbox, and whether it can run here.
+
+use crate::cgroup::Hierarchies;
+use crate::cli::Format;
+use crate::config::{Config, DEFAULT_PATH};
+use serde::Serialize;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+#[derive(Debug, Serialize)]
+pub struct Item {
+    pub name: &'static str,
+    pub ok: bool,
+    pub detail: String,
+}
+
+/// Returns the exit code: 0 when every required item is fine.
+pub fn check(config_path: Option<&Path>, format: Format) -> u8 {
+    let mut items = Vec::new();
+    let mut add = |name, ok, detail: String| items.push(Item { name, ok, detail });
+
+    let euid = nix::unistd::geteuid();
+    add(
+        "privileges",
+        euid.is_root(),
+        format!("effective uid {euid} (root is needed: run as root, via sudo, or install setuid)"),
+    );
+    let exe = std::fs::metadata("/proc/self/exe").ok();
+    let setuid = exe
+        .as_ref()
+        .is_some_and(|m| m.mode() & 0o4000 != 0 && m.uid() == 0);
+    add(
+        "setuid",
+        true,
+        if setuid {
+            "installed setuid-root".into()
+        } else {
+            "not setuid (fine when run as root or via sudo)".into()
+        },
+    );
+
+    let ns: Vec<&str> = ["mnt", "pid", "net", "ipc", "uts", "cgroup"]
+        .into_iter()
+        .filter(|n| Path::new(&format!("/proc/self/ns/{n}")).exists())
+        .collect();
+    add(
+        "namespaces",
+        ns.len() == 6,
+        format!("available: {}", ns.join(", ")),
+    );
+
+    match Hierarchies::read(Path::new("/proc/self/mountinfo")) {
+        Ok(h) => {
+            let v2 = match &h.v2 {
+                Some(m) => format!("v2 at {} with {:?}", m.display(), h.v2_controllers()),
+                None => "no v2".into(),
+            };
+            let v1: Vec<_> = h.v1.keys().cloned().collect();
+            match h.choose() {
+                Ok(b) => add(
+                    "cgroups",
+                    true,
+                    format!(
+                        "using {}; {v2}; v1 controllers {v1:?}",
+                        match b {
+                            crate::cgroup::Backend::V2 { .. } => "v2",
+                            _ => "v1",
+                        }
+                    ),
+                ),
+                Err(e) => add("cgroups", false, e.to_string()),
+            }
+        }
+        Err(e) => add("cgroups", false, e.to_string()),
+    }
+
+    let seccomp = std::fs::read_to_string("/proc/self/status")
+        .map(|s| s.contains("Seccomp:"))
+        .unwrap_or(false);
+    add(
+        "seccomp",
+        seccomp,
+        if seccomp {
+            "filter mode available".into()
+        } else {
+            "the kernel has no seccomp".into()
+        },
+    );
+    match crate::seccomp::compile(crate::policy::SeccompAction::Kill) {
+        Ok(f) => add(
+            "seccomp-policy",
+            true,
+            format!("{} filters compiled from policies/seccomp.toml", f.len()),
+        ),
+        Err(e) => add("seccomp-policy", false, e.to_string()),
+    }
+    let abi = crate::fsaccess::kernel_abi();
+    add(
+        "landlock",
+        true,
+        if abi > 0 {
+            format!("ABI {abi}")
+        } else {
+            "not supported by this kernel (policies with landlock = \"required\" will refuse)"
+                .into()
+        },
+    );
+
+    let path = config_path.unwrap_or(Path::new(DEFAULT_PATH));
+    match Config::load(path, false) {
+        Ok(c) => {
+            let from = c
+                .path
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| format!("{} absent: built-in defaults", path.display()));
+            let secure = c.path.is_none() || crate::config::check_root_owned(path).is_ok();
+            add(
+                "config",
+                secure,
+                format!(
+                    "{from}; uids {}..{} ({} slots); cgroup root {:?}; allowed group {:?}{}",
+                    c.first_uid,
+                    c.first_uid + c.slots - 1,
+                    c.slots,
+                    c.cgroup_root,
+                    c.allowed_group,
+                    if secure {
+                        ""
+                    } else {
+                        "; NOT root-owned or writable by others"
+                    }
+                ),
+            );
+            for (i, n) in ["default", "strict"].iter().enumerate() {
+                let _ = i;
+                match crate::policy::Policy::builtin(n) {
+                    Ok(p) => add(
+                        "policy",
+                        c.check_limits(&p.limits).is_ok(),
+                        format!("{n}: {}", p.description),
+                    ),
+                    Err(e) => add("policy", false, e.to_string()),
+                }
+            }
+        }
+        Err(e) => add("config", false, e.to_string()),
+    }
+
+    let ok = items.iter().all(|i| i.ok);
+    match format {
+        Format::Json => println!("{}", serde_json::json!({ "ok": ok, "items": items })),
+        Format::Text => {
+            for i in &items {
+                println!(
+                    "{:<4} {:<15} {}",
+                    if i.ok { "ok" } else { "FAIL" },
+                    i.name,
+                    i.detail
+                );
+            }
+            println!(
+                "{}",
+                if ok {
+                    "the sandbox can run on this host"
+                } else {
+                    "the sandbox cannot run on this host"
+                }
+            );
+        }
+    }
+    if ok {
+        0
+    } else {
+        1
+    }
+}

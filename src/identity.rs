@@ -1,0 +1,423 @@
+//! Who is calling, what they may expose, and which unprivileged identity a sandbox gets.
+//!
+//! The helper is used three ways: run by root, through a sudo rule, or installed setuid-root.
+//! In the last two the caller is untrusted: every bind source and the report file are opened
+//! *as the caller* (effective uid, gid and groups switched to theirs for the call), so the
+//! helper exposes nothing its caller could not read itself and writes nowhere they could not.
+
+use crate::mounts::BindSource;
+use crate::policy::SymlinkMode;
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg, OFlag};
+use nix::sys::stat::Mode;
+use nix::unistd::{Gid, Uid};
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: cannot be used as {what} by uid {uid}: {errno}")]
+    Denied {
+        path: PathBuf,
+        what: &'static str,
+        uid: u32,
+        errno: Errno,
+    },
+    #[error(
+        "{path}: is a symlink; bind its target instead (or set symlink = \"copy\" in a policy)"
+    )]
+    Symlink { path: PathBuf },
+    #[error("{path}: not a regular file or directory")]
+    Special { path: PathBuf },
+    #[error("uid {uid} may not use isolate-grade: {reason}")]
+    NotAllowed { uid: u32, reason: String },
+    #[error("all {slots} sandbox slots are busy (locks in {dir})")]
+    NoSlot { slots: u32, dir: PathBuf },
+    #[error("{path}: must be a directory owned by root and writable by nobody else")]
+    InsecureStateDir { path: PathBuf },
+    #[error("switching credentials: {0}")]
+    Credentials(Errno),
+}
+
+/// The person on whose behalf we run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: Vec<u32>,
+    /// How they reached us: `root`, `sudo` or `setuid`.
+    pub via: &'static str,
+}
+
+impl Caller {
+    /// Only a real root caller is trusted (can pick another config, bind anything).
+    pub fn trusted(&self) -> bool {
+        self.via == "root"
+    }
+
+    /// Work out the caller from our credentials (and, under sudo, from what sudo recorded:
+    /// `SUDO_UID`/`SUDO_GID` are set by sudo itself; a root user who fakes them only
+    /// restricts themselves).
+    pub fn detect() -> Caller {
+        let r = nix::unistd::getresuid().expect("getresuid");
+        let g = nix::unistd::getresgid().expect("getresgid");
+        if r.real.is_root() {
+            let sudo = |k| std::env::var(k).ok().and_then(|v| v.parse::<u32>().ok());
+            if let (Some(uid), Some(gid)) = (sudo("SUDO_UID"), sudo("SUDO_GID")) {
+                if uid != 0 {
+                    let groups = nix::unistd::User::from_uid(Uid::from_raw(uid))
+                        .ok()
+                        .flatten()
+                        .and_then(|u| {
+                            let name = std::ffi::CString::new(u.name).ok()?;
+                            nix::unistd::getgrouplist(&name, Gid::from_raw(gid)).ok()
+                        })
+                        .map(|gs| gs.into_iter().map(|g| g.as_raw()).collect())
+                        .unwrap_or_else(|| vec![gid]);
+                    return Caller {
+                        uid,
+                        gid,
+                        groups,
+                        via: "sudo",
+                    };
+                }
+            }
+            return Caller {
+                uid: 0,
+                gid: 0,
+                groups: vec![],
+                via: "root",
+            };
+        }
+        let groups = nix::unistd::getgroups()
+            .map(|gs| gs.into_iter().map(|g| g.as_raw()).collect())
+            .unwrap_or_default();
+        Caller {
+            uid: r.real.as_raw(),
+            gid: g.real.as_raw(),
+            groups,
+            via: "setuid",
+        }
+    }
+
+    /// Untrusted callers must be in the config's `allowed_group`.
+    pub fn check_allowed(&self, allowed_group: Option<&str>) -> Result<(), IdentityError> {
+        if self.trusted() {
+            return Ok(());
+        }
+        let not = |reason: String| {
+            Err(IdentityError::NotAllowed {
+                uid: self.uid,
+                reason,
+            })
+        };
+        let Some(name) = allowed_group else {
+            return not("no allowed_group is set in the system config, so only root may".into());
+        };
+        match nix::unistd::Group::from_name(name) {
+            Ok(Some(g)) if self.gid == g.gid.as_raw() || self.groups.contains(&g.gid.as_raw()) => {
+                Ok(())
+            }
+            Ok(Some(_)) => not(format!("not a member of group {name:?}")),
+            _ => not(format!("group {name:?} (allowed_group) does not exist")),
+        }
+    }
+
+    /// Run `f` with our effective ids and groups switched to the caller's (a no-op for root),
+    /// so the kernel checks every path lookup and open against their permissions.
+    pub fn as_caller<T>(&self, f: impl FnOnce() -> T) -> Result<T, IdentityError> {
+        if self.trusted() {
+            return Ok(f());
+        }
+        let groups: Vec<Gid> = self.groups.iter().map(|&g| Gid::from_raw(g)).collect();
+        let cred = IdentityError::Credentials;
+        nix::unistd::setgroups(&groups).map_err(cred)?;
+        nix::unistd::setegid(Gid::from_raw(self.gid)).map_err(cred)?;
+        nix::unistd::seteuid(Uid::from_raw(self.uid)).map_err(cred)?;
+        let out = f();
+        // Back to root: the saved uid is still 0. Failing here must not continue.
+        nix::unistd::seteuid(Uid::from_raw(0)).expect("restore euid 0");
+        nix::unistd::setegid(Gid::from_raw(0)).expect("restore egid 0");
+        nix::unistd::setgroups(&[]).expect("clear groups");
+        Ok(out)
+    }
+
+    /// Open a bind source as the caller: read permission on the object itself is checked
+    /// (`O_RDONLY`, also for directories), write permission too when `writable`.
+    /// `Ok(None)`: optional and missing.
+    pub fn open_bind_source(
+        &self,
+        path: &Path,
+        writable: bool,
+        optional: bool,
+        symlink: SymlinkMode,
+    ) -> Result<Option<BindSource>, IdentityError> {
+        let uid = self.uid;
+        self.as_caller(|| {
+            let denied = |what, errno| IdentityError::Denied {
+                path: path.into(),
+                what,
+                uid,
+                errno,
+            };
+            let md = match std::fs::symlink_metadata(path) {
+                Ok(md) => md,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && optional => return Ok(None),
+                Err(e) => {
+                    return Err(denied(
+                        "a bind source",
+                        Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
+                    ))
+                }
+            };
+            if md.file_type().is_symlink() {
+                return match symlink {
+                    SymlinkMode::Copy => {
+                        std::fs::read_link(path)
+                            .map(|to| Some(Err(to)))
+                            .map_err(|e| IdentityError::Io {
+                                path: path.into(),
+                                source: e,
+                            })
+                    }
+                    SymlinkMode::Error => Err(IdentityError::Symlink { path: path.into() }),
+                };
+            }
+            let is_dir = md.is_dir();
+            if !is_dir && !md.is_file() {
+                return Err(IdentityError::Special { path: path.into() });
+            }
+            let mut flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+            if is_dir {
+                flags |= OFlag::O_DIRECTORY;
+            }
+            let fd = nix::fcntl::open(path, flags, Mode::empty())
+                .map_err(|e| denied("a bind source", e))?;
+            if writable {
+                nix::unistd::faccessat(
+                    &fd,
+                    "",
+                    nix::unistd::AccessFlags::W_OK,
+                    nix::fcntl::AtFlags::AT_EACCESS | nix::fcntl::AtFlags::AT_EMPTY_PATH,
+                )
+                .map_err(|e| denied("a writable bind source", e))?;
+            }
+            Ok(Some(Ok((fd, is_dir))))
+        })??
+        .map(|found| {
+            let (fd, is_dir) = match found {
+                Ok(x) => x,
+                Err(link) => return Ok(BindSource::Symlink(link)),
+            };
+            // As root again: a detached copy of the mount, to attach inside the sandbox.
+            crate::sys::raw::open_tree_clone(fd.as_raw_fd())
+                .map(|tree| BindSource::Tree { fd: tree, is_dir })
+                .map_err(|errno| IdentityError::Denied {
+                    path: path.into(),
+                    what: "a bind source (open_tree)",
+                    uid,
+                    errno,
+                })
+        })
+        .transpose()
+    }
+
+    /// Create or truncate the report file as the caller, never following a symlink.
+    pub fn create_report(&self, path: &Path) -> Result<File, IdentityError> {
+        let uid = self.uid;
+        self.as_caller(|| {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o644)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+                .open(path)
+                .map_err(|e| IdentityError::Denied {
+                    path: path.into(),
+                    what: "the report file",
+                    uid,
+                    errno: Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
+                })
+        })?
+    }
+
+    /// Read a policy file as the caller.
+    pub fn read_file(&self, path: &Path) -> Result<String, IdentityError> {
+        self.as_caller(|| {
+            std::fs::read_to_string(path).map_err(|source| IdentityError::Io {
+                path: path.into(),
+                source,
+            })
+        })?
+    }
+}
+
+/// A sandbox slot, held until dropped: its index decides the uid and the cgroup name.
+pub struct Slot {
+    pub index: u32,
+    _lock: Flock<File>,
+}
+
+/// The state directory (slot locks, the empty root mount point): root-owned, created if
+/// missing, never through a symlink.
+pub fn prepare_state_dir(dir: &Path) -> Result<PathBuf, IdentityError> {
+    let io = |source| IdentityError::Io {
+        path: dir.into(),
+        source,
+    };
+    match std::fs::create_dir(dir) {
+        Ok(()) => {
+            std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+                .map_err(io)?
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(io(e)),
+    }
+    let md = std::fs::symlink_metadata(dir).map_err(io)?;
+    if !md.is_dir() || md.uid() != 0 || md.mode() & 0o022 != 0 {
+        return Err(IdentityError::InsecureStateDir { path: dir.into() });
+    }
+    let root = dir.join("root");
+    match std::fs::create_dir(&root) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(source) => return Err(IdentityError::Io { path: root, source }),
+    }
+    if !root.symlink_metadata().map(|m| m.is_dir()).unwrap_or(false) {
+        return Err(IdentityError::InsecureStateDir { path: root });
+    }
+    Ok(root)
+}
+
+/// The lowest free slot: a lock file per slot, `flock`ed for the whole run (released by the
+/// kernel however we exit). A caller cannot choose a slot, so cannot take over a running box.
+pub fn acquire_slot(dir: &Path, slots: u32) -> Result<Slot, IdentityError> {
+    for index in 0..slots {
+        let path = dir.join(format!("slot-{index}.lock"));
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&path)
+            .map_err(|source| IdentityError::Io {
+                path: path.clone(),
+                source,
+            })?;
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => return Ok(Slot { index, _lock: lock }),
+            Err((_, Errno::EWOULDBLOCK)) => continue,
+            Err((_, e)) => {
+                return Err(IdentityError::Io {
+                    path,
+                    source: e.into(),
+                })
+            }
+        }
+    }
+    Err(IdentityError::NoSlot {
+        slots,
+        dir: dir.into(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_are_exclusive_and_released() {
+        let d = tempfile::tempdir().unwrap();
+        let a = acquire_slot(d.path(), 2).unwrap();
+        let b = acquire_slot(d.path(), 2).unwrap();
+        assert_eq!((a.index, b.index), (0, 1));
+        assert!(matches!(
+            acquire_slot(d.path(), 2),
+            Err(IdentityError::NoSlot { .. })
+        ));
+        drop(a);
+        assert_eq!(acquire_slot(d.path(), 2).unwrap().index, 0);
+    }
+
+    #[test]
+    fn root_caller_is_trusted_others_need_the_group() {
+        let root = Caller {
+            uid: 0,
+            gid: 0,
+            groups: vec![],
+            via: "root",
+        };
+        assert!(root.check_allowed(None).is_ok());
+        let user = Caller {
+            uid: 1234,
+            gid: 1234,
+            groups: vec![],
+            via: "sudo",
+        };
+        assert!(user
+            .check_allowed(None)
+            .unwrap_err()
+            .to_string()
+            .contains("no allowed_group"));
+        assert!(user
+            .check_allowed(Some("root"))
+            .unwrap_err()
+            .to_string()
+            .contains("not a member"));
+        let member = Caller {
+            groups: vec![0],
+            ..user.clone()
+        };
+        assert!(member.check_allowed(Some("root")).is_ok());
+        assert!(user
+            .check_allowed(Some("no-such-group-xyz"))
+            .unwrap_err()
+            .to_string()
+            .contains("does not exist"));
+    }
+
+    #[test]
+    fn symlink_sources_are_refused_or_copied() {
+        let d = tempfile::tempdir().unwrap();
+        let link = d.path().join("l");
+        std::os::unix::fs::symlink("/etc/shadow", &link).unwrap();
+        let root = Caller {
+            uid: 0,
+            gid: 0,
+            groups: vec![],
+            via: "root",
+        };
+        assert!(matches!(
+            root.open_bind_source(&link, false, false, SymlinkMode::Error),
+            Err(IdentityError::Symlink { .. })
+        ));
+        match root
+            .open_bind_source(&link, false, false, SymlinkMode::Copy)
+            .unwrap()
+        {
+            Some(BindSource::Symlink(to)) => assert_eq!(to, Path::new("/etc/shadow")),
+            other => panic!("{other:?}"),
+        }
+        assert!(root
+            .open_bind_source(&d.path().join("missing"), false, true, SymlinkMode::Error)
+            .unwrap()
+            .is_none());
+        assert!(root
+            .open_bind_source(&d.path().join("missing"), false, false, SymlinkMode::Error)
+            .is_err());
+        assert!(matches!(
+            root.open_bind_source(Path::new("/dev/null"), false, false, SymlinkMode::Error),
+            Err(IdentityError::Special { .. })
+        ));
+    }
+}

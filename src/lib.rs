@@ -1,0 +1,22 @@
+//! isolate-grade: a secure sandbox for running student code from nbgrader's autograder.
+//!
+//! The privileged steps, in order, are in [`plan::enter_sandbox`]; everything else is a module
+//! per concern. See README.md for the threat model, the policy and report schemas and the exit
+//! codes.
+
+pub mod cgroup;
+pub mod check;
+pub mod cli;
+pub mod config;
+pub mod fsaccess;
+pub mod identity;
+pub mod init;
+pub mod mounts;
+pub mod plan;
+pub mod policy;
+pub mod report;
+pub mod run;
+pub mod seccomp;
+pub mod supervisor;
+pub mod sys;
+pub mod units;

@@ -1,0 +1,547 @@
+//! The sandbox's filesystem: a fresh tmpfs root with only what the policy lists.
+//!
+//! Lessons taken from isolate's `rules.c`, bubblewrap and runc:
+//! - every mount point is created by us, inside a tmpfs of ours, walking one component at a
+//!   time with `O_NOFOLLOW`: a bind target never passes through a symlink, and we never
+//!   create a directory on a host filesystem (a target beneath a bind must already exist);
+//! - mounts go through `/proc/self/fd/N` of the fd we resolved, never a path re-walked later;
+//! - bind sources are fds opened earlier *with the caller's credentials*
+//!   ([`crate::identity`]), so the helper mounts nothing its caller could not read;
+//! - binds are not recursive (no host submount with other flags comes along), and each is
+//!   remounted, because `ro`, `nosuid` and `nodev` only take effect on a bind after a remount.
+
+use crate::policy::ProcMode;
+use crate::sys::{Sys, SysError};
+use nix::errno::Errno;
+use nix::fcntl::{openat, OFlag};
+use nix::mount::MsFlags;
+use nix::sys::stat::{fstat, mkdirat, Mode, SFlag};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::{Component, Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum MountError {
+    #[error("{target}: {source}")]
+    Sys { target: PathBuf, source: SysError },
+    #[error("{target}: component {component:?} is a symlink or not a directory; bind targets are never followed through symlinks")]
+    NotADirectory { target: PathBuf, component: String },
+    #[error("{target}: would create {component:?} on a host filesystem (beneath another bind); create it there first or choose another target")]
+    OnHostFilesystem { target: PathBuf, component: String },
+    #[error("{target}: already exists as a different kind of file")]
+    WrongKind { target: PathBuf },
+}
+
+/// A bind whose source was opened (as the caller) before any privileged step.
+#[derive(Debug)]
+pub struct PreparedBind {
+    pub source: BindSource,
+    pub target: PathBuf,
+    pub writable: bool,
+}
+
+#[derive(Debug)]
+pub enum BindSource {
+    /// A detached copy (`open_tree`) of the mount at an fd that was opened with the caller's
+    /// credentials (for reading, which checks read permission on the object itself).
+    Tree { fd: OwnedFd, is_dir: bool },
+    /// The source was a symlink and the policy said `symlink = "copy"`.
+    Symlink(PathBuf),
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    Dir,
+    File,
+}
+
+fn fd_path(fd: &impl AsRawFd) -> PathBuf {
+    PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+}
+
+const NOSUID_NODEV: MsFlags = MsFlags::MS_NOSUID.union(MsFlags::MS_NODEV);
+
+/// Host device nodes bound into `/dev`.
+pub const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom"];
+
+/// The new root under construction, at `dir` on the host (inside our private mount
+/// namespace only).
+pub struct Root {
+    pub dir: PathBuf,
+    fd: OwnedFd,
+    /// Filesystems of ours where mount points may be created.
+    own_devs: Vec<u64>,
+}
+
+impl Root {
+    /// Make every mount private (nothing we do propagates to the host and nothing the host
+    /// mounts appears here), then mount the root tmpfs.
+    pub fn create(sys: &impl Sys, dir: &Path) -> Result<Root, MountError> {
+        let e = |source| MountError::Sys {
+            target: dir.to_path_buf(),
+            source,
+        };
+        sys.mount(
+            None,
+            Path::new("/"),
+            None,
+            MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+            None,
+        )
+        .map_err(e)?;
+        sys.mount(
+            Some(Path::new("tmpfs")),
+            dir,
+            Some("tmpfs"),
+            NOSUID_NODEV,
+            Some("size=1m,nr_inodes=4096,mode=0755"),
+        )
+        .map_err(e)?;
+        let fd = open_dir(None, dir)
+            .map_err(|errno| e(SysError::new("open", dir.display().to_string(), errno)))?;
+        let dev = fstat(&fd)
+            .map_err(|errno| e(SysError::new("fstat", dir.display().to_string(), errno)))?
+            .st_dev;
+        Ok(Root {
+            dir: dir.to_path_buf(),
+            fd,
+            own_devs: vec![dev],
+        })
+    }
+
+    /// A tmpfs of ours at `target` (`/tmp`, `/dev/shm`, `/dev`), capped in size and inodes.
+    pub fn tmpfs(
+        &mut self,
+        sys: &impl Sys,
+        target: &str,
+        size: u64,
+        mode: &str,
+        extra: MsFlags,
+    ) -> Result<(), MountError> {
+        let target_p = Path::new(target);
+        let (parent, name) = self.mount_point(target_p, Kind::Dir)?;
+        // An inode cap stops "millions of empty files" long before memory runs out.
+        let inodes = (size / 4096).clamp(1024, 1 << 20);
+        let data = format!("size={size},nr_inodes={inodes},mode={mode}");
+        let at = reopen(&parent, &name, target_p)?;
+        sys.mount(
+            Some(Path::new("tmpfs")),
+            &fd_path(&at),
+            Some("tmpfs"),
+            NOSUID_NODEV | extra,
+            Some(&data),
+        )
+        .map_err(|source| MountError::Sys {
+            target: target_p.into(),
+            source,
+        })?;
+        let mounted = reopen(&parent, &name, target_p)?;
+        if let Ok(st) = fstat(&mounted) {
+            self.own_devs.push(st.st_dev);
+        }
+        Ok(())
+    }
+
+    /// `/dev`: a read-only tmpfs with the harmless character devices bound from the host,
+    /// the usual `/dev/fd` symlinks, no tty, and a size-capped `/dev/shm`.
+    pub fn dev(&mut self, sys: &impl Sys, shm_size: u64) -> Result<(), MountError> {
+        self.tmpfs(sys, "/dev", 64 << 10, "0755", MsFlags::MS_NOEXEC)?;
+        for node in DEVICES {
+            let target = PathBuf::from(format!("/dev/{node}"));
+            let host = PathBuf::from(format!("/dev/{node}"));
+            let src = nix::fcntl::open(
+                &host,
+                OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(|errno| MountError::Sys {
+                target: target.clone(),
+                source: SysError::new("open", host.display().to_string(), errno),
+            })?;
+            let st = fstat(&src).map_err(|errno| MountError::Sys {
+                target: target.clone(),
+                source: SysError::new("fstat", host.display().to_string(), errno),
+            })?;
+            if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFCHR {
+                return Err(MountError::WrongKind { target: host });
+            }
+            // Devices need the mount without nodev; they still get nosuid and noexec.
+            self.bind_fd(
+                sys,
+                &src,
+                &target,
+                Kind::File,
+                MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+            )?;
+        }
+        for (link, to) in [
+            ("/dev/fd", "/proc/self/fd"),
+            ("/dev/stdin", "/proc/self/fd/0"),
+            ("/dev/stdout", "/proc/self/fd/1"),
+            ("/dev/stderr", "/proc/self/fd/2"),
+        ] {
+            self.symlink(Path::new(link), Path::new(to))?;
+        }
+        self.tmpfs(sys, "/dev/shm", shm_size, "1777", MsFlags::empty())?;
+        let dev = Path::new("/dev");
+        let (parent, name) = self.mount_point(dev, Kind::Dir)?;
+        let at = reopen(&parent, &name, dev)?;
+        sys.mount(
+            None,
+            &fd_path(&at),
+            None,
+            MsFlags::MS_REMOUNT
+                | MsFlags::MS_BIND
+                | MsFlags::MS_RDONLY
+                | NOSUID_NODEV
+                | MsFlags::MS_NOEXEC,
+            None,
+        )
+        .map_err(|source| MountError::Sys {
+            target: dev.into(),
+            source,
+        })
+    }
+
+    /// A procfs of the sandbox's own PID namespace: other users' processes hidden, and with
+    /// `pids-only` nothing but the process directories (no `/proc/sys`, `kcore`, ...).
+    pub fn proc(&mut self, sys: &impl Sys, mode: ProcMode) -> Result<(), MountError> {
+        let target = Path::new("/proc");
+        let (parent, name) = self.mount_point(target, Kind::Dir)?;
+        let at = reopen(&parent, &name, target)?;
+        let data = match mode {
+            ProcMode::PidsOnly => "hidepid=2,subset=pid",
+            ProcMode::Full => "hidepid=2",
+        };
+        sys.mount(
+            Some(Path::new("proc")),
+            &fd_path(&at),
+            Some("proc"),
+            NOSUID_NODEV | MsFlags::MS_NOEXEC,
+            Some(data),
+        )
+        .map_err(|source| MountError::Sys {
+            target: target.into(),
+            source,
+        })
+    }
+
+    /// One bind from the policy or the command line.
+    pub fn bind(&mut self, sys: &impl Sys, b: &PreparedBind) -> Result<(), MountError> {
+        match &b.source {
+            BindSource::Symlink(to) => self.symlink(&b.target, to),
+            BindSource::Tree { fd, is_dir } => {
+                let kind = if *is_dir { Kind::Dir } else { Kind::File };
+                let (parent, name) = self.mount_point(&b.target, kind)?;
+                let at = reopen(&parent, &name, &b.target)?;
+                sys.attach_tree(fd.as_raw_fd(), at.as_raw_fd(), b.writable)
+                    .map_err(|source| MountError::Sys {
+                        target: b.target.clone(),
+                        source,
+                    })
+            }
+        }
+    }
+
+    /// Everything is mounted: make the root tmpfs itself read-only.
+    pub fn seal(&self, sys: &impl Sys) -> Result<(), MountError> {
+        sys.mount(
+            None,
+            &fd_path(&self.fd),
+            None,
+            MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY | NOSUID_NODEV,
+            None,
+        )
+        .map_err(|source| MountError::Sys {
+            target: "/".into(),
+            source,
+        })
+    }
+
+    fn bind_fd(
+        &mut self,
+        sys: &impl Sys,
+        src: &impl AsRawFd,
+        target: &Path,
+        kind: Kind,
+        flags: MsFlags,
+    ) -> Result<(), MountError> {
+        let err = |source| MountError::Sys {
+            target: target.into(),
+            source,
+        };
+        let (parent, name) = self.mount_point(target, kind)?;
+        let at = reopen(&parent, &name, target)?;
+        sys.mount(
+            Some(&fd_path(src)),
+            &fd_path(&at),
+            None,
+            MsFlags::MS_BIND,
+            None,
+        )
+        .map_err(err)?;
+        // Re-resolve: the old fd still names the directory *under* the new mount.
+        let mounted = reopen(&parent, &name, target)?;
+        sys.mount(
+            None,
+            &fd_path(&mounted),
+            None,
+            MsFlags::MS_REMOUNT | MsFlags::MS_BIND | flags,
+            None,
+        )
+        .map_err(err)
+    }
+
+    fn symlink(&mut self, link: &Path, to: &Path) -> Result<(), MountError> {
+        let (parent_path, name) = split(link);
+        let parent = self.dir_fd(link, &parent_path, true)?;
+        self.check_own(&parent, link, &name)?;
+        nix::unistd::symlinkat(to, &parent, name.as_str()).map_err(|errno| MountError::Sys {
+            target: link.into(),
+            source: SysError::new("symlinkat", to.display().to_string(), errno),
+        })
+    }
+
+    /// Create (or find) the mount point for `target`; returns its parent and its name.
+    fn mount_point(&mut self, target: &Path, kind: Kind) -> Result<(OwnedFd, String), MountError> {
+        let (parent_path, name) = split(target);
+        let parent = self.dir_fd(target, &parent_path, true)?;
+        match openat(
+            &parent,
+            name.as_str(),
+            OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        ) {
+            Ok(existing) => {
+                let st = fstat(&existing).map_err(|errno| sys_err(target, "fstat", errno))?;
+                let fmt = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT;
+                let ok = match kind {
+                    Kind::Dir => fmt == SFlag::S_IFDIR,
+                    Kind::File => fmt == SFlag::S_IFREG,
+                };
+                if !ok {
+                    return Err(MountError::WrongKind {
+                        target: target.into(),
+                    });
+                }
+            }
+            Err(Errno::ENOENT) => {
+                self.check_own(&parent, target, &name)?;
+                match kind {
+                    Kind::Dir => mkdirat(&parent, name.as_str(), Mode::from_bits_truncate(0o755))
+                        .map_err(|errno| sys_err(target, "mkdirat", errno))?,
+                    Kind::File => drop(
+                        openat(
+                            &parent,
+                            name.as_str(),
+                            OFlag::O_CREAT
+                                | OFlag::O_EXCL
+                                | OFlag::O_WRONLY
+                                | OFlag::O_NOFOLLOW
+                                | OFlag::O_CLOEXEC,
+                            Mode::from_bits_truncate(0o644),
+                        )
+                        .map_err(|errno| sys_err(target, "openat", errno))?,
+                    ),
+                }
+            }
+            Err(errno) => return Err(sys_err(target, "openat", errno)),
+        }
+        Ok((parent, name))
+    }
+
+    /// Walk `path` (inside the new root) one directory at a time without following symlinks,
+    /// creating missing directories only on our own tmpfs.
+    fn dir_fd(&self, target: &Path, path: &Path, create: bool) -> Result<OwnedFd, MountError> {
+        let mut cur = open_dir(Some(&self.fd), Path::new("."))
+            .map_err(|errno| sys_err(target, "openat", errno))?;
+        for comp in path.components() {
+            let Component::Normal(c) = comp else { continue };
+            let name = c.to_string_lossy().into_owned();
+            let next = match open_dir(Some(&cur), Path::new(&name)) {
+                Ok(fd) => fd,
+                Err(Errno::ENOENT) if create => {
+                    self.check_own(&cur, target, &name)?;
+                    mkdirat(&cur, name.as_str(), Mode::from_bits_truncate(0o755))
+                        .map_err(|errno| sys_err(target, "mkdirat", errno))?;
+                    open_dir(Some(&cur), Path::new(&name))
+                        .map_err(|errno| sys_err(target, "openat", errno))?
+                }
+                Err(Errno::ENOTDIR | Errno::ELOOP) => {
+                    return Err(MountError::NotADirectory {
+                        target: target.into(),
+                        component: name,
+                    })
+                }
+                Err(errno) => return Err(sys_err(target, "openat", errno)),
+            };
+            cur = next;
+        }
+        Ok(cur)
+    }
+
+    fn check_own(&self, dir: &OwnedFd, target: &Path, name: &str) -> Result<(), MountError> {
+        let st = fstat(dir).map_err(|errno| sys_err(target, "fstat", errno))?;
+        if self.own_devs.contains(&st.st_dev) {
+            Ok(())
+        } else {
+            Err(MountError::OnHostFilesystem {
+                target: target.into(),
+                component: name.to_string(),
+            })
+        }
+    }
+}
+
+fn sys_err(target: &Path, call: &'static str, errno: Errno) -> MountError {
+    MountError::Sys {
+        target: target.into(),
+        source: SysError::new(call, target.display().to_string(), errno),
+    }
+}
+
+fn open_dir(at: Option<&OwnedFd>, path: &Path) -> Result<OwnedFd, Errno> {
+    let flags = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    match at {
+        Some(fd) => openat(fd.as_fd(), path, flags, Mode::empty()),
+        None => nix::fcntl::open(path, flags, Mode::empty()),
+    }
+}
+
+fn reopen(parent: &OwnedFd, name: &str, target: &Path) -> Result<OwnedFd, MountError> {
+    openat(
+        parent,
+        name,
+        OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|errno| sys_err(target, "openat", errno))
+}
+
+/// `/a/b/c` → (`a/b`, `c`). Targets are validated absolute paths other than `/`.
+fn split(target: &Path) -> (PathBuf, String) {
+    let name = target
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let parent = target
+        .parent()
+        .unwrap_or(Path::new("/"))
+        .strip_prefix("/")
+        .unwrap_or(Path::new(""))
+        .to_path_buf();
+    (parent, name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sys::fake::FakeSys;
+
+    fn fake(dir: &Path) -> FakeSys {
+        FakeSys {
+            root: Some(dir.to_path_buf()),
+            ..Default::default()
+        }
+    }
+
+    fn dir_bind(src: &Path, target: &str, writable: bool) -> PreparedBind {
+        let fd = nix::fcntl::open(
+            src,
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .unwrap();
+        PreparedBind {
+            source: BindSource::Tree { fd, is_dir: true },
+            target: target.into(),
+            writable,
+        }
+    }
+
+    #[test]
+    fn binds_are_remounted_with_their_flags() {
+        let root = tempfile::tempdir().unwrap();
+        let src = tempfile::tempdir().unwrap();
+        let sys = fake(root.path());
+        let mut r = Root::create(&sys, root.path()).unwrap();
+        r.bind(&sys, &dir_bind(src.path(), "/usr/lib", false))
+            .unwrap();
+        r.bind(&sys, &dir_bind(src.path(), "/work", true)).unwrap();
+        r.seal(&sys).unwrap();
+        assert_eq!(
+            sys.calls(),
+            [
+                "mount none / - [rec,private]".to_string(),
+                "mount tmpfs / tmpfs [nosuid,nodev] size=1m,nr_inodes=4096,mode=0755".into(),
+                "attach /usr/lib [ro,nosuid,nodev]".into(),
+                "attach /work [nosuid,nodev]".into(),
+                "mount none / - [remount,bind,ro,nosuid,nodev]".into(),
+            ]
+        );
+        assert!(root.path().join("usr/lib").is_dir());
+    }
+
+    #[test]
+    fn targets_never_pass_through_symlinks() {
+        let root = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let sys = fake(root.path());
+        let mut r = Root::create(&sys, root.path()).unwrap();
+        // e.g. a copied `/lib -> usr/lib`, or anything pointing outside
+        std::os::unix::fs::symlink(outside.path(), root.path().join("lib")).unwrap();
+        let e = r
+            .bind(&sys, &dir_bind(outside.path(), "/lib/x", false))
+            .unwrap_err();
+        assert!(
+            matches!(e, MountError::NotADirectory { ref component, .. } if component == "lib"),
+            "{e}"
+        );
+        // and the final component too
+        let e = r
+            .bind(&sys, &dir_bind(outside.path(), "/lib", false))
+            .unwrap_err();
+        assert!(matches!(e, MountError::WrongKind { .. }), "{e}");
+        assert_eq!(
+            std::fs::read_dir(outside.path()).unwrap().count(),
+            0,
+            "nothing created outside"
+        );
+        assert!(
+            !sys.calls().iter().any(|c| c.starts_with("attach")),
+            "nothing mounted: {:?}",
+            sys.calls()
+        );
+    }
+
+    #[test]
+    fn never_creates_on_a_host_filesystem() {
+        let root = tempfile::tempdir().unwrap();
+        let src = tempfile::tempdir().unwrap();
+        let sys = fake(root.path());
+        let mut r = Root::create(&sys, root.path()).unwrap();
+        // Pretend the root is not ours: what a directory inside a host bind looks like.
+        r.own_devs = vec![u64::MAX];
+        let e = r
+            .bind(&sys, &dir_bind(src.path(), "/usr/x", false))
+            .unwrap_err();
+        assert!(matches!(e, MountError::OnHostFilesystem { .. }), "{e}");
+        assert!(!root.path().join("usr").exists());
+    }
+
+    #[test]
+    fn symlink_copies_are_created_not_followed() {
+        let root = tempfile::tempdir().unwrap();
+        let sys = fake(root.path());
+        let mut r = Root::create(&sys, root.path()).unwrap();
+        let b = PreparedBind {
+            source: BindSource::Symlink("usr/lib".into()),
+            target: "/lib".into(),
+            writable: false,
+        };
+        r.bind(&sys, &b).unwrap();
+        assert_eq!(
+            std::fs::read_link(root.path().join("lib")).unwrap(),
+            Path::new("usr/lib")
+        );
+    }
+}

@@ -1,0 +1,370 @@
+//! THE ordered privileged steps, in one function: [`enter_sandbox`].
+//!
+//! It runs in the sandbox's first process, which the supervisor created with `clone3` in new
+//! mount, PID, network, IPC and UTS namespaces (and, on cgroup v2, directly inside the run's
+//! cgroup), single-threaded and still root. Each step says why it sits where it does. Every
+//! syscall goes through [`Sys`], so `tests` below check this order without root.
+
+use crate::mounts::{PreparedBind, Root};
+use crate::policy::{LandlockMode, Limits, ProcMode};
+use crate::sys::{Forked, LandlockRules, Pid, Sys, SysError};
+use nix::mount::MsFlags;
+use nix::sched::CloneFlags;
+use nix::sys::resource::Resource;
+use std::ffi::CString;
+use std::fmt;
+use std::path::PathBuf;
+
+/// Everything the sandbox needs, prepared (and validated) by the supervisor beforehand.
+pub struct Plan {
+    /// Empty host directory the new root tmpfs is mounted on (in our mount namespace only).
+    pub root_dir: PathBuf,
+    pub binds: Vec<PreparedBind>,
+    pub limits: Limits,
+    pub hostname: String,
+    pub workdir: PathBuf,
+    pub proc: ProcMode,
+    pub uid: u32,
+    pub landlock: LandlockMode,
+    pub landlock_rules: LandlockRules,
+    pub seccomp: Vec<seccompiler::BpfProgram>,
+    /// The program, resolved against `PATH` inside the sandbox when it has no `/`.
+    pub program: PathBuf,
+    pub search_path: Vec<PathBuf>,
+    pub argv: Vec<CString>,
+    pub env: Vec<CString>,
+}
+
+/// Pipes to the supervisor that survive setup.
+#[derive(Debug, Clone, Copy)]
+pub struct Channels {
+    /// Held open by the supervisor; end-of-file means it died.
+    pub alive: i32,
+    /// init writes the program's wait status here.
+    pub status: i32,
+    /// A setup failure is written here; close-on-exec, so end-of-file means `execve` worked.
+    pub error: i32,
+}
+
+/// The step that failed, for the report's `sandbox_error.step`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    CgroupNamespace,
+    RootFs,
+    Tmp,
+    Dev,
+    Proc,
+    Bind(PathBuf),
+    Seal,
+    PivotRoot,
+    Hostname,
+    Loopback,
+    Rlimits,
+    CloseFds,
+    Capabilities,
+    Identity,
+    NoNewPrivs,
+    ParentDeath,
+    Workdir,
+    Fork,
+    Session,
+    Landlock,
+    Seccomp,
+    Exec,
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Step::Bind(t) => write!(f, "bind {}", t.display()),
+            other => write!(f, "{}", format!("{other:?}").to_lowercase()),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{step}: {message}")]
+pub struct SetupError {
+    pub step: Step,
+    pub message: String,
+}
+
+trait At<T> {
+    fn at(self, step: Step) -> Result<T, SetupError>;
+}
+
+impl<T, E: fmt::Display> At<T> for Result<T, E> {
+    fn at(self, step: Step) -> Result<T, SetupError> {
+        self.map_err(|e| SetupError {
+            step,
+            message: e.to_string(),
+        })
+    }
+}
+
+/// Build the sandbox around ourselves and start the program. Returns `Ok(pid)` in the
+/// sandbox's init (PID 1), which then reaps and relays signals ([`crate::init`]); the
+/// program's side never returns unless a step failed.
+pub fn enter_sandbox<S: Sys>(sys: &S, mut p: Plan, ch: Channels) -> Result<Pid, SetupError> {
+    use Step::*;
+    // 1. A cgroup namespace rooted at the run's cgroup, which we are already in (born there on
+    //    v2; moved by the supervisor on v1 before it let us start): the host's tree stays hidden.
+    sys.unshare(CloneFlags::CLONE_NEWCGROUP)
+        .at(CgroupNamespace)?;
+    // 2. All mounts private, then a fresh tmpfs root: nothing leaks out to the host, and only
+    //    what we mount next is visible.
+    let mut root = Root::create(sys, &p.root_dir).at(RootFs)?;
+    // 3. The sandbox's own filesystems before the binds, so binds may target beneath /tmp.
+    root.tmpfs(sys, "/tmp", p.limits.tmp_size, "1777", MsFlags::empty())
+        .at(Tmp)?;
+    root.dev(sys, p.limits.shm_size).at(Dev)?;
+    // 4. procfs of our own PID namespace: we are PID 1 here, so it shows only the sandbox.
+    root.proc(sys, p.proc).at(Proc)?;
+    // 5. The policy's binds, parents first, from fds opened as the caller; then those fds are
+    //    closed: a host directory fd would outlive pivot_root as a way back out.
+    for b in std::mem::take(&mut p.binds) {
+        root.bind(sys, &b).at(Bind(b.target.clone()))?;
+    }
+    // 6. Every mount point exists now: make the root itself read-only.
+    root.seal(sys).at(Seal)?;
+    drop(root); // its fds: step 10 closes everything, and an owned fd must not be closed twice
+                // 7. Switch to the new root and detach the old one entirely.
+    sys.pivot_root(&p.root_dir).at(PivotRoot)?;
+    // 8. Network and UTS namespaces are empty: a hostname of ours, and only `lo`, up.
+    sys.sethostname(&p.hostname).at(Hostname)?;
+    sys.loopback_up().at(Loopback)?;
+    // 9. rlimits while we are still root (hard limits can only be lowered afterwards).
+    for (resource, value) in rlimits(&p.limits) {
+        sys.setrlimit(resource, value, value).at(Rlimits)?;
+    }
+    // 10. Close every fd but stdio and our pipes (cgroup dir, slot lock, report file...).
+    sys.close_fds_except(&[ch.alive, ch.status, ch.error])
+        .at(CloseFds)?;
+    // 11. Empty the bounding, ambient and inheritable sets: needs CAP_SETPCAP, so before the
+    //     uid change, which then clears the permitted and effective sets.
+    sys.drop_capability_bounds().at(Capabilities)?;
+    // 12. The slot's own unprivileged uid and gid, real on the host; no supplementary groups.
+    sys.setgroups_empty().at(Identity)?;
+    sys.setresgid(p.uid).at(Identity)?;
+    sys.setresuid(p.uid).at(Identity)?;
+    // 13. Trust, but verify: not one capability left in any set.
+    sys.verify_no_capabilities().at(Capabilities)?;
+    // 14. No setuid binary or file capability can give anything back.
+    sys.set_no_new_privs().at(NoNewPrivs)?;
+    // 15. Die with the supervisor. Credential changes clear this, hence only now.
+    sys.set_parent_death_kill(ch.alive).at(ParentDeath)?;
+    // 16. The working directory, entered as the sandbox user (so it must be accessible).
+    sys.chdir(&p.workdir).at(Workdir)?;
+    // 17. We stay PID 1 (reaper and signal relay); the child becomes the program.
+    if let Forked::Parent(pid) = sys.fork().at(Fork)? {
+        return Ok(pid);
+    }
+    // 18. A new session: no controlling terminal, so no TIOCSTI into the caller's.
+    sys.setsid().at(Session)?;
+    // 19. Landlock on top of the mount tree (where the kernel has it, or required).
+    if p.landlock != LandlockMode::Off {
+        sys.landlock(&p.landlock_rules, p.landlock == LandlockMode::Required)
+            .at(Landlock)?;
+    }
+    // 20. seccomp last: the filter then only has to allow the program itself, and execve.
+    let program = resolve(&p.program, &p.search_path);
+    sys.seccomp(&p.seccomp).at(Seccomp)?;
+    // 21. Run it.
+    Err(sys.execve(&program, &p.argv, &p.env)).at(Exec)
+}
+
+/// rlimits for the program. NPROC counts per uid, and the uid is the slot's own: a second
+/// fence for fork bombs behind the pids cgroup.
+fn rlimits(l: &Limits) -> Vec<(Resource, u64)> {
+    vec![
+        (Resource::RLIMIT_CORE, 0),
+        (Resource::RLIMIT_FSIZE, l.file_size),
+        (Resource::RLIMIT_NOFILE, l.open_files),
+        (Resource::RLIMIT_STACK, l.stack),
+        (Resource::RLIMIT_NPROC, l.pids),
+        // per process, a second fence behind the supervisor's cgroup-wide CPU accounting
+        (Resource::RLIMIT_CPU, l.cpu_time.as_secs() + 1),
+    ]
+}
+
+/// `execvp`'s search, done ourselves so the path and the error are ours to report.
+fn resolve(program: &std::path::Path, search: &[PathBuf]) -> PathBuf {
+    if program.as_os_str().as_encoded_bytes().contains(&b'/') {
+        return program.to_path_buf();
+    }
+    for dir in search {
+        let candidate = dir.join(program);
+        if nix::unistd::access(&candidate, nix::unistd::AccessFlags::X_OK).is_ok() {
+            return candidate;
+        }
+    }
+    program.to_path_buf()
+}
+
+impl From<SysError> for SetupError {
+    fn from(e: SysError) -> SetupError {
+        SetupError {
+            step: Step::Exec,
+            message: e.to_string(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sys::fake::FakeSys;
+    use crate::sys::LandlockOutcome;
+
+    fn plan(root: &std::path::Path) -> Plan {
+        let policy = crate::policy::Policy::builtin("default").unwrap();
+        Plan {
+            root_dir: root.to_path_buf(),
+            binds: vec![],
+            limits: policy.limits,
+            hostname: "sandbox".into(),
+            workdir: "/tmp".into(),
+            proc: ProcMode::PidsOnly,
+            uid: 60007,
+            landlock: LandlockMode::Auto,
+            landlock_rules: LandlockRules::default(),
+            seccomp: vec![vec![]],
+            program: "/bin/true".into(),
+            search_path: vec![],
+            argv: vec![CString::new("true").unwrap()],
+            env: vec![],
+        }
+    }
+
+    const CH: Channels = Channels {
+        alive: 5,
+        status: 6,
+        error: 7,
+    };
+
+    fn position(calls: &[String], prefix: &str) -> usize {
+        calls
+            .iter()
+            .position(|c| c.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no {prefix:?} in {calls:#?}"))
+    }
+
+    /// The documented order holds: each pair is (earlier, later).
+    #[test]
+    fn privileged_steps_run_in_order() {
+        let root = tempfile::tempdir().unwrap();
+        let sys = FakeSys {
+            root: Some(root.path().into()),
+            ..Default::default()
+        };
+        let err = enter_sandbox(&sys, plan(root.path()), CH).unwrap_err();
+        assert_eq!(err.step, Step::Exec, "{err}");
+        let calls = sys.calls();
+        let order = [
+            ("unshare CLONE_NEWCGROUP", "mount none / - [rec,private]"),
+            ("mount none / - [rec,private]", "mount tmpfs / tmpfs"),
+            ("mount tmpfs /tmp", "mount proc /proc"),
+            ("mount proc /proc", "mount none / - [remount,bind,ro"),
+            ("mount none / - [remount,bind,ro", "pivot_root"),
+            ("pivot_root", "sethostname"),
+            ("pivot_root", "loopback up"),
+            ("loopback up", "setrlimit"),
+            ("setrlimit RLIMIT_NPROC", "setresuid"),
+            ("close fds", "setresuid"),
+            ("drop bounding", "setgroups"),
+            ("setgroups", "setresgid"),
+            ("setresgid", "setresuid"),
+            ("setresuid", "verify no capabilities"),
+            ("verify no capabilities", "no_new_privs"),
+            ("setresuid", "pdeathsig"),
+            ("setresuid", "chdir /tmp"),
+            ("pdeathsig", "fork"),
+            ("fork", "setsid"),
+            ("setsid", "landlock"),
+            ("landlock", "seccomp"),
+            ("seccomp", "execve"),
+        ];
+        for (a, b) in order {
+            assert!(
+                position(&calls, a) < position(&calls, b),
+                "{a:?} must come before {b:?}:\n{calls:#?}"
+            );
+        }
+        assert_eq!(calls.last().unwrap(), "execve /bin/true argc=1");
+        assert!(
+            calls
+                .iter()
+                .any(|c| c == "mount proc /proc proc [nosuid,nodev,noexec] hidepid=2,subset=pid"),
+            "{calls:#?}"
+        );
+    }
+
+    #[test]
+    fn init_returns_after_fork_without_seccomp() {
+        let root = tempfile::tempdir().unwrap();
+        let sys = FakeSys {
+            root: Some(root.path().into()),
+            fork_parent: true,
+            ..Default::default()
+        };
+        assert!(enter_sandbox(&sys, plan(root.path()), CH).is_ok());
+        let calls = sys.calls();
+        assert_eq!(calls.last().unwrap(), "fork");
+        assert!(!calls
+            .iter()
+            .any(|c| c.starts_with("seccomp") || c.starts_with("execve")));
+    }
+
+    /// Fail closed: any failing step stops everything after it, and is named.
+    #[test]
+    fn a_failing_step_stops_the_run_and_is_named() {
+        for (fail, step) in [
+            ("setresuid", Step::Identity),
+            ("drop bounding", Step::Capabilities),
+            ("seccomp", Step::Seccomp),
+            ("pivot_root", Step::PivotRoot),
+            ("mount proc", Step::Proc),
+            ("loopback", Step::Loopback),
+        ] {
+            let root = tempfile::tempdir().unwrap();
+            let sys = FakeSys {
+                root: Some(root.path().into()),
+                fail_on: Some(fail.into()),
+                ..Default::default()
+            };
+            let err = enter_sandbox(&sys, plan(root.path()), CH).unwrap_err();
+            assert_eq!(err.step, step, "{err}");
+            assert!(
+                !sys.calls().iter().any(|c| c.starts_with("execve")),
+                "{fail}: {:#?}",
+                sys.calls()
+            );
+        }
+    }
+
+    #[test]
+    fn landlock_required_but_missing_refuses() {
+        let root = tempfile::tempdir().unwrap();
+        let sys = FakeSys {
+            root: Some(root.path().into()),
+            landlock: Some(LandlockOutcome::Unsupported),
+            ..Default::default()
+        };
+        let mut p = plan(root.path());
+        p.landlock = LandlockMode::Required;
+        assert_eq!(enter_sandbox(&sys, p, CH).unwrap_err().step, Step::Landlock);
+        // auto: carries on without it
+        let sys = FakeSys {
+            root: Some(root.path().into()),
+            landlock: Some(LandlockOutcome::Unsupported),
+            ..Default::default()
+        };
+        let root2 = tempfile::tempdir().unwrap();
+        assert_eq!(
+            enter_sandbox(&sys, plan(root2.path()), CH)
+                .unwrap_err()
+                .step,
+            Step::Exec
+        );
+    }
+}

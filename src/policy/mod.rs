@@ -1,0 +1,181 @@
+//! Policies: what a sandboxed run may see and use.
+//!
+//! A policy is data (`policies/*.toml`, schema in [`schema`]), parsed, then validated into
+//! [`Policy`] before any privileged step; the system config ([`crate::config`]) caps every
+//! limit, and a policy or a command-line flag may only stay within those caps.
+//!
+//! ```
+//! let text = include_str!("../../policies/default.toml");
+//! let policy = isolate_grade::policy::Policy::parse("default.toml", text).unwrap();
+//! assert!(policy.limits.memory >= 64 << 20);
+//! ```
+
+pub mod schema;
+mod validate;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use validate::{check_env_name, sandbox_path};
+
+/// Policies compiled into the binary, so `--policy default` works on any machine.
+pub const BUILTIN: &[(&str, &str)] = &[
+    ("default", include_str!("../../policies/default.toml")),
+    ("strict", include_str!("../../policies/strict.toml")),
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    /// A value that parsed but is not acceptable: names the file, the key and why.
+    #[error("{file}: {key}: {reason}")]
+    Invalid {
+        file: String,
+        key: String,
+        reason: String,
+    },
+    #[error("{file}: {message}")]
+    Syntax { file: String, message: String },
+    #[error("policy {name:?} not found (built-in: {builtin}; or give a path to a .toml file)")]
+    NotFound { name: String, builtin: String },
+    #[error("cannot read policy {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProcMode {
+    /// `subset=pid`: only process directories; no `/proc/sys`, `/proc/kcore`, ...
+    PidsOnly,
+    /// The whole procfs of the sandbox's PID namespace (still `hidepid=2`).
+    Full,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LandlockMode {
+    /// Apply where the kernel supports it, record when it does not.
+    Auto,
+    /// Refuse to run without it.
+    Required,
+    Off,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SeccompAction {
+    /// A denied syscall kills the process: the report says `seccomp-violation`.
+    Kill,
+    /// A denied syscall fails with `EPERM` (for debugging a policy).
+    Errno,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SymlinkMode {
+    Error,
+    Copy,
+}
+
+/// Validated limits. Every field is positive and within the system maximum.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Limits {
+    pub memory: u64,
+    #[serde(serialize_with = "crate::report::secs")]
+    pub cpu_time: Duration,
+    #[serde(serialize_with = "crate::report::secs")]
+    pub wall_time: Duration,
+    pub pids: u64,
+    /// Thousandths of a core.
+    pub cpu_quota_millicores: u64,
+    pub open_files: u64,
+    pub file_size: u64,
+    pub stack: u64,
+    pub tmp_size: u64,
+    pub shm_size: u64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Bind {
+    /// Absolute, normalized host path (no `.`, `..` or empty components).
+    pub source: PathBuf,
+    /// Absolute, normalized path inside the sandbox.
+    pub target: PathBuf,
+    pub writable: bool,
+    pub optional: bool,
+    pub symlink: SymlinkMode,
+}
+
+/// A policy that passed validation. Only this type reaches the privileged steps.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub name: String,
+    pub description: String,
+    pub limits: Limits,
+    /// Sorted so that a parent target is mounted before anything beneath it.
+    pub binds: Vec<Bind>,
+    pub env: Vec<(String, String)>,
+    pub hostname: String,
+    pub workdir: PathBuf,
+    pub proc: ProcMode,
+    pub landlock: LandlockMode,
+    pub seccomp: SeccompAction,
+}
+
+impl Policy {
+    /// Parse and validate policy text; `file` is only used in error messages.
+    pub fn parse(file: &str, text: &str) -> Result<Policy, PolicyError> {
+        let raw: schema::PolicyFile = toml::from_str(text).map_err(|e| PolicyError::Syntax {
+            file: file.to_string(),
+            message: one_line(&e.to_string()),
+        })?;
+        let name = Path::new(file)
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| file.to_string());
+        validate::validate(file, name, raw)
+    }
+
+    /// A built-in policy by name.
+    pub fn builtin(name: &str) -> Result<Policy, PolicyError> {
+        let (_, text) =
+            BUILTIN
+                .iter()
+                .find(|(n, _)| *n == name)
+                .ok_or_else(|| PolicyError::NotFound {
+                    name: name.to_string(),
+                    builtin: BUILTIN
+                        .iter()
+                        .map(|(n, _)| *n)
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                })?;
+        Policy::parse(&format!("{name}.toml (built-in)"), text)
+    }
+}
+
+/// Whether `--policy X` names a file rather than a policy by name.
+pub fn is_path(spec: &str) -> bool {
+    spec.contains('/') || spec.ends_with(".toml")
+}
+
+/// toml's errors span several lines with a source excerpt; we promise one line.
+fn one_line(s: &str) -> String {
+    s.lines()
+        .map(str::trim)
+        .filter(|l| {
+            !l.is_empty() && !l.starts_with('|') && !l.chars().all(|c| c == '^' || c == ' ')
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Check a combined list (policy plus `--bind`) for duplicates and reserved targets, then
+/// order it parents-first. The error carries the index of the offending bind.
+pub fn validate_binds(binds: &mut [Bind]) -> Result<(), (usize, String)> {
+    validate::check_binds(binds)?;
+    validate::sort_binds(binds);
+    Ok(())
+}

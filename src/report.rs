@@ -1,0 +1,326 @@
+//! The verdict of a run: what the program did, kept apart from faults of the sandbox itself
+//! (isolate's `die()` versus `err()`), as JSON and as the process exit code.
+//!
+//! Schema `isolate-grade.run/1` (see README.md, "The report"):
+//! `status`, `exit_code`, `signal`, `wall_time`, `cpu_time`, `peak_memory`, `limits`,
+//! `limits_hit`, `sandbox_error` {`step`, `message`}, `sandbox` {`policy`, `slot`, `uid`,
+//! `cgroup`, `landlock`, `seccomp`}.
+
+use crate::cgroup::Usage;
+use crate::policy::Limits;
+use serde::Serialize;
+use std::time::Duration;
+
+pub const SCHEMA: &str = "isolate-grade.run/1";
+
+/// The outcome of a run. Everything but `SandboxError` is about the submission.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Status {
+    Ok,
+    ExitNonzero,
+    Signaled,
+    TimeoutWall,
+    TimeoutCpu,
+    MemoryLimit,
+    PidsLimit,
+    SeccompViolation,
+    /// Our fault or the host's: the program did not run, or its result cannot be trusted.
+    SandboxError,
+}
+
+/// Exit code for bad input (CLI, policy, config, a bind the caller cannot read); nothing ran.
+pub const EXIT_USAGE: u8 = 2;
+
+impl Status {
+    /// The process exit code of `isolate-grade run` (documented in README.md).
+    pub fn exit_code(self) -> u8 {
+        match self {
+            Status::Ok => 0,
+            Status::ExitNonzero => 1,
+            Status::SandboxError => 3,
+            Status::Signaled => 4,
+            Status::TimeoutWall => 5,
+            Status::TimeoutCpu => 6,
+            Status::MemoryLimit => 7,
+            Status::PidsLimit => 8,
+            Status::SeccompViolation => 9,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Ok => "ok",
+            Status::ExitNonzero => "exit-nonzero",
+            Status::Signaled => "signaled",
+            Status::TimeoutWall => "timeout-wall",
+            Status::TimeoutCpu => "timeout-cpu",
+            Status::MemoryLimit => "memory-limit",
+            Status::PidsLimit => "pids-limit",
+            Status::SeccompViolation => "seccomp-violation",
+            Status::SandboxError => "sandbox-error",
+        }
+    }
+}
+
+/// How the program ended, as its init saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    Exited(i32),
+    Signaled(i32),
+}
+
+/// Everything the supervisor observed, before classification.
+#[derive(Debug, Clone, Default)]
+pub struct Facts {
+    pub ended: Option<Ended>,
+    pub killed_for_wall: bool,
+    pub killed_for_cpu: bool,
+    pub usage: Usage,
+    pub wall: Duration,
+}
+
+/// Which limit explains the end of the run. Causes before symptoms: a fork bomb ends in a
+/// wall-clock kill, but the report says `pids-limit`.
+pub fn classify(f: &Facts, limits: &Limits) -> Status {
+    let clean_exit = f.ended == Some(Ended::Exited(0));
+    if f.usage.oom_kills > 0 {
+        Status::MemoryLimit
+    } else if f.usage.pids_limit_hits > 0 && !clean_exit {
+        Status::PidsLimit
+    } else if f.killed_for_cpu || (f.usage.cpu >= limits.cpu_time && !clean_exit) {
+        Status::TimeoutCpu
+    } else if f.killed_for_wall {
+        Status::TimeoutWall
+    } else {
+        match f.ended {
+            Some(Ended::Exited(0)) => Status::Ok,
+            Some(Ended::Exited(_)) => Status::ExitNonzero,
+            Some(Ended::Signaled(s)) if s == libc::SIGSYS => Status::SeccompViolation,
+            Some(Ended::Signaled(_)) => Status::Signaled,
+            // init died without telling us how the program ended
+            None => Status::SandboxError,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SandboxFault {
+    /// The step that failed, as named in `plan.rs` (`bind /usr`, `setresuid`, `cgroup`...).
+    pub step: String,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct SandboxInfo {
+    pub policy: String,
+    pub slot: Option<u32>,
+    pub uid: Option<u32>,
+    pub cgroup: Option<&'static str>,
+    pub landlock: String,
+    pub seccomp: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub schema: &'static str,
+    pub status: Status,
+    pub exit_code: Option<i32>,
+    pub signal: Option<String>,
+    #[serde(serialize_with = "secs")]
+    pub wall_time: Duration,
+    #[serde(serialize_with = "secs")]
+    pub cpu_time: Duration,
+    pub peak_memory: Option<u64>,
+    pub limits: Limits,
+    /// Limits the run ran into, even when they are not the reason it ended.
+    pub limits_hit: Vec<&'static str>,
+    pub sandbox_error: Option<SandboxFault>,
+    pub sandbox: SandboxInfo,
+}
+
+impl Report {
+    pub fn from_facts(f: &Facts, limits: &Limits, sandbox: SandboxInfo) -> Report {
+        let status = classify(f, limits);
+        let mut hit = Vec::new();
+        if f.usage.oom_kills > 0 {
+            hit.push("memory");
+        }
+        if f.usage.pids_limit_hits > 0 {
+            hit.push("pids");
+        }
+        if f.killed_for_cpu || f.usage.cpu >= limits.cpu_time {
+            hit.push("cpu_time");
+        }
+        if f.killed_for_wall {
+            hit.push("wall_time");
+        }
+        Report {
+            schema: SCHEMA,
+            status,
+            exit_code: match f.ended {
+                Some(Ended::Exited(c)) => Some(c),
+                _ => None,
+            },
+            signal: match f.ended {
+                Some(Ended::Signaled(s)) => Some(signal_name(s)),
+                _ => None,
+            },
+            wall_time: f.wall,
+            cpu_time: f.usage.cpu,
+            peak_memory: f.usage.peak_memory,
+            limits: limits.clone(),
+            limits_hit: hit,
+            sandbox_error: (status == Status::SandboxError).then(|| SandboxFault {
+                step: "init".into(),
+                message: "the sandbox's init ended without reporting the program's status".into(),
+            }),
+            sandbox,
+        }
+    }
+
+    pub fn fault(
+        step: &str,
+        message: String,
+        limits: &Limits,
+        sandbox: SandboxInfo,
+        wall: Duration,
+    ) -> Report {
+        Report {
+            schema: SCHEMA,
+            status: Status::SandboxError,
+            exit_code: None,
+            signal: None,
+            wall_time: wall,
+            cpu_time: Duration::ZERO,
+            peak_memory: None,
+            limits: limits.clone(),
+            limits_hit: vec![],
+            sandbox_error: Some(SandboxFault {
+                step: step.to_string(),
+                message,
+            }),
+            sandbox,
+        }
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("report serializes")
+    }
+}
+
+pub fn signal_name(sig: i32) -> String {
+    nix::sys::signal::Signal::try_from(sig)
+        .map(|s| s.as_str().to_string())
+        .unwrap_or_else(|_| sig.to_string())
+}
+
+/// Durations as seconds with millisecond precision.
+pub fn secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64((d.as_secs_f64() * 1000.0).round() / 1000.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> Limits {
+        crate::policy::Policy::builtin("default").unwrap().limits
+    }
+
+    fn facts(ended: Option<Ended>) -> Facts {
+        Facts {
+            ended,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn program_outcomes() {
+        let l = limits();
+        assert_eq!(classify(&facts(Some(Ended::Exited(0))), &l), Status::Ok);
+        assert_eq!(
+            classify(&facts(Some(Ended::Exited(3))), &l),
+            Status::ExitNonzero
+        );
+        assert_eq!(
+            classify(&facts(Some(Ended::Signaled(libc::SIGSEGV))), &l),
+            Status::Signaled
+        );
+        assert_eq!(
+            classify(&facts(Some(Ended::Signaled(libc::SIGSYS))), &l),
+            Status::SeccompViolation
+        );
+        assert_eq!(classify(&facts(None), &l), Status::SandboxError);
+    }
+
+    #[test]
+    fn causes_before_symptoms() {
+        let l = limits();
+        let mut f = facts(Some(Ended::Signaled(libc::SIGKILL)));
+        f.killed_for_wall = true;
+        assert_eq!(classify(&f, &l), Status::TimeoutWall);
+        f.usage.pids_limit_hits = 100;
+        assert_eq!(classify(&f, &l), Status::PidsLimit);
+        f.usage.oom_kills = 1;
+        assert_eq!(classify(&f, &l), Status::MemoryLimit);
+        let mut f = facts(Some(Ended::Signaled(libc::SIGKILL)));
+        f.killed_for_cpu = true;
+        f.killed_for_wall = true;
+        assert_eq!(classify(&f, &l), Status::TimeoutCpu);
+        // a program that hit the pids limit but handled it and exited cleanly is ok
+        let mut f = facts(Some(Ended::Exited(0)));
+        f.usage.pids_limit_hits = 1;
+        assert_eq!(classify(&f, &l), Status::Ok);
+        let r = Report::from_facts(&f, &l, SandboxInfo::default());
+        assert_eq!(r.limits_hit, ["pids"]);
+    }
+
+    #[test]
+    fn exit_codes_are_distinct_and_zero_only_for_ok() {
+        use Status::*;
+        let all = [
+            Ok,
+            ExitNonzero,
+            Signaled,
+            TimeoutWall,
+            TimeoutCpu,
+            MemoryLimit,
+            PidsLimit,
+            SeccompViolation,
+            SandboxError,
+        ];
+        let mut codes: Vec<u8> = all.iter().map(|s| s.exit_code()).collect();
+        codes.push(EXIT_USAGE);
+        let n = codes.len();
+        codes.sort();
+        codes.dedup();
+        assert_eq!(codes.len(), n);
+        assert!(all.iter().all(|s| (s.exit_code() == 0) == (*s == Ok)));
+        for s in all {
+            assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
+        }
+    }
+
+    #[test]
+    fn report_json_shape() {
+        let mut f = facts(Some(Ended::Signaled(9)));
+        f.wall = Duration::from_millis(1234);
+        let r = Report::from_facts(
+            &f,
+            &limits(),
+            SandboxInfo {
+                policy: "default".into(),
+                ..Default::default()
+            },
+        );
+        let v: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
+        assert_eq!(v["schema"], SCHEMA);
+        assert_eq!(v["status"], "signaled");
+        assert_eq!(v["signal"], "SIGKILL");
+        assert_eq!(v["wall_time"], 1.234);
+        assert_eq!(v["limits"]["memory"], 1u64 << 30);
+        assert_eq!(v["limits"]["wall_time"], 120.0);
+        assert!(v["sandbox_error"].is_null());
+    }
+}

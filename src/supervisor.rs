@@ -1,0 +1,233 @@
+//! The supervisor: starts the sandbox with `clone3`, lets it go once its cgroup is in place,
+//! relays SIGINT/SIGTERM/SIGHUP/SIGQUIT/SIGUSR1/SIGUSR2, enforces the wall-clock and total
+//! CPU-time limits, and reaps it. Synchronous and single-threaded on purpose: the sandbox is
+//! forked from this process, so no thread or async runtime may exist here (STYLE.md §4).
+//!
+//! Killing is by SIGKILL to the sandbox's init through its pidfd (never a recycled pid): when
+//! the init of a PID namespace dies, the kernel kills every other process in it before the
+//! init can be reaped, so once `waitpid` returns, nothing of the run is left running.
+
+use crate::cgroup::{CgroupError, RunCgroup};
+use crate::init::RELAYED;
+use crate::plan::{enter_sandbox, Channels, Plan};
+use crate::report::Facts;
+use crate::sys::linux::LinuxSys;
+use crate::sys::raw::{self, Cloned};
+use nix::errno::Errno;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{SigSet, SigmaskHow};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::unistd::{pipe2, read, Pid};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SupervisorError {
+    #[error("{what}: {errno}")]
+    Sys { what: &'static str, errno: Errno },
+    #[error("cgroup: {0}")]
+    Cgroup(#[from] CgroupError),
+}
+
+fn sys(what: &'static str) -> impl Fn(Errno) -> SupervisorError {
+    move |errno| SupervisorError::Sys { what, errno }
+}
+
+/// What the sandbox reported about its own setup, if it failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SetupFailure {
+    pub step: String,
+    pub message: String,
+}
+
+pub struct Outcome {
+    pub facts: Facts,
+    pub setup_failure: Option<SetupFailure>,
+}
+
+/// Namespaces the sandbox is born in. The cgroup namespace comes later, from inside
+/// (plan step 1), once the v1 supervisor has moved it into its cgroup.
+pub const NAMESPACES: u64 = (libc::CLONE_NEWNS
+    | libc::CLONE_NEWPID
+    | libc::CLONE_NEWNET
+    | libc::CLONE_NEWIPC
+    | libc::CLONE_NEWUTS) as u64;
+
+pub fn supervise(
+    plan: Plan,
+    cgroup: RunCgroup,
+    wall_limit: Duration,
+    cpu_limit: Duration,
+    millicores: u64,
+) -> Result<Outcome, SupervisorError> {
+    let (go_r, go_w) = pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(sys("pipe2"))?;
+    let (alive_r, alive_w) = pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(sys("pipe2"))?;
+    let (status_r, status_w) = pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(sys("pipe2"))?;
+    let (error_r, error_w) = pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(sys("pipe2"))?;
+    let mut relayed = SigSet::empty();
+    for &s in RELAYED {
+        relayed.add(s);
+    }
+    // Blocked before the clone so none is lost; the child unblocks them first thing.
+    let old_mask = relayed
+        .thread_swap_mask(SigmaskHow::SIG_BLOCK)
+        .map_err(sys("sigprocmask"))?;
+    let started = Instant::now();
+
+    let (pid, pidfd) =
+        match raw::clone3(NAMESPACES, cgroup.clone_into_fd()).map_err(sys("clone3"))? {
+            Cloned::Child => {
+                drop((go_w, alive_w, status_r, error_r));
+                let _ = old_mask.thread_set_mask();
+                child(
+                    plan,
+                    go_r,
+                    Channels {
+                        alive: alive_r.as_raw_fd(),
+                        status: status_w.as_raw_fd(),
+                        error: error_w.as_raw_fd(),
+                    },
+                    error_w.as_raw_fd(),
+                    status_w.as_raw_fd(),
+                )
+            }
+            Cloned::Parent { pid, pidfd } => (Pid::from_raw(pid), pidfd),
+        };
+    drop((go_r, alive_r, status_w, error_w));
+    drop(plan); // our copies of the bind source fds
+
+    let kill = |fd: &OwnedFd| {
+        let _ = raw::pidfd_send_signal(fd.as_raw_fd(), libc::SIGKILL);
+    };
+    if let Err(e) = cgroup.attach(pid.as_raw()) {
+        kill(&pidfd);
+        let _ = nix::sys::wait::waitpid(pid, None);
+        let _ = cgroup.finish();
+        let _ = old_mask.thread_set_mask();
+        return Err(e.into());
+    }
+    // Let the sandbox start (it is in its cgroup now, whichever version).
+    nix::unistd::write(&go_w, b"g").map_err(sys("write go"))?;
+    drop(go_w);
+
+    let sfd = SignalFd::with_flags(&relayed, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
+        .map_err(sys("signalfd"))?;
+    let mut facts = Facts::default();
+    let mut error_text = Vec::new();
+    let mut error_open = true;
+    let deadline = started + wall_limit;
+    loop {
+        let now = Instant::now();
+        let killed = facts.killed_for_wall || facts.killed_for_cpu;
+        let mut timeout = if killed {
+            Duration::from_millis(100)
+        } else {
+            deadline.saturating_duration_since(now)
+        };
+        if !killed {
+            if now >= deadline {
+                facts.killed_for_wall = true;
+                kill(&pidfd);
+                tracing::debug!(?wall_limit, "wall-clock limit: killed");
+                continue;
+            }
+            let used = cgroup.cpu_usage()?;
+            if used >= cpu_limit {
+                facts.killed_for_cpu = true;
+                kill(&pidfd);
+                tracing::debug!(?used, "cpu-time limit: killed");
+                continue;
+            }
+            // The soonest the limit could be reached, at full quota, but at least every 100 ms.
+            let soonest = (cpu_limit - used).mul_f64(1000.0 / millicores.max(1) as f64);
+            timeout =
+                timeout.min(soonest.clamp(Duration::from_millis(5), Duration::from_millis(100)));
+        }
+        let mut fds = vec![
+            PollFd::new(pidfd.as_fd(), PollFlags::POLLIN),
+            PollFd::new(sfd.as_fd(), PollFlags::POLLIN),
+        ];
+        if error_open {
+            fds.push(PollFd::new(error_r.as_fd(), PollFlags::POLLIN));
+        }
+        let ms = timeout.as_millis().clamp(1, i32::MAX as u128) as i32;
+        match poll(
+            &mut fds,
+            PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX),
+        ) {
+            Ok(_) | Err(Errno::EINTR) => {}
+            Err(e) => return Err(sys("poll")(e)),
+        }
+        let ready = |i: usize| {
+            fds.get(i)
+                .and_then(|f| f.revents())
+                .is_some_and(|r| !r.is_empty())
+        };
+        let (exited, signalled, error_ready) = (ready(0), ready(1), error_open && ready(2));
+        drop(fds);
+        if signalled {
+            while let Ok(Some(info)) = sfd.read_signal() {
+                tracing::debug!(signal = info.ssi_signo, "relaying");
+                let _ = raw::pidfd_send_signal(pidfd.as_raw_fd(), info.ssi_signo as i32);
+            }
+        }
+        if error_ready {
+            let mut buf = [0u8; 4096];
+            match read(&error_r, &mut buf) {
+                Ok(0) | Err(_) => error_open = false,
+                Ok(n) => error_text.extend_from_slice(&buf[..n]),
+            }
+        }
+        if exited {
+            nix::sys::wait::waitpid(pid, None).map_err(sys("waitpid"))?;
+            break;
+        }
+    }
+    facts.wall = started.elapsed();
+    // The rest of a setup error, if the child wrote one and died before we read it all.
+    let mut buf = [0u8; 4096];
+    while let Ok(n @ 1..) = read(&error_r, &mut buf) {
+        error_text.extend_from_slice(&buf[..n]);
+    }
+    let mut status = [0u8; 8];
+    if let Ok(8) = read(&status_r, &mut status) {
+        facts.ended = crate::init::decode(&status);
+    }
+    drop(alive_w);
+    let _ = old_mask.thread_set_mask();
+    facts.usage = cgroup.finish()?;
+    let setup_failure = (!error_text.is_empty()).then(|| {
+        let text = String::from_utf8_lossy(&error_text).into_owned();
+        let (step, message) = text.split_once('\x1f').unwrap_or(("setup", &text));
+        SetupFailure {
+            step: step.to_string(),
+            message: message.to_string(),
+        }
+    });
+    Ok(Outcome {
+        facts,
+        setup_failure,
+    })
+}
+
+/// The sandbox's side of the clone: wait for the go, then [`enter_sandbox`]. Never returns.
+fn child(plan: Plan, go: OwnedFd, ch: Channels, error_fd: i32, status_fd: i32) -> ! {
+    let mut b = [0u8; 1];
+    if !matches!(read(&go, &mut b), Ok(1)) {
+        raw::exit_now(125); // the supervisor is gone
+    }
+    drop(go);
+    match enter_sandbox(&LinuxSys, plan, ch) {
+        Ok(program) => {
+            // Our copy of the error pipe: once the program's copy closes on execve, the
+            // supervisor sees end-of-file and knows the program started.
+            raw::close_fd(error_fd);
+            crate::init::run(program, status_fd)
+        }
+        Err(e) => {
+            let msg = format!("{}\x1f{}", e.step, e.message);
+            raw::write_fd(error_fd, msg.as_bytes());
+            raw::exit_now(126)
+        }
+    }
+}

@@ -1,0 +1,109 @@
+//! The syscall seam: every privileged or process-changing call of the sandbox setup goes
+//! through [`Sys`], so the order of steps in [`crate::plan`] can be checked in unit tests,
+//! without root, against [`fake::FakeSys`], which records each call and its arguments.
+//!
+//! [`linux::LinuxSys`] is the real implementation and, with [`raw`], the only place with
+//! `unsafe` in the sandbox setup.
+
+pub mod fake;
+pub mod linux;
+pub mod raw;
+
+use nix::errno::Errno;
+use nix::mount::MsFlags;
+use nix::sys::resource::Resource;
+use std::ffi::CString;
+use std::path::Path;
+
+pub use nix::unistd::Pid;
+
+/// A failed call: which syscall, on what, and the errno.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{call}({arg}): {errno}")]
+pub struct SysError {
+    pub call: &'static str,
+    pub arg: String,
+    pub errno: Errno,
+}
+
+impl SysError {
+    pub fn new(call: &'static str, arg: impl Into<String>, errno: Errno) -> SysError {
+        SysError {
+            call,
+            arg: arg.into(),
+            errno,
+        }
+    }
+}
+
+pub enum Forked {
+    Parent(Pid),
+    Child,
+}
+
+/// What Landlock managed to enforce.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LandlockOutcome {
+    Full,
+    Partial,
+    Unsupported,
+}
+
+/// Paths (inside the sandbox) and the access Landlock should allow beneath each.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LandlockRules {
+    /// Read and execute.
+    pub read: Vec<std::path::PathBuf>,
+    /// Everything (create, write, remove...).
+    pub write: Vec<std::path::PathBuf>,
+    /// Files that may be opened for writing but not replaced (`/dev/null`).
+    pub write_files: Vec<std::path::PathBuf>,
+}
+
+/// The calls the sandbox setup makes, in the vocabulary of the steps rather than of libc.
+pub trait Sys {
+    fn unshare(&self, flags: nix::sched::CloneFlags) -> Result<(), SysError>;
+    fn mount(
+        &self,
+        source: Option<&Path>,
+        target: &Path,
+        fstype: Option<&str>,
+        flags: MsFlags,
+        data: Option<&str>,
+    ) -> Result<(), SysError>;
+    /// Attach a detached mount tree (from `open_tree`) on the mount point open at `target`,
+    /// after setting its flags: always nosuid and nodev, read-only unless `writable`.
+    fn attach_tree(
+        &self,
+        tree: std::os::fd::RawFd,
+        target: std::os::fd::RawFd,
+        writable: bool,
+    ) -> Result<(), SysError>;
+    fn umount_detach(&self, target: &Path) -> Result<(), SysError>;
+    /// `pivot_root(".", ".")` from `new_root`, then detach the old root stacked beneath.
+    fn pivot_root(&self, new_root: &Path) -> Result<(), SysError>;
+    fn chdir(&self, path: &Path) -> Result<(), SysError>;
+    fn sethostname(&self, name: &str) -> Result<(), SysError>;
+    fn loopback_up(&self) -> Result<(), SysError>;
+    fn setrlimit(&self, resource: Resource, soft: u64, hard: u64) -> Result<(), SysError>;
+    /// Close every fd from 3 up except `keep`.
+    fn close_fds_except(&self, keep: &[i32]) -> Result<(), SysError>;
+    /// Empty the bounding, ambient and inheritable sets (needs `CAP_SETPCAP`).
+    fn drop_capability_bounds(&self) -> Result<(), SysError>;
+    fn setgroups_empty(&self) -> Result<(), SysError>;
+    fn setresgid(&self, gid: u32) -> Result<(), SysError>;
+    fn setresuid(&self, uid: u32) -> Result<(), SysError>;
+    /// Fail unless every capability set of this process is empty.
+    fn verify_no_capabilities(&self) -> Result<(), SysError>;
+    fn set_no_new_privs(&self) -> Result<(), SysError>;
+    /// Die with SIGKILL when the supervisor dies; `alive_fd` is a pipe the supervisor holds
+    /// open, checked afterwards to close the race with a supervisor that died first.
+    fn set_parent_death_kill(&self, alive_fd: i32) -> Result<(), SysError>;
+    fn fork(&self) -> Result<Forked, SysError>;
+    fn setsid(&self) -> Result<(), SysError>;
+    fn landlock(&self, rules: &LandlockRules, required: bool) -> Result<LandlockOutcome, SysError>;
+    /// Install the filters, in order, on this thread (there is only one).
+    fn seccomp(&self, filters: &[seccompiler::BpfProgram]) -> Result<(), SysError>;
+    /// Only returns on failure.
+    fn execve(&self, path: &Path, argv: &[CString], envp: &[CString]) -> SysError;
+}

@@ -1,0 +1,220 @@
+//! Thin wrappers for the few calls that neither nix nor libc's safe crates cover, each in the
+//! shape `check(unsafe { libc::... })` with its `// SAFETY:` justification.
+
+use nix::errno::Errno;
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+
+/// Convert a `-1`-and-errno return into a `Result`.
+pub fn check(rc: libc::c_long) -> Result<libc::c_long, Errno> {
+    if rc == -1 {
+        Err(Errno::last())
+    } else {
+        Ok(rc)
+    }
+}
+
+/// `close_range(first, last, flags)`.
+pub fn close_range(first: u32, last: u32, flags: u32) -> Result<(), Errno> {
+    // SAFETY: close_range only touches this process's fd table; no memory is passed.
+    check(unsafe { libc::syscall(libc::SYS_close_range, first, last, flags) }).map(drop)
+}
+
+/// Mark every fd from 3 up close-on-exec, so nothing the caller left open reaches the sandbox
+/// (firecracker's jailer does the same at start-up).
+pub fn cloexec_inherited_fds() -> Result<(), Errno> {
+    close_range(3, u32::MAX, libc::CLOSE_RANGE_CLOEXEC)
+}
+
+/// The result of [`clone3`].
+pub enum Cloned {
+    Parent { pid: libc::pid_t, pidfd: OwnedFd },
+    Child,
+}
+
+/// `clone3` without `CLONE_VM`: a fork whose child starts in new namespaces (and, with
+/// `cgroup_fd`, directly inside that cgroup v2, so nothing writes `cgroup.procs`).
+///
+/// The caller must be single-threaded: the child continues on a copy of this thread only.
+pub fn clone3(flags: u64, cgroup_fd: Option<RawFd>) -> Result<Cloned, Errno> {
+    let mut pidfd: libc::c_int = -1;
+    let mut args = CloneArgs {
+        flags: flags | libc::CLONE_PIDFD as u64 | cgroup_fd.map_or(0, |_| CLONE_INTO_CGROUP),
+        pidfd: std::ptr::addr_of_mut!(pidfd) as u64,
+        child_tid: 0,
+        parent_tid: 0,
+        exit_signal: libc::SIGCHLD as u64,
+        stack: 0,
+        stack_size: 0,
+        tls: 0,
+        set_tid: 0,
+        set_tid_size: 0,
+        cgroup: cgroup_fd.map_or(0, |fd| fd as u64),
+    };
+    // SAFETY: `args` is a valid clone_args of the size we pass and outlives the call; without
+    // CLONE_VM the child gets a copy of our memory and continues on its own copy of this
+    // stack, like fork(2). `pidfd` is written by the kernel in the parent only.
+    let rc = check(unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            std::ptr::addr_of_mut!(args),
+            std::mem::size_of::<CloneArgs>(),
+        )
+    })?;
+    if rc == 0 {
+        Ok(Cloned::Child)
+    } else {
+        // SAFETY: the kernel returned a fresh pidfd owned by nobody else.
+        let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
+        Ok(Cloned::Parent {
+            pid: rc as libc::pid_t,
+            pidfd,
+        })
+    }
+}
+
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+/// `struct clone_args` (linux/sched.h), version 2 (with `cgroup`).
+#[repr(C)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+/// `pidfd_send_signal(pidfd, sig)`: signals exactly the process we started, never a
+/// recycled pid.
+pub fn pidfd_send_signal(pidfd: RawFd, sig: libc::c_int) -> Result<(), Errno> {
+    // SAFETY: no info struct is passed (NULL), flags 0; the fd is ours.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd,
+            sig,
+            std::ptr::null::<u8>(),
+            0,
+        )
+    })
+    .map(drop)
+}
+
+/// `_exit` without running destructors or atexit handlers: for a forked child whose parent
+/// owns the real state (buffers, temp files).
+pub fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit is always safe to call; it never returns.
+    unsafe { libc::_exit(code) }
+}
+
+/// `prctl(PR_SET_DUMPABLE, 0)`: nobody of the same uid may ptrace us or read our memory.
+pub fn set_non_dumpable() -> Result<(), Errno> {
+    // SAFETY: prctl with integer arguments only.
+    check(unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) }.into()).map(drop)
+}
+
+/// `setfsuid`/`setfsgid` return the previous id and never fail visibly; we check the result
+/// by calling again with -1 (an invalid id, which changes nothing and returns the current).
+pub fn set_fs_ids(uid: u32, gid: u32) -> Result<(), Errno> {
+    // SAFETY: plain integer syscalls on the calling thread's credentials.
+    unsafe {
+        libc::setfsgid(gid);
+        libc::setfsuid(uid);
+        if libc::setfsgid(u32::MAX) as u32 != gid || libc::setfsuid(u32::MAX) as u32 != uid {
+            return Err(Errno::EPERM);
+        }
+    }
+    Ok(())
+}
+
+/// Best-effort write of a small message to a pipe we own (one write; pipes take up to 4 KiB
+/// atomically). Used where there is nobody left to report a failure to.
+pub fn write_fd(fd: RawFd, buf: &[u8]) {
+    // SAFETY: `buf` is valid for `buf.len()` bytes; a bad fd only yields EBADF.
+    unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) };
+}
+
+/// Close an fd that is not owned by any Rust object.
+pub fn close_fd(fd: RawFd) {
+    // SAFETY: the caller passes an fd it owns and never uses again.
+    unsafe { libc::close(fd) };
+}
+
+const OPEN_TREE_CLONE: u32 = 1;
+const AT_EMPTY_PATH: u32 = 0x1000;
+const MOVE_MOUNT_F_EMPTY_PATH: u32 = 0x4;
+pub const MOUNT_ATTR_RDONLY: u64 = 0x1;
+pub const MOUNT_ATTR_NOSUID: u64 = 0x2;
+pub const MOUNT_ATTR_NODEV: u64 = 0x4;
+
+/// `open_tree(fd, "", OPEN_TREE_CLONE)`: a detached copy of the mount at `fd` (not recursive).
+/// Done in the supervisor's mount namespace, where the source lives; the sandbox attaches it
+/// in its own with [`move_mount`] (a plain bind across namespaces is refused with EINVAL).
+pub fn open_tree_clone(fd: RawFd) -> Result<OwnedFd, Errno> {
+    // SAFETY: the path is a valid NUL-terminated empty string; the kernel returns a new fd.
+    let rc = check(unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            fd,
+            c"".as_ptr(),
+            OPEN_TREE_CLONE | libc::O_CLOEXEC as u32 | AT_EMPTY_PATH,
+        )
+    })?;
+    // SAFETY: a fresh fd owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(rc as RawFd) })
+}
+
+/// `mount_setattr(fd, "", AT_EMPTY_PATH, {attr_set})` on a detached tree (Linux 5.12+).
+pub fn mount_setattr(fd: RawFd, attr_set: u64) -> Result<(), Errno> {
+    #[repr(C)]
+    struct MountAttr {
+        attr_set: u64,
+        attr_clr: u64,
+        propagation: u64,
+        userns_fd: u64,
+    }
+    let attr = MountAttr {
+        attr_set,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    // SAFETY: `attr` is a valid mount_attr of the size passed, alive during the call.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            fd,
+            c"".as_ptr(),
+            AT_EMPTY_PATH,
+            std::ptr::addr_of!(attr),
+            std::mem::size_of::<MountAttr>(),
+        )
+    })
+    .map(drop)
+}
+
+const MOVE_MOUNT_T_EMPTY_PATH: u32 = 0x40;
+
+/// `move_mount(fd, "", target_fd, "")`: attach a detached tree on the directory or file
+/// `target_fd` refers to. (The kernel refuses a `/proc/self/fd/N` path as the target, so the
+/// fd itself is passed.)
+pub fn move_mount(fd: RawFd, target_fd: RawFd) -> Result<(), Errno> {
+    // SAFETY: both paths are valid empty NUL-terminated strings; the fds are ours.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            fd,
+            c"".as_ptr(),
+            target_fd,
+            c"".as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH,
+        )
+    })
+    .map(drop)
+}
