@@ -130,7 +130,7 @@ impl Config {
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         let raw: ConfigFile = toml::from_str(text).map_err(|e| ConfigError::Syntax {
             path: path.to_path_buf(),
-            message: e.to_string().lines().next().unwrap_or_default().to_string(),
+            message: crate::policy::toml_error(text, &e),
         })?;
         let err = |key: &str, reason: String| ConfigError::Invalid {
             path: path.to_path_buf(),
@@ -309,7 +309,7 @@ mod tests {
     fn parses_and_caps() {
         let c = Config::parse(
             Path::new("c.toml"),
-            "first_uid = 70000\nslots = 4\nallowed_group = \"instructors\"\n[max]\nmemory = \"2G\"\npids = 100\n",
+            "first_uid = 70000\nslots = 4\nallowed_group = \"instructors\"\n[max]\nmemory = \"2G\"\npids = 200\n",
         )
         .unwrap();
         assert_eq!(c.first_uid, 70000);
@@ -322,10 +322,10 @@ mod tests {
             "memory 3G exceeds the system maximum 2G (c.toml)"
         );
         l.memory = 1 << 30;
-        l.pids = 101;
+        l.pids = 201;
         assert_eq!(
             c.check_limits(&l).unwrap_err(),
-            "pids 101 exceeds the system maximum 100 (c.toml)"
+            "pids 201 exceeds the system maximum 200 (c.toml)"
         );
     }
 

@@ -129,7 +129,7 @@ impl Policy {
     pub fn parse(file: &str, text: &str) -> Result<Policy, PolicyError> {
         let raw: schema::PolicyFile = toml::from_str(text).map_err(|e| PolicyError::Syntax {
             file: file.to_string(),
-            message: one_line(&e.to_string()),
+            message: toml_error(text, &e),
         })?;
         let name = Path::new(file)
             .file_stem()
@@ -161,15 +161,17 @@ pub fn is_path(spec: &str) -> bool {
     spec.contains('/') || spec.ends_with(".toml")
 }
 
-/// toml's errors span several lines with a source excerpt; we promise one line.
-fn one_line(s: &str) -> String {
-    s.lines()
-        .map(str::trim)
-        .filter(|l| {
-            !l.is_empty() && !l.starts_with('|') && !l.chars().all(|c| c == '^' || c == ' ')
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
+/// toml's errors span several lines with a source excerpt; we promise one line:
+/// `line N: message`.
+pub(crate) fn toml_error(text: &str, e: &toml::de::Error) -> String {
+    match e.span() {
+        Some(span) => format!(
+            "line {}: {}",
+            text[..span.start.min(text.len())].matches('\n').count() + 1,
+            e.message()
+        ),
+        None => e.message().to_string(),
+    }
 }
 
 /// Check a combined list (policy plus `--bind`) for duplicates and reserved targets, then

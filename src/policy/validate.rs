@@ -380,7 +380,10 @@ mod tests {
     #[test]
     fn unknown_and_missing_keys_are_errors() {
         let e = invalid(&GOOD.replace("pids = 32", "pids = 32\nmemroy = 1"));
-        assert!(e.starts_with("t.toml: unknown field `memroy`"), "{e}");
+        assert!(
+            e.starts_with("t.toml: line 8: unknown field `memroy`, expected one of `memory`"),
+            "{e}"
+        );
         assert!(!e.contains('\n'));
         let e = invalid(&GOOD.replace("pids = 32", ""));
         assert!(e.contains("missing field `pids`"), "{e}");

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 #[derive(Default)]
 pub struct FakeSys {
-    calls: RefCell<Vec<String>>,
+    pub(crate) calls: RefCell<Vec<String>>,
     /// Prefix stripped from recorded paths (the tempdir standing in for the new root).
     pub root: Option<PathBuf>,
     /// Fail the first call whose recorded text starts with this.

@@ -191,7 +191,7 @@ fn mounts() -> io::Result<Vec<Value>> {
 }
 
 fn net_devices() -> io::Result<Vec<Value>> {
-    let text = fs::read_to_string("/proc/net/dev")?;
+    let text = fs::read_to_string("/proc/self/net/dev")?;
     let names = text.lines().skip(2).filter_map(|line| {
         let (name, _) = line.split_once(':')?;
         Some(Value::from(name.trim()))
