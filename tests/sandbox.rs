@@ -1,0 +1,220 @@
+//! End-to-end: the real binary, as root, with the probe inside reporting what it sees.
+
+mod common;
+use common::*;
+
+#[test]
+fn probe_sees_only_the_sandbox() {
+    if !require_root() {
+        return;
+    }
+    let (r, seen) = run_probe(
+        &["--env", "EXTRA=1"],
+        &[
+            "--try-write",
+            "/usr",
+            "--try-write",
+            "/tmp",
+            "--try-write",
+            "/",
+            "--try-write",
+            "/dev",
+            "--exists",
+            "/etc/shadow",
+            "--exists",
+            "/root",
+            "--exists",
+            "/sys/kernel",
+            "--exists",
+            "/proc/1/environ",
+            "--exists",
+            "/proc/sysrq-trigger",
+            "--exists",
+            "/proc/kcore",
+        ],
+    );
+    assert_eq!(r.status(), "ok", "{r:?}");
+    assert_eq!(r.code, 0);
+    let uid = r.report["sandbox"]["uid"].as_u64().unwrap();
+    // a real, unprivileged uid of the slot's own, not 0 and not a mapping
+    assert!(uid >= 1000);
+    assert_eq!(seen["uid"], serde_json::json!([uid, uid, uid]));
+    assert_eq!(seen["gid"], serde_json::json!([uid, uid, uid]));
+    assert_eq!(seen["groups"], serde_json::json!([]));
+    // no capability in any set, no_new_privs, seccomp in filter mode
+    for set in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
+        assert_eq!(seen["status"][set], "0000000000000000", "{set}");
+    }
+    assert_eq!(seen["status"]["NoNewPrivs"], "1");
+    assert_eq!(seen["status"]["Seccomp"], "2");
+    // its own PID namespace: the program is PID 2 under our init
+    assert_eq!(seen["pid"], 2);
+    assert_eq!(seen["ppid"], 1);
+    // only loopback
+    assert_eq!(seen["net_devices"], serde_json::json!(["lo"]));
+    assert_eq!(seen["hostname"], "sandbox");
+    // the environment is the policy's plus --env, nothing from ours
+    let env = seen["env"].as_object().unwrap();
+    assert_eq!(env["EXTRA"], "1");
+    assert_eq!(env["HOME"], "/tmp");
+    assert!(
+        !env.contains_key("CARGO"),
+        "host environment leaked: {env:?}"
+    );
+    // stdio only
+    assert_eq!(seen["fds"], serde_json::json!([0, 1, 2]));
+    // a cgroup namespace: the host's hierarchy is hidden
+    for line in seen["cgroup"].as_str().unwrap().lines() {
+        assert!(line.ends_with(":/"), "cgroup path visible: {line}");
+    }
+    // rlimits from the policy
+    assert_eq!(seen["rlimits"]["core"], serde_json::json!([0, 0]));
+    assert_eq!(seen["rlimits"]["nofile"], serde_json::json!([256, 256]));
+    // every mount nosuid and nodev (devices need dev, still nosuid), root read-only
+    for m in seen["mounts"].as_array().unwrap() {
+        let opts = m["options"].as_str().unwrap();
+        let mp = m["mount_point"].as_str().unwrap();
+        assert!(opts.contains("nosuid"), "{mp}: {opts}");
+        if !mp.starts_with("/dev/") || mp == "/dev/shm" {
+            assert!(opts.contains("nodev"), "{mp}: {opts}");
+        }
+        if ["/", "/usr", "/dev"].contains(&mp) {
+            assert!(
+                opts.split(',').any(|o| o == "ro"),
+                "{mp} must be read-only: {opts}"
+            );
+        }
+    }
+    let checks: Vec<_> = seen["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["path"].as_str().unwrap().to_string(),
+                c["kind"].as_str().unwrap().to_string(),
+                c["ok"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    let ok = |path: &str, kind: &str| {
+        checks
+            .iter()
+            .find(|c| c.0 == path && c.1 == kind)
+            .map(|c| c.2)
+            .unwrap()
+    };
+    assert!(!ok("/usr", "write"));
+    assert!(ok("/tmp", "write"));
+    assert!(!ok("/", "write"));
+    assert!(!ok("/dev", "write"));
+    for hidden in [
+        "/etc/shadow",
+        "/root",
+        "/sys/kernel",
+        "/proc/1/environ",
+        "/proc/sysrq-trigger",
+        "/proc/kcore",
+    ] {
+        assert!(!ok(hidden, "exists"), "{hidden} is visible");
+    }
+    // nothing of the run is left on the host
+    assert!(processes_of_uid(uid as u32).is_empty());
+}
+
+#[test]
+fn report_to_stdout_and_exit_codes_follow_the_status() {
+    if !require_root() {
+        return;
+    }
+    let r = run(&[], &["/bin/sh", "-c", "exit 3"]);
+    assert_eq!(
+        (r.status(), r.code, r.report["exit_code"].as_i64()),
+        ("exit-nonzero", 1, Some(3))
+    );
+    let r = run(&[], &["/bin/sh", "-c", "kill -SEGV $$"]);
+    assert_eq!(
+        (r.status(), r.code, r.report["signal"].as_str()),
+        ("signaled", 4, Some("SIGSEGV"))
+    );
+    let r = run(&[], &["/no/such/program"]);
+    assert_eq!((r.status(), r.code), ("sandbox-error", 3), "{r:?}");
+    assert_eq!(r.report["sandbox_error"]["step"], "exec");
+    // bad input: exit 2, clear message, no report written
+    let r = run(&["--memory", "0"], &["/bin/true"]);
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(
+        r.stderr.contains("--memory: must be greater than zero"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.report.is_null());
+    let r = run(&["--policy", "nope"], &["/bin/true"]);
+    assert_eq!(r.code, 2);
+    assert!(
+        r.stderr.contains("policy \"nope\" not found"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn program_found_on_the_policys_path_and_given_arguments_verbatim() {
+    if !require_root() {
+        return;
+    }
+    let r = run(
+        &[],
+        &[
+            "sh",
+            "-c",
+            "printf '%s|' \"$@\"",
+            "sh",
+            "; rm -rf /",
+            "$(id)",
+            "--memory",
+        ],
+    );
+    assert_eq!(r.status(), "ok", "{r:?}");
+    assert_eq!(r.stdout, "; rm -rf /|$(id)|--memory|");
+}
+
+#[test]
+fn python_runs_in_the_default_policy() {
+    if !require_root() {
+        return;
+    }
+    let r = run(&[], &["python3", "-c", "import os, json, sys; print(json.dumps([os.getuid(), os.cpu_count() > 0, sys.version_info[0]]))"]);
+    assert_eq!(r.status(), "ok", "{r:?}");
+    assert!(r.stdout.contains(", true, 3]"), "{}", r.stdout);
+}
+
+#[test]
+fn cli_binds_are_read_only_unless_rw() {
+    if !require_root() {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(d.path().join("data.txt"), "hello").unwrap();
+    let ro = format!("{}:/data", d.path().display());
+    let r = run(
+        &["--bind", &ro],
+        &["/bin/sh", "-c", "cat /data/data.txt; echo x > /data/new"],
+    );
+    assert_eq!(r.status(), "exit-nonzero");
+    assert!(r.stdout.starts_with("hello"));
+    assert!(!d.path().join("new").exists());
+    // rw: the sandbox uid needs write permission on the directory itself
+    std::fs::set_permissions(
+        d.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    let rw = format!("{}:/data:rw", d.path().display());
+    let r = run(
+        &["--bind", &rw, "--workdir", "/data"],
+        &["/bin/sh", "-c", "echo x > new"],
+    );
+    assert_eq!(r.status(), "ok", "{r:?}");
+    assert!(d.path().join("new").exists());
+}
