@@ -26,28 +26,18 @@ pub fn check(config_path: Option<&Path>, format: Format) -> u8 {
         format!("effective uid {euid} (root is needed: run as root, via sudo, or install setuid)"),
     );
     let exe = std::fs::metadata("/proc/self/exe").ok();
-    let setuid = exe
-        .as_ref()
-        .is_some_and(|m| m.mode() & 0o4000 != 0 && m.uid() == 0);
+    let setuid = exe.as_ref().is_some_and(|m| m.mode() & 0o4000 != 0 && m.uid() == 0);
     add(
         "setuid",
         true,
-        if setuid {
-            "installed setuid-root".into()
-        } else {
-            "not setuid (fine when run as root or via sudo)".into()
-        },
+        if setuid { "installed setuid-root".into() } else { "not setuid (fine when run as root or via sudo)".into() },
     );
 
     let ns: Vec<&str> = ["mnt", "pid", "net", "ipc", "uts", "cgroup"]
         .into_iter()
         .filter(|n| Path::new(&format!("/proc/self/ns/{n}")).exists())
         .collect();
-    add(
-        "namespaces",
-        ns.len() == 6,
-        format!("available: {}", ns.join(", ")),
-    );
+    add("namespaces", ns.len() == 6, format!("available: {}", ns.join(", ")));
 
     match Hierarchies::read(Path::new("/proc/self/mountinfo")) {
         Ok(h) => {
@@ -74,24 +64,10 @@ pub fn check(config_path: Option<&Path>, format: Format) -> u8 {
         Err(e) => add("cgroups", false, e.to_string()),
     }
 
-    let seccomp = std::fs::read_to_string("/proc/self/status")
-        .map(|s| s.contains("Seccomp:"))
-        .unwrap_or(false);
-    add(
-        "seccomp",
-        seccomp,
-        if seccomp {
-            "filter mode available".into()
-        } else {
-            "the kernel has no seccomp".into()
-        },
-    );
+    let seccomp = std::fs::read_to_string("/proc/self/status").map(|s| s.contains("Seccomp:")).unwrap_or(false);
+    add("seccomp", seccomp, if seccomp { "filter mode available".into() } else { "the kernel has no seccomp".into() });
     match crate::seccomp::compile(crate::policy::SeccompAction::Kill) {
-        Ok(f) => add(
-            "seccomp-policy",
-            true,
-            format!("{} filters compiled from policies/seccomp.toml", f.len()),
-        ),
+        Ok(f) => add("seccomp-policy", true, format!("{} filters compiled from policies/seccomp.toml", f.len())),
         Err(e) => add("seccomp-policy", false, e.to_string()),
     }
     let abi = crate::fsaccess::kernel_abi();
@@ -101,8 +77,7 @@ pub fn check(config_path: Option<&Path>, format: Format) -> u8 {
         if abi > 0 {
             format!("ABI {abi}")
         } else {
-            "not supported by this kernel (policies with landlock = \"required\" will refuse)"
-                .into()
+            "not supported by this kernel (policies with landlock = \"required\" will refuse)".into()
         },
     );
 
@@ -125,21 +100,13 @@ pub fn check(config_path: Option<&Path>, format: Format) -> u8 {
                     c.slots,
                     c.cgroup_root,
                     c.allowed_group,
-                    if secure {
-                        ""
-                    } else {
-                        "; NOT root-owned or writable by others"
-                    }
+                    if secure { "" } else { "; NOT root-owned or writable by others" }
                 ),
             );
             for (i, n) in ["default", "strict"].iter().enumerate() {
                 let _ = i;
                 match crate::policy::Policy::builtin(n) {
-                    Ok(p) => add(
-                        "policy",
-                        c.check_limits(&p.limits).is_ok(),
-                        format!("{n}: {}", p.description),
-                    ),
+                    Ok(p) => add("policy", c.check_limits(&p.limits).is_ok(), format!("{n}: {}", p.description)),
                     Err(e) => add("policy", false, e.to_string()),
                 }
             }
@@ -152,21 +119,9 @@ pub fn check(config_path: Option<&Path>, format: Format) -> u8 {
         Format::Json => println!("{}", serde_json::json!({ "ok": ok, "items": items })),
         Format::Text => {
             for i in &items {
-                println!(
-                    "{:<4} {:<15} {}",
-                    if i.ok { "ok" } else { "FAIL" },
-                    i.name,
-                    i.detail
-                );
+                println!("{:<4} {:<15} {}", if i.ok { "ok" } else { "FAIL" }, i.name, i.detail);
             }
-            println!(
-                "{}",
-                if ok {
-                    "the sandbox can run on this host"
-                } else {
-                    "the sandbox cannot run on this host"
-                }
-            );
+            println!("{}", if ok { "the sandbox can run on this host" } else { "the sandbox cannot run on this host" });
         }
     }
     if ok {

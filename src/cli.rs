@@ -19,6 +19,7 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once per process
 pub enum Command {
     /// Run one program in the sandbox and report how it ended.
     Run(RunArgs),
@@ -32,11 +33,7 @@ pub struct RunArgs {
     #[arg(long, env = "ISOLATE_GRADE_POLICY", default_value = "default")]
     pub policy: String,
     /// Make a host path visible: SRC[:DST][:ro|:rw] (read-only unless `:rw`). Repeatable.
-    #[arg(
-        long = "bind",
-        value_name = "SRC[:DST][:ro|:rw]",
-        env = "ISOLATE_GRADE_BIND"
-    )]
+    #[arg(long = "bind", value_name = "SRC[:DST][:ro|:rw]", env = "ISOLATE_GRADE_BIND")]
     pub binds: Vec<String>,
     /// Working directory inside the sandbox (default: the policy's).
     #[arg(long, env = "ISOLATE_GRADE_WORKDIR")]
@@ -106,17 +103,9 @@ mod tests {
             "; rm -rf /",
         ])
         .unwrap();
-        let Command::Run(r) = cli.command else {
-            panic!()
-        };
+        let Command::Run(r) = cli.command else { panic!() };
         assert_eq!(r.memory.as_deref(), Some("1G"));
-        assert_eq!(
-            r.command,
-            ["prog", "--memory", "9G", "; rm -rf /"].map(OsString::from)
-        );
-        assert!(
-            Cli::try_parse_from(["isolate-grade", "run", "--memory", "1G"]).is_err(),
-            "a program is required"
-        );
+        assert_eq!(r.command, ["prog", "--memory", "9G", "; rm -rf /"].map(OsString::from));
+        assert!(Cli::try_parse_from(["isolate-grade", "run", "--memory", "1G"]).is_err(), "a program is required");
     }
 }

@@ -19,18 +19,11 @@ pub const DEFAULT_PATH: &str = "/etc/isolate-grade/config.toml";
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("{path}: {key}: {reason}")]
-    Invalid {
-        path: PathBuf,
-        key: String,
-        reason: String,
-    },
+    Invalid { path: PathBuf, key: String, reason: String },
     #[error("{path}: {message}")]
     Syntax { path: PathBuf, message: String },
     #[error("cannot read {path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("{path} must be owned by root and writable by nobody else (it decides who may use the sandbox)")]
     Insecure { path: PathBuf },
 }
@@ -114,12 +107,7 @@ impl Config {
         let text = match std::fs::read_to_string(path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Config::defaults()),
-            Err(source) => {
-                return Err(ConfigError::Io {
-                    path: path.to_path_buf(),
-                    source,
-                })
-            }
+            Err(source) => return Err(ConfigError::Io { path: path.to_path_buf(), source }),
         };
         if require_secure {
             check_root_owned(path)?;
@@ -132,19 +120,13 @@ impl Config {
             path: path.to_path_buf(),
             message: crate::policy::toml_error(text, &e),
         })?;
-        let err = |key: &str, reason: String| ConfigError::Invalid {
-            path: path.to_path_buf(),
-            key: key.to_string(),
-            reason,
-        };
+        let err =
+            |key: &str, reason: String| ConfigError::Invalid { path: path.to_path_buf(), key: key.to_string(), reason };
         let mut c = Config::defaults();
         c.path = Some(path.to_path_buf());
         if let Some(u) = raw.first_uid {
             if u < 1000 {
-                return Err(err(
-                    "first_uid",
-                    "must be at least 1000, away from system accounts".into(),
-                ));
+                return Err(err("first_uid", "must be at least 1000, away from system accounts".into()));
             }
             c.first_uid = u;
         }
@@ -154,26 +136,18 @@ impl Config {
             }
             c.slots = s;
         }
-        if c.first_uid
-            .checked_add(c.slots)
-            .is_none_or(|end| end > u32::MAX - 2)
-        {
-            return Err(err(
-                "slots",
-                "first_uid + slots overflows the uid range".into(),
-            ));
+        if c.first_uid.checked_add(c.slots).is_none_or(|end| end > u32::MAX - 2) {
+            return Err(err("slots", "first_uid + slots overflows the uid range".into()));
         }
         if let Some(r) = raw.cgroup_root {
-            let p = crate::policy::sandbox_path(&format!("/{r}"), true)
-                .map_err(|e| err("cgroup_root", e))?;
+            let p = crate::policy::sandbox_path(&format!("/{r}"), true).map_err(|e| err("cgroup_root", e))?;
             c.cgroup_root = p.strip_prefix("/").expect("absolute").to_path_buf();
         }
         if let Some(d) = raw.state_dir {
             c.state_dir = crate::policy::sandbox_path(&d, true).map_err(|e| err("state_dir", e))?;
         }
         if let Some(d) = raw.policy_dir {
-            c.policy_dir =
-                crate::policy::sandbox_path(&d, true).map_err(|e| err("policy_dir", e))?;
+            c.policy_dir = crate::policy::sandbox_path(&d, true).map_err(|e| err("policy_dir", e))?;
         }
         c.allowed_group = raw.allowed_group;
         let m = &raw.max;
@@ -198,15 +172,9 @@ impl Config {
             cpu_quota_millicores: match &m.cpu_quota {
                 None => d.cpu_quota_millicores,
                 Some(v) => {
-                    let cores: f64 = v
-                        .as_text()
-                        .parse()
-                        .map_err(|_| err("max.cpu_quota", "not a number".into()))?;
+                    let cores: f64 = v.as_text().parse().map_err(|_| err("max.cpu_quota", "not a number".into()))?;
                     if !(0.01..=1024.0).contains(&cores) {
-                        return Err(err(
-                            "max.cpu_quota",
-                            "must be between 0.01 and 1024 cores".into(),
-                        ));
+                        return Err(err("max.cpu_quota", "must be between 0.01 and 1024 cores".into()));
                     }
                     (cores * 1000.0).round() as u64
                 }
@@ -228,16 +196,9 @@ impl Config {
     /// Every limit within the system maximum, or a message naming the first one that is not.
     pub fn check_limits(&self, l: &Limits) -> Result<(), String> {
         let m = &self.max;
-        let from = self
-            .path
-            .as_ref()
-            .map(|p| p.display().to_string())
-            .unwrap_or_else(|| "built-in defaults".into());
-        let over = |key: &str, v: String, max: String| {
-            Err(format!(
-                "{key} {v} exceeds the system maximum {max} ({from})"
-            ))
-        };
+        let from = self.path.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "built-in defaults".into());
+        let over =
+            |key: &str, v: String, max: String| Err(format!("{key} {v} exceeds the system maximum {max} ({from})"));
         let sizes = [
             ("memory", l.memory, m.memory),
             ("file_size", l.file_size, m.file_size),
@@ -250,10 +211,7 @@ impl Config {
                 return over(k, format_size(v), format_size(max));
             }
         }
-        for (k, v, max) in [
-            ("cpu_time", l.cpu_time, m.cpu_time),
-            ("wall_time", l.wall_time, m.wall_time),
-        ] {
+        for (k, v, max) in [("cpu_time", l.cpu_time, m.cpu_time), ("wall_time", l.wall_time, m.wall_time)] {
             if v > max {
                 return over(k, format_duration(v), format_duration(max));
             }
@@ -261,11 +219,7 @@ impl Config {
         for (k, v, max) in [
             ("pids", l.pids, m.pids),
             ("open_files", l.open_files, m.open_files),
-            (
-                "cpu_quota (millicores)",
-                l.cpu_quota_millicores,
-                m.cpu_quota_millicores,
-            ),
+            ("cpu_quota (millicores)", l.cpu_quota_millicores, m.cpu_quota_millicores),
         ] {
             if v > max {
                 return over(k, v.to_string(), max.to_string());
@@ -280,14 +234,10 @@ impl Config {
 pub fn check_root_owned(path: &Path) -> Result<(), ConfigError> {
     let mut p = Some(path);
     while let Some(cur) = p {
-        let md = std::fs::symlink_metadata(cur).map_err(|source| ConfigError::Io {
-            path: cur.to_path_buf(),
-            source,
-        })?;
+        let md =
+            std::fs::symlink_metadata(cur).map_err(|source| ConfigError::Io { path: cur.to_path_buf(), source })?;
         if md.uid() != 0 || md.mode() & 0o022 != 0 || md.file_type().is_symlink() {
-            return Err(ConfigError::Insecure {
-                path: cur.to_path_buf(),
-            });
+            return Err(ConfigError::Insecure { path: cur.to_path_buf() });
         }
         p = cur.parent().filter(|q| !q.as_os_str().is_empty());
     }
@@ -317,16 +267,10 @@ mod tests {
         let mut l = crate::policy::Policy::builtin("default").unwrap().limits;
         assert!(c.check_limits(&l).is_ok());
         l.memory = 3 << 30;
-        assert_eq!(
-            c.check_limits(&l).unwrap_err(),
-            "memory 3G exceeds the system maximum 2G (c.toml)"
-        );
+        assert_eq!(c.check_limits(&l).unwrap_err(), "memory 3G exceeds the system maximum 2G (c.toml)");
         l.memory = 1 << 30;
         l.pids = 201;
-        assert_eq!(
-            c.check_limits(&l).unwrap_err(),
-            "pids 201 exceeds the system maximum 200 (c.toml)"
-        );
+        assert_eq!(c.check_limits(&l).unwrap_err(), "pids 201 exceeds the system maximum 200 (c.toml)");
     }
 
     #[test]
@@ -334,22 +278,14 @@ mod tests {
         for (text, needle) in [
             ("first_uid = 0", "first_uid: must be at least 1000"),
             ("slots = 0", "slots: must be between"),
-            (
-                "first_uid = 4294967000\nslots = 4000",
-                "slots: first_uid + slots overflows",
-            ),
+            ("first_uid = 4294967000\nslots = 4000", "slots: first_uid + slots overflows"),
             ("cgroup_root = \"../x\"", "cgroup_root:"),
             ("state_dir = \"run\"", "state_dir:"),
-            (
-                "[max]\nmemory = \"-1G\"",
-                "max.memory: must not be negative",
-            ),
+            ("[max]\nmemory = \"-1G\"", "max.memory: must not be negative"),
             ("[max]\ncpu_quota = 0", "max.cpu_quota"),
             ("bogus = 1", "unknown field"),
         ] {
-            let e = Config::parse(Path::new("c.toml"), text)
-                .unwrap_err()
-                .to_string();
+            let e = Config::parse(Path::new("c.toml"), text).unwrap_err().to_string();
             assert!(e.contains(needle), "{text:?} gave {e:?}");
         }
     }

@@ -5,8 +5,8 @@
 
 use crate::sys::{LandlockOutcome, LandlockRules, SysError};
 use landlock::{
-    path_beneath_rules, Access, AccessFs, CompatLevel, Compatible, Ruleset, RulesetAttr,
-    RulesetCreatedAttr, RulesetStatus, Scope, ABI,
+    path_beneath_rules, Access, AccessFs, CompatLevel, Compatible, Ruleset, RulesetAttr, RulesetCreatedAttr,
+    RulesetStatus, Scope, ABI,
 };
 use nix::errno::Errno;
 
@@ -17,14 +17,7 @@ const ABI_WANTED: ABI = ABI::V6;
 pub fn kernel_abi() -> i32 {
     // SAFETY: landlock_create_ruleset(NULL, 0, LANDLOCK_CREATE_RULESET_VERSION) only returns
     // the ABI version; no memory is passed.
-    let v = unsafe {
-        libc::syscall(
-            libc::SYS_landlock_create_ruleset,
-            std::ptr::null::<u8>(),
-            0usize,
-            1u32,
-        )
-    };
+    let v = unsafe { libc::syscall(libc::SYS_landlock_create_ruleset, std::ptr::null::<u8>(), 0usize, 1u32) };
     if v < 0 {
         0
     } else {
@@ -33,9 +26,7 @@ pub fn kernel_abi() -> i32 {
 }
 
 pub fn restrict_self(rules: &LandlockRules, required: bool) -> Result<LandlockOutcome, SysError> {
-    let e = |what: &str, err: &dyn std::fmt::Display| {
-        SysError::new("landlock", format!("{what}: {err}"), Errno::EPERM)
-    };
+    let e = |what: &str, err: &dyn std::fmt::Display| SysError::new("landlock", format!("{what}: {err}"), Errno::EPERM);
     let abi = ABI_WANTED;
     let status = Ruleset::default()
         .set_compatibility(CompatLevel::BestEffort)
@@ -49,10 +40,7 @@ pub fn restrict_self(rules: &LandlockRules, required: bool) -> Result<LandlockOu
         .map_err(|x| e("read rules", &x))?
         .add_rules(path_beneath_rules(&rules.write, AccessFs::from_all(abi)))
         .map_err(|x| e("write rules", &x))?
-        .add_rules(path_beneath_rules(
-            &rules.write_files,
-            AccessFs::from_file(abi),
-        ))
+        .add_rules(path_beneath_rules(&rules.write_files, AccessFs::from_file(abi)))
         .map_err(|x| e("file rules", &x))?
         .restrict_self()
         .map_err(|x| e("restrict_self", &x))?;

@@ -19,20 +19,10 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
     #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("{path}: cannot be used as {what} by uid {uid}: {errno}")]
-    Denied {
-        path: PathBuf,
-        what: &'static str,
-        uid: u32,
-        errno: Errno,
-    },
-    #[error(
-        "{path}: is a symlink; bind its target instead (or set symlink = \"copy\" in a policy)"
-    )]
+    Denied { path: PathBuf, what: &'static str, uid: u32, errno: Errno },
+    #[error("{path}: is a symlink; bind its target instead (or set symlink = \"copy\" in a policy)")]
     Symlink { path: PathBuf },
     #[error("{path}: not a regular file or directory")]
     Special { path: PathBuf },
@@ -81,30 +71,14 @@ impl Caller {
                         })
                         .map(|gs| gs.into_iter().map(|g| g.as_raw()).collect())
                         .unwrap_or_else(|| vec![gid]);
-                    return Caller {
-                        uid,
-                        gid,
-                        groups,
-                        via: "sudo",
-                    };
+                    return Caller { uid, gid, groups, via: "sudo" };
                 }
             }
-            return Caller {
-                uid: 0,
-                gid: 0,
-                groups: vec![],
-                via: "root",
-            };
+            return Caller { uid: 0, gid: 0, groups: vec![], via: "root" };
         }
-        let groups = nix::unistd::getgroups()
-            .map(|gs| gs.into_iter().map(|g| g.as_raw()).collect())
-            .unwrap_or_default();
-        Caller {
-            uid: r.real.as_raw(),
-            gid: g.real.as_raw(),
-            groups,
-            via: "setuid",
-        }
+        let groups =
+            nix::unistd::getgroups().map(|gs| gs.into_iter().map(|g| g.as_raw()).collect()).unwrap_or_default();
+        Caller { uid: r.real.as_raw(), gid: g.real.as_raw(), groups, via: "setuid" }
     }
 
     /// Untrusted callers must be in the config's `allowed_group`.
@@ -112,19 +86,12 @@ impl Caller {
         if self.trusted() {
             return Ok(());
         }
-        let not = |reason: String| {
-            Err(IdentityError::NotAllowed {
-                uid: self.uid,
-                reason,
-            })
-        };
+        let not = |reason: String| Err(IdentityError::NotAllowed { uid: self.uid, reason });
         let Some(name) = allowed_group else {
             return not("no allowed_group is set in the system config, so only root may".into());
         };
         match nix::unistd::Group::from_name(name) {
-            Ok(Some(g)) if self.gid == g.gid.as_raw() || self.groups.contains(&g.gid.as_raw()) => {
-                Ok(())
-            }
+            Ok(Some(g)) if self.gid == g.gid.as_raw() || self.groups.contains(&g.gid.as_raw()) => Ok(()),
             Ok(Some(_)) => not(format!("not a member of group {name:?}")),
             _ => not(format!("group {name:?} (allowed_group) does not exist")),
         }
@@ -161,32 +128,17 @@ impl Caller {
     ) -> Result<Option<BindSource>, IdentityError> {
         let uid = self.uid;
         self.as_caller(|| {
-            let denied = |what, errno| IdentityError::Denied {
-                path: path.into(),
-                what,
-                uid,
-                errno,
-            };
+            let denied = |what, errno| IdentityError::Denied { path: path.into(), what, uid, errno };
             let md = match std::fs::symlink_metadata(path) {
                 Ok(md) => md,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound && optional => return Ok(None),
-                Err(e) => {
-                    return Err(denied(
-                        "a bind source",
-                        Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
-                    ))
-                }
+                Err(e) => return Err(denied("a bind source", Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))),
             };
             if md.file_type().is_symlink() {
                 return match symlink {
-                    SymlinkMode::Copy => {
-                        std::fs::read_link(path)
-                            .map(|to| Some(Err(to)))
-                            .map_err(|e| IdentityError::Io {
-                                path: path.into(),
-                                source: e,
-                            })
-                    }
+                    SymlinkMode::Copy => std::fs::read_link(path)
+                        .map(|to| Some(Err(to)))
+                        .map_err(|e| IdentityError::Io { path: path.into(), source: e }),
                     SymlinkMode::Error => Err(IdentityError::Symlink { path: path.into() }),
                 };
             }
@@ -198,8 +150,7 @@ impl Caller {
             if is_dir {
                 flags |= OFlag::O_DIRECTORY;
             }
-            let fd = nix::fcntl::open(path, flags, Mode::empty())
-                .map_err(|e| denied("a bind source", e))?;
+            let fd = nix::fcntl::open(path, flags, Mode::empty()).map_err(|e| denied("a bind source", e))?;
             if writable {
                 nix::unistd::faccessat(
                     &fd,
@@ -217,14 +168,9 @@ impl Caller {
                 Err(link) => return Ok(BindSource::Symlink(link)),
             };
             // As root again: a detached copy of the mount, to attach inside the sandbox.
-            crate::sys::raw::open_tree_clone(fd.as_raw_fd())
-                .map(|tree| BindSource::Tree { fd: tree, is_dir })
-                .map_err(|errno| IdentityError::Denied {
-                    path: path.into(),
-                    what: "a bind source (open_tree)",
-                    uid,
-                    errno,
-                })
+            crate::sys::raw::open_tree_clone(fd.as_raw_fd()).map(|tree| BindSource::Tree { fd: tree, is_dir }).map_err(
+                |errno| IdentityError::Denied { path: path.into(), what: "a bind source (open_tree)", uid, errno },
+            )
         })
         .transpose()
     }
@@ -252,10 +198,7 @@ impl Caller {
     /// Read a policy file as the caller.
     pub fn read_file(&self, path: &Path) -> Result<String, IdentityError> {
         self.as_caller(|| {
-            std::fs::read_to_string(path).map_err(|source| IdentityError::Io {
-                path: path.into(),
-                source,
-            })
+            std::fs::read_to_string(path).map_err(|source| IdentityError::Io { path: path.into(), source })
         })?
     }
 }
@@ -269,15 +212,9 @@ pub struct Slot {
 /// The state directory (slot locks, the empty root mount point): root-owned, created if
 /// missing, never through a symlink.
 pub fn prepare_state_dir(dir: &Path) -> Result<PathBuf, IdentityError> {
-    let io = |source| IdentityError::Io {
-        path: dir.into(),
-        source,
-    };
+    let io = |source| IdentityError::Io { path: dir.into(), source };
     match std::fs::create_dir(dir) {
-        Ok(()) => {
-            std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-                .map_err(io)?
-        }
+        Ok(()) => std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).map_err(io)?,
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
         Err(e) => return Err(io(e)),
     }
@@ -310,25 +247,14 @@ pub fn acquire_slot(dir: &Path, slots: u32) -> Result<Slot, IdentityError> {
             .mode(0o600)
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(&path)
-            .map_err(|source| IdentityError::Io {
-                path: path.clone(),
-                source,
-            })?;
+            .map_err(|source| IdentityError::Io { path: path.clone(), source })?;
         match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
             Ok(lock) => return Ok(Slot { index, _lock: lock }),
             Err((_, Errno::EWOULDBLOCK)) => continue,
-            Err((_, e)) => {
-                return Err(IdentityError::Io {
-                    path,
-                    source: e.into(),
-                })
-            }
+            Err((_, e)) => return Err(IdentityError::Io { path, source: e.into() }),
         }
     }
-    Err(IdentityError::NoSlot {
-        slots,
-        dir: dir.into(),
-    })
+    Err(IdentityError::NoSlot { slots, dir: dir.into() })
 }
 
 #[cfg(test)]
@@ -341,49 +267,21 @@ mod tests {
         let a = acquire_slot(d.path(), 2).unwrap();
         let b = acquire_slot(d.path(), 2).unwrap();
         assert_eq!((a.index, b.index), (0, 1));
-        assert!(matches!(
-            acquire_slot(d.path(), 2),
-            Err(IdentityError::NoSlot { .. })
-        ));
+        assert!(matches!(acquire_slot(d.path(), 2), Err(IdentityError::NoSlot { .. })));
         drop(a);
         assert_eq!(acquire_slot(d.path(), 2).unwrap().index, 0);
     }
 
     #[test]
     fn root_caller_is_trusted_others_need_the_group() {
-        let root = Caller {
-            uid: 0,
-            gid: 0,
-            groups: vec![],
-            via: "root",
-        };
+        let root = Caller { uid: 0, gid: 0, groups: vec![], via: "root" };
         assert!(root.check_allowed(None).is_ok());
-        let user = Caller {
-            uid: 1234,
-            gid: 1234,
-            groups: vec![],
-            via: "sudo",
-        };
-        assert!(user
-            .check_allowed(None)
-            .unwrap_err()
-            .to_string()
-            .contains("no allowed_group"));
-        assert!(user
-            .check_allowed(Some("root"))
-            .unwrap_err()
-            .to_string()
-            .contains("not a member"));
-        let member = Caller {
-            groups: vec![0],
-            ..user.clone()
-        };
+        let user = Caller { uid: 1234, gid: 1234, groups: vec![], via: "sudo" };
+        assert!(user.check_allowed(None).unwrap_err().to_string().contains("no allowed_group"));
+        assert!(user.check_allowed(Some("root")).unwrap_err().to_string().contains("not a member"));
+        let member = Caller { groups: vec![0], ..user.clone() };
         assert!(member.check_allowed(Some("root")).is_ok());
-        assert!(user
-            .check_allowed(Some("no-such-group-xyz"))
-            .unwrap_err()
-            .to_string()
-            .contains("does not exist"));
+        assert!(user.check_allowed(Some("no-such-group-xyz")).unwrap_err().to_string().contains("does not exist"));
     }
 
     #[test]
@@ -391,30 +289,17 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let link = d.path().join("l");
         std::os::unix::fs::symlink("/etc/shadow", &link).unwrap();
-        let root = Caller {
-            uid: 0,
-            gid: 0,
-            groups: vec![],
-            via: "root",
-        };
+        let root = Caller { uid: 0, gid: 0, groups: vec![], via: "root" };
         assert!(matches!(
             root.open_bind_source(&link, false, false, SymlinkMode::Error),
             Err(IdentityError::Symlink { .. })
         ));
-        match root
-            .open_bind_source(&link, false, false, SymlinkMode::Copy)
-            .unwrap()
-        {
+        match root.open_bind_source(&link, false, false, SymlinkMode::Copy).unwrap() {
             Some(BindSource::Symlink(to)) => assert_eq!(to, Path::new("/etc/shadow")),
             other => panic!("{other:?}"),
         }
-        assert!(root
-            .open_bind_source(&d.path().join("missing"), false, true, SymlinkMode::Error)
-            .unwrap()
-            .is_none());
-        assert!(root
-            .open_bind_source(&d.path().join("missing"), false, false, SymlinkMode::Error)
-            .is_err());
+        assert!(root.open_bind_source(&d.path().join("missing"), false, true, SymlinkMode::Error).unwrap().is_none());
+        assert!(root.open_bind_source(&d.path().join("missing"), false, false, SymlinkMode::Error).is_err());
         assert!(matches!(
             root.open_bind_source(Path::new("/dev/null"), false, false, SymlinkMode::Error),
             Err(IdentityError::Special { .. })

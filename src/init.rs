@@ -16,14 +16,8 @@ use std::sync::atomic::{AtomicI32, Ordering};
 static PROGRAM: AtomicI32 = AtomicI32::new(0);
 
 /// Signals relayed from the supervisor (its SIGINT is nbgrader's cell-timeout interrupt).
-pub const RELAYED: &[Signal] = &[
-    Signal::SIGINT,
-    Signal::SIGTERM,
-    Signal::SIGHUP,
-    Signal::SIGQUIT,
-    Signal::SIGUSR1,
-    Signal::SIGUSR2,
-];
+pub const RELAYED: &[Signal] =
+    &[Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP, Signal::SIGQUIT, Signal::SIGUSR1, Signal::SIGUSR2];
 
 extern "C" fn relay(sig: libc::c_int) {
     let pid = PROGRAM.load(Ordering::Relaxed);
@@ -60,11 +54,7 @@ pub fn decode(bytes: &[u8]) -> Option<crate::report::Ended> {
 /// Never returns: exits once the program has ended.
 pub fn run(program: Pid, status_fd: i32) -> ! {
     PROGRAM.store(program.as_raw(), Ordering::Relaxed);
-    let action = SigAction::new(
-        SigHandler::Handler(relay),
-        SaFlags::SA_RESTART,
-        SigSet::empty(),
-    );
+    let action = SigAction::new(SigHandler::Handler(relay), SaFlags::SA_RESTART, SigSet::empty());
     for &sig in RELAYED {
         // SAFETY: the handler only calls kill(2), which is async-signal-safe.
         let _ = unsafe { sigaction(sig, &action) };
@@ -92,10 +82,7 @@ mod tests {
     #[test]
     fn status_round_trips() {
         let p = Pid::from_raw(5);
-        assert_eq!(
-            decode(&encode(WaitStatus::Exited(p, 3)).unwrap()),
-            Some(Ended::Exited(3))
-        );
+        assert_eq!(decode(&encode(WaitStatus::Exited(p, 3)).unwrap()), Some(Ended::Exited(3)));
         assert_eq!(
             decode(&encode(WaitStatus::Signaled(p, Signal::SIGSYS, false)).unwrap()),
             Some(Ended::Signaled(libc::SIGSYS))

@@ -9,8 +9,8 @@ use std::process::ExitCode;
 fn main() -> ExitCode {
     // Before anything else: nothing the caller left open reaches the sandbox, and nobody of
     // the caller's uid may ptrace or read the memory of this (possibly setuid) process.
-    if let Err(e) = isolate_grade::sys::raw::cloexec_inherited_fds()
-        .and_then(|_| isolate_grade::sys::raw::set_non_dumpable())
+    if let Err(e) =
+        isolate_grade::sys::raw::cloexec_inherited_fds().and_then(|_| isolate_grade::sys::raw::set_non_dumpable())
     {
         eprintln!("isolate-grade: sanitizing the process: {e}");
         return ExitCode::from(3);
@@ -28,24 +28,15 @@ fn main() -> ExitCode {
 
 fn real_main(cli: Cli) -> Result<u8, (u8, anyhow::Error)> {
     match cli.command {
-        Command::Run(args) => {
-            isolate_grade::run::execute(cli.config, args).map_err(|e| (e.exit_code(), e.into()))
-        }
-        Command::Check(args) => Ok(isolate_grade::check::check(
-            cli.config.as_deref(),
-            args.format,
-        )),
+        Command::Run(args) => isolate_grade::run::execute(cli.config, args).map_err(|e| (e.exit_code(), e.into())),
+        Command::Check(args) => Ok(isolate_grade::check::check(cli.config.as_deref(), args.format)),
     }
     .map_err(|(code, e): (u8, anyhow::Error)| (if code == 0 { EXIT_USAGE } else { code }, e))
 }
 
 /// Plain stderr logging; no background thread (tracing-subscriber's fmt writes inline).
 fn init_tracing(filter: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .init();
+    let filter =
+        tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
 }

@@ -76,36 +76,13 @@ impl Root {
     /// Make every mount private (nothing we do propagates to the host and nothing the host
     /// mounts appears here), then mount the root tmpfs.
     pub fn create(sys: &impl Sys, dir: &Path) -> Result<Root, MountError> {
-        let e = |source| MountError::Sys {
-            target: dir.to_path_buf(),
-            source,
-        };
-        sys.mount(
-            None,
-            Path::new("/"),
-            None,
-            MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-            None,
-        )
-        .map_err(e)?;
-        sys.mount(
-            Some(Path::new("tmpfs")),
-            dir,
-            Some("tmpfs"),
-            NOSUID_NODEV,
-            Some("size=1m,nr_inodes=4096,mode=0755"),
-        )
-        .map_err(e)?;
-        let fd = open_dir(None, dir)
-            .map_err(|errno| e(SysError::new("open", dir.display().to_string(), errno)))?;
-        let dev = fstat(&fd)
-            .map_err(|errno| e(SysError::new("fstat", dir.display().to_string(), errno)))?
-            .st_dev;
-        Ok(Root {
-            dir: dir.to_path_buf(),
-            fd,
-            own_devs: vec![dev],
-        })
+        let e = |source| MountError::Sys { target: dir.to_path_buf(), source };
+        sys.mount(None, Path::new("/"), None, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None).map_err(e)?;
+        sys.mount(Some(Path::new("tmpfs")), dir, Some("tmpfs"), NOSUID_NODEV, Some("size=1m,nr_inodes=4096,mode=0755"))
+            .map_err(e)?;
+        let fd = open_dir(None, dir).map_err(|errno| e(SysError::new("open", dir.display().to_string(), errno)))?;
+        let dev = fstat(&fd).map_err(|errno| e(SysError::new("fstat", dir.display().to_string(), errno)))?.st_dev;
+        Ok(Root { dir: dir.to_path_buf(), fd, own_devs: vec![dev] })
     }
 
     /// A tmpfs of ours at `target` (`/tmp`, `/dev/shm`, `/dev`), capped in size and inodes.
@@ -123,17 +100,8 @@ impl Root {
         let inodes = (size / 4096).clamp(1024, 1 << 20);
         let data = format!("size={size},nr_inodes={inodes},mode={mode}");
         let at = reopen(&parent, &name, target_p)?;
-        sys.mount(
-            Some(Path::new("tmpfs")),
-            &fd_path(&at),
-            Some("tmpfs"),
-            NOSUID_NODEV | extra,
-            Some(&data),
-        )
-        .map_err(|source| MountError::Sys {
-            target: target_p.into(),
-            source,
-        })?;
+        sys.mount(Some(Path::new("tmpfs")), &fd_path(&at), Some("tmpfs"), NOSUID_NODEV | extra, Some(&data))
+            .map_err(|source| MountError::Sys { target: target_p.into(), source })?;
         let mounted = reopen(&parent, &name, target_p)?;
         if let Ok(st) = fstat(&mounted) {
             self.own_devs.push(st.st_dev);
@@ -148,15 +116,11 @@ impl Root {
         for node in DEVICES {
             let target = PathBuf::from(format!("/dev/{node}"));
             let host = PathBuf::from(format!("/dev/{node}"));
-            let src = nix::fcntl::open(
-                &host,
-                OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-                Mode::empty(),
-            )
-            .map_err(|errno| MountError::Sys {
-                target: target.clone(),
-                source: SysError::new("open", host.display().to_string(), errno),
-            })?;
+            let src = nix::fcntl::open(&host, OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC, Mode::empty())
+                .map_err(|errno| MountError::Sys {
+                    target: target.clone(),
+                    source: SysError::new("open", host.display().to_string(), errno),
+                })?;
             let st = fstat(&src).map_err(|errno| MountError::Sys {
                 target: target.clone(),
                 source: SysError::new("fstat", host.display().to_string(), errno),
@@ -165,13 +129,7 @@ impl Root {
                 return Err(MountError::WrongKind { target: host });
             }
             // Devices need the mount without nodev; they still get nosuid and noexec.
-            self.bind_fd(
-                sys,
-                &src,
-                &target,
-                Kind::File,
-                MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
-            )?;
+            self.bind_fd(sys, &src, &target, Kind::File, MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC)?;
         }
         for (link, to) in [
             ("/dev/fd", "/proc/self/fd"),
@@ -189,17 +147,10 @@ impl Root {
             None,
             &fd_path(&at),
             None,
-            MsFlags::MS_REMOUNT
-                | MsFlags::MS_BIND
-                | MsFlags::MS_RDONLY
-                | NOSUID_NODEV
-                | MsFlags::MS_NOEXEC,
+            MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY | NOSUID_NODEV | MsFlags::MS_NOEXEC,
             None,
         )
-        .map_err(|source| MountError::Sys {
-            target: dev.into(),
-            source,
-        })
+        .map_err(|source| MountError::Sys { target: dev.into(), source })
     }
 
     /// A procfs of the sandbox's own PID namespace: other users' processes hidden, and with
@@ -212,17 +163,8 @@ impl Root {
             ProcMode::PidsOnly => "hidepid=2,subset=pid",
             ProcMode::Full => "hidepid=2",
         };
-        sys.mount(
-            Some(Path::new("proc")),
-            &fd_path(&at),
-            Some("proc"),
-            NOSUID_NODEV | MsFlags::MS_NOEXEC,
-            Some(data),
-        )
-        .map_err(|source| MountError::Sys {
-            target: target.into(),
-            source,
-        })
+        sys.mount(Some(Path::new("proc")), &fd_path(&at), Some("proc"), NOSUID_NODEV | MsFlags::MS_NOEXEC, Some(data))
+            .map_err(|source| MountError::Sys { target: target.into(), source })
     }
 
     /// One bind from the policy or the command line.
@@ -234,10 +176,7 @@ impl Root {
                 let (parent, name) = self.mount_point(&b.target, kind)?;
                 let at = reopen(&parent, &name, &b.target)?;
                 sys.attach_tree(fd.as_raw_fd(), at.as_raw_fd(), b.writable)
-                    .map_err(|source| MountError::Sys {
-                        target: b.target.clone(),
-                        source,
-                    })
+                    .map_err(|source| MountError::Sys { target: b.target.clone(), source })
             }
         }
     }
@@ -251,10 +190,7 @@ impl Root {
             MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY | NOSUID_NODEV,
             None,
         )
-        .map_err(|source| MountError::Sys {
-            target: "/".into(),
-            source,
-        })
+        .map_err(|source| MountError::Sys { target: "/".into(), source })
     }
 
     fn bind_fd(
@@ -265,30 +201,13 @@ impl Root {
         kind: Kind,
         flags: MsFlags,
     ) -> Result<(), MountError> {
-        let err = |source| MountError::Sys {
-            target: target.into(),
-            source,
-        };
+        let err = |source| MountError::Sys { target: target.into(), source };
         let (parent, name) = self.mount_point(target, kind)?;
         let at = reopen(&parent, &name, target)?;
-        sys.mount(
-            Some(&fd_path(src)),
-            &fd_path(&at),
-            None,
-            MsFlags::MS_BIND,
-            None,
-        )
-        .map_err(err)?;
+        sys.mount(Some(&fd_path(src)), &fd_path(&at), None, MsFlags::MS_BIND, None).map_err(err)?;
         // Re-resolve: the old fd still names the directory *under* the new mount.
         let mounted = reopen(&parent, &name, target)?;
-        sys.mount(
-            None,
-            &fd_path(&mounted),
-            None,
-            MsFlags::MS_REMOUNT | MsFlags::MS_BIND | flags,
-            None,
-        )
-        .map_err(err)
+        sys.mount(None, &fd_path(&mounted), None, MsFlags::MS_REMOUNT | MsFlags::MS_BIND | flags, None).map_err(err)
     }
 
     fn symlink(&mut self, link: &Path, to: &Path) -> Result<(), MountError> {
@@ -305,12 +224,7 @@ impl Root {
     fn mount_point(&mut self, target: &Path, kind: Kind) -> Result<(OwnedFd, String), MountError> {
         let (parent_path, name) = split(target);
         let parent = self.dir_fd(target, &parent_path, true)?;
-        match openat(
-            &parent,
-            name.as_str(),
-            OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-            Mode::empty(),
-        ) {
+        match openat(&parent, name.as_str(), OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC, Mode::empty()) {
             Ok(existing) => {
                 let st = fstat(&existing).map_err(|errno| sys_err(target, "fstat", errno))?;
                 let fmt = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT;
@@ -319,9 +233,7 @@ impl Root {
                     Kind::File => fmt == SFlag::S_IFREG,
                 };
                 if !ok {
-                    return Err(MountError::WrongKind {
-                        target: target.into(),
-                    });
+                    return Err(MountError::WrongKind { target: target.into() });
                 }
             }
             Err(Errno::ENOENT) => {
@@ -333,11 +245,7 @@ impl Root {
                         openat(
                             &parent,
                             name.as_str(),
-                            OFlag::O_CREAT
-                                | OFlag::O_EXCL
-                                | OFlag::O_WRONLY
-                                | OFlag::O_NOFOLLOW
-                                | OFlag::O_CLOEXEC,
+                            OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
                             Mode::from_bits_truncate(0o644),
                         )
                         .map_err(|errno| sys_err(target, "openat", errno))?,
@@ -352,8 +260,7 @@ impl Root {
     /// Walk `path` (inside the new root) one directory at a time without following symlinks,
     /// creating missing directories only on our own tmpfs.
     fn dir_fd(&self, target: &Path, path: &Path, create: bool) -> Result<OwnedFd, MountError> {
-        let mut cur = open_dir(Some(&self.fd), Path::new("."))
-            .map_err(|errno| sys_err(target, "openat", errno))?;
+        let mut cur = open_dir(Some(&self.fd), Path::new(".")).map_err(|errno| sys_err(target, "openat", errno))?;
         for comp in path.components() {
             let Component::Normal(c) = comp else { continue };
             let name = c.to_string_lossy().into_owned();
@@ -363,14 +270,10 @@ impl Root {
                     self.check_own(&cur, target, &name)?;
                     mkdirat(&cur, name.as_str(), Mode::from_bits_truncate(0o755))
                         .map_err(|errno| sys_err(target, "mkdirat", errno))?;
-                    open_dir(Some(&cur), Path::new(&name))
-                        .map_err(|errno| sys_err(target, "openat", errno))?
+                    open_dir(Some(&cur), Path::new(&name)).map_err(|errno| sys_err(target, "openat", errno))?
                 }
                 Err(Errno::ENOTDIR | Errno::ELOOP) => {
-                    return Err(MountError::NotADirectory {
-                        target: target.into(),
-                        component: name,
-                    })
+                    return Err(MountError::NotADirectory { target: target.into(), component: name })
                 }
                 Err(errno) => return Err(sys_err(target, "openat", errno)),
             };
@@ -384,19 +287,13 @@ impl Root {
         if self.own_devs.contains(&st.st_dev) {
             Ok(())
         } else {
-            Err(MountError::OnHostFilesystem {
-                target: target.into(),
-                component: name.to_string(),
-            })
+            Err(MountError::OnHostFilesystem { target: target.into(), component: name.to_string() })
         }
     }
 }
 
 fn sys_err(target: &Path, call: &'static str, errno: Errno) -> MountError {
-    MountError::Sys {
-        target: target.into(),
-        source: SysError::new(call, target.display().to_string(), errno),
-    }
+    MountError::Sys { target: target.into(), source: SysError::new(call, target.display().to_string(), errno) }
 }
 
 fn open_dir(at: Option<&OwnedFd>, path: &Path) -> Result<OwnedFd, Errno> {
@@ -408,27 +305,14 @@ fn open_dir(at: Option<&OwnedFd>, path: &Path) -> Result<OwnedFd, Errno> {
 }
 
 fn reopen(parent: &OwnedFd, name: &str, target: &Path) -> Result<OwnedFd, MountError> {
-    openat(
-        parent,
-        name,
-        OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|errno| sys_err(target, "openat", errno))
+    openat(parent, name, OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC, Mode::empty())
+        .map_err(|errno| sys_err(target, "openat", errno))
 }
 
 /// `/a/b/c` → (`a/b`, `c`). Targets are validated absolute paths other than `/`.
 fn split(target: &Path) -> (PathBuf, String) {
-    let name = target
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let parent = target
-        .parent()
-        .unwrap_or(Path::new("/"))
-        .strip_prefix("/")
-        .unwrap_or(Path::new(""))
-        .to_path_buf();
+    let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let parent = target.parent().unwrap_or(Path::new("/")).strip_prefix("/").unwrap_or(Path::new("")).to_path_buf();
     (parent, name)
 }
 
@@ -438,24 +322,12 @@ mod tests {
     use crate::sys::fake::FakeSys;
 
     fn fake(dir: &Path) -> FakeSys {
-        FakeSys {
-            root: Some(dir.to_path_buf()),
-            ..Default::default()
-        }
+        FakeSys { root: Some(dir.to_path_buf()), ..Default::default() }
     }
 
     fn dir_bind(src: &Path, target: &str, writable: bool) -> PreparedBind {
-        let fd = nix::fcntl::open(
-            src,
-            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-            Mode::empty(),
-        )
-        .unwrap();
-        PreparedBind {
-            source: BindSource::Tree { fd, is_dir: true },
-            target: target.into(),
-            writable,
-        }
+        let fd = nix::fcntl::open(src, OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty()).unwrap();
+        PreparedBind { source: BindSource::Tree { fd, is_dir: true }, target: target.into(), writable }
     }
 
     #[test]
@@ -464,8 +336,7 @@ mod tests {
         let src = tempfile::tempdir().unwrap();
         let sys = fake(root.path());
         let mut r = Root::create(&sys, root.path()).unwrap();
-        r.bind(&sys, &dir_bind(src.path(), "/usr/lib", false))
-            .unwrap();
+        r.bind(&sys, &dir_bind(src.path(), "/usr/lib", false)).unwrap();
         r.bind(&sys, &dir_bind(src.path(), "/work", true)).unwrap();
         r.seal(&sys).unwrap();
         assert_eq!(
@@ -489,28 +360,13 @@ mod tests {
         let mut r = Root::create(&sys, root.path()).unwrap();
         // e.g. a copied `/lib -> usr/lib`, or anything pointing outside
         std::os::unix::fs::symlink(outside.path(), root.path().join("lib")).unwrap();
-        let e = r
-            .bind(&sys, &dir_bind(outside.path(), "/lib/x", false))
-            .unwrap_err();
-        assert!(
-            matches!(e, MountError::NotADirectory { ref component, .. } if component == "lib"),
-            "{e}"
-        );
+        let e = r.bind(&sys, &dir_bind(outside.path(), "/lib/x", false)).unwrap_err();
+        assert!(matches!(e, MountError::NotADirectory { ref component, .. } if component == "lib"), "{e}");
         // and the final component too
-        let e = r
-            .bind(&sys, &dir_bind(outside.path(), "/lib", false))
-            .unwrap_err();
+        let e = r.bind(&sys, &dir_bind(outside.path(), "/lib", false)).unwrap_err();
         assert!(matches!(e, MountError::WrongKind { .. }), "{e}");
-        assert_eq!(
-            std::fs::read_dir(outside.path()).unwrap().count(),
-            0,
-            "nothing created outside"
-        );
-        assert!(
-            !sys.calls().iter().any(|c| c.starts_with("attach")),
-            "nothing mounted: {:?}",
-            sys.calls()
-        );
+        assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0, "nothing created outside");
+        assert!(!sys.calls().iter().any(|c| c.starts_with("attach")), "nothing mounted: {:?}", sys.calls());
     }
 
     #[test]
@@ -521,9 +377,7 @@ mod tests {
         let mut r = Root::create(&sys, root.path()).unwrap();
         // Pretend the root is not ours: what a directory inside a host bind looks like.
         r.own_devs = vec![u64::MAX];
-        let e = r
-            .bind(&sys, &dir_bind(src.path(), "/usr/x", false))
-            .unwrap_err();
+        let e = r.bind(&sys, &dir_bind(src.path(), "/usr/x", false)).unwrap_err();
         assert!(matches!(e, MountError::OnHostFilesystem { .. }), "{e}");
         assert!(!root.path().join("usr").exists());
     }
@@ -533,15 +387,8 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let sys = fake(root.path());
         let mut r = Root::create(&sys, root.path()).unwrap();
-        let b = PreparedBind {
-            source: BindSource::Symlink("usr/lib".into()),
-            target: "/lib".into(),
-            writable: false,
-        };
+        let b = PreparedBind { source: BindSource::Symlink("usr/lib".into()), target: "/lib".into(), writable: false };
         r.bind(&sys, &b).unwrap();
-        assert_eq!(
-            std::fs::read_link(root.path().join("lib")).unwrap(),
-            Path::new("usr/lib")
-        );
+        assert_eq!(std::fs::read_link(root.path().join("lib")).unwrap(), Path::new("usr/lib"));
     }
 }

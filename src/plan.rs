@@ -95,10 +95,7 @@ trait At<T> {
 
 impl<T, E: fmt::Display> At<T> for Result<T, E> {
     fn at(self, step: Step) -> Result<T, SetupError> {
-        self.map_err(|e| SetupError {
-            step,
-            message: e.to_string(),
-        })
+        self.map_err(|e| SetupError { step, message: e.to_string() })
     }
 }
 
@@ -109,14 +106,12 @@ pub fn enter_sandbox<S: Sys>(sys: &S, mut p: Plan, ch: Channels) -> Result<Pid, 
     use Step::*;
     // 1. A cgroup namespace rooted at the run's cgroup, which we are already in (born there on
     //    v2; moved by the supervisor on v1 before it let us start): the host's tree stays hidden.
-    sys.unshare(CloneFlags::CLONE_NEWCGROUP)
-        .at(CgroupNamespace)?;
+    sys.unshare(CloneFlags::CLONE_NEWCGROUP).at(CgroupNamespace)?;
     // 2. All mounts private, then a fresh tmpfs root: nothing leaks out to the host, and only
     //    what we mount next is visible.
     let mut root = Root::create(sys, &p.root_dir).at(RootFs)?;
     // 3. The sandbox's own filesystems before the binds, so binds may target beneath /tmp.
-    root.tmpfs(sys, "/tmp", p.limits.tmp_size, "1777", MsFlags::empty())
-        .at(Tmp)?;
+    root.tmpfs(sys, "/tmp", p.limits.tmp_size, "1777", MsFlags::empty()).at(Tmp)?;
     root.dev(sys, p.limits.shm_size).at(Dev)?;
     // 4. procfs of our own PID namespace: we are PID 1 here, so it shows only the sandbox.
     root.proc(sys, p.proc).at(Proc)?;
@@ -138,8 +133,7 @@ pub fn enter_sandbox<S: Sys>(sys: &S, mut p: Plan, ch: Channels) -> Result<Pid, 
         sys.setrlimit(resource, value, value).at(Rlimits)?;
     }
     // 10. Close every fd but stdio and our pipes (cgroup dir, slot lock, report file...).
-    sys.close_fds_except(&[ch.alive, ch.status, ch.error])
-        .at(CloseFds)?;
+    sys.close_fds_except(&[ch.alive, ch.status, ch.error]).at(CloseFds)?;
     // 11. Empty the bounding, ambient and inheritable sets: needs CAP_SETPCAP, so before the
     //     uid change, which then clears the permitted and effective sets.
     sys.drop_capability_bounds().at(Capabilities)?;
@@ -163,8 +157,7 @@ pub fn enter_sandbox<S: Sys>(sys: &S, mut p: Plan, ch: Channels) -> Result<Pid, 
     sys.setsid().at(Session)?;
     // 19. Landlock on top of the mount tree (where the kernel has it, or required).
     if p.landlock != LandlockMode::Off {
-        sys.landlock(&p.landlock_rules, p.landlock == LandlockMode::Required)
-            .at(Landlock)?;
+        sys.landlock(&p.landlock_rules, p.landlock == LandlockMode::Required).at(Landlock)?;
     }
     // 20. seccomp last: the filter then only has to allow the program itself, and execve.
     let program = resolve(&p.program, &p.search_path);
@@ -174,14 +167,15 @@ pub fn enter_sandbox<S: Sys>(sys: &S, mut p: Plan, ch: Channels) -> Result<Pid, 
 }
 
 /// rlimits for the program. NPROC counts per uid, and the uid is the slot's own: a second
-/// fence for fork bombs behind the pids cgroup.
+/// fence for fork bombs, one above the pids cgroup so that the cgroup (which the report
+/// can see) is the one that fires.
 fn rlimits(l: &Limits) -> Vec<(Resource, u64)> {
     vec![
         (Resource::RLIMIT_CORE, 0),
         (Resource::RLIMIT_FSIZE, l.file_size),
         (Resource::RLIMIT_NOFILE, l.open_files),
         (Resource::RLIMIT_STACK, l.stack),
-        (Resource::RLIMIT_NPROC, l.pids),
+        (Resource::RLIMIT_NPROC, l.pids + 1),
         // per process, a second fence behind the supervisor's cgroup-wide CPU accounting
         (Resource::RLIMIT_CPU, l.cpu_time.as_secs() + 1),
     ]
@@ -203,10 +197,7 @@ fn resolve(program: &std::path::Path, search: &[PathBuf]) -> PathBuf {
 
 impl From<SysError> for SetupError {
     fn from(e: SysError) -> SetupError {
-        SetupError {
-            step: Step::Exec,
-            message: e.to_string(),
-        }
+        SetupError { step: Step::Exec, message: e.to_string() }
     }
 }
 
@@ -236,27 +227,17 @@ mod tests {
         }
     }
 
-    const CH: Channels = Channels {
-        alive: 5,
-        status: 6,
-        error: 7,
-    };
+    const CH: Channels = Channels { alive: 5, status: 6, error: 7 };
 
     fn position(calls: &[String], prefix: &str) -> usize {
-        calls
-            .iter()
-            .position(|c| c.starts_with(prefix))
-            .unwrap_or_else(|| panic!("no {prefix:?} in {calls:#?}"))
+        calls.iter().position(|c| c.starts_with(prefix)).unwrap_or_else(|| panic!("no {prefix:?} in {calls:#?}"))
     }
 
     /// The documented order holds: each pair is (earlier, later).
     #[test]
     fn privileged_steps_run_in_order() {
         let root = tempfile::tempdir().unwrap();
-        let sys = FakeSys {
-            root: Some(root.path().into()),
-            ..Default::default()
-        };
+        let sys = FakeSys { root: Some(root.path().into()), ..Default::default() };
         let err = enter_sandbox(&sys, plan(root.path()), CH).unwrap_err();
         assert_eq!(err.step, Step::Exec, "{err}");
         let calls = sys.calls();
@@ -285,16 +266,11 @@ mod tests {
             ("seccomp", "execve"),
         ];
         for (a, b) in order {
-            assert!(
-                position(&calls, a) < position(&calls, b),
-                "{a:?} must come before {b:?}:\n{calls:#?}"
-            );
+            assert!(position(&calls, a) < position(&calls, b), "{a:?} must come before {b:?}:\n{calls:#?}");
         }
         assert_eq!(calls.last().unwrap(), "execve /bin/true argc=1");
         assert!(
-            calls
-                .iter()
-                .any(|c| c == "mount proc /proc proc [nosuid,nodev,noexec] hidepid=2,subset=pid"),
+            calls.iter().any(|c| c == "mount proc /proc proc [nosuid,nodev,noexec] hidepid=2,subset=pid"),
             "{calls:#?}"
         );
     }
@@ -302,17 +278,11 @@ mod tests {
     #[test]
     fn init_returns_after_fork_without_seccomp() {
         let root = tempfile::tempdir().unwrap();
-        let sys = FakeSys {
-            root: Some(root.path().into()),
-            fork_parent: true,
-            ..Default::default()
-        };
+        let sys = FakeSys { root: Some(root.path().into()), fork_parent: true, ..Default::default() };
         assert!(enter_sandbox(&sys, plan(root.path()), CH).is_ok());
         let calls = sys.calls();
         assert_eq!(calls.last().unwrap(), "fork");
-        assert!(!calls
-            .iter()
-            .any(|c| c.starts_with("seccomp") || c.starts_with("execve")));
+        assert!(!calls.iter().any(|c| c.starts_with("seccomp") || c.starts_with("execve")));
     }
 
     /// Fail closed: any failing step stops everything after it, and is named.
@@ -327,18 +297,10 @@ mod tests {
             ("loopback", Step::Loopback),
         ] {
             let root = tempfile::tempdir().unwrap();
-            let sys = FakeSys {
-                root: Some(root.path().into()),
-                fail_on: Some(fail.into()),
-                ..Default::default()
-            };
+            let sys = FakeSys { root: Some(root.path().into()), fail_on: Some(fail.into()), ..Default::default() };
             let err = enter_sandbox(&sys, plan(root.path()), CH).unwrap_err();
             assert_eq!(err.step, step, "{err}");
-            assert!(
-                !sys.calls().iter().any(|c| c.starts_with("execve")),
-                "{fail}: {:#?}",
-                sys.calls()
-            );
+            assert!(!sys.calls().iter().any(|c| c.starts_with("execve")), "{fail}: {:#?}", sys.calls());
         }
     }
 
@@ -360,11 +322,6 @@ mod tests {
             ..Default::default()
         };
         let root2 = tempfile::tempdir().unwrap();
-        assert_eq!(
-            enter_sandbox(&sys, plan(root2.path()), CH)
-                .unwrap_err()
-                .step,
-            Step::Exec
-        );
+        assert_eq!(enter_sandbox(&sys, plan(root2.path()), CH).unwrap_err().step, Step::Exec);
     }
 }

@@ -179,13 +179,7 @@ impl Report {
         }
     }
 
-    pub fn fault(
-        step: &str,
-        message: String,
-        limits: &Limits,
-        sandbox: SandboxInfo,
-        wall: Duration,
-    ) -> Report {
+    pub fn fault(step: &str, message: String, limits: &Limits, sandbox: SandboxInfo, wall: Duration) -> Report {
         Report {
             schema: SCHEMA,
             status: Status::SandboxError,
@@ -196,10 +190,7 @@ impl Report {
             peak_memory: None,
             limits: limits.clone(),
             limits_hit: vec![],
-            sandbox_error: Some(SandboxFault {
-                step: step.to_string(),
-                message,
-            }),
+            sandbox_error: Some(SandboxFault { step: step.to_string(), message }),
             sandbox,
         }
     }
@@ -210,9 +201,7 @@ impl Report {
 }
 
 pub fn signal_name(sig: i32) -> String {
-    nix::sys::signal::Signal::try_from(sig)
-        .map(|s| s.as_str().to_string())
-        .unwrap_or_else(|_| sig.to_string())
+    nix::sys::signal::Signal::try_from(sig).map(|s| s.as_str().to_string()).unwrap_or_else(|_| sig.to_string())
 }
 
 /// Durations as seconds with millisecond precision.
@@ -229,28 +218,16 @@ mod tests {
     }
 
     fn facts(ended: Option<Ended>) -> Facts {
-        Facts {
-            ended,
-            ..Default::default()
-        }
+        Facts { ended, ..Default::default() }
     }
 
     #[test]
     fn program_outcomes() {
         let l = limits();
         assert_eq!(classify(&facts(Some(Ended::Exited(0))), &l), Status::Ok);
-        assert_eq!(
-            classify(&facts(Some(Ended::Exited(3))), &l),
-            Status::ExitNonzero
-        );
-        assert_eq!(
-            classify(&facts(Some(Ended::Signaled(libc::SIGSEGV))), &l),
-            Status::Signaled
-        );
-        assert_eq!(
-            classify(&facts(Some(Ended::Signaled(libc::SIGSYS))), &l),
-            Status::SeccompViolation
-        );
+        assert_eq!(classify(&facts(Some(Ended::Exited(3))), &l), Status::ExitNonzero);
+        assert_eq!(classify(&facts(Some(Ended::Signaled(libc::SIGSEGV))), &l), Status::Signaled);
+        assert_eq!(classify(&facts(Some(Ended::Signaled(libc::SIGSYS))), &l), Status::SeccompViolation);
         assert_eq!(classify(&facts(None), &l), Status::SandboxError);
     }
 
@@ -306,14 +283,7 @@ mod tests {
     fn report_json_shape() {
         let mut f = facts(Some(Ended::Signaled(9)));
         f.wall = Duration::from_millis(1234);
-        let r = Report::from_facts(
-            &f,
-            &limits(),
-            SandboxInfo {
-                policy: "default".into(),
-                ..Default::default()
-            },
-        );
+        let r = Report::from_facts(&f, &limits(), SandboxInfo { policy: "default".into(), ..Default::default() });
         let v: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
         assert_eq!(v["schema"], SCHEMA);
         assert_eq!(v["status"], "signaled");

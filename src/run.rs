@@ -56,8 +56,7 @@ pub fn execute(config_override: Option<PathBuf>, a: RunArgs) -> Result<u8, RunEr
         Some(p) if caller.trusted() => p,
         Some(_) => {
             return Err(RunError::Invalid(
-                "only root may choose another system config (--config, ISOLATE_GRADE_CONFIG)"
-                    .into(),
+                "only root may choose another system config (--config, ISOLATE_GRADE_CONFIG)".into(),
             ))
         }
         None => PathBuf::from(config::DEFAULT_PATH),
@@ -75,8 +74,7 @@ pub fn execute(config_override: Option<PathBuf>, a: RunArgs) -> Result<u8, RunEr
     policy::validate_binds(&mut binds)
         .map_err(|(i, r)| RunError::Invalid(format!("bind {}: {r}", binds[i].target.display())))?;
     let workdir = match &a.workdir {
-        Some(w) => policy::sandbox_path(w, false)
-            .map_err(|r| RunError::Invalid(format!("--workdir: {r}")))?,
+        Some(w) => policy::sandbox_path(w, false).map_err(|r| RunError::Invalid(format!("--workdir: {r}")))?,
         None => policy.workdir.clone(),
     };
     let env = build_env(&policy.env, &a.env)?;
@@ -84,12 +82,7 @@ pub fn execute(config_override: Option<PathBuf>, a: RunArgs) -> Result<u8, RunEr
     let search_path = env
         .iter()
         .find_map(|(k, v)| {
-            (k == "PATH").then(|| {
-                v.split(':')
-                    .filter(|d| d.starts_with('/'))
-                    .map(PathBuf::from)
-                    .collect()
-            })
+            (k == "PATH").then(|| v.split(':').filter(|d| d.starts_with('/')).map(PathBuf::from).collect())
         })
         .unwrap_or_default();
 
@@ -100,28 +93,19 @@ pub fn execute(config_override: Option<PathBuf>, a: RunArgs) -> Result<u8, RunEr
         Some(p) => Some(Sink::File(caller.create_report(p)?)),
     };
     let mut prepared = Vec::new();
-    let mut landlock_rules = LandlockRules {
-        read: vec!["/".into()],
-        write: vec!["/tmp".into(), "/dev/shm".into()],
-        ..Default::default()
-    };
+    let mut landlock_rules =
+        LandlockRules { read: vec!["/".into()], write: vec!["/tmp".into(), "/dev/shm".into()], ..Default::default() };
     landlock_rules.write_files = DEVICES
         .iter()
         .filter(|d| ["null", "zero", "full"].contains(d))
         .map(|d| PathBuf::from(format!("/dev/{d}")))
         .collect();
     for b in &binds {
-        if let Some(source) =
-            caller.open_bind_source(&b.source, b.writable, b.optional, b.symlink)?
-        {
+        if let Some(source) = caller.open_bind_source(&b.source, b.writable, b.optional, b.symlink)? {
             if b.writable {
                 landlock_rules.write.push(b.target.clone());
             }
-            prepared.push(PreparedBind {
-                source,
-                target: b.target.clone(),
-                writable: b.writable,
-            });
+            prepared.push(PreparedBind { source, target: b.target.clone(), writable: b.writable });
         }
     }
     let filters = seccomp::compile(policy.seccomp)?;
@@ -153,10 +137,7 @@ pub fn execute(config_override: Option<PathBuf>, a: RunArgs) -> Result<u8, RunEr
         program,
         search_path,
         argv,
-        env: env
-            .iter()
-            .map(|(k, v)| CString::new(format!("{k}={v}")).expect("validated: no NUL"))
-            .collect(),
+        env: env.iter().map(|(k, v)| CString::new(format!("{k}={v}")).expect("validated: no NUL")).collect(),
     };
     let report = match in_slot(&config, &limits, &mut info, plan) {
         Ok(outcome) => match outcome.setup_failure {
@@ -176,30 +157,20 @@ fn in_slot(
     info: &mut SandboxInfo,
     plan: impl FnOnce(PathBuf, u32) -> Plan,
 ) -> Result<supervisor::Outcome, (&'static str, String)> {
-    let root_dir =
-        identity::prepare_state_dir(&config.state_dir).map_err(|e| ("state-dir", e.to_string()))?;
-    let slot = identity::acquire_slot(&config.state_dir, config.slots)
-        .map_err(|e| ("slot", e.to_string()))?;
+    let root_dir = identity::prepare_state_dir(&config.state_dir).map_err(|e| ("state-dir", e.to_string()))?;
+    let slot = identity::acquire_slot(&config.state_dir, config.slots).map_err(|e| ("slot", e.to_string()))?;
     let uid = config.slot_uid(slot.index);
     info.slot = Some(slot.index);
     info.uid = Some(uid);
     let backend = Hierarchies::read(Path::new("/proc/self/mountinfo"))
         .and_then(|h| h.choose())
         .map_err(|e| ("cgroup", e.to_string()))?;
-    let cg_limits = CgroupLimits {
-        memory: limits.memory,
-        pids: limits.pids,
-        cpu_millicores: limits.cpu_quota_millicores,
-    };
+    let cg_limits =
+        CgroupLimits { memory: limits.memory, pids: limits.pids, cpu_millicores: limits.cpu_quota_millicores };
     let cgroup = RunCgroup::create(&backend, &config.cgroup_root, slot.index, cg_limits)
         .map_err(|e| ("cgroup", e.to_string()))?;
     info.cgroup = Some(cgroup.version());
-    tracing::debug!(
-        slot = slot.index,
-        uid,
-        cgroup = cgroup.version(),
-        "starting"
-    );
+    tracing::debug!(slot = slot.index, uid, cgroup = cgroup.version(), "starting");
     let outcome = supervisor::supervise(
         plan(root_dir, uid),
         cgroup,
@@ -215,9 +186,7 @@ fn in_slot(
 fn emit(report: &Report, sink: Option<Sink>) -> Result<(), RunError> {
     let json = report.to_json() + "\n";
     match sink {
-        Some(Sink::Stdout) => std::io::stdout()
-            .write_all(json.as_bytes())
-            .map_err(RunError::Report)?,
+        Some(Sink::Stdout) => std::io::stdout().write_all(json.as_bytes()).map_err(RunError::Report)?,
         Some(Sink::File(mut f)) => f.write_all(json.as_bytes()).map_err(RunError::Report)?,
         None => {}
     }
@@ -243,11 +212,7 @@ fn load_policy(spec: &str, caller: &Caller, config: &Config) -> Result<Policy, R
         let text = caller.read_file(Path::new(spec))?;
         return Ok(Policy::parse(spec, &text)?);
     }
-    if spec.is_empty()
-        || !spec
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-    {
+    if spec.is_empty() || !spec.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
         return Err(RunError::Invalid(format!(
             "--policy {spec:?}: a name is letters, digits, '-' and '_'; a path contains '/'"
         )));
@@ -261,11 +226,7 @@ fn load_policy(spec: &str, caller: &Caller, config: &Config) -> Result<Policy, R
             Ok(Policy::parse(&installed.display().to_string(), &text)?)
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Policy::builtin(spec)?),
-        Err(source) => Err(PolicyError::Io {
-            path: installed,
-            source,
-        }
-        .into()),
+        Err(source) => Err(PolicyError::Io { path: installed, source }.into()),
     }
 }
 
@@ -290,14 +251,10 @@ fn with_overrides(mut l: Limits, a: &RunArgs) -> Result<Limits, RunError> {
         l.tmp_size = units::parse_size(v).map_err(|e| bad("tmp-size", e))?;
     }
     if let Some(v) = &a.cpu_quota {
-        let cores: f64 = v
-            .trim()
-            .parse()
-            .map_err(|_| RunError::Invalid(format!("--cpu-quota: not a number: {v:?}")))?;
+        let cores: f64 =
+            v.trim().parse().map_err(|_| RunError::Invalid(format!("--cpu-quota: not a number: {v:?}")))?;
         if !cores.is_finite() || !(0.01..=1024.0).contains(&cores) {
-            return Err(RunError::Invalid(
-                "--cpu-quota: must be between 0.01 and 1024 cores".into(),
-            ));
+            return Err(RunError::Invalid("--cpu-quota: must be between 0.01 and 1024 cores".into()));
         }
         l.cpu_quota_millicores = (cores * 1000.0).round() as u64;
     }
@@ -332,10 +289,7 @@ pub fn parse_bind(spec: &str) -> Result<Bind, String> {
     })
 }
 
-fn build_env(
-    policy_env: &[(String, String)],
-    extra: &[String],
-) -> Result<Vec<(String, String)>, RunError> {
+fn build_env(policy_env: &[(String, String)], extra: &[String]) -> Result<Vec<(String, String)>, RunError> {
     let mut env: Vec<(String, String)> = policy_env.to_vec();
     for spec in extra {
         let (k, v) = match spec.split_once('=') {
@@ -347,9 +301,7 @@ fn build_env(
         };
         policy::check_env_name(&k).map_err(|r| RunError::Invalid(format!("--env: {r}")))?;
         if v.contains('\0') {
-            return Err(RunError::Invalid(format!(
-                "--env {k}: value contains a NUL byte"
-            )));
+            return Err(RunError::Invalid(format!("--env {k}: value contains a NUL byte")));
         }
         env.retain(|(name, _)| name != &k);
         env.push((k, v));
@@ -360,14 +312,9 @@ fn build_env(
 fn program(command: &[OsString]) -> Result<(PathBuf, Vec<CString>), RunError> {
     let argv: Vec<CString> = command
         .iter()
-        .map(|a| {
-            CString::new(a.as_bytes())
-                .map_err(|_| RunError::Invalid("an argument contains a NUL byte".into()))
-        })
+        .map(|a| CString::new(a.as_bytes()).map_err(|_| RunError::Invalid("an argument contains a NUL byte".into())))
         .collect::<Result<_, _>>()?;
-    let first = command
-        .first()
-        .ok_or_else(|| RunError::Invalid("no program given".into()))?;
+    let first = command.first().ok_or_else(|| RunError::Invalid("no program given".into()))?;
     if first.is_empty() {
         return Err(RunError::Invalid("empty program name".into()));
     }
@@ -381,18 +328,13 @@ mod tests {
     #[test]
     fn bind_specs() {
         let b = parse_bind("/data").unwrap();
-        assert_eq!(
-            (b.source.to_str(), b.target.to_str(), b.writable),
-            (Some("/data"), Some("/data"), false)
-        );
+        assert_eq!((b.source.to_str(), b.target.to_str(), b.writable), (Some("/data"), Some("/data"), false));
         let b = parse_bind("/data:/work:rw").unwrap();
         assert_eq!((b.target.to_str(), b.writable), (Some("/work"), true));
         let b = parse_bind("/data:ro").unwrap();
         assert_eq!((b.target.to_str(), b.writable), (Some("/data"), false));
         assert!(parse_bind("/a:/b:/c:rw").is_err());
-        assert!(parse_bind("rel:/b")
-            .unwrap_err()
-            .contains("not an absolute path"));
+        assert!(parse_bind("rel:/b").unwrap_err().contains("not an absolute path"));
         assert!(parse_bind("/a/../etc:/b").unwrap_err().contains("'..'"));
         assert!(parse_bind("/a:/").unwrap_err().contains("sandbox root"));
     }
@@ -400,22 +342,8 @@ mod tests {
     #[test]
     fn env_building() {
         let base = vec![("PATH".to_string(), "/usr/bin".to_string())];
-        let e = build_env(
-            &base,
-            &[
-                "A=1".into(),
-                "PATH=/bin".into(),
-                "ISOLATE_GRADE_SURELY_UNSET".into(),
-            ],
-        )
-        .unwrap();
-        assert_eq!(
-            e,
-            vec![
-                ("A".to_string(), "1".to_string()),
-                ("PATH".to_string(), "/bin".to_string())
-            ]
-        );
+        let e = build_env(&base, &["A=1".into(), "PATH=/bin".into(), "ISOLATE_GRADE_SURELY_UNSET".into()]).unwrap();
+        assert_eq!(e, vec![("A".to_string(), "1".to_string()), ("PATH".to_string(), "/bin".to_string())]);
         assert!(build_env(&base, &["BAD-NAME=1".into()]).is_err());
         assert!(build_env(&base, &["=1".into()]).is_err());
     }

@@ -13,8 +13,8 @@
 
 use crate::policy::SeccompAction;
 use seccompiler::{
-    sock_filter, BpfProgram, SeccompAction as Act, SeccompCmpArgLen, SeccompCmpOp,
-    SeccompCondition, SeccompFilter, SeccompRule, TargetArch,
+    sock_filter, BpfProgram, SeccompAction as Act, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+    SeccompRule, TargetArch,
 };
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -63,8 +63,7 @@ const ARCH: TargetArch = TargetArch::aarch64;
 /// Compile the deny list: one filter per action (seccompiler gives a filter one match
 /// action), then the ABI filter. The kernel runs them all; the strictest result wins.
 pub fn compile(action: SeccompAction) -> Result<Vec<BpfProgram>, SeccompError> {
-    let file: DenyFile =
-        toml::from_str(DENY_LIST).map_err(|e| SeccompError::Data(e.to_string()))?;
+    let file: DenyFile = toml::from_str(DENY_LIST).map_err(|e| SeccompError::Data(e.to_string()))?;
     let mut by_action: BTreeMap<i32, BTreeMap<i64, Vec<SeccompRule>>> = BTreeMap::new();
     let mut seen = std::collections::BTreeSet::new();
     for entry in &file.deny {
@@ -78,12 +77,8 @@ pub fn compile(action: SeccompAction) -> Result<Vec<BpfProgram>, SeccompError> {
             if !seen.insert(name.clone()) {
                 return Err(SeccompError::Duplicate(name.clone()));
             }
-            let nr =
-                syscall_number(name).ok_or_else(|| SeccompError::UnknownSyscall(name.clone()))?;
-            by_action
-                .entry(errno)
-                .or_default()
-                .insert(nr, rules.clone());
+            let nr = syscall_number(name).ok_or_else(|| SeccompError::UnknownSyscall(name.clone()))?;
+            by_action.entry(errno).or_default().insert(nr, rules.clone());
         }
     }
     let mut filters = Vec::new();
@@ -93,13 +88,9 @@ pub fn compile(action: SeccompAction) -> Result<Vec<BpfProgram>, SeccompError> {
             (0, SeccompAction::Errno) => Act::Errno(libc::EPERM as u32),
             (e, _) => Act::Errno(e as u32),
         };
-        let filter = SeccompFilter::new(rules, Act::Allow, act, ARCH)
-            .map_err(|e| SeccompError::Compile(e.to_string()))?;
-        filters.push(
-            filter
-                .try_into()
-                .map_err(|e: seccompiler::BackendError| SeccompError::Compile(e.to_string()))?,
-        );
+        let filter =
+            SeccompFilter::new(rules, Act::Allow, act, ARCH).map_err(|e| SeccompError::Compile(e.to_string()))?;
+        filters.push(filter.try_into().map_err(|e: seccompiler::BackendError| SeccompError::Compile(e.to_string()))?);
     }
     filters.push(foreign_abi_filter());
     Ok(filters)
@@ -108,10 +99,7 @@ pub fn compile(action: SeccompAction) -> Result<Vec<BpfProgram>, SeccompError> {
 fn conditions(entry: &Entry) -> Result<Vec<SeccompRule>, SeccompError> {
     let Some(arg) = entry.arg else {
         if !entry.any_bit.is_empty() || !entry.low32_in.is_empty() {
-            return Err(SeccompError::Data(format!(
-                "{:?}: a condition needs `arg`",
-                entry.syscalls
-            )));
+            return Err(SeccompError::Data(format!("{:?}: a condition needs `arg`", entry.syscalls)));
         }
         return Ok(vec![]); // unconditional
     };
@@ -131,10 +119,7 @@ fn conditions(entry: &Entry) -> Result<Vec<SeccompRule>, SeccompError> {
         rules.push(cond(SeccompCmpOp::Eq, constant(name)?)?);
     }
     if rules.is_empty() {
-        return Err(SeccompError::Data(format!(
-            "{:?}: `arg` without a condition",
-            entry.syscalls
-        )));
+        return Err(SeccompError::Data(format!("{:?}: `arg` without a condition", entry.syscalls)));
     }
     Ok(rules)
 }
@@ -146,12 +131,7 @@ fn foreign_abi_filter() -> BpfProgram {
     const JEQ_K: u16 = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
     const JGE_K: u16 = (libc::BPF_JMP | libc::BPF_JGE | libc::BPF_K) as u16;
     const RET_K: u16 = (libc::BPF_RET | libc::BPF_K) as u16;
-    let stmt = |code, k| sock_filter {
-        code,
-        jt: 0,
-        jf: 0,
-        k,
-    };
+    let stmt = |code, k| sock_filter { code, jt: 0, jf: 0, k };
     let jump = |code, k, jt, jf| sock_filter { code, jt, jf, k };
     #[cfg(target_arch = "x86_64")]
     let (arch, x32_bit) = (0xC000_003E_u32, 0x4000_0000u32); // AUDIT_ARCH_X86_64
@@ -310,9 +290,7 @@ mod tests {
             "socket",
         ] {
             assert!(
-                file.deny
-                    .iter()
-                    .any(|e| e.syscalls.iter().any(|s| s == must)),
+                file.deny.iter().any(|e| e.syscalls.iter().any(|s| s == must)),
                 "{must} missing from the deny list"
             );
         }

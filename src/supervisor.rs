@@ -47,11 +47,8 @@ pub struct Outcome {
 
 /// Namespaces the sandbox is born in. The cgroup namespace comes later, from inside
 /// (plan step 1), once the v1 supervisor has moved it into its cgroup.
-pub const NAMESPACES: u64 = (libc::CLONE_NEWNS
-    | libc::CLONE_NEWPID
-    | libc::CLONE_NEWNET
-    | libc::CLONE_NEWIPC
-    | libc::CLONE_NEWUTS) as u64;
+pub const NAMESPACES: u64 =
+    (libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWNET | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS) as u64;
 
 pub fn supervise(
     plan: Plan,
@@ -69,30 +66,23 @@ pub fn supervise(
         relayed.add(s);
     }
     // Blocked before the clone so none is lost; the child unblocks them first thing.
-    let old_mask = relayed
-        .thread_swap_mask(SigmaskHow::SIG_BLOCK)
-        .map_err(sys("sigprocmask"))?;
+    let old_mask = relayed.thread_swap_mask(SigmaskHow::SIG_BLOCK).map_err(sys("sigprocmask"))?;
     let started = Instant::now();
 
-    let (pid, pidfd) =
-        match raw::clone3(NAMESPACES, cgroup.clone_into_fd()).map_err(sys("clone3"))? {
-            Cloned::Child => {
-                drop((go_w, alive_w, status_r, error_r));
-                let _ = old_mask.thread_set_mask();
-                child(
-                    plan,
-                    go_r,
-                    Channels {
-                        alive: alive_r.as_raw_fd(),
-                        status: status_w.as_raw_fd(),
-                        error: error_w.as_raw_fd(),
-                    },
-                    error_w.as_raw_fd(),
-                    status_w.as_raw_fd(),
-                )
-            }
-            Cloned::Parent { pid, pidfd } => (Pid::from_raw(pid), pidfd),
-        };
+    let (pid, pidfd) = match raw::clone3(NAMESPACES, cgroup.clone_into_fd()).map_err(sys("clone3"))? {
+        Cloned::Child => {
+            drop((go_w, alive_w, status_r, error_r));
+            let _ = old_mask.thread_set_mask();
+            child(
+                plan,
+                go_r,
+                Channels { alive: alive_r.as_raw_fd(), status: status_w.as_raw_fd(), error: error_w.as_raw_fd() },
+                error_w.as_raw_fd(),
+                status_w.as_raw_fd(),
+            )
+        }
+        Cloned::Parent { pid, pidfd } => (Pid::from_raw(pid), pidfd),
+    };
     drop((go_r, alive_r, status_w, error_w));
     drop(plan); // our copies of the bind source fds
 
@@ -110,8 +100,8 @@ pub fn supervise(
     nix::unistd::write(&go_w, b"g").map_err(sys("write go"))?;
     drop(go_w);
 
-    let sfd = SignalFd::with_flags(&relayed, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
-        .map_err(sys("signalfd"))?;
+    let sfd =
+        SignalFd::with_flags(&relayed, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK).map_err(sys("signalfd"))?;
     let mut facts = Facts::default();
     let mut error_text = Vec::new();
     let mut error_open = true;
@@ -119,11 +109,7 @@ pub fn supervise(
     loop {
         let now = Instant::now();
         let killed = facts.killed_for_wall || facts.killed_for_cpu;
-        let mut timeout = if killed {
-            Duration::from_millis(100)
-        } else {
-            deadline.saturating_duration_since(now)
-        };
+        let mut timeout = if killed { Duration::from_millis(100) } else { deadline.saturating_duration_since(now) };
         if !killed {
             if now >= deadline {
                 facts.killed_for_wall = true;
@@ -140,29 +126,18 @@ pub fn supervise(
             }
             // The soonest the limit could be reached, at full quota, but at least every 100 ms.
             let soonest = (cpu_limit - used).mul_f64(1000.0 / millicores.max(1) as f64);
-            timeout =
-                timeout.min(soonest.clamp(Duration::from_millis(5), Duration::from_millis(100)));
+            timeout = timeout.min(soonest.clamp(Duration::from_millis(5), Duration::from_millis(100)));
         }
-        let mut fds = vec![
-            PollFd::new(pidfd.as_fd(), PollFlags::POLLIN),
-            PollFd::new(sfd.as_fd(), PollFlags::POLLIN),
-        ];
+        let mut fds = vec![PollFd::new(pidfd.as_fd(), PollFlags::POLLIN), PollFd::new(sfd.as_fd(), PollFlags::POLLIN)];
         if error_open {
             fds.push(PollFd::new(error_r.as_fd(), PollFlags::POLLIN));
         }
         let ms = timeout.as_millis().clamp(1, i32::MAX as u128) as i32;
-        match poll(
-            &mut fds,
-            PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX),
-        ) {
+        match poll(&mut fds, PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)) {
             Ok(_) | Err(Errno::EINTR) => {}
             Err(e) => return Err(sys("poll")(e)),
         }
-        let ready = |i: usize| {
-            fds.get(i)
-                .and_then(|f| f.revents())
-                .is_some_and(|r| !r.is_empty())
-        };
+        let ready = |i: usize| fds.get(i).and_then(|f| f.revents()).is_some_and(|r| !r.is_empty());
         let (exited, signalled, error_ready) = (ready(0), ready(1), error_open && ready(2));
         drop(fds);
         if signalled {
@@ -193,21 +168,18 @@ pub fn supervise(
     if let Ok(8) = read(&status_r, &mut status) {
         facts.ended = crate::init::decode(&status);
     }
+    if facts.ended.is_none() && (facts.killed_for_wall || facts.killed_for_cpu) {
+        facts.ended = Some(crate::report::Ended::Signaled(libc::SIGKILL)); // by us, through init
+    }
     drop(alive_w);
     let _ = old_mask.thread_set_mask();
     facts.usage = cgroup.finish()?;
     let setup_failure = (!error_text.is_empty()).then(|| {
         let text = String::from_utf8_lossy(&error_text).into_owned();
         let (step, message) = text.split_once('\x1f').unwrap_or(("setup", &text));
-        SetupFailure {
-            step: step.to_string(),
-            message: message.to_string(),
-        }
+        SetupFailure { step: step.to_string(), message: message.to_string() }
     });
-    Ok(Outcome {
-        facts,
-        setup_failure,
-    })
+    Ok(Outcome { facts, setup_failure })
 }
 
 /// The sandbox's side of the clone: wait for the go, then [`enter_sandbox`]. Never returns.

@@ -17,10 +17,7 @@ pub enum UnitError {
     #[error("not a number: {0:?}")]
     NotANumber(String),
     #[error("unknown unit {unit:?} (use {expected})")]
-    UnknownUnit {
-        unit: String,
-        expected: &'static str,
-    },
+    UnknownUnit { unit: String, expected: &'static str },
     #[error("too large (at most {max})")]
     Overflow { max: String },
 }
@@ -37,9 +34,7 @@ fn split_number(s: &str) -> Result<(&str, &str), UnitError> {
     if s.starts_with('-') {
         return Err(UnitError::Negative);
     }
-    let end = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
+    let end = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
     let (num, unit) = s.split_at(end);
     if num.is_empty() {
         return Err(UnitError::NotANumber(s.to_string()));
@@ -49,12 +44,7 @@ fn split_number(s: &str) -> Result<(&str, &str), UnitError> {
 
 /// Multiply a decimal string by an integer factor without going through f64 for integers,
 /// so `"9223372036854775807"` is exact and overflow is detected.
-fn scale(
-    num: &str,
-    factor: u128,
-    max: u128,
-    max_text: impl Fn() -> String,
-) -> Result<u128, UnitError> {
+fn scale(num: &str, factor: u128, max: u128, max_text: impl Fn() -> String) -> Result<u128, UnitError> {
     let (int_part, frac_part) = match num.split_once('.') {
         Some((i, f)) => (i, f),
         None => (num, ""),
@@ -65,14 +55,8 @@ fn scale(
     let overflow = || UnitError::Overflow { max: max_text() };
     let mut value: u128 = 0;
     for c in int_part.chars() {
-        let d = u128::from(
-            c.to_digit(10)
-                .ok_or_else(|| UnitError::NotANumber(num.to_string()))?,
-        );
-        value = value
-            .checked_mul(10)
-            .and_then(|v| v.checked_add(d))
-            .ok_or_else(overflow)?;
+        let d = u128::from(c.to_digit(10).ok_or_else(|| UnitError::NotANumber(num.to_string()))?);
+        value = value.checked_mul(10).and_then(|v| v.checked_add(d)).ok_or_else(overflow)?;
         if value > max {
             return Err(overflow());
         }
@@ -82,16 +66,11 @@ fn scale(
     let mut denom: u128 = 1;
     let mut frac: u128 = 0;
     for c in frac_part.chars().take(9) {
-        let d = u128::from(
-            c.to_digit(10)
-                .ok_or_else(|| UnitError::NotANumber(num.to_string()))?,
-        );
+        let d = u128::from(c.to_digit(10).ok_or_else(|| UnitError::NotANumber(num.to_string()))?);
         frac = frac * 10 + d;
         denom *= 10;
     }
-    total = total
-        .checked_add(frac * factor / denom)
-        .ok_or_else(overflow)?;
+    total = total.checked_add(frac * factor / denom).ok_or_else(overflow)?;
     if total > max {
         return Err(overflow());
     }
@@ -107,12 +86,7 @@ pub fn parse_size(s: &str) -> Result<u64, UnitError> {
         "M" | "MB" | "MIB" => 1 << 20,
         "G" | "GB" | "GIB" => 1 << 30,
         "T" | "TB" | "TIB" => 1 << 40,
-        _ => {
-            return Err(UnitError::UnknownUnit {
-                unit: unit.to_string(),
-                expected: SIZE_UNITS,
-            })
-        }
+        _ => return Err(UnitError::UnknownUnit { unit: unit.to_string(), expected: SIZE_UNITS }),
     };
     // i64::MAX keeps every value representable in cgroup files and rlimits.
     let max = i64::MAX as u128;
@@ -131,12 +105,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, UnitError> {
         "" | "s" | "sec" => 1000,
         "m" | "min" => 60_000,
         "h" => 3_600_000,
-        _ => {
-            return Err(UnitError::UnknownUnit {
-                unit: unit.to_string(),
-                expected: DURATION_UNITS,
-            })
-        }
+        _ => return Err(UnitError::UnknownUnit { unit: unit.to_string(), expected: DURATION_UNITS }),
     };
     // One year is far beyond any sane limit and keeps arithmetic on Instants safe.
     let max_ms: u128 = 365 * 24 * 3_600_000;
@@ -203,23 +172,11 @@ mod tests {
         assert_eq!(parse_size("0G"), Err(UnitError::Zero));
         assert_eq!(parse_size("-1G"), Err(UnitError::Negative));
         assert_eq!(parse_size(""), Err(UnitError::Empty));
-        assert!(matches!(
-            parse_size("1Q"),
-            Err(UnitError::UnknownUnit { .. })
-        ));
+        assert!(matches!(parse_size("1Q"), Err(UnitError::UnknownUnit { .. })));
         assert!(matches!(parse_size("G"), Err(UnitError::NotANumber(_))));
-        assert!(matches!(
-            parse_size("1.2.3M"),
-            Err(UnitError::NotANumber(_))
-        ));
-        assert!(matches!(
-            parse_size("99999999999999999999999"),
-            Err(UnitError::Overflow { .. })
-        ));
-        assert!(matches!(
-            parse_size("9000000T"),
-            Err(UnitError::Overflow { .. })
-        ));
+        assert!(matches!(parse_size("1.2.3M"), Err(UnitError::NotANumber(_))));
+        assert!(matches!(parse_size("99999999999999999999999"), Err(UnitError::Overflow { .. })));
+        assert!(matches!(parse_size("9000000T"), Err(UnitError::Overflow { .. })));
     }
 
     #[test]
@@ -232,32 +189,17 @@ mod tests {
         assert_eq!(parse_duration("0s"), Err(UnitError::Zero));
         assert_eq!(parse_duration("0.0001"), Err(UnitError::Zero));
         assert_eq!(parse_duration("-3"), Err(UnitError::Negative));
-        assert!(matches!(
-            parse_duration("3d"),
-            Err(UnitError::UnknownUnit { .. })
-        ));
-        assert!(matches!(
-            parse_duration("100000h"),
-            Err(UnitError::Overflow { .. })
-        ));
+        assert!(matches!(parse_duration("3d"), Err(UnitError::UnknownUnit { .. })));
+        assert!(matches!(parse_duration("100000h"), Err(UnitError::Overflow { .. })));
     }
 
     #[test]
     fn counts() {
         assert_eq!(parse_count("64", 1000), Ok(64));
         assert_eq!(parse_count("0", 1000), Err(UnitError::Zero));
-        assert!(matches!(
-            parse_count("1001", 1000),
-            Err(UnitError::Overflow { .. })
-        ));
-        assert!(matches!(
-            parse_count("1.5", 1000),
-            Err(UnitError::NotANumber(_))
-        ));
-        assert!(matches!(
-            parse_count("10k", 1000),
-            Err(UnitError::NotANumber(_))
-        ));
+        assert!(matches!(parse_count("1001", 1000), Err(UnitError::Overflow { .. })));
+        assert!(matches!(parse_count("1.5", 1000), Err(UnitError::NotANumber(_))));
+        assert!(matches!(parse_count("10k", 1000), Err(UnitError::NotANumber(_))));
     }
 
     #[test]

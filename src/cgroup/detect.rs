@@ -39,8 +39,7 @@ impl Hierarchies {
                 Some("cgroup") => {
                     for o in opts.split(',') {
                         if V1_CONTROLLERS.contains(&o) {
-                            h.v1.entry(o.to_string())
-                                .or_insert_with(|| PathBuf::from(&mp));
+                            h.v1.entry(o.to_string()).or_insert_with(|| PathBuf::from(&mp));
                         }
                     }
                 }
@@ -51,10 +50,8 @@ impl Hierarchies {
     }
 
     pub fn read(mountinfo: &Path) -> Result<Hierarchies> {
-        let text = std::fs::read_to_string(mountinfo).map_err(|source| CgroupError::Io {
-            path: mountinfo.into(),
-            source,
-        })?;
+        let text =
+            std::fs::read_to_string(mountinfo).map_err(|source| CgroupError::Io { path: mountinfo.into(), source })?;
         Ok(Hierarchies::from_mountinfo(&text))
     }
 
@@ -72,19 +69,12 @@ impl Hierarchies {
         if let Some(mount) = &self.v2 {
             let have = self.v2_controllers();
             if CONTROLLERS.iter().all(|c| have.iter().any(|h| h == c)) {
-                return Ok(Backend::V2 {
-                    mount: mount.clone(),
-                });
+                return Ok(Backend::V2 { mount: mount.clone() });
             }
         }
-        let missing: Vec<_> = V1_CONTROLLERS
-            .iter()
-            .filter(|c| !self.v1.contains_key(**c))
-            .collect();
+        let missing: Vec<_> = V1_CONTROLLERS.iter().filter(|c| !self.v1.contains_key(**c)).collect();
         if missing.is_empty() {
-            return Ok(Backend::V1 {
-                mounts: self.v1.clone(),
-            });
+            return Ok(Backend::V1 { mounts: self.v1.clone() });
         }
         Err(CgroupError::NoHierarchy(format!(
             "cgroup v2 {} and cgroup v1 lacks {missing:?}",
@@ -98,10 +88,7 @@ impl Hierarchies {
 
 /// mountinfo escapes space, tab, newline and backslash as octal.
 fn unescape(s: &str) -> String {
-    s.replace("\\040", " ")
-        .replace("\\011", "\t")
-        .replace("\\012", "\n")
-        .replace("\\134", "\\")
+    s.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
 }
 
 #[cfg(test)]
@@ -136,30 +123,16 @@ mod tests {
         let h = Hierarchies::from_mountinfo(COMOUNTED);
         assert_eq!(h.v1["cpu"], h.v1["cpuacct"]);
         let e = h.choose().unwrap_err().to_string();
-        assert!(
-            e.contains("v2 is not mounted") && e.contains("\"pids\""),
-            "{e}"
-        );
+        assert!(e.contains("v2 is not mounted") && e.contains("\"pids\""), "{e}");
     }
 
     #[test]
     fn v2_with_controllers_is_preferred() {
         let fake = tempfile::tempdir().unwrap();
-        std::fs::write(
-            fake.path().join("cgroup.controllers"),
-            "cpuset cpu io memory hugetlb pids rdma misc\n",
-        )
-        .unwrap();
-        let text = format!(
-            "26 25 0:24 / {} rw shared:10 - cgroup2 cgroup2 rw\n{HYBRID}",
-            fake.path().display()
-        );
+        std::fs::write(fake.path().join("cgroup.controllers"), "cpuset cpu io memory hugetlb pids rdma misc\n")
+            .unwrap();
+        let text = format!("26 25 0:24 / {} rw shared:10 - cgroup2 cgroup2 rw\n{HYBRID}", fake.path().display());
         let h = Hierarchies::from_mountinfo(&text);
-        assert_eq!(
-            h.choose().unwrap(),
-            Backend::V2 {
-                mount: fake.path().into()
-            }
-        );
+        assert_eq!(h.choose().unwrap(), Backend::V2 { mount: fake.path().into() });
     }
 }

@@ -26,23 +26,14 @@ pub use detect::{Backend, Hierarchies, CONTROLLERS};
 #[derive(Debug, thiserror::Error)]
 pub enum CgroupError {
     #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("{path}: unexpected content {content:?}")]
     Parse { path: PathBuf, content: String },
     #[error("no usable cgroup hierarchy: {0}")]
     NoHierarchy(String),
     #[error("cgroup v2 at {path}: controllers {missing:?} are not enabled for our subtree (enable them in {parent}/cgroup.subtree_control, e.g. through a systemd unit with Delegate=yes)")]
-    NotDelegated {
-        path: PathBuf,
-        parent: PathBuf,
-        missing: Vec<String>,
-    },
-    #[error(
-        "swap cannot be disabled for the sandbox ({path} is not available) and this host has swap"
-    )]
+    NotDelegated { path: PathBuf, parent: PathBuf, missing: Vec<String> },
+    #[error("swap cannot be disabled for the sandbox ({path} is not available) and this host has swap")]
     SwapUncontrolled { path: PathBuf },
     #[error("{path}: processes of an earlier run are still there after being killed")]
     NotEmpty { path: PathBuf },
@@ -77,20 +68,11 @@ pub enum RunCgroup {
 }
 
 impl RunCgroup {
-    pub fn create(
-        backend: &Backend,
-        root: &Path,
-        slot: u32,
-        limits: CgroupLimits,
-    ) -> Result<RunCgroup> {
+    pub fn create(backend: &Backend, root: &Path, slot: u32, limits: CgroupLimits) -> Result<RunCgroup> {
         let name = format!("slot-{slot}");
         Ok(match backend {
-            Backend::V2 { mount } => {
-                RunCgroup::V2(v2::RunCgroup::create(mount, root, &name, limits)?)
-            }
-            Backend::V1 { mounts } => {
-                RunCgroup::V1(v1::SlotCgroup::create(mounts, root, &name, limits)?)
-            }
+            Backend::V2 { mount } => RunCgroup::V2(v2::RunCgroup::create(mount, root, &name, limits)?),
+            Backend::V1 { mounts } => RunCgroup::V1(v1::SlotCgroup::create(mounts, root, &name, limits)?),
         })
     }
 
@@ -137,29 +119,20 @@ impl RunCgroup {
 
 pub(crate) fn write(path: &Path, value: &str) -> Result<()> {
     tracing::trace!(path = %path.display(), value, "cgroup write");
-    std::fs::write(path, value).map_err(|source| CgroupError::Io {
-        path: path.into(),
-        source,
-    })
+    std::fs::write(path, value).map_err(|source| CgroupError::Io { path: path.into(), source })
 }
 
 pub(crate) fn read(path: &Path) -> Result<String> {
     let mut s = String::new();
     std::fs::File::open(path)
         .and_then(|mut f| f.read_to_string(&mut s))
-        .map_err(|source| CgroupError::Io {
-            path: path.into(),
-            source,
-        })?;
+        .map_err(|source| CgroupError::Io { path: path.into(), source })?;
     Ok(s)
 }
 
 pub(crate) fn read_u64(path: &Path) -> Result<u64> {
     let s = read(path)?;
-    s.trim().parse().map_err(|_| CgroupError::Parse {
-        path: path.into(),
-        content: s,
-    })
+    s.trim().parse().map_err(|_| CgroupError::Parse { path: path.into(), content: s })
 }
 
 /// The value of `key` in a flat-keyed file (`memory.events`, `cpu.stat`, `pids.events`).
@@ -173,28 +146,19 @@ pub(crate) fn read_key(path: &Path, key: &str) -> Result<u64> {
             }
         }
     }
-    Err(CgroupError::Parse {
-        path: path.into(),
-        content: s,
-    })
+    Err(CgroupError::Parse { path: path.into(), content: s })
 }
 
 pub(crate) fn mkdir(path: &Path) -> Result<()> {
     match std::fs::create_dir(path) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(()),
-        Err(source) => Err(CgroupError::Io {
-            path: path.into(),
-            source,
-        }),
+        Err(source) => Err(CgroupError::Io { path: path.into(), source }),
     }
 }
 
 pub(crate) fn procs(dir: &Path) -> Result<Vec<i32>> {
-    Ok(read(&dir.join("cgroup.procs"))?
-        .split_whitespace()
-        .filter_map(|p| p.parse().ok())
-        .collect())
+    Ok(read(&dir.join("cgroup.procs"))?.split_whitespace().filter_map(|p| p.parse().ok()).collect())
 }
 
 /// SIGKILL every process listed until none is left (bounded: 2 s).
@@ -206,10 +170,7 @@ pub(crate) fn kill_listed(dir: &Path) -> Result<()> {
         }
         for pid in pids {
             // These pids were read from our own cgroup; a pid cannot leave it except by dying.
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
         }
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -223,11 +184,7 @@ pub(crate) fn host_has_swap(meminfo: &Path) -> bool {
         .and_then(|s| {
             s.lines()
                 .find(|l| l.starts_with("SwapTotal:"))
-                .and_then(|l| {
-                    l.split_whitespace()
-                        .nth(1)
-                        .and_then(|v| v.parse::<u64>().ok())
-                })
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()))
         })
         .is_none_or(|kb| kb > 0)
 }

@@ -2,8 +2,8 @@
 //! reused between runs of that slot (its counters reset, and checked empty, each time).
 
 use super::{
-    host_has_swap, kill_listed, mkdir, procs, read, read_key, read_u64, write, CgroupError,
-    CgroupLimits, Result, Usage, CPU_PERIOD_US,
+    host_has_swap, kill_listed, mkdir, procs, read, read_key, read_u64, write, CgroupError, CgroupLimits, Result,
+    Usage, CPU_PERIOD_US,
 };
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -32,11 +32,7 @@ impl SlotCgroup {
             mkdir(&dir)?;
             dirs.insert(controller.clone(), dir);
         }
-        let c = SlotCgroup {
-            dirs,
-            oom_kills_before: 0,
-            pids_max_before: 0,
-        };
+        let c = SlotCgroup { dirs, oom_kills_before: 0, pids_max_before: 0 };
         // A supervisor killed mid-run may have left processes here: none may survive.
         for dir in c.distinct_dirs() {
             if !procs(&dir)?.is_empty() {
@@ -64,10 +60,7 @@ impl SlotCgroup {
         write(&c.dir("pids").join("pids.max"), &limits.pids.to_string())?;
         let cpu = c.dir("cpu");
         write(&cpu.join("cpu.cfs_period_us"), &CPU_PERIOD_US.to_string())?;
-        write(
-            &cpu.join("cpu.cfs_quota_us"),
-            &(limits.cpu_millicores * CPU_PERIOD_US / 1000).to_string(),
-        )?;
+        write(&cpu.join("cpu.cfs_quota_us"), &(limits.cpu_millicores * CPU_PERIOD_US / 1000).to_string())?;
         write(&c.dir("cpuacct").join("cpuacct.usage"), "0")?;
         Ok(SlotCgroup {
             oom_kills_before: oom_kills(&mem)?,
@@ -97,9 +90,7 @@ impl SlotCgroup {
     }
 
     pub fn cpu_usage(&self) -> Result<Duration> {
-        Ok(Duration::from_nanos(read_u64(
-            &self.dir("cpuacct").join("cpuacct.usage"),
-        )?))
+        Ok(Duration::from_nanos(read_u64(&self.dir("cpuacct").join("cpuacct.usage"))?))
     }
 
     pub fn finish(self) -> Result<Usage> {
@@ -121,13 +112,7 @@ impl SlotCgroup {
 fn oom_kills(mem: &Path) -> Result<u64> {
     let f = mem.join("memory.oom_control");
     let text = read(&f)?;
-    Ok(text
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("oom_kill ")
-                .and_then(|v| v.trim().parse().ok())
-        })
-        .unwrap_or(0))
+    Ok(text.lines().find_map(|l| l.strip_prefix("oom_kill ").and_then(|v| v.trim().parse().ok())).unwrap_or(0))
 }
 
 #[cfg(test)]
@@ -144,10 +129,7 @@ mod tests {
             let files: &[(&str, &str)] = match c {
                 "memory" => &[
                     ("memory.memsw.limit_in_bytes", "9223372036854771712"),
-                    (
-                        "memory.oom_control",
-                        "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n",
-                    ),
+                    ("memory.oom_control", "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n"),
                 ],
                 "pids" => &[("pids.events", "max 5\n")],
                 _ => &[],
@@ -160,11 +142,7 @@ mod tests {
         (t, mounts)
     }
 
-    const LIMITS: CgroupLimits = CgroupLimits {
-        memory: 512 << 20,
-        pids: 64,
-        cpu_millicores: 1500,
-    };
+    const LIMITS: CgroupLimits = CgroupLimits { memory: 512 << 20, pids: 64, cpu_millicores: 1500 };
 
     #[test]
     fn writes_limits_and_resets_counters() {
@@ -172,10 +150,7 @@ mod tests {
         let c = SlotCgroup::create(&mounts, Path::new("ig"), "slot-2", LIMITS).unwrap();
         let get = |f: &str| std::fs::read_to_string(t.path().join(f)).unwrap();
         assert_eq!(get("memory/ig/slot-2/memory.limit_in_bytes"), "536870912");
-        assert_eq!(
-            get("memory/ig/slot-2/memory.memsw.limit_in_bytes"),
-            "536870912"
-        );
+        assert_eq!(get("memory/ig/slot-2/memory.memsw.limit_in_bytes"), "536870912");
         assert_eq!(get("memory/ig/slot-2/memory.max_usage_in_bytes"), "0");
         assert_eq!(get("pids/ig/slot-2/pids.max"), "64");
         assert_eq!(get("cpu/ig/slot-2/cpu.cfs_quota_us"), "150000");
@@ -193,10 +168,7 @@ mod tests {
         let c = SlotCgroup::create(&mounts, Path::new("ig"), "slot-2", LIMITS).unwrap();
         let put = |f: &str, v: &str| std::fs::write(t.path().join(f), v).unwrap();
         // the run: counters move, the group empties
-        put(
-            "memory/ig/slot-2/memory.oom_control",
-            "oom_kill_disable 0\nunder_oom 0\noom_kill 3\n",
-        );
+        put("memory/ig/slot-2/memory.oom_control", "oom_kill_disable 0\nunder_oom 0\noom_kill 3\n");
         put("memory/ig/slot-2/memory.max_usage_in_bytes", "1234");
         put("pids/ig/slot-2/pids.events", "max 5\n");
         put("cpuacct/ig/slot-2/cpuacct.usage", "2500000000");
@@ -206,12 +178,7 @@ mod tests {
         let u = c.finish().unwrap();
         assert_eq!(
             u,
-            Usage {
-                cpu: Duration::from_millis(2500),
-                peak_memory: Some(1234),
-                oom_kills: 1,
-                pids_limit_hits: 0
-            }
+            Usage { cpu: Duration::from_millis(2500), peak_memory: Some(1234), oom_kills: 1, pids_limit_hits: 0 }
         );
     }
 }

@@ -1,8 +1,8 @@
 //! cgroup v2: one fresh cgroup per run, entered at birth through `CLONE_INTO_CGROUP`.
 
 use super::{
-    host_has_swap, kill_listed, mkdir, read, read_key, read_u64, write, CgroupError, CgroupLimits,
-    Result, Usage, CONTROLLERS, CPU_PERIOD_US,
+    host_has_swap, kill_listed, mkdir, read, read_key, read_u64, write, CgroupError, CgroupLimits, Result, Usage,
+    CONTROLLERS, CPU_PERIOD_US,
 };
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
@@ -15,12 +15,7 @@ pub struct RunCgroup {
 
 impl RunCgroup {
     /// `mount/root/name`, limits written, before anything runs in it.
-    pub fn create(
-        mount: &Path,
-        root: &Path,
-        name: &str,
-        limits: CgroupLimits,
-    ) -> Result<RunCgroup> {
+    pub fn create(mount: &Path, root: &Path, name: &str, limits: CgroupLimits) -> Result<RunCgroup> {
         let base = mount.join(root);
         // Our subtree's parent must already offer the controllers: we don't write to
         // cgroups we did not create.
@@ -32,18 +27,11 @@ impl RunCgroup {
             .map(|c| c.to_string())
             .collect();
         if !missing.is_empty() {
-            return Err(CgroupError::NotDelegated {
-                path: base,
-                parent,
-                missing,
-            });
+            return Err(CgroupError::NotDelegated { path: base, parent, missing });
         }
         mkdir(&base)?;
         let ours = read(&base.join("cgroup.subtree_control"))?;
-        if CONTROLLERS
-            .iter()
-            .any(|c| !ours.split_whitespace().any(|e| e == *c))
-        {
+        if CONTROLLERS.iter().any(|c| !ours.split_whitespace().any(|e| e == *c)) {
             write(&base.join("cgroup.subtree_control"), "+memory +pids +cpu")?;
         }
         let dir = base.join(name);
@@ -59,21 +47,13 @@ impl RunCgroup {
             if let Err(e) = write(&dir.join("memory.swap.max"), "0") {
                 if host_has_swap(Path::new("/proc/meminfo")) {
                     tracing::error!(error = %e, "memory.swap.max");
-                    return Err(CgroupError::SwapUncontrolled {
-                        path: dir.join("memory.swap.max"),
-                    });
+                    return Err(CgroupError::SwapUncontrolled { path: dir.join("memory.swap.max") });
                 }
             }
             // An OOM kills the whole run, not a random part of it.
             write(&dir.join("memory.oom.group"), "1")?;
             write(&dir.join("pids.max"), &limits.pids.to_string())?;
-            write(
-                &dir.join("cpu.max"),
-                &format!(
-                    "{} {CPU_PERIOD_US}",
-                    limits.cpu_millicores * CPU_PERIOD_US / 1000
-                ),
-            )
+            write(&dir.join("cpu.max"), &format!("{} {CPU_PERIOD_US}", limits.cpu_millicores * CPU_PERIOD_US / 1000))
         };
         if let Err(e) = set() {
             let _ = remove(&dir);
@@ -81,15 +61,10 @@ impl RunCgroup {
         }
         let fd = nix::fcntl::open(
             &dir,
-            nix::fcntl::OFlag::O_RDONLY
-                | nix::fcntl::OFlag::O_DIRECTORY
-                | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
             nix::sys::stat::Mode::empty(),
         )
-        .map_err(|e| CgroupError::Io {
-            path: dir.clone(),
-            source: e.into(),
-        })?;
+        .map_err(|e| CgroupError::Io { path: dir.clone(), source: e.into() })?;
         Ok(RunCgroup { dir, fd })
     }
 
@@ -98,10 +73,7 @@ impl RunCgroup {
     }
 
     pub fn cpu_usage(&self) -> Result<Duration> {
-        Ok(Duration::from_micros(read_key(
-            &self.dir.join("cpu.stat"),
-            "usage_usec",
-        )?))
+        Ok(Duration::from_micros(read_key(&self.dir.join("cpu.stat"), "usage_usec")?))
     }
 
     pub fn finish(self) -> Result<Usage> {
@@ -143,10 +115,7 @@ fn remove(dir: &Path) -> Result<()> {
         }
         std::thread::sleep(Duration::from_millis(5));
     }
-    Err(CgroupError::Io {
-        path: dir.into(),
-        source: last.expect("set in loop"),
-    })
+    Err(CgroupError::Io { path: dir.into(), source: last.expect("set in loop") })
 }
 
 #[cfg(test)]
@@ -159,11 +128,7 @@ mod tests {
         m
     }
 
-    const LIMITS: CgroupLimits = CgroupLimits {
-        memory: 256 << 20,
-        pids: 32,
-        cpu_millicores: 500,
-    };
+    const LIMITS: CgroupLimits = CgroupLimits { memory: 256 << 20, pids: 32, cpu_millicores: 500 };
 
     #[test]
     fn writes_limits_into_a_fresh_cgroup() {
@@ -178,10 +143,7 @@ mod tests {
         assert_eq!(get("memory.oom.group"), "1");
         assert_eq!(get("pids.max"), "32");
         assert_eq!(get("cpu.max"), "50000 100000");
-        assert_eq!(
-            std::fs::read_to_string(m.path().join("ig/cgroup.subtree_control")).unwrap(),
-            "+memory +pids +cpu"
-        );
+        assert_eq!(std::fs::read_to_string(m.path().join("ig/cgroup.subtree_control")).unwrap(), "+memory +pids +cpu");
         assert_eq!(c.dir, d);
     }
 
@@ -192,15 +154,9 @@ mod tests {
             Err(e) => e,
             Ok(_) => panic!("accepted"),
         };
-        assert!(
-            matches!(&e, CgroupError::NotDelegated { missing, .. } if missing == &["memory", "pids"]),
-            "{e}"
-        );
+        assert!(matches!(&e, CgroupError::NotDelegated { missing, .. } if missing == &["memory", "pids"]), "{e}");
         assert!(!m.path().join("ig").exists());
-        assert_eq!(
-            std::fs::read_to_string(m.path().join("cgroup.subtree_control")).unwrap(),
-            "cpu io\n"
-        );
+        assert_eq!(std::fs::read_to_string(m.path().join("cgroup.subtree_control")).unwrap(), "cpu io\n");
     }
 
     #[test]
@@ -217,12 +173,7 @@ mod tests {
         let u = usage(d.path()).unwrap();
         assert_eq!(
             u,
-            Usage {
-                cpu: Duration::from_millis(1500),
-                peak_memory: Some(1 << 20),
-                oom_kills: 1,
-                pids_limit_hits: 7
-            }
+            Usage { cpu: Duration::from_millis(1500), peak_memory: Some(1 << 20), oom_kills: 1, pids_limit_hits: 7 }
         );
         std::fs::write(d.path().join("pids.events"), "garbage").unwrap();
         assert!(matches!(usage(d.path()), Err(CgroupError::Parse { .. })));
@@ -242,10 +193,7 @@ mod tests {
             Err(e) => e,
             Ok(_) => panic!("accepted"),
         };
-        assert!(
-            matches!(&e, CgroupError::NotDelegated { missing, .. } if missing.len() == 3),
-            "{e}"
-        );
+        assert!(matches!(&e, CgroupError::NotDelegated { missing, .. } if missing.len() == 3), "{e}");
         assert!(!mount.join(&root).exists());
     }
 }

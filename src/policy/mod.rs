@@ -19,29 +19,20 @@ use std::time::Duration;
 pub use validate::{check_env_name, sandbox_path};
 
 /// Policies compiled into the binary, so `--policy default` works on any machine.
-pub const BUILTIN: &[(&str, &str)] = &[
-    ("default", include_str!("../../policies/default.toml")),
-    ("strict", include_str!("../../policies/strict.toml")),
-];
+pub const BUILTIN: &[(&str, &str)] =
+    &[("default", include_str!("../../policies/default.toml")), ("strict", include_str!("../../policies/strict.toml"))];
 
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
     /// A value that parsed but is not acceptable: names the file, the key and why.
     #[error("{file}: {key}: {reason}")]
-    Invalid {
-        file: String,
-        key: String,
-        reason: String,
-    },
+    Invalid { file: String, key: String, reason: String },
     #[error("{file}: {message}")]
     Syntax { file: String, message: String },
     #[error("policy {name:?} not found (built-in: {builtin}; or give a path to a .toml file)")]
     NotFound { name: String, builtin: String },
     #[error("cannot read policy {path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -127,31 +118,19 @@ pub struct Policy {
 impl Policy {
     /// Parse and validate policy text; `file` is only used in error messages.
     pub fn parse(file: &str, text: &str) -> Result<Policy, PolicyError> {
-        let raw: schema::PolicyFile = toml::from_str(text).map_err(|e| PolicyError::Syntax {
-            file: file.to_string(),
-            message: toml_error(text, &e),
-        })?;
-        let name = Path::new(file)
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_else(|| file.to_string());
+        let raw: schema::PolicyFile = toml::from_str(text)
+            .map_err(|e| PolicyError::Syntax { file: file.to_string(), message: toml_error(text, &e) })?;
+        let name =
+            Path::new(file).file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| file.to_string());
         validate::validate(file, name, raw)
     }
 
     /// A built-in policy by name.
     pub fn builtin(name: &str) -> Result<Policy, PolicyError> {
-        let (_, text) =
-            BUILTIN
-                .iter()
-                .find(|(n, _)| *n == name)
-                .ok_or_else(|| PolicyError::NotFound {
-                    name: name.to_string(),
-                    builtin: BUILTIN
-                        .iter()
-                        .map(|(n, _)| *n)
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                })?;
+        let (_, text) = BUILTIN.iter().find(|(n, _)| *n == name).ok_or_else(|| PolicyError::NotFound {
+            name: name.to_string(),
+            builtin: BUILTIN.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", "),
+        })?;
         Policy::parse(&format!("{name}.toml (built-in)"), text)
     }
 }
@@ -165,11 +144,7 @@ pub fn is_path(spec: &str) -> bool {
 /// `line N: message`.
 pub(crate) fn toml_error(text: &str, e: &toml::de::Error) -> String {
     match e.span() {
-        Some(span) => format!(
-            "line {}: {}",
-            text[..span.start.min(text.len())].matches('\n').count() + 1,
-            e.message()
-        ),
+        Some(span) => format!("line {}: {}", text[..span.start.min(text.len())].matches('\n').count() + 1, e.message()),
         None => e.message().to_string(),
     }
 }

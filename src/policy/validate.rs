@@ -1,9 +1,7 @@
 //! From [`schema::PolicyFile`] (what the file says) to [`Policy`] (what we will do).
 
 use super::schema::{self, Scalar};
-use super::{
-    Bind, LandlockMode, Limits, Policy, PolicyError, ProcMode, SeccompAction, SymlinkMode,
-};
+use super::{Bind, LandlockMode, Limits, Policy, PolicyError, ProcMode, SeccompAction, SymlinkMode};
 use crate::units::{parse_count, parse_duration, parse_size};
 use std::collections::BTreeSet;
 use std::path::{Component, Path, PathBuf};
@@ -15,24 +13,12 @@ const MAX_OPEN_FILES: u64 = 1 << 20;
 /// A hard ceiling on CPU bandwidth: 1024 cores.
 const MAX_MILLICORES: u64 = 1024 * 1000;
 
-pub(super) fn validate(
-    file: &str,
-    name: String,
-    raw: schema::PolicyFile,
-) -> Result<Policy, PolicyError> {
-    let err = |key: &str, reason: String| PolicyError::Invalid {
-        file: file.to_string(),
-        key: key.to_string(),
-        reason,
-    };
+pub(super) fn validate(file: &str, name: String, raw: schema::PolicyFile) -> Result<Policy, PolicyError> {
+    let err = |key: &str, reason: String| PolicyError::Invalid { file: file.to_string(), key: key.to_string(), reason };
     let l = &raw.limits;
-    let size =
-        |key: &str, v: &Scalar| parse_size(&v.as_text()).map_err(|e| err(key, e.to_string()));
-    let dur =
-        |key: &str, v: &Scalar| parse_duration(&v.as_text()).map_err(|e| err(key, e.to_string()));
-    let count = |key: &str, v: &Scalar, max| {
-        parse_count(&v.as_text(), max).map_err(|e| err(key, e.to_string()))
-    };
+    let size = |key: &str, v: &Scalar| parse_size(&v.as_text()).map_err(|e| err(key, e.to_string()));
+    let dur = |key: &str, v: &Scalar| parse_duration(&v.as_text()).map_err(|e| err(key, e.to_string()));
+    let count = |key: &str, v: &Scalar, max| parse_count(&v.as_text(), max).map_err(|e| err(key, e.to_string()));
     let limits = Limits {
         memory: size("limits.memory", &l.memory)?,
         cpu_time: dur("limits.cpu_time", &l.cpu_time)?,
@@ -53,47 +39,28 @@ pub(super) fn validate(
     let hostname = s.hostname.clone().unwrap_or_else(|| "sandbox".into());
     if hostname.is_empty()
         || hostname.len() > 64
-        || !hostname
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+        || !hostname.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
     {
-        return Err(err(
-            "sandbox.hostname",
-            "must be 1-64 characters of [A-Za-z0-9.-]".into(),
-        ));
+        return Err(err("sandbox.hostname", "must be 1-64 characters of [A-Za-z0-9.-]".into()));
     }
-    let workdir = sandbox_path(s.workdir.as_deref().unwrap_or("/tmp"), false)
-        .map_err(|r| err("sandbox.workdir", r))?;
+    let workdir = sandbox_path(s.workdir.as_deref().unwrap_or("/tmp"), false).map_err(|r| err("sandbox.workdir", r))?;
     let proc = match s.proc.as_deref().unwrap_or("pids-only") {
         "pids-only" => ProcMode::PidsOnly,
         "full" => ProcMode::Full,
-        o => {
-            return Err(err(
-                "sandbox.proc",
-                format!("unknown value {o:?} (use \"pids-only\" or \"full\")"),
-            ))
-        }
+        o => return Err(err("sandbox.proc", format!("unknown value {o:?} (use \"pids-only\" or \"full\")"))),
     };
     let landlock = match s.landlock.as_deref().unwrap_or("auto") {
         "auto" => LandlockMode::Auto,
         "required" => LandlockMode::Required,
         "off" => LandlockMode::Off,
         o => {
-            return Err(err(
-                "sandbox.landlock",
-                format!("unknown value {o:?} (use \"auto\", \"required\" or \"off\")"),
-            ))
+            return Err(err("sandbox.landlock", format!("unknown value {o:?} (use \"auto\", \"required\" or \"off\")")))
         }
     };
     let seccomp = match s.seccomp.as_deref().unwrap_or("kill") {
         "kill" => SeccompAction::Kill,
         "errno" => SeccompAction::Errno,
-        o => {
-            return Err(err(
-                "sandbox.seccomp",
-                format!("unknown value {o:?} (use \"kill\" or \"errno\")"),
-            ))
-        }
+        o => return Err(err("sandbox.seccomp", format!("unknown value {o:?} (use \"kill\" or \"errno\")"))),
     };
 
     let mut binds = Vec::new();
@@ -136,19 +103,9 @@ fn bind(b: &schema::BindFile) -> Result<Bind, String> {
     let symlink = match b.symlink.as_deref().unwrap_or("error") {
         "error" => SymlinkMode::Error,
         "copy" => SymlinkMode::Copy,
-        o => {
-            return Err(format!(
-                "symlink: unknown value {o:?} (use \"error\" or \"copy\")"
-            ))
-        }
+        o => return Err(format!("symlink: unknown value {o:?} (use \"error\" or \"copy\")")),
     };
-    Ok(Bind {
-        source,
-        target,
-        writable: b.writable,
-        optional: b.optional,
-        symlink,
-    })
+    Ok(Bind { source, target, writable: b.writable, optional: b.optional, symlink })
 }
 
 /// Targets must be unique and must not replace what the sandbox builds itself.
@@ -159,13 +116,7 @@ pub(crate) fn check_binds(binds: &[Bind]) -> Result<(), (usize, String)> {
         for r in RESERVED {
             let r = Path::new(r);
             if b.target == r || (b.target.starts_with(r) && r != Path::new("/tmp")) {
-                return Err((
-                    i,
-                    format!(
-                        "target {} is built by the sandbox itself",
-                        b.target.display()
-                    ),
-                ));
+                return Err((i, format!("target {} is built by the sandbox itself", b.target.display())));
             }
         }
         if !seen.insert(b.target.clone()) {
@@ -195,19 +146,11 @@ pub fn sandbox_path(s: &str, is_target: bool) -> Result<PathBuf, String> {
     if !s.starts_with('/') {
         return Err(format!("{s:?} is not an absolute path"));
     }
-    if s.split('/')
-        .skip(1)
-        .any(|c| c.is_empty() || c == "." || c == "..")
-        && s != "/"
-    {
-        return Err(format!(
-            "{s:?} must not contain empty, '.' or '..' components"
-        ));
+    if s.split('/').skip(1).any(|c| c.is_empty() || c == "." || c == "..") && s != "/" {
+        return Err(format!("{s:?} must not contain empty, '.' or '..' components"));
     }
     let p = PathBuf::from(s);
-    debug_assert!(p
-        .components()
-        .all(|c| matches!(c, Component::RootDir | Component::Normal(_))));
+    debug_assert!(p.components().all(|c| matches!(c, Component::RootDir | Component::Normal(_))));
     if is_target && p == Path::new("/") {
         return Err("cannot mount over the sandbox root".into());
     }
@@ -216,9 +159,7 @@ pub fn sandbox_path(s: &str, is_target: bool) -> Result<PathBuf, String> {
 
 pub fn check_env_name(k: &str) -> Result<(), String> {
     let mut chars = k.chars();
-    let ok_first = chars
-        .next()
-        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
+    let ok_first = chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
     if !ok_first || !chars.all(|c| c.is_ascii_alphanumeric() || c == '_') {
         return Err(format!("{k:?} is not a valid environment variable name"));
     }
@@ -230,10 +171,7 @@ fn parse_cores(v: &Scalar) -> Result<u64, String> {
     let cores: f64 = match v {
         Scalar::Int(i) => *i as f64,
         Scalar::Float(f) => *f,
-        Scalar::Str(s) => s
-            .trim()
-            .parse()
-            .map_err(|_| format!("not a number: {s:?}"))?,
+        Scalar::Str(s) => s.trim().parse().map_err(|_| format!("not a number: {s:?}"))?,
     };
     if !cores.is_finite() {
         return Err("not a finite number".into());
@@ -246,10 +184,7 @@ fn parse_cores(v: &Scalar) -> Result<u64, String> {
         return Err("must be at least 0.01 cores".into());
     }
     if milli > MAX_MILLICORES as f64 {
-        return Err(format!(
-            "too large (at most {} cores)",
-            MAX_MILLICORES / 1000
-        ));
+        return Err(format!("too large (at most {} cores)", MAX_MILLICORES / 1000));
     }
     Ok(milli as u64)
 }
@@ -330,60 +265,28 @@ mod tests {
         for (name, _) in super::super::BUILTIN {
             Policy::builtin(name).unwrap();
         }
-        assert!(Policy::builtin("nope")
-            .unwrap_err()
-            .to_string()
-            .contains("default, strict"));
+        assert!(Policy::builtin("nope").unwrap_err().to_string().contains("default, strict"));
     }
 
     #[test]
     fn bad_limits_name_file_key_and_reason() {
-        assert_eq!(
-            invalid(&with("memory", "0")),
-            "t.toml: limits.memory: must be greater than zero"
-        );
-        assert_eq!(
-            invalid(&with("memory", "-5")),
-            "t.toml: limits.memory: must not be negative"
-        );
-        assert!(
-            invalid(&with("memory", "\"1GB2\"")).starts_with("t.toml: limits.memory: unknown unit")
-        );
-        assert!(invalid(&with("memory", "\"99999999T\""))
-            .starts_with("t.toml: limits.memory: too large"));
-        assert_eq!(
-            invalid(&with("memory", "\"1M\"")),
-            "t.toml: limits.memory: must be at least 4M"
-        );
-        assert!(invalid(&with("cpu_time", "\"5 fortnights\""))
-            .starts_with("t.toml: limits.cpu_time: unknown unit"));
-        assert_eq!(
-            invalid(&with("pids", "0")),
-            "t.toml: limits.pids: must be greater than zero"
-        );
-        assert!(invalid(&with("pids", "9223372036854775807"))
-            .starts_with("t.toml: limits.pids: too large"));
-        assert_eq!(
-            invalid(&with("cpu_quota", "-1")),
-            "t.toml: limits.cpu_quota: must not be negative"
-        );
-        assert_eq!(
-            invalid(&with("cpu_quota", "0")),
-            "t.toml: limits.cpu_quota: must be at least 0.01 cores"
-        );
-        assert_eq!(
-            invalid(&with("cpu_quota", "nan")),
-            "t.toml: limits.cpu_quota: not a finite number"
-        );
+        assert_eq!(invalid(&with("memory", "0")), "t.toml: limits.memory: must be greater than zero");
+        assert_eq!(invalid(&with("memory", "-5")), "t.toml: limits.memory: must not be negative");
+        assert!(invalid(&with("memory", "\"1GB2\"")).starts_with("t.toml: limits.memory: unknown unit"));
+        assert!(invalid(&with("memory", "\"99999999T\"")).starts_with("t.toml: limits.memory: too large"));
+        assert_eq!(invalid(&with("memory", "\"1M\"")), "t.toml: limits.memory: must be at least 4M");
+        assert!(invalid(&with("cpu_time", "\"5 fortnights\"")).starts_with("t.toml: limits.cpu_time: unknown unit"));
+        assert_eq!(invalid(&with("pids", "0")), "t.toml: limits.pids: must be greater than zero");
+        assert!(invalid(&with("pids", "9223372036854775807")).starts_with("t.toml: limits.pids: too large"));
+        assert_eq!(invalid(&with("cpu_quota", "-1")), "t.toml: limits.cpu_quota: must not be negative");
+        assert_eq!(invalid(&with("cpu_quota", "0")), "t.toml: limits.cpu_quota: must be at least 0.01 cores");
+        assert_eq!(invalid(&with("cpu_quota", "nan")), "t.toml: limits.cpu_quota: not a finite number");
     }
 
     #[test]
     fn unknown_and_missing_keys_are_errors() {
         let e = invalid(&GOOD.replace("pids = 32", "pids = 32\nmemroy = 1"));
-        assert!(
-            e.starts_with("t.toml: line 8: unknown field `memroy`, expected one of `memory`"),
-            "{e}"
-        );
+        assert!(e.starts_with("t.toml: line 8: unknown field `memroy`, expected one of `memory`"), "{e}");
         assert!(!e.contains('\n'));
         let e = invalid(&GOOD.replace("pids = 32", ""));
         assert!(e.contains("missing field `pids`"), "{e}");
@@ -394,30 +297,20 @@ mod tests {
     #[test]
     fn bad_paths_are_errors() {
         let e = invalid(&GOOD.replace("source = \"/usr/lib/x\"", "source = \"usr/lib\""));
-        assert_eq!(
-            e,
-            "t.toml: bind[0]: source: \"usr/lib\" is not an absolute path"
-        );
-        let e =
-            invalid(&GOOD.replace("source = \"/usr/lib/x\"", "source = \"/usr/../etc/shadow\""));
+        assert_eq!(e, "t.toml: bind[0]: source: \"usr/lib\" is not an absolute path");
+        let e = invalid(&GOOD.replace("source = \"/usr/lib/x\"", "source = \"/usr/../etc/shadow\""));
         assert!(e.contains("must not contain empty, '.' or '..'"), "{e}");
         let e = invalid(&GOOD.replace("source = \"/usr/lib/x\"", "source = \"/usr//lib\""));
         assert!(e.contains("must not contain empty"), "{e}");
         let e = invalid(&GOOD.replace("source = \"/usr/lib/x\"", "source = \"/usr\""));
         assert_eq!(e, "t.toml: bind[1]: duplicate target /usr");
         for reserved in ["/proc", "/proc/1", "/dev", "/dev/null", "/tmp", "/"] {
-            let e = invalid(&GOOD.replace(
-                "source = \"/usr/lib/x\"",
-                &format!("source = \"/x\"\ntarget = \"{reserved}\""),
-            ));
+            let e =
+                invalid(&GOOD.replace("source = \"/usr/lib/x\"", &format!("source = \"/x\"\ntarget = \"{reserved}\"")));
             assert!(e.starts_with("t.toml: bind[0]: "), "{e}");
         }
         // beneath /tmp is fine: it is created inside the sandbox's own tmpfs
-        parse(&GOOD.replace(
-            "source = \"/usr/lib/x\"",
-            "source = \"/x\"\ntarget = \"/tmp/data\"",
-        ))
-        .unwrap();
+        parse(&GOOD.replace("source = \"/usr/lib/x\"", "source = \"/x\"\ntarget = \"/tmp/data\"")).unwrap();
         let e = invalid(&with("workdir", "\"relative\""));
         assert!(e.starts_with("t.toml: sandbox.workdir: "), "{e}");
     }
@@ -426,21 +319,13 @@ mod tests {
     fn bad_env_and_modes_are_errors() {
         assert!(invalid(&GOOD.replace("PATH = ", "\"A-B\" = ")).starts_with("t.toml: env.A-B: "));
         assert!(invalid(&GOOD.replace("PATH = ", "\"1A\" = ")).starts_with("t.toml: env.1A: "));
-        assert!(
-            invalid(&GOOD.replace("workdir = \"/work\"", "proc = \"some\""))
-                .starts_with("t.toml: sandbox.proc: unknown value")
-        );
-        assert!(
-            invalid(&GOOD.replace("workdir = \"/work\"", "landlock = \"yes\""))
-                .starts_with("t.toml: sandbox.landlock:")
-        );
-        assert!(
-            invalid(&GOOD.replace("workdir = \"/work\"", "seccomp = \"allow\""))
-                .starts_with("t.toml: sandbox.seccomp:")
-        );
-        assert!(
-            invalid(&GOOD.replace("workdir = \"/work\"", "hostname = \"a b\""))
-                .starts_with("t.toml: sandbox.hostname:")
-        );
+        assert!(invalid(&GOOD.replace("workdir = \"/work\"", "proc = \"some\""))
+            .starts_with("t.toml: sandbox.proc: unknown value"));
+        assert!(invalid(&GOOD.replace("workdir = \"/work\"", "landlock = \"yes\""))
+            .starts_with("t.toml: sandbox.landlock:"));
+        assert!(invalid(&GOOD.replace("workdir = \"/work\"", "seccomp = \"allow\""))
+            .starts_with("t.toml: sandbox.seccomp:"));
+        assert!(invalid(&GOOD.replace("workdir = \"/work\"", "hostname = \"a b\""))
+            .starts_with("t.toml: sandbox.hostname:"));
     }
 }

@@ -75,17 +75,7 @@ fn flag_names(flags: MsFlags) -> String {
 
 impl Sys for FakeSys {
     fn unshare(&self, flags: CloneFlags) -> Result<(), SysError> {
-        self.rec(
-            "unshare",
-            format!(
-                "unshare {}",
-                flags
-                    .iter_names()
-                    .map(|(n, _)| n)
-                    .collect::<Vec<_>>()
-                    .join("|")
-            ),
-        )
+        self.rec("unshare", format!("unshare {}", flags.iter_names().map(|(n, _)| n).collect::<Vec<_>>().join("|")))
     }
     fn mount(
         &self,
@@ -95,15 +85,8 @@ impl Sys for FakeSys {
         flags: MsFlags,
         data: Option<&str>,
     ) -> Result<(), SysError> {
-        let src = source
-            .map(|s| self.show(s))
-            .unwrap_or_else(|| "none".into());
-        let mut text = format!(
-            "mount {src} {} {} [{}]",
-            self.show(target),
-            fstype.unwrap_or("-"),
-            flag_names(flags)
-        );
+        let src = source.map(|s| self.show(s)).unwrap_or_else(|| "none".into());
+        let mut text = format!("mount {src} {} {} [{}]", self.show(target), fstype.unwrap_or("-"), flag_names(flags));
         if let Some(d) = data {
             text.push_str(&format!(" {d}"));
         }
@@ -116,13 +99,7 @@ impl Sys for FakeSys {
         writable: bool,
     ) -> Result<(), SysError> {
         let shown = self.show(Path::new(&format!("/proc/self/fd/{target}")));
-        self.rec(
-            "move_mount",
-            format!(
-                "attach {shown} [{}nosuid,nodev]",
-                if writable { "" } else { "ro," }
-            ),
-        )
+        self.rec("move_mount", format!("attach {shown} [{}nosuid,nodev]", if writable { "" } else { "ro," }))
     }
     fn umount_detach(&self, target: &Path) -> Result<(), SysError> {
         self.rec("umount2", format!("umount {}", self.show(target)))
@@ -168,11 +145,7 @@ impl Sys for FakeSys {
     }
     fn fork(&self) -> Result<Forked, SysError> {
         self.rec("fork", "fork".into())?;
-        Ok(if self.fork_parent {
-            Forked::Parent(nix::unistd::Pid::from_raw(2))
-        } else {
-            Forked::Child
-        })
+        Ok(if self.fork_parent { Forked::Parent(nix::unistd::Pid::from_raw(2)) } else { Forked::Child })
     }
     fn setsid(&self) -> Result<(), SysError> {
         self.rec("setsid", "setsid".into())
@@ -180,11 +153,7 @@ impl Sys for FakeSys {
     fn landlock(&self, rules: &LandlockRules, required: bool) -> Result<LandlockOutcome, SysError> {
         self.rec(
             "landlock",
-            format!(
-                "landlock read={} write={} required={required}",
-                rules.read.len(),
-                rules.write.len()
-            ),
+            format!("landlock read={} write={} required={required}", rules.read.len(), rules.write.len()),
         )?;
         let outcome = self.landlock.clone().unwrap_or(LandlockOutcome::Full);
         if required && outcome == LandlockOutcome::Unsupported {
@@ -196,10 +165,7 @@ impl Sys for FakeSys {
         self.rec("seccomp", format!("seccomp {} filters", filters.len()))
     }
     fn execve(&self, path: &Path, argv: &[CString], _envp: &[CString]) -> SysError {
-        let _ = self.rec(
-            "execve",
-            format!("execve {} argc={}", path.display(), argv.len()),
-        );
+        let _ = self.rec("execve", format!("execve {} argc={}", path.display(), argv.len()));
         SysError::new("execve", "fake", Errno::ENOSYS)
     }
 }

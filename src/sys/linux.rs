@@ -1,6 +1,6 @@
 //! The real [`Sys`]: nix, caps, landlock and seccompiler calls, plus [`super::raw`].
 
-use super::raw::{check, close_range};
+use super::raw::{check, close_range, prctl};
 use super::{Forked, LandlockOutcome, LandlockRules, Sys, SysError};
 use nix::errno::Errno;
 use nix::mount::{MntFlags, MsFlags};
@@ -30,8 +30,7 @@ impl Sys for LinuxSys {
         data: Option<&str>,
     ) -> Result<(), SysError> {
         tracing::debug!(?source, ?target, ?fstype, ?flags, ?data, "mount");
-        nix::mount::mount(source, target, fstype, flags, data)
-            .map_err(|e| SysError::new("mount", disp(target), e))
+        nix::mount::mount(source, target, fstype, flags, data).map_err(|e| SysError::new("mount", disp(target), e))
     }
 
     fn attach_tree(
@@ -40,27 +39,21 @@ impl Sys for LinuxSys {
         target: std::os::fd::RawFd,
         writable: bool,
     ) -> Result<(), SysError> {
-        use super::raw::{
-            mount_setattr, move_mount, MOUNT_ATTR_NODEV, MOUNT_ATTR_NOSUID, MOUNT_ATTR_RDONLY,
-        };
-        let attrs =
-            MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | if writable { 0 } else { MOUNT_ATTR_RDONLY };
-        mount_setattr(tree, attrs)
-            .map_err(|e| SysError::new("mount_setattr", format!("fd {tree}"), e))?;
+        use super::raw::{mount_setattr, move_mount, MOUNT_ATTR_NODEV, MOUNT_ATTR_NOSUID, MOUNT_ATTR_RDONLY};
+        let attrs = MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | if writable { 0 } else { MOUNT_ATTR_RDONLY };
+        mount_setattr(tree, attrs).map_err(|e| SysError::new("mount_setattr", format!("fd {tree}"), e))?;
         move_mount(tree, target).map_err(|e| SysError::new("move_mount", format!("fd {target}"), e))
     }
 
     fn umount_detach(&self, target: &Path) -> Result<(), SysError> {
-        nix::mount::umount2(target, MntFlags::MNT_DETACH)
-            .map_err(|e| SysError::new("umount2", disp(target), e))
+        nix::mount::umount2(target, MntFlags::MNT_DETACH).map_err(|e| SysError::new("umount2", disp(target), e))
     }
 
     fn pivot_root(&self, new_root: &Path) -> Result<(), SysError> {
         // pivot_root(".", ".") stacks the old root on top of the new one at "/"; unmounting
         // "." then detaches it, with no directory for put_old needed (as runc and bwrap do).
         self.chdir(new_root)?;
-        nix::unistd::pivot_root(".", ".")
-            .map_err(|e| SysError::new("pivot_root", disp(new_root), e))?;
+        nix::unistd::pivot_root(".", ".").map_err(|e| SysError::new("pivot_root", disp(new_root), e))?;
         self.umount_detach(Path::new("."))?;
         self.chdir(Path::new("/"))
     }
@@ -76,25 +69,20 @@ impl Sys for LinuxSys {
     fn loopback_up(&self) -> Result<(), SysError> {
         let err = |e| SysError::new("ioctl", "lo SIOCSIFFLAGS", e);
         // SAFETY: socket() with constant arguments; the fd is closed below.
-        let fd = check(
-            unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) }.into(),
-        )
-        .map_err(err)? as libc::c_int;
+        let fd = check(unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) }.into())
+            .map_err(err)? as libc::c_int;
         // SAFETY: ifreq is plain old data; all-zero is a valid value.
         let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
         for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
             *dst = *src as libc::c_char;
         }
         // SAFETY: `req` is a valid ifreq naming "lo"; the kernel reads and writes only it.
-        let r =
-            check(unsafe { libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut req) }.into()).and_then(|_| {
-                // SAFETY: the union member ifru_flags is the one SIOCGIFFLAGS filled in.
-                unsafe {
-                    req.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short
-                };
-                // SAFETY: as above, with the flags to set.
-                check(unsafe { libc::ioctl(fd, libc::SIOCSIFFLAGS, &req) }.into())
-            });
+        let r = check(unsafe { libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut req) }.into()).and_then(|_| {
+            // SAFETY: the union member ifru_flags is the one SIOCGIFFLAGS filled in.
+            unsafe { req.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short };
+            // SAFETY: as above, with the flags to set.
+            check(unsafe { libc::ioctl(fd, libc::SIOCSIFFLAGS, &req) }.into())
+        });
         // SAFETY: closing the fd we opened above.
         unsafe { libc::close(fd) };
         r.map(drop).map_err(err)
@@ -106,11 +94,7 @@ impl Sys for LinuxSys {
     }
 
     fn close_fds_except(&self, keep: &[i32]) -> Result<(), SysError> {
-        let mut keep: Vec<u32> = keep
-            .iter()
-            .filter(|&&fd| fd > 2)
-            .map(|&fd| fd as u32)
-            .collect();
+        let mut keep: Vec<u32> = keep.iter().filter(|&&fd| fd > 2).map(|&fd| fd as u32).collect();
         keep.sort_unstable();
         let mut from = 3u32;
         for fd in keep {
@@ -120,37 +104,22 @@ impl Sys for LinuxSys {
             }
             from = fd + 1;
         }
-        close_range(from, u32::MAX, 0)
-            .map_err(|e| SysError::new("close_range", format!("{from}.."), e))
+        close_range(from, u32::MAX, 0).map_err(|e| SysError::new("close_range", format!("{from}.."), e))
     }
 
     fn drop_capability_bounds(&self) -> Result<(), SysError> {
         // Bounding: every capability the kernel knows, including ones newer than our caps
         // crate, until the kernel says the number is out of range.
         for cap in 0..64 {
-            // SAFETY: prctl with integer arguments only.
-            match check(unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) }.into()) {
+            match prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong) {
                 Ok(_) => {}
                 Err(Errno::EINVAL) if cap > 0 => break,
                 Err(e) => return Err(SysError::new("prctl", format!("PR_CAPBSET_DROP {cap}"), e)),
             }
         }
-        // SAFETY: prctl with integer arguments only.
-        check(
-            unsafe {
-                libc::prctl(
-                    libc::PR_CAP_AMBIENT,
-                    libc::PR_CAP_AMBIENT_CLEAR_ALL,
-                    0,
-                    0,
-                    0,
-                )
-            }
-            .into(),
-        )
-        .map_err(|e| SysError::new("prctl", "PR_CAP_AMBIENT_CLEAR_ALL", e))?;
-        caps::clear(None, caps::CapSet::Inheritable)
-            .map_err(|_| SysError::new("capset", "inheritable", Errno::EPERM))
+        prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong)
+            .map_err(|e| SysError::new("prctl", "PR_CAP_AMBIENT_CLEAR_ALL", e))?;
+        caps::clear(None, caps::CapSet::Inheritable).map_err(|_| SysError::new("capset", "inheritable", Errno::EPERM))
     }
 
     fn setgroups_empty(&self) -> Result<(), SysError> {
@@ -170,8 +139,7 @@ impl Sys for LinuxSys {
     fn verify_no_capabilities(&self) -> Result<(), SysError> {
         use caps::CapSet::*;
         for set in [Effective, Permitted, Inheritable, Ambient] {
-            let held = caps::read(None, set)
-                .map_err(|_| SysError::new("capget", format!("{set:?}"), Errno::EIO))?;
+            let held = caps::read(None, set).map_err(|_| SysError::new("capget", format!("{set:?}"), Errno::EIO))?;
             if !held.is_empty() {
                 return Err(SysError::new(
                     "verify capabilities",
@@ -181,8 +149,7 @@ impl Sys for LinuxSys {
             }
         }
         for cap in 0..64 {
-            // SAFETY: prctl with integer arguments only.
-            match check(unsafe { libc::prctl(libc::PR_CAPBSET_READ, cap, 0, 0, 0) }.into()) {
+            match prctl(libc::PR_CAPBSET_READ, cap as libc::c_ulong) {
                 Ok(0) => {}
                 Ok(_) => {
                     return Err(SysError::new(
@@ -198,32 +165,22 @@ impl Sys for LinuxSys {
     }
 
     fn set_no_new_privs(&self) -> Result<(), SysError> {
-        // SAFETY: prctl with integer arguments only.
-        check(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) }.into())
+        prctl(libc::PR_SET_NO_NEW_PRIVS, 1 as libc::c_ulong)
             .map(drop)
             .map_err(|e| SysError::new("prctl", "PR_SET_NO_NEW_PRIVS", e))
     }
 
     fn set_parent_death_kill(&self, alive_fd: i32) -> Result<(), SysError> {
-        // SAFETY: prctl with integer arguments only.
-        check(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) }.into())
+        prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong)
             .map_err(|e| SysError::new("prctl", "PR_SET_PDEATHSIG", e))?;
         // If the supervisor died before the line above, no signal will come: its end of the
         // pipe is closed, so the pipe reads as end-of-file (poll: readable or hung up).
-        let mut pfd = libc::pollfd {
-            fd: alive_fd,
-            events: libc::POLLIN,
-            revents: 0,
-        };
+        let mut pfd = libc::pollfd { fd: alive_fd, events: libc::POLLIN, revents: 0 };
         // SAFETY: one valid pollfd, zero timeout.
         let n = check(unsafe { libc::poll(&mut pfd, 1, 0) }.into())
             .map_err(|e| SysError::new("poll", "supervisor pipe", e))?;
         if n != 0 {
-            return Err(SysError::new(
-                "supervisor check",
-                "the supervisor is gone",
-                Errno::ESRCH,
-            ));
+            return Err(SysError::new("supervisor check", "the supervisor is gone", Errno::ESRCH));
         }
         Ok(())
     }
@@ -238,9 +195,7 @@ impl Sys for LinuxSys {
     }
 
     fn setsid(&self) -> Result<(), SysError> {
-        nix::unistd::setsid()
-            .map(drop)
-            .map_err(|e| SysError::new("setsid", "", e))
+        nix::unistd::setsid().map(drop).map_err(|e| SysError::new("setsid", "", e))
     }
 
     fn landlock(&self, rules: &LandlockRules, required: bool) -> Result<LandlockOutcome, SysError> {

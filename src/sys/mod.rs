@@ -28,11 +28,7 @@ pub struct SysError {
 
 impl SysError {
     pub fn new(call: &'static str, arg: impl Into<String>, errno: Errno) -> SysError {
-        SysError {
-            call,
-            arg: arg.into(),
-            errno,
-        }
+        SysError { call, arg: arg.into(), errno }
     }
 }
 
@@ -73,12 +69,8 @@ pub trait Sys {
     ) -> Result<(), SysError>;
     /// Attach a detached mount tree (from `open_tree`) on the mount point open at `target`,
     /// after setting its flags: always nosuid and nodev, read-only unless `writable`.
-    fn attach_tree(
-        &self,
-        tree: std::os::fd::RawFd,
-        target: std::os::fd::RawFd,
-        writable: bool,
-    ) -> Result<(), SysError>;
+    fn attach_tree(&self, tree: std::os::fd::RawFd, target: std::os::fd::RawFd, writable: bool)
+        -> Result<(), SysError>;
     fn umount_detach(&self, target: &Path) -> Result<(), SysError>;
     /// `pivot_root(".", ".")` from `new_root`, then detach the old root stacked beneath.
     fn pivot_root(&self, new_root: &Path) -> Result<(), SysError>;

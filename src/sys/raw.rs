@@ -54,21 +54,14 @@ pub fn clone3(flags: u64, cgroup_fd: Option<RawFd>) -> Result<Cloned, Errno> {
     // CLONE_VM the child gets a copy of our memory and continues on its own copy of this
     // stack, like fork(2). `pidfd` is written by the kernel in the parent only.
     let rc = check(unsafe {
-        libc::syscall(
-            libc::SYS_clone3,
-            std::ptr::addr_of_mut!(args),
-            std::mem::size_of::<CloneArgs>(),
-        )
+        libc::syscall(libc::SYS_clone3, std::ptr::addr_of_mut!(args), std::mem::size_of::<CloneArgs>())
     })?;
     if rc == 0 {
         Ok(Cloned::Child)
     } else {
         // SAFETY: the kernel returned a fresh pidfd owned by nobody else.
         let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
-        Ok(Cloned::Parent {
-            pid: rc as libc::pid_t,
-            pidfd,
-        })
+        Ok(Cloned::Parent { pid: rc as libc::pid_t, pidfd })
     }
 }
 
@@ -94,16 +87,7 @@ struct CloneArgs {
 /// recycled pid.
 pub fn pidfd_send_signal(pidfd: RawFd, sig: libc::c_int) -> Result<(), Errno> {
     // SAFETY: no info struct is passed (NULL), flags 0; the fd is ours.
-    check(unsafe {
-        libc::syscall(
-            libc::SYS_pidfd_send_signal,
-            pidfd,
-            sig,
-            std::ptr::null::<u8>(),
-            0,
-        )
-    })
-    .map(drop)
+    check(unsafe { libc::syscall(libc::SYS_pidfd_send_signal, pidfd, sig, std::ptr::null::<u8>(), 0) }).map(drop)
 }
 
 /// `_exit` without running destructors or atexit handlers: for a forked child whose parent
@@ -115,8 +99,7 @@ pub fn exit_now(code: i32) -> ! {
 
 /// `prctl(PR_SET_DUMPABLE, 0)`: nobody of the same uid may ptrace us or read our memory.
 pub fn set_non_dumpable() -> Result<(), Errno> {
-    // SAFETY: prctl with integer arguments only.
-    check(unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) }.into()).map(drop)
+    prctl(libc::PR_SET_DUMPABLE, 0).map(drop)
 }
 
 /// `setfsuid`/`setfsgid` return the previous id and never fail visibly; we check the result
@@ -159,12 +142,7 @@ pub const MOUNT_ATTR_NODEV: u64 = 0x4;
 pub fn open_tree_clone(fd: RawFd) -> Result<OwnedFd, Errno> {
     // SAFETY: the path is a valid NUL-terminated empty string; the kernel returns a new fd.
     let rc = check(unsafe {
-        libc::syscall(
-            libc::SYS_open_tree,
-            fd,
-            c"".as_ptr(),
-            OPEN_TREE_CLONE | libc::O_CLOEXEC as u32 | AT_EMPTY_PATH,
-        )
+        libc::syscall(libc::SYS_open_tree, fd, c"".as_ptr(), OPEN_TREE_CLONE | libc::O_CLOEXEC as u32 | AT_EMPTY_PATH)
     })?;
     // SAFETY: a fresh fd owned by nobody else.
     Ok(unsafe { OwnedFd::from_raw_fd(rc as RawFd) })
@@ -179,12 +157,7 @@ pub fn mount_setattr(fd: RawFd, attr_set: u64) -> Result<(), Errno> {
         propagation: u64,
         userns_fd: u64,
     }
-    let attr = MountAttr {
-        attr_set,
-        attr_clr: 0,
-        propagation: 0,
-        userns_fd: 0,
-    };
+    let attr = MountAttr { attr_set, attr_clr: 0, propagation: 0, userns_fd: 0 };
     // SAFETY: `attr` is a valid mount_attr of the size passed, alive during the call.
     check(unsafe {
         libc::syscall(
@@ -217,4 +190,10 @@ pub fn move_mount(fd: RawFd, target_fd: RawFd) -> Result<(), Errno> {
         )
     })
     .map(drop)
+}
+
+/// `prctl(option, arg2, 0, 0, 0)`: every prctl we make takes integer arguments only.
+pub fn prctl(option: libc::c_int, arg2: libc::c_ulong) -> Result<libc::c_long, Errno> {
+    // SAFETY: integer arguments only; no memory is passed to the kernel.
+    check(unsafe { libc::prctl(option, arg2, 0, 0, 0) }.into())
 }

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Every test, as CI runs them (.ci/run calls exactly this). Run as root: the integration
+# tests start real sandboxes; with CI=true a privileged test that can't run fails.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/lib.sh
+need_cargo
+need cc gcc
+need python3 python3
+need setpriv util-linux
+
+echo "== format and lint"
+cargo fmt --check
+cargo clippy --all-targets --quiet -- -D warnings
+
+echo "== build"
+cargo build --bins --quiet
+
+echo "== isolate-grade check"
+./target/debug/isolate-grade check
+
+echo "== tests"
+# Test binaries run one after another (tests/hostile.rs installs a system config for its
+# duration); tests within a binary run in parallel, each sandbox in its own slot.
+cargo test --no-fail-fast 2>&1 | tee target/test-output.txt
