@@ -19,6 +19,8 @@ use std::path::PathBuf;
 pub struct Plan {
     /// Empty host directory the new root tmpfs is mounted on (in our mount namespace only).
     pub root_dir: PathBuf,
+    /// cgroup v1 `tasks` files of the slot, open for writing (empty on v2).
+    pub cgroup_join: Vec<std::os::fd::OwnedFd>,
     pub binds: Vec<PreparedBind>,
     pub limits: Limits,
     pub hostname: String,
@@ -49,6 +51,7 @@ pub struct Channels {
 /// The step that failed, for the report's `sandbox_error.step`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Step {
+    Cgroup,
     CgroupNamespace,
     RootFs,
     Tmp,
@@ -104,65 +107,70 @@ impl<T, E: fmt::Display> At<T> for Result<T, E> {
 /// program's side never returns unless a step failed.
 pub fn enter_sandbox<S: Sys>(sys: &S, mut p: Plan, ch: Channels) -> Result<Pid, SetupError> {
     use Step::*;
-    // 1. A cgroup namespace rooted at the run's cgroup, which we are already in (born there on
-    //    v2; moved by the supervisor on v1 before it let us start): the host's tree stays hidden.
+    // 1. Into the slot's cgroups (v1; on v2 we were born inside), before anything else runs
+    //    and before step 2. Still single-threaded, so moving our thread moves the process.
+    for tasks in std::mem::take(&mut p.cgroup_join) {
+        sys.join_cgroup(std::os::fd::AsRawFd::as_raw_fd(&tasks)).at(Cgroup)?;
+    }
+    // 2. A cgroup namespace rooted at the run's cgroup: the host's tree stays hidden.
     sys.unshare(CloneFlags::CLONE_NEWCGROUP).at(CgroupNamespace)?;
-    // 2. All mounts private, then a fresh tmpfs root: nothing leaks out to the host, and only
+    // 3. All mounts private, then a fresh tmpfs root: nothing leaks out to the host, and only
     //    what we mount next is visible.
     let mut root = Root::create(sys, &p.root_dir).at(RootFs)?;
-    // 3. The sandbox's own filesystems before the binds, so binds may target beneath /tmp.
+    // 4. The sandbox's own filesystems before the binds, so binds may target beneath /tmp.
     root.tmpfs(sys, "/tmp", p.limits.tmp_size, "1777", MsFlags::empty()).at(Tmp)?;
     root.dev(sys, p.limits.shm_size).at(Dev)?;
-    // 4. procfs of our own PID namespace: we are PID 1 here, so it shows only the sandbox.
+    // 5. procfs of our own PID namespace: we are PID 1 here, so it shows only the sandbox.
     root.proc(sys, p.proc).at(Proc)?;
-    // 5. The policy's binds, parents first, from fds opened as the caller; then those fds are
+    // 6. The policy's binds, parents first, from fds opened as the caller; then those fds are
     //    closed: a host directory fd would outlive pivot_root as a way back out.
     for b in std::mem::take(&mut p.binds) {
         root.bind(sys, &b).at(Bind(b.target.clone()))?;
     }
-    // 6. Every mount point exists now: make the root itself read-only.
+    // 7. Every mount point exists now: make the root itself read-only.
     root.seal(sys).at(Seal)?;
-    drop(root); // its fds: step 10 closes everything, and an owned fd must not be closed twice
-                // 7. Switch to the new root and detach the old one entirely.
+    // Its fds now: step 11 closes everything, and an owned fd must not be closed twice.
+    drop(root);
+    // 8. Switch to the new root and detach the old one entirely.
     sys.pivot_root(&p.root_dir).at(PivotRoot)?;
-    // 8. Network and UTS namespaces are empty: a hostname of ours, and only `lo`, up.
+    // 9. Network and UTS namespaces are empty: a hostname of ours, and only `lo`, up.
     sys.sethostname(&p.hostname).at(Hostname)?;
     sys.loopback_up().at(Loopback)?;
-    // 9. rlimits while we are still root (hard limits can only be lowered afterwards).
+    // 10. rlimits while we are still root (hard limits can only be lowered afterwards).
     for (resource, value) in rlimits(&p.limits) {
         sys.setrlimit(resource, value, value).at(Rlimits)?;
     }
-    // 10. Close every fd but stdio and our pipes (cgroup dir, slot lock, report file...).
+    // 11. Close every fd but stdio and our pipes (cgroup dir, slot lock, report file...).
     sys.close_fds_except(&[ch.alive, ch.status, ch.error]).at(CloseFds)?;
-    // 11. Empty the bounding, ambient and inheritable sets: needs CAP_SETPCAP, so before the
+    // 12. Empty the bounding, ambient and inheritable sets: needs CAP_SETPCAP, so before the
     //     uid change, which then clears the permitted and effective sets.
     sys.drop_capability_bounds().at(Capabilities)?;
-    // 12. The slot's own unprivileged uid and gid, real on the host; no supplementary groups.
+    // 13. The slot's own unprivileged uid and gid, real on the host; no supplementary groups.
     sys.setgroups_empty().at(Identity)?;
     sys.setresgid(p.uid).at(Identity)?;
     sys.setresuid(p.uid).at(Identity)?;
-    // 13. Trust, but verify: not one capability left in any set.
+    // 14. Trust, but verify: not one capability left in any set.
     sys.verify_no_capabilities().at(Capabilities)?;
-    // 14. No setuid binary or file capability can give anything back.
+    // 15. No setuid binary or file capability can give anything back.
     sys.set_no_new_privs().at(NoNewPrivs)?;
-    // 15. Die with the supervisor. Credential changes clear this, hence only now.
+    // 16. Die with the supervisor. Credential changes clear this, hence only now.
     sys.set_parent_death_kill(ch.alive).at(ParentDeath)?;
-    // 16. The working directory, entered as the sandbox user (so it must be accessible).
+    // 17. The working directory, entered as the sandbox user (so it must be accessible).
     sys.chdir(&p.workdir).at(Workdir)?;
-    // 17. We stay PID 1 (reaper and signal relay); the child becomes the program.
+    // 18. We stay PID 1 (reaper and signal relay); the child becomes the program.
     if let Forked::Parent(pid) = sys.fork().at(Fork)? {
         return Ok(pid);
     }
-    // 18. A new session: no controlling terminal, so no TIOCSTI into the caller's.
+    // 19. A new session: no controlling terminal, so no TIOCSTI into the caller's.
     sys.setsid().at(Session)?;
-    // 19. Landlock on top of the mount tree (where the kernel has it, or required).
+    // 20. Landlock on top of the mount tree (where the kernel has it, or required).
     if p.landlock != LandlockMode::Off {
         sys.landlock(&p.landlock_rules, p.landlock == LandlockMode::Required).at(Landlock)?;
     }
-    // 20. seccomp last: the filter then only has to allow the program itself, and execve.
+    // 21. seccomp last: the filter then only has to allow the program itself, and execve.
     let program = resolve(&p.program, &p.search_path);
     sys.seccomp(&p.seccomp).at(Seccomp)?;
-    // 21. Run it.
+    // 22. Run it.
     Err(sys.execve(&program, &p.argv, &p.env)).at(Exec)
 }
 
@@ -211,6 +219,7 @@ mod tests {
         let policy = crate::policy::Policy::builtin("default").unwrap();
         Plan {
             root_dir: root.to_path_buf(),
+            cgroup_join: vec![],
             binds: vec![],
             limits: policy.limits,
             hostname: "sandbox".into(),
@@ -238,10 +247,14 @@ mod tests {
     fn privileged_steps_run_in_order() {
         let root = tempfile::tempdir().unwrap();
         let sys = FakeSys { root: Some(root.path().into()), ..Default::default() };
-        let err = enter_sandbox(&sys, plan(root.path()), CH).unwrap_err();
+        let mut p = plan(root.path());
+        let tasks = tempfile::NamedTempFile::new().unwrap();
+        p.cgroup_join = vec![std::fs::File::open(tasks.path()).unwrap().into()];
+        let err = enter_sandbox(&sys, p, CH).unwrap_err();
         assert_eq!(err.step, Step::Exec, "{err}");
         let calls = sys.calls();
         let order = [
+            ("join cgroup", "unshare CLONE_NEWCGROUP"),
             ("unshare CLONE_NEWCGROUP", "mount none / - [rec,private]"),
             ("mount none / - [rec,private]", "mount tmpfs / tmpfs"),
             ("mount tmpfs /tmp", "mount proc /proc"),

@@ -123,8 +123,9 @@ pub fn execute(config_override: Option<PathBuf>, a: RunArgs) -> Result<u8, RunEr
         ..Default::default()
     };
     let started = Instant::now();
-    let plan = |root_dir, uid| Plan {
+    let plan = |root_dir, uid, cgroup_join| Plan {
         root_dir,
+        cgroup_join,
         binds: prepared,
         limits: limits.clone(),
         hostname: policy.hostname.clone(),
@@ -155,7 +156,7 @@ fn in_slot(
     config: &Config,
     limits: &Limits,
     info: &mut SandboxInfo,
-    plan: impl FnOnce(PathBuf, u32) -> Plan,
+    plan: impl FnOnce(PathBuf, u32, Vec<std::os::fd::OwnedFd>) -> Plan,
 ) -> Result<supervisor::Outcome, (&'static str, String)> {
     let root_dir = identity::prepare_state_dir(&config.state_dir).map_err(|e| ("state-dir", e.to_string()))?;
     let slot = identity::acquire_slot(&config.state_dir, config.slots).map_err(|e| ("slot", e.to_string()))?;
@@ -171,8 +172,9 @@ fn in_slot(
         .map_err(|e| ("cgroup", e.to_string()))?;
     info.cgroup = Some(cgroup.version());
     tracing::debug!(slot = slot.index, uid, cgroup = cgroup.version(), "starting");
+    let join = cgroup.join_files().map_err(|e| ("cgroup", e.to_string()))?;
     let outcome = supervisor::supervise(
-        plan(root_dir, uid),
+        plan(root_dir, uid, join),
         cgroup,
         limits.wall_time,
         limits.cpu_time,

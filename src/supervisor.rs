@@ -46,7 +46,7 @@ pub struct Outcome {
 }
 
 /// Namespaces the sandbox is born in. The cgroup namespace comes later, from inside
-/// (plan step 1), once the v1 supervisor has moved it into its cgroup.
+/// (plan step 2), once it is in its cgroup on v1 too (plan step 1).
 pub const NAMESPACES: u64 =
     (libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWNET | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS) as u64;
 
@@ -57,7 +57,6 @@ pub fn supervise(
     cpu_limit: Duration,
     millicores: u64,
 ) -> Result<Outcome, SupervisorError> {
-    let (go_r, go_w) = pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(sys("pipe2"))?;
     let (alive_r, alive_w) = pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(sys("pipe2"))?;
     let (status_r, status_w) = pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(sys("pipe2"))?;
     let (error_r, error_w) = pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(sys("pipe2"))?;
@@ -71,11 +70,10 @@ pub fn supervise(
 
     let (pid, pidfd) = match raw::clone3(NAMESPACES, cgroup.clone_into_fd()).map_err(sys("clone3"))? {
         Cloned::Child => {
-            drop((go_w, alive_w, status_r, error_r));
+            drop((alive_w, status_r, error_r));
             let _ = old_mask.thread_set_mask();
             child(
                 plan,
-                go_r,
                 Channels { alive: alive_r.as_raw_fd(), status: status_w.as_raw_fd(), error: error_w.as_raw_fd() },
                 error_w.as_raw_fd(),
                 status_w.as_raw_fd(),
@@ -83,23 +81,12 @@ pub fn supervise(
         }
         Cloned::Parent { pid, pidfd } => (Pid::from_raw(pid), pidfd),
     };
-    drop((go_r, alive_r, status_w, error_w));
+    drop((alive_r, status_w, error_w));
     drop(plan); // our copies of the bind source fds
 
     let kill = |fd: &OwnedFd| {
         let _ = raw::pidfd_send_signal(fd.as_raw_fd(), libc::SIGKILL);
     };
-    if let Err(e) = cgroup.attach(pid.as_raw()) {
-        kill(&pidfd);
-        let _ = nix::sys::wait::waitpid(pid, None);
-        let _ = cgroup.finish();
-        let _ = old_mask.thread_set_mask();
-        return Err(e.into());
-    }
-    // Let the sandbox start (it is in its cgroup now, whichever version).
-    nix::unistd::write(&go_w, b"g").map_err(sys("write go"))?;
-    drop(go_w);
-
     let sfd =
         SignalFd::with_flags(&relayed, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK).map_err(sys("signalfd"))?;
     let mut facts = Facts::default();
@@ -182,13 +169,8 @@ pub fn supervise(
     Ok(Outcome { facts, setup_failure })
 }
 
-/// The sandbox's side of the clone: wait for the go, then [`enter_sandbox`]. Never returns.
-fn child(plan: Plan, go: OwnedFd, ch: Channels, error_fd: i32, status_fd: i32) -> ! {
-    let mut b = [0u8; 1];
-    if !matches!(read(&go, &mut b), Ok(1)) {
-        raw::exit_now(125); // the supervisor is gone
-    }
-    drop(go);
+/// The sandbox's side of the clone: [`enter_sandbox`]. Never returns.
+fn child(plan: Plan, ch: Channels, error_fd: i32, status_fd: i32) -> ! {
     match enter_sandbox(&LinuxSys, plan, ch) {
         Ok(program) => {
             // Our copy of the error pipe: once the program's copy closes on execve, the

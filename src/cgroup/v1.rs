@@ -81,12 +81,20 @@ impl SlotCgroup {
         v
     }
 
-    /// One `cgroup.procs` write per hierarchy (each may stall for an RCU grace period).
-    pub fn attach(&self, pid: i32) -> Result<()> {
-        for dir in self.distinct_dirs() {
-            write(&dir.join("cgroup.procs"), &pid.to_string())?;
-        }
-        Ok(())
+    /// Each hierarchy's `tasks`, opened for writing here (by root, before the clone), for the
+    /// sandbox to write `0` to: see the module docs of [`super`].
+    pub fn join_files(&self) -> Result<Vec<std::os::fd::OwnedFd>> {
+        self.distinct_dirs()
+            .into_iter()
+            .map(|dir| {
+                let path = dir.join("tasks");
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .map(std::os::fd::OwnedFd::from)
+                    .map_err(|source| CgroupError::Io { path, source })
+            })
+            .collect()
     }
 
     pub fn cpu_usage(&self) -> Result<Duration> {
@@ -156,10 +164,11 @@ mod tests {
         assert_eq!(get("cpu/ig/slot-2/cpu.cfs_quota_us"), "150000");
         assert_eq!(get("cpu/ig/slot-2/cpu.cfs_period_us"), "100000");
         assert_eq!(get("cpuacct/ig/slot-2/cpuacct.usage"), "0");
-        c.attach(4242).unwrap();
         for h in ["memory", "pids", "cpu", "cpuacct"] {
-            assert_eq!(get(&format!("{h}/ig/slot-2/cgroup.procs")), "4242");
+            std::fs::write(t.path().join(format!("{h}/ig/slot-2/tasks")), "").unwrap();
         }
+        let files = c.join_files().unwrap();
+        assert_eq!(files.len(), 4, "one per distinct hierarchy");
     }
 
     #[test]

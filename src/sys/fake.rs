@@ -74,6 +74,9 @@ fn flag_names(flags: MsFlags) -> String {
 }
 
 impl Sys for FakeSys {
+    fn join_cgroup(&self, tasks: std::os::fd::RawFd) -> Result<(), SysError> {
+        self.rec("write", format!("join cgroup {}", self.show(Path::new(&format!("/proc/self/fd/{tasks}")))))
+    }
     fn unshare(&self, flags: CloneFlags) -> Result<(), SysError> {
         self.rec("unshare", format!("unshare {}", flags.iter_names().map(|(n, _)| n).collect::<Vec<_>>().join("|")))
     }

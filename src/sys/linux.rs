@@ -17,6 +17,16 @@ fn disp(p: &Path) -> String {
 }
 
 impl Sys for LinuxSys {
+    fn join_cgroup(&self, tasks: std::os::fd::RawFd) -> Result<(), SysError> {
+        // SAFETY: the fd is an open cgroup file owned by the plan for the whole call.
+        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(tasks) };
+        match nix::unistd::write(fd, b"0") {
+            Ok(1) => Ok(()),
+            Ok(_) => Err(SysError::new("write", "cgroup tasks", Errno::EIO)),
+            Err(e) => Err(SysError::new("write", "cgroup tasks", e)),
+        }
+    }
+
     fn unshare(&self, flags: CloneFlags) -> Result<(), SysError> {
         nix::sched::unshare(flags).map_err(|e| SysError::new("unshare", format!("{flags:?}"), e))
     }

@@ -58,6 +58,8 @@ pub struct LandlockRules {
 
 /// The calls the sandbox setup makes, in the vocabulary of the steps rather than of libc.
 pub trait Sys {
+    /// Write `0` to an open cgroup v1 `tasks` file: the calling thread moves itself.
+    fn join_cgroup(&self, tasks: std::os::fd::RawFd) -> Result<(), SysError>;
     fn unshare(&self, flags: nix::sched::CloneFlags) -> Result<(), SysError>;
     fn mount(
         &self,
