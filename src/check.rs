@@ -14,8 +14,13 @@ pub struct Item {
     pub detail: String,
 }
 
-/// Returns the exit code: 0 when every required item is fine.
+/// Returns the exit code: 0 when every required item is fine, 2 when an untrusted caller
+/// names a config (it would be read, and partly printed, as root).
 pub fn check(config_path: Option<&Path>, format: Format) -> u8 {
+    if config_path.is_some() && !crate::identity::Caller::detect().trusted() {
+        eprintln!("isolate-grade: only root may choose another system config (--config, ISOLATE_GRADE_CONFIG)");
+        return crate::report::EXIT_USAGE;
+    }
     let mut items = Vec::new();
     let mut add = |name, ok, detail: String| items.push(Item { name, ok, detail });
 

@@ -20,7 +20,9 @@ fn main() -> ExitCode {
     match real_main(cli) {
         Ok(code) => ExitCode::from(code),
         Err((code, e)) => {
-            eprintln!("isolate-grade: {e:#}");
+            // Our error messages already end with their cause ("path: reason"), so only the
+            // outermost is printed: `{:#}` would repeat the cause.
+            eprintln!("isolate-grade: {e}");
             ExitCode::from(code)
         }
     }

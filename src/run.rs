@@ -87,11 +87,6 @@ pub fn execute(config_override: Option<PathBuf>, a: RunArgs) -> Result<u8, RunEr
         .unwrap_or_default();
 
     // Opened as the caller: they may only expose and write what they themselves can.
-    let sink = match &a.report {
-        None => None,
-        Some(p) if p.as_os_str() == "-" => Some(Sink::Stdout),
-        Some(p) => Some(Sink::File(caller.create_report(p)?)),
-    };
     let mut prepared = Vec::new();
     let mut landlock_rules =
         LandlockRules { read: vec!["/".into()], write: vec!["/tmp".into(), "/dev/shm".into()], ..Default::default() };
@@ -109,6 +104,12 @@ pub fn execute(config_override: Option<PathBuf>, a: RunArgs) -> Result<u8, RunEr
         }
     }
     let filters = seccomp::compile(policy.seccomp)?;
+    // Last of the caller's input: a request refused above must not create or truncate it.
+    let sink = match &a.report {
+        None => None,
+        Some(p) if p.as_os_str() == "-" => Some(Sink::Stdout),
+        Some(p) => Some(Sink::File(caller.create_report(p)?)),
+    };
 
     let mut info = SandboxInfo {
         policy: policy.name.clone(),
