@@ -10,6 +10,10 @@ pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_isolate-grade"))
 }
 
+pub fn test_config() -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/config/test.toml"))
+}
+
 pub fn probe() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_isolate-grade-probe"))
 }
@@ -51,19 +55,14 @@ pub fn run_with(args: &[&str], program: &[&str], adjust: impl FnOnce(&mut Comman
     let dir = tempfile::tempdir().unwrap();
     let report = dir.path().join("report.json");
     let mut cmd = Command::new(bin());
-    cmd.arg("run")
-        .arg("--report")
-        .arg(&report)
-        .args(args)
-        .arg("--")
-        .args(program);
+    cmd.arg("run").arg("--report").arg(&report).args(args).arg("--").args(program);
     cmd.stdin(Stdio::null());
+    // Root may choose the config: the tests' own, whatever /etc/isolate-grade holds.
+    cmd.env("ISOLATE_GRADE_CONFIG", test_config());
     adjust(&mut cmd);
     let out = cmd.output().expect("run isolate-grade");
-    let report = std::fs::read_to_string(&report)
-        .ok()
-        .and_then(|s| serde_json::from_str(&s).ok())
-        .unwrap_or(Value::Null);
+    let report =
+        std::fs::read_to_string(&report).ok().and_then(|s| serde_json::from_str(&s).ok()).unwrap_or(Value::Null);
     Run {
         code: out.status.code().unwrap_or(-1),
         report,
@@ -81,10 +80,7 @@ pub fn run_probe(args: &[&str], probe_args: &[&str]) -> (Run, Value) {
     program.extend_from_slice(probe_args);
     let r = run(&all, &program);
     let seen = serde_json::from_str(r.stdout.trim()).unwrap_or_else(|e| {
-        panic!(
-            "probe output: {e}\nstdout: {}\nstderr: {}\nreport: {}",
-            r.stdout, r.stderr, r.report
-        )
+        panic!("probe output: {e}\nstdout: {}\nstderr: {}\nreport: {}", r.stdout, r.stderr, r.report)
     });
     (r, seen)
 }
