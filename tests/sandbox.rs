@@ -57,10 +57,7 @@ fn probe_sees_only_the_sandbox() {
     let env = seen["env"].as_object().unwrap();
     assert_eq!(env["EXTRA"], "1");
     assert_eq!(env["HOME"], "/tmp");
-    assert!(
-        !env.contains_key("CARGO"),
-        "host environment leaked: {env:?}"
-    );
+    assert!(!env.contains_key("CARGO"), "host environment leaked: {env:?}");
     // stdio only
     assert_eq!(seen["fds"], serde_json::json!([0, 1, 2]));
     // a cgroup namespace: the host's hierarchy is hidden
@@ -79,10 +76,7 @@ fn probe_sees_only_the_sandbox() {
             assert!(opts.contains("nodev"), "{mp}: {opts}");
         }
         if ["/", "/usr", "/dev"].contains(&mp) {
-            assert!(
-                opts.split(',').any(|o| o == "ro"),
-                "{mp} must be read-only: {opts}"
-            );
+            assert!(opts.split(',').any(|o| o == "ro"), "{mp} must be read-only: {opts}");
         }
     }
     let checks: Vec<_> = seen["checks"]
@@ -97,25 +91,12 @@ fn probe_sees_only_the_sandbox() {
             )
         })
         .collect();
-    let ok = |path: &str, kind: &str| {
-        checks
-            .iter()
-            .find(|c| c.0 == path && c.1 == kind)
-            .map(|c| c.2)
-            .unwrap()
-    };
+    let ok = |path: &str, kind: &str| checks.iter().find(|c| c.0 == path && c.1 == kind).map(|c| c.2).unwrap();
     assert!(!ok("/usr", "write"));
     assert!(ok("/tmp", "write"));
     assert!(!ok("/", "write"));
     assert!(!ok("/dev", "write"));
-    for hidden in [
-        "/etc/shadow",
-        "/root",
-        "/sys/kernel",
-        "/proc/1/environ",
-        "/proc/sysrq-trigger",
-        "/proc/kcore",
-    ] {
+    for hidden in ["/etc/shadow", "/root", "/sys/kernel", "/proc/1/environ", "/proc/sysrq-trigger", "/proc/kcore"] {
         assert!(!ok(hidden, "exists"), "{hidden} is visible");
     }
     // nothing of the run is left on the host
@@ -128,34 +109,20 @@ fn report_to_stdout_and_exit_codes_follow_the_status() {
         return;
     }
     let r = run(&[], &["/bin/sh", "-c", "exit 3"]);
-    assert_eq!(
-        (r.status(), r.code, r.report["exit_code"].as_i64()),
-        ("exit-nonzero", 1, Some(3))
-    );
+    assert_eq!((r.status(), r.code, r.report["exit_code"].as_i64()), ("exit-nonzero", 1, Some(3)));
     let r = run(&[], &["/bin/sh", "-c", "kill -SEGV $$"]);
-    assert_eq!(
-        (r.status(), r.code, r.report["signal"].as_str()),
-        ("signaled", 4, Some("SIGSEGV"))
-    );
+    assert_eq!((r.status(), r.code, r.report["signal"].as_str()), ("signaled", 4, Some("SIGSEGV")));
     let r = run(&[], &["/no/such/program"]);
     assert_eq!((r.status(), r.code), ("sandbox-error", 3), "{r:?}");
     assert_eq!(r.report["sandbox_error"]["step"], "exec");
     // bad input: exit 2, clear message, no report written
     let r = run(&["--memory", "0"], &["/bin/true"]);
     assert_eq!(r.code, 2, "{r:?}");
-    assert!(
-        r.stderr.contains("--memory: must be greater than zero"),
-        "{}",
-        r.stderr
-    );
+    assert!(r.stderr.contains("--memory: must be greater than zero"), "{}", r.stderr);
     assert!(r.report.is_null());
     let r = run(&["--policy", "nope"], &["/bin/true"]);
     assert_eq!(r.code, 2);
-    assert!(
-        r.stderr.contains("policy \"nope\" not found"),
-        "{}",
-        r.stderr
-    );
+    assert!(r.stderr.contains("policy \"nope\" not found"), "{}", r.stderr);
 }
 
 #[test]
@@ -163,18 +130,7 @@ fn program_found_on_the_policys_path_and_given_arguments_verbatim() {
     if !require_root() {
         return;
     }
-    let r = run(
-        &[],
-        &[
-            "sh",
-            "-c",
-            "printf '%s|' \"$@\"",
-            "sh",
-            "; rm -rf /",
-            "$(id)",
-            "--memory",
-        ],
-    );
+    let r = run(&[], &["sh", "-c", "printf '%s|' \"$@\"", "sh", "; rm -rf /", "$(id)", "--memory"]);
     assert_eq!(r.status(), "ok", "{r:?}");
     assert_eq!(r.stdout, "; rm -rf /|$(id)|--memory|");
 }
@@ -184,7 +140,14 @@ fn python_runs_in_the_default_policy() {
     if !require_root() {
         return;
     }
-    let r = run(&[], &["python3", "-c", "import os, json, sys; print(json.dumps([os.getuid(), os.cpu_count() > 0, sys.version_info[0]]))"]);
+    let r = run(
+        &[],
+        &[
+            "python3",
+            "-c",
+            "import os, json, sys; print(json.dumps([os.getuid(), os.cpu_count() > 0, sys.version_info[0]]))",
+        ],
+    );
     assert_eq!(r.status(), "ok", "{r:?}");
     assert!(r.stdout.contains(", true, 3]"), "{}", r.stdout);
 }
@@ -197,24 +160,14 @@ fn cli_binds_are_read_only_unless_rw() {
     let d = tempfile::tempdir().unwrap();
     std::fs::write(d.path().join("data.txt"), "hello").unwrap();
     let ro = format!("{}:/data", d.path().display());
-    let r = run(
-        &["--bind", &ro],
-        &["/bin/sh", "-c", "cat /data/data.txt; echo x > /data/new"],
-    );
+    let r = run(&["--bind", &ro], &["/bin/sh", "-c", "cat /data/data.txt; echo x > /data/new"]);
     assert_eq!(r.status(), "exit-nonzero");
     assert!(r.stdout.starts_with("hello"));
     assert!(!d.path().join("new").exists());
     // rw: the sandbox uid needs write permission on the directory itself
-    std::fs::set_permissions(
-        d.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o777),
-    )
-    .unwrap();
+    std::fs::set_permissions(d.path(), std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
     let rw = format!("{}:/data:rw", d.path().display());
-    let r = run(
-        &["--bind", &rw, "--workdir", "/data"],
-        &["/bin/sh", "-c", "echo x > new"],
-    );
+    let r = run(&["--bind", &rw, "--workdir", "/data"], &["/bin/sh", "-c", "echo x > new"]);
     assert_eq!(r.status(), "ok", "{r:?}");
     assert!(d.path().join("new").exists());
 }

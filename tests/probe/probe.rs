@@ -25,16 +25,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 /// Keys of `/proc/self/status` that are copied into the report.
-const STATUS_KEYS: [&str; 8] = [
-    "CapInh",
-    "CapPrm",
-    "CapEff",
-    "CapBnd",
-    "CapAmb",
-    "NoNewPrivs",
-    "Seccomp",
-    "Seccomp_filters",
-];
+const STATUS_KEYS: [&str; 8] =
+    ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb", "NoNewPrivs", "Seccomp", "Seccomp_filters"];
 
 /// One access check requested on the command line: (kind, path).
 type Check = (&'static str, PathBuf);
@@ -46,10 +38,7 @@ struct Options {
 }
 
 fn parse_args(mut args: impl Iterator<Item = OsString>) -> Result<Options, String> {
-    let mut opts = Options {
-        checks: Vec::new(),
-        sleep: None,
-    };
+    let mut opts = Options { checks: Vec::new(), sleep: None };
     while let Some(arg) = args.next() {
         let flag = arg.to_string_lossy().into_owned();
         let kind = match flag.as_str() {
@@ -60,9 +49,7 @@ fn parse_args(mut args: impl Iterator<Item = OsString>) -> Result<Options, Strin
             "--sleep" => "sleep",
             _ => return Err(format!("unknown argument: {flag}")),
         };
-        let value = args
-            .next()
-            .ok_or_else(|| format!("missing value for {flag}"))?;
+        let value = args.next().ok_or_else(|| format!("missing value for {flag}"))?;
         if kind == "sleep" {
             let text = value.to_string_lossy();
             let secs = text
@@ -146,13 +133,9 @@ fn unescape(field: &str) -> String {
     let mut i = 0;
     while i < bytes.len() {
         let digits = bytes.get(i + 1..i + 4).unwrap_or_default();
-        let is_escape = bytes[i] == b'\\'
-            && digits.len() == 3
-            && digits.iter().all(|d| (b'0'..=b'7').contains(d));
+        let is_escape = bytes[i] == b'\\' && digits.len() == 3 && digits.iter().all(|d| (b'0'..=b'7').contains(d));
         if is_escape {
-            let value = digits
-                .iter()
-                .fold(0u32, |acc, d| acc * 8 + u32::from(d - b'0'));
+            let value = digits.iter().fold(0u32, |acc, d| acc * 8 + u32::from(d - b'0'));
             out.push(value as u8);
             i += 4;
         } else {
@@ -243,10 +226,7 @@ fn rlimits() -> Map<String, Value> {
     let limit = |v: libc::rlim_t| (v != libc::RLIM_INFINITY).then_some(v);
     let mut map = Map::new();
     for (name, resource) in resources {
-        let mut rl = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
+        let mut rl = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
         // SAFETY: `rl` is a live, writable rlimit struct.
         let value = if unsafe { libc::getrlimit(resource, &mut rl) } == 0 {
             json!([limit(rl.rlim_cur), limit(rl.rlim_max)])
@@ -262,10 +242,7 @@ fn try_write(path: &Path) -> io::Result<()> {
     if path.is_dir() {
         let file = path.join(format!(".probe-write-{}", std::process::id()));
         // create_new(true) opens with O_WRONLY | O_CREAT | O_EXCL.
-        OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&file)?;
+        OpenOptions::new().write(true).create_new(true).open(&file)?;
         fs::remove_file(&file)
     } else {
         // append(true) without create opens with O_WRONLY | O_APPEND.
@@ -310,9 +287,8 @@ fn main() -> ExitCode {
         }
     };
 
-    let env: Map<String, Value> = std::env::vars_os()
-        .map(|(k, v)| (k.to_string_lossy().into_owned(), v.to_string_lossy().into()))
-        .collect();
+    let env: Map<String, Value> =
+        std::env::vars_os().map(|(k, v)| (k.to_string_lossy().into_owned(), v.to_string_lossy().into())).collect();
     let report = json!({
         "uid": or_error(resuid()),
         "gid": or_error(resgid()),
@@ -334,10 +310,7 @@ fn main() -> ExitCode {
     });
 
     let mut stdout = io::stdout().lock();
-    if writeln!(stdout, "{report}")
-        .and_then(|()| stdout.flush())
-        .is_err()
-    {
+    if writeln!(stdout, "{report}").and_then(|()| stdout.flush()).is_err() {
         return ExitCode::FAILURE;
     }
     if let Some(duration) = opts.sleep {
