@@ -108,8 +108,7 @@ pub fn check(config_path: Option<&Path>, format: Format) -> u8 {
                     if secure { "" } else { "; NOT root-owned or writable by others" }
                 ),
             );
-            for (i, n) in ["default", "strict"].iter().enumerate() {
-                let _ = i;
+            for n in ["default", "strict"] {
                 match crate::policy::Policy::builtin(n) {
                     Ok(p) => add("policy", c.check_limits(&p.limits).is_ok(), format!("{n}: {}", p.description)),
                     Err(e) => add("policy", false, e.to_string()),

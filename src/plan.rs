@@ -7,7 +7,7 @@
 
 use crate::mounts::{PreparedBind, Root};
 use crate::policy::{LandlockMode, Limits, ProcMode};
-use crate::sys::{Forked, LandlockRules, Pid, Sys, SysError};
+use crate::sys::{Forked, LandlockRules, Pid, Sys};
 use nix::mount::MsFlags;
 use nix::sched::CloneFlags;
 use nix::sys::resource::Resource;
@@ -201,12 +201,6 @@ fn resolve(program: &std::path::Path, search: &[PathBuf]) -> PathBuf {
         }
     }
     program.to_path_buf()
-}
-
-impl From<SysError> for SetupError {
-    fn from(e: SysError) -> SetupError {
-        SetupError { step: Step::Exec, message: e.to_string() }
-    }
 }
 
 #[cfg(test)]

@@ -75,8 +75,6 @@ pub fn supervise(
             child(
                 plan,
                 Channels { alive: alive_r.as_raw_fd(), status: status_w.as_raw_fd(), error: error_w.as_raw_fd() },
-                error_w.as_raw_fd(),
-                status_w.as_raw_fd(),
             )
         }
         Cloned::Parent { pid, pidfd } => (Pid::from_raw(pid), pidfd),
@@ -84,9 +82,8 @@ pub fn supervise(
     drop((alive_r, status_w, error_w));
     drop(plan); // our copies of the bind source fds
 
-    let kill = |fd: &OwnedFd| {
-        let _ = raw::pidfd_send_signal(fd.as_raw_fd(), libc::SIGKILL);
-    };
+    // From here on, an early return (an error of ours) must not leave the sandbox running.
+    let mut sandbox = Sandbox { pid, pidfd, reaped: false };
     let sfd =
         SignalFd::with_flags(&relayed, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK).map_err(sys("signalfd"))?;
     let mut facts = Facts::default();
@@ -100,14 +97,14 @@ pub fn supervise(
         if !killed {
             if now >= deadline {
                 facts.killed_for_wall = true;
-                kill(&pidfd);
+                sandbox.kill();
                 tracing::debug!(?wall_limit, "wall-clock limit: killed");
                 continue;
             }
             let used = cgroup.cpu_usage()?;
             if used >= cpu_limit {
                 facts.killed_for_cpu = true;
-                kill(&pidfd);
+                sandbox.kill();
                 tracing::debug!(?used, "cpu-time limit: killed");
                 continue;
             }
@@ -115,7 +112,8 @@ pub fn supervise(
             let soonest = (cpu_limit - used).mul_f64(1000.0 / millicores.max(1) as f64);
             timeout = timeout.min(soonest.clamp(Duration::from_millis(5), Duration::from_millis(100)));
         }
-        let mut fds = vec![PollFd::new(pidfd.as_fd(), PollFlags::POLLIN), PollFd::new(sfd.as_fd(), PollFlags::POLLIN)];
+        let mut fds =
+            vec![PollFd::new(sandbox.pidfd.as_fd(), PollFlags::POLLIN), PollFd::new(sfd.as_fd(), PollFlags::POLLIN)];
         if error_open {
             fds.push(PollFd::new(error_r.as_fd(), PollFlags::POLLIN));
         }
@@ -130,7 +128,7 @@ pub fn supervise(
         if signalled {
             while let Ok(Some(info)) = sfd.read_signal() {
                 tracing::debug!(signal = info.ssi_signo, "relaying");
-                let _ = raw::pidfd_send_signal(pidfd.as_raw_fd(), info.ssi_signo as i32);
+                let _ = raw::pidfd_send_signal(sandbox.pidfd.as_raw_fd(), info.ssi_signo as i32);
             }
         }
         if error_ready {
@@ -142,6 +140,7 @@ pub fn supervise(
         }
         if exited {
             nix::sys::wait::waitpid(pid, None).map_err(sys("waitpid"))?;
+            sandbox.reaped = true;
             break;
         }
     }
@@ -169,18 +168,42 @@ pub fn supervise(
     Ok(Outcome { facts, setup_failure })
 }
 
+/// The sandbox's init, killed and reaped when dropped before it was reaped normally.
+struct Sandbox {
+    pid: Pid,
+    pidfd: OwnedFd,
+    reaped: bool,
+}
+
+impl Sandbox {
+    /// SIGKILL through the pidfd: never a recycled pid. Killing a PID namespace's init kills
+    /// the whole namespace.
+    fn kill(&self) {
+        let _ = raw::pidfd_send_signal(self.pidfd.as_raw_fd(), libc::SIGKILL);
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        if !self.reaped {
+            self.kill();
+            let _ = nix::sys::wait::waitpid(self.pid, None);
+        }
+    }
+}
+
 /// The sandbox's side of the clone: [`enter_sandbox`]. Never returns.
-fn child(plan: Plan, ch: Channels, error_fd: i32, status_fd: i32) -> ! {
+fn child(plan: Plan, ch: Channels) -> ! {
     match enter_sandbox(&LinuxSys, plan, ch) {
         Ok(program) => {
             // Our copy of the error pipe: once the program's copy closes on execve, the
             // supervisor sees end-of-file and knows the program started.
-            raw::close_fd(error_fd);
-            crate::init::run(program, status_fd)
+            raw::close_fd(ch.error);
+            crate::init::run(program, ch.status)
         }
         Err(e) => {
             let msg = format!("{}\x1f{}", e.step, e.message);
-            raw::write_fd(error_fd, msg.as_bytes());
+            raw::write_fd(ch.error, msg.as_bytes());
             raw::exit_now(126)
         }
     }
