@@ -55,10 +55,14 @@ pub fn decode(bytes: &[u8]) -> Option<crate::report::Ended> {
 pub fn run(program: Pid, status_fd: i32) -> ! {
     PROGRAM.store(program.as_raw(), Ordering::Relaxed);
     let action = SigAction::new(SigHandler::Handler(relay), SaFlags::SA_RESTART, SigSet::empty());
+    let mut relayed = SigSet::empty();
     for &sig in RELAYED {
         // SAFETY: the handler only calls kill(2), which is async-signal-safe.
         let _ = unsafe { sigaction(sig, &action) };
+        relayed.add(sig);
     }
+    // Blocked since before the clone: what arrived during setup is delivered now, and relayed.
+    let _ = relayed.thread_unblock();
     loop {
         match waitpid(None, None) {
             Ok(status) if status.pid() == Some(program) => {

@@ -15,6 +15,16 @@ fn main() -> ExitCode {
         eprintln!("isolate-grade: sanitizing the process: {e}");
         return ExitCode::from(3);
     }
+    // SIGINT and friends wait for the supervisor to relay them to the program rather than
+    // kill us half-way (run); for check, waiting a moment for them costs nothing.
+    let mut relayed = nix::sys::signal::SigSet::empty();
+    for &s in isolate_grade::init::RELAYED {
+        relayed.add(s);
+    }
+    if let Err(e) = relayed.thread_block() {
+        eprintln!("isolate-grade: blocking signals: {e}");
+        return ExitCode::from(3);
+    }
     let cli = Cli::parse();
     init_tracing(&cli.log);
     match real_main(cli) {

@@ -161,8 +161,10 @@ pub fn enter_sandbox<S: Sys>(sys: &S, mut p: Plan, ch: Channels) -> Result<Pid, 
     if let Forked::Parent(pid) = sys.fork().at(Fork)? {
         return Ok(pid);
     }
-    // 19. A new session: no controlling terminal, so no TIOCSTI into the caller's.
+    // 19. A new session: no controlling terminal, so no TIOCSTI into the caller's. Default
+    //     signal actions and an empty mask: nothing ignored or blocked carries into the program.
     sys.setsid().at(Session)?;
+    sys.reset_signals().at(Session)?;
     // 20. Landlock on top of the mount tree (where the kernel has it, or required).
     if p.landlock != LandlockMode::Off {
         sys.landlock(&p.landlock_rules, p.landlock == LandlockMode::Required).at(Landlock)?;
@@ -268,6 +270,8 @@ mod tests {
             ("setresuid", "chdir /tmp"),
             ("pdeathsig", "fork"),
             ("fork", "setsid"),
+            ("setsid", "reset signals"),
+            ("reset signals", "seccomp"),
             ("setsid", "landlock"),
             ("landlock", "seccomp"),
             ("seccomp", "execve"),

@@ -81,14 +81,16 @@ pub struct Facts {
 }
 
 /// Which limit explains the end of the run. Causes before symptoms: a fork bomb ends in a
-/// wall-clock kill, but the report says `pids-limit`.
+/// wall-clock kill, but the report says `pids-limit`. A limit that was only brushed (pids
+/// refused once, and handled) with a clean exit is `ok`, and listed in `limits_hit`.
 pub fn classify(f: &Facts, limits: &Limits) -> Status {
     let clean_exit = f.ended == Some(Ended::Exited(0));
     if f.usage.oom_kills > 0 {
         Status::MemoryLimit
     } else if f.usage.pids_limit_hits > 0 && !clean_exit {
         Status::PidsLimit
-    } else if f.killed_for_cpu || (f.usage.cpu >= limits.cpu_time && !clean_exit) {
+    } else if f.killed_for_cpu || f.usage.cpu >= limits.cpu_time {
+        // Over budget is over budget, even if it ended between two of the supervisor's checks.
         Status::TimeoutCpu
     } else if f.killed_for_wall {
         Status::TimeoutWall
@@ -251,6 +253,10 @@ mod tests {
         assert_eq!(classify(&f, &l), Status::Ok);
         let r = Report::from_facts(&f, &l, SandboxInfo::default());
         assert_eq!(r.limits_hit, ["pids"]);
+        // but CPU over the limit is a timeout even if the program exited cleanly in time
+        let mut f = facts(Some(Ended::Exited(0)));
+        f.usage.cpu = l.cpu_time;
+        assert_eq!(classify(&f, &l), Status::TimeoutCpu);
     }
 
     #[test]

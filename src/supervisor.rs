@@ -64,14 +64,15 @@ pub fn supervise(
     for &s in RELAYED {
         relayed.add(s);
     }
-    // Blocked before the clone so none is lost; the child unblocks them first thing.
+    // Blocked before the clone (normally already, since `run` started) so none is lost: the
+    // sandbox keeps them blocked, hence pending, until its init can relay them, and the
+    // program starts with an empty mask (plan step 19).
     let old_mask = relayed.thread_swap_mask(SigmaskHow::SIG_BLOCK).map_err(sys("sigprocmask"))?;
     let started = Instant::now();
 
     let (pid, pidfd) = match raw::clone3(NAMESPACES, cgroup.clone_into_fd()).map_err(sys("clone3"))? {
         Cloned::Child => {
             drop((alive_w, status_r, error_r));
-            let _ = old_mask.thread_set_mask();
             child(
                 plan,
                 Channels { alive: alive_r.as_raw_fd(), status: status_w.as_raw_fd(), error: error_w.as_raw_fd() },

@@ -153,6 +153,9 @@ impl Sys for FakeSys {
     fn setsid(&self) -> Result<(), SysError> {
         self.rec("setsid", "setsid".into())
     }
+    fn reset_signals(&self) -> Result<(), SysError> {
+        self.rec("sigaction", "reset signals".into())
+    }
     fn landlock(&self, rules: &LandlockRules, required: bool) -> Result<LandlockOutcome, SysError> {
         self.rec(
             "landlock",

@@ -208,6 +208,11 @@ impl Sys for LinuxSys {
         nix::unistd::setsid().map(drop).map_err(|e| SysError::new("setsid", "", e))
     }
 
+    fn reset_signals(&self) -> Result<(), SysError> {
+        super::raw::reset_all_signal_actions().map_err(|e| SysError::new("rt_sigaction", "SIG_DFL", e))?;
+        nix::sys::signal::SigSet::empty().thread_set_mask().map_err(|e| SysError::new("sigprocmask", "empty", e))
+    }
+
     fn landlock(&self, rules: &LandlockRules, required: bool) -> Result<LandlockOutcome, SysError> {
         crate::fsaccess::restrict_self(rules, required)
     }

@@ -95,6 +95,9 @@ pub trait Sys {
     fn set_parent_death_kill(&self, alive_fd: i32) -> Result<(), SysError>;
     fn fork(&self) -> Result<Forked, SysError>;
     fn setsid(&self) -> Result<(), SysError>;
+    /// Every signal back to its default action and an empty mask: ignored signals (the
+    /// caller's, and SIGPIPE, which Rust ignores) and the mask survive `execve` otherwise.
+    fn reset_signals(&self) -> Result<(), SysError>;
     fn landlock(&self, rules: &LandlockRules, required: bool) -> Result<LandlockOutcome, SysError>;
     /// Install the filters, in order, on this thread (there is only one).
     fn seccomp(&self, filters: &[seccompiler::BpfProgram]) -> Result<(), SysError>;

@@ -197,3 +197,28 @@ pub fn prctl(option: libc::c_int, arg2: libc::c_ulong) -> Result<libc::c_long, E
     // SAFETY: integer arguments only; no memory is passed to the kernel.
     check(unsafe { libc::prctl(option, arg2, 0, 0, 0) }.into())
 }
+
+/// Every signal from 1 to 64 (but SIGKILL and SIGSTOP) back to SIG_DFL, through the raw
+/// syscall: glibc refuses to touch the real-time signals it reserves (32, 33), and an ignored
+/// disposition of those survives `execve` like any other.
+pub fn reset_all_signal_actions() -> Result<(), Errno> {
+    #[repr(C)]
+    struct KernelSigaction {
+        handler: usize,
+        flags: u64,
+        restorer: usize,
+        mask: u64,
+    }
+    let default = KernelSigaction { handler: libc::SIG_DFL, flags: 0, restorer: 0, mask: 0 };
+    for sig in 1..=64 {
+        if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+            continue;
+        }
+        // SAFETY: a valid kernel sigaction (SIG_DFL, no restorer needed) that outlives the call;
+        // no old action is requested; 8 is the kernel's sigset size.
+        check(unsafe {
+            libc::syscall(libc::SYS_rt_sigaction, sig, std::ptr::addr_of!(default), std::ptr::null::<u8>(), 8usize)
+        })?;
+    }
+    Ok(())
+}

@@ -1,0 +1,516 @@
+//! Containment, end to end: each test attacks one limit or guarantee of a run through the real
+//! binary, as root, and checks the exact verdict (status and exit code, see `report.rs`) and
+//! that nothing of the run is left on the host afterwards.
+//!
+//! The tests in this file run one at a time ([`serial`]): a slot is reused as soon as a run
+//! ends, so "no process of this uid is left" is only meaningful while no other run of ours
+//! can have taken the same slot (and uid) in the meantime.
+
+mod common;
+use common::*;
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Command, Stdio};
+use std::sync::{Barrier, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+/// The built-in system config (`--config /dev/null` is an empty one): the verdicts below must
+/// not depend on whatever /etc/isolate-grade/config.toml this host has, whose maxima could
+/// refuse a limit outright (exit 2) or change the slot uids.
+const DEFAULTS: [&str; 2] = ["--config", "/dev/null"];
+/// The built-in config's uid range: `first_uid` 60000, 64 slots.
+const SLOT_UIDS: std::ops::Range<u32> = 60000..60064;
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// Held for a whole test (see the module comment). A failed test must not fail the others.
+fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// `isolate-grade --config /dev/null run ... -- program`.
+fn sandboxed(args: &[&str], program: &[&str]) -> Run {
+    let mut all = DEFAULTS.to_vec();
+    all.extend_from_slice(args);
+    run(&all, program)
+}
+
+fn uid_of(r: &Run) -> u32 {
+    let uid = r.report["sandbox"]["uid"].as_u64().unwrap_or_else(|| panic!("no sandbox.uid in the report: {r:?}"));
+    u32::try_from(uid).unwrap()
+}
+
+fn secs(r: &Run, key: &str) -> f64 {
+    r.report[key].as_f64().unwrap_or_else(|| panic!("no {key} in the report: {r:?}"))
+}
+
+fn limits_hit(r: &Run) -> Vec<String> {
+    r.report["limits_hit"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect()
+}
+
+/// `pid: state cmdline`, for failure messages.
+fn describe(pid: u32) -> String {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+    format!("{pid}: {} {}", state(pid).unwrap_or('?'), cmdline.trim())
+}
+
+/// The state letter of /proc/PID/stat (`Z` for a zombie), if the process still exists.
+fn state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?.1.split_whitespace().next()?.chars().next()
+}
+
+/// Processes of `uid` that still run: everything but zombies, which have already released all
+/// they had and only wait for their parent to collect the exit status.
+fn live_processes_of_uid(uid: u32) -> Vec<u32> {
+    processes_of_uid(uid).into_iter().filter(|&p| state(p).is_some_and(|s| s != 'Z')).collect()
+}
+
+/// Nothing of the run is left on the host: no process of its slot's uid, zombies included.
+fn assert_nothing_left(r: &Run) {
+    let uid = uid_of(r);
+    let left: Vec<String> = processes_of_uid(uid).into_iter().map(describe).collect();
+    assert!(left.is_empty(), "processes of uid {uid} outlived the run: {left:#?}");
+}
+
+/// Waits up to `limit` for `done`; true if it happened.
+fn eventually(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    loop {
+        if done() {
+            return true;
+        }
+        if start.elapsed() > limit {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Every process forks again, forever, and ignores failures: only the pids cgroup (and
+/// RLIMIT_NPROC behind it) bounds it, and only the wall clock ends it.
+const FORK_BOMB: &str = r#"
+import os
+told = False
+while True:
+    try:
+        os.fork()
+    except OSError as e:
+        if not told:
+            print("fork refused:", e.errno, flush=True)
+            told = True
+"#;
+
+#[test]
+fn fork_bomb_is_held_by_the_pids_limit() {
+    if !require_root() {
+        return;
+    }
+    let _serial = serial();
+    let r = sandboxed(&["--pids", "16", "--wall-time", "3s"], &["python3", "-c", FORK_BOMB]);
+    // forks were refused (EAGAIN), and the report names the cause, not the wall-clock symptom
+    assert!(r.stdout.contains("fork refused: 11"), "{r:?}");
+    assert_eq!((r.status(), r.code), ("pids-limit", 8), "{r:?}");
+    assert!(limits_hit(&r).contains(&"pids".to_string()), "{r:?}");
+    assert_nothing_left(&r);
+}
+
+#[test]
+fn memory_bomb_is_killed_at_the_memory_limit() {
+    if !require_root() {
+        return;
+    }
+    let _serial = serial();
+    // 1 GiB, every page written, with a 64 MiB limit and no swap
+    let bomb = "print('allocating', flush=True)\n\
+                b = bytearray(1 << 30)\n\
+                for i in range(0, len(b), 4096): b[i] = 1\n\
+                print('survived', flush=True)";
+    let r = sandboxed(&["--memory", "64M", "--wall-time", "10s"], &["python3", "-c", bomb]);
+    assert!(r.stdout.contains("allocating"), "{r:?}");
+    assert!(!r.stdout.contains("survived"), "{r:?}");
+    assert_eq!((r.status(), r.code), ("memory-limit", 7), "{r:?}");
+    assert_eq!(r.report["signal"], "SIGKILL", "{r:?}");
+    assert!(limits_hit(&r).contains(&"memory".to_string()), "{r:?}");
+    // it did fill the allowance, and never got past it
+    let peak = r.report["peak_memory"].as_u64().unwrap();
+    assert!(((32 << 20)..=(64 << 20)).contains(&peak), "peak_memory {peak}: {r:?}");
+    assert_nothing_left(&r);
+}
+
+#[test]
+fn busy_loop_is_stopped_at_the_cpu_time_limit() {
+    if !require_root() {
+        return;
+    }
+    let _serial = serial();
+    let r = sandboxed(&["--cpu-time", "1s", "--wall-time", "10s"], &["/bin/sh", "-c", "while :; do :; done"]);
+    assert_eq!((r.status(), r.code), ("timeout-cpu", 6), "{r:?}");
+    assert_eq!(limits_hit(&r), ["cpu_time"], "{r:?}");
+    let (cpu, wall) = (secs(&r, "cpu_time"), secs(&r, "wall_time"));
+    // Stopped by the supervisor soon after 1 s of CPU: the per-process RLIMIT_CPU fence behind
+    // it (cpu_time + 1 s) would only have fired at 2 s.
+    assert!((1.0..1.8).contains(&cpu), "cpu_time {cpu}: {r:?}");
+    assert!(wall < 5.0, "wall_time {wall}: {r:?}");
+    assert_nothing_left(&r);
+}
+
+#[test]
+fn cpu_time_is_counted_across_all_processes() {
+    if !require_root() {
+        return;
+    }
+    let _serial = serial();
+    // Four spinning processes under a parent that only waits: each stays far below 1 s of CPU
+    // of its own (and below RLIMIT_CPU) while the total reaches 1 s within about a second.
+    let spin = "for i in 1 2 3 4; do (echo spinning; while :; do :; done) & done; wait";
+    let r = sandboxed(&["--cpu-time", "1s", "--wall-time", "10s"], &["/bin/sh", "-c", spin]);
+    assert_eq!(r.stdout.matches("spinning").count(), 4, "{r:?}");
+    assert_eq!((r.status(), r.code), ("timeout-cpu", 6), "{r:?}");
+    let (cpu, wall) = (secs(&r, "cpu_time"), secs(&r, "wall_time"));
+    assert!((1.0..1.8).contains(&cpu), "cpu_time {cpu}: {r:?}");
+    // Counted per process, the first kill (RLIMIT_CPU at 2 s each, a quarter core each) would
+    // come after 8 s.
+    assert!(wall < 4.0, "wall_time {wall}: {r:?}");
+    assert_nothing_left(&r);
+}
+
+#[test]
+fn sleeper_is_stopped_at_the_wall_time_limit() {
+    if !require_root() {
+        return;
+    }
+    let _serial = serial();
+    let r = sandboxed(&["--wall-time", "1s"], &["sleep", "100"]);
+    assert_eq!((r.status(), r.code), ("timeout-wall", 5), "{r:?}");
+    assert_eq!(limits_hit(&r), ["wall_time"], "{r:?}");
+    let wall = secs(&r, "wall_time");
+    assert!((1.0..3.0).contains(&wall), "wall_time {wall}: {r:?}");
+    assert_nothing_left(&r);
+}
+
+/// Forks a daemon the textbook way (fork, setsid, fork again, stdio to /dev/null), which
+/// ignores SIGTERM and SIGHUP and sleeps forever; the program itself exits 0 once it is up.
+const DAEMON: &str = r#"
+import os, signal, time
+r, w = os.pipe()
+if os.fork() == 0:
+    os.setsid()
+    if os.fork() == 0:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        null = os.open("/dev/null", os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(null, fd)
+        os.write(w, b"up")
+        while True:
+            time.sleep(100)
+    os._exit(0)
+os.close(w)
+print("daemon", os.read(r, 2).decode(), flush=True)
+"#;
+
+#[test]
+fn nothing_outlives_a_run_not_even_a_daemon() {
+    if !require_root() {
+        return;
+    }
+    let _serial = serial();
+    let r = sandboxed(&["--wall-time", "10s"], &["python3", "-c", DAEMON]);
+    assert!(r.stdout.contains("daemon up"), "{r:?}");
+    assert_eq!((r.status(), r.code), ("ok", 0), "{r:?}");
+    let uid = uid_of(&r);
+    assert!(
+        eventually(Duration::from_secs(1), || processes_of_uid(uid).is_empty()),
+        "the daemon outlived the run: {:#?}",
+        processes_of_uid(uid).into_iter().map(describe).collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn read_only_paths_refuse_writes() {
+    if !require_root() {
+        return;
+    }
+    let _serial = serial();
+    // /lib and /bin: symlinks into /usr on merged-/usr systems, not a way around it
+    let read_only = ["/usr", "/usr/bin", "/etc", "/etc/ssl", "/", "/dev", "/lib", "/bin"];
+    let writable = ["/tmp", "/dev/shm"];
+    let mut probe_args = Vec::new();
+    for p in read_only.iter().chain(&writable).chain(&["/proc"]) {
+        probe_args.extend(["--try-write", p]);
+    }
+    let (r, seen) = run_probe(&DEFAULTS, &probe_args);
+    assert_eq!((r.status(), r.code), ("ok", 0), "{r:?}");
+    let check = |path: &str| {
+        seen["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["path"] == path && c["kind"] == "write")
+            .unwrap_or_else(|| panic!("no write check for {path}: {seen}"))
+            .clone()
+    };
+    for p in read_only {
+        let c = check(p);
+        assert_eq!(c["ok"], false, "{p} is writable: {c}");
+        // refused by the read-only mount itself (EROFS), not only by file permissions
+        // (EACCES), which a root-owned directory would give on a writable mount too
+        let error = c["error"].as_str().unwrap_or_default();
+        assert!(error.contains("os error 30"), "{p}: expected EROFS, got {c}");
+    }
+    // procfs takes no new files (ENOENT)
+    let proc = check("/proc");
+    assert_eq!(proc["ok"], false, "/proc is writable: {proc}");
+    for p in writable {
+        let c = check(p);
+        assert_eq!(c["ok"], true, "{p} must be writable: {c}");
+    }
+    assert_nothing_left(&r);
+}
+
+#[test]
+fn tmp_is_bounded_by_tmp_size_and_private_to_the_run() {
+    if !require_root() {
+        return;
+    }
+    let _serial = serial();
+    let fill = "dd if=/dev/zero of=/tmp/fill bs=1M count=64; s=$?; echo size=$(stat -c %s /tmp/fill); exit $s";
+    let r = sandboxed(&["--tmp-size", "8M", "--wall-time", "10s"], &["/bin/sh", "-c", fill]);
+    assert!(r.stderr.contains("No space left on device"), "{r:?}");
+    assert!(r.stdout.contains(&format!("size={}", 8 << 20)), "{r:?}");
+    // the program's own failure, an ordinary end of the run
+    assert_eq!((r.status(), r.code, r.report["exit_code"].as_i64()), ("exit-nonzero", 1, Some(1)), "{r:?}");
+    assert!(limits_hit(&r).is_empty(), "{r:?}");
+    assert_nothing_left(&r);
+    // and the full tmpfs went with the run: the next one starts with an empty /tmp
+    let r = sandboxed(&["--tmp-size", "8M"], &["ls", "-A", "/tmp"]);
+    assert_eq!((r.status(), r.code, r.stdout.as_str()), ("ok", 0, ""), "{r:?}");
+    assert_nothing_left(&r);
+}
+
+#[test]
+fn sigint_to_the_supervisor_reaches_the_program() {
+    if !require_root() {
+        return;
+    }
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().join("report.json");
+    let script = r#"trap "echo got-int; exit 42" INT; echo ready; while :; do sleep 0.1; done"#;
+    let mut child = Command::new(bin())
+        .args(DEFAULTS)
+        .arg("run")
+        .arg("--report")
+        .arg(&report)
+        .args(["--wall-time", "10s", "--", "/bin/sh", "-c", script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    // the trap is installed once "ready" is out
+    let mut first = String::new();
+    stdout.read_line(&mut first).unwrap();
+    if first != "ready\n" {
+        let _ = child.kill();
+        let out = child.wait_with_output().unwrap();
+        panic!("the program did not start: {first:?}, stderr {}", String::from_utf8_lossy(&out.stderr));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGINT).unwrap();
+    let mut rest = String::new();
+    stdout.read_to_string(&mut rest).unwrap();
+    let mut stderr = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    let code = child.wait().unwrap().code();
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!(rest, "got-int\n", "stderr: {stderr}");
+    assert_eq!(
+        (report["status"].as_str(), report["exit_code"].as_i64(), code),
+        (Some("exit-nonzero"), Some(42), Some(1)),
+        "{report}\nstderr: {stderr}"
+    );
+    let r = Run { code: code.unwrap(), report, stdout: rest, stderr };
+    assert_nothing_left(&r);
+}
+
+/// (pid, uid) of the sandbox processes (slot uids) whose command line contains `marker`.
+fn sandbox_processes_with(marker: &str) -> Vec<(u32, u32)> {
+    SLOT_UIDS
+        .flat_map(|uid| processes_of_uid(uid).into_iter().map(move |pid| (pid, uid)))
+        .filter(|&(pid, _)| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| String::from_utf8_lossy(&c).contains(marker))
+        })
+        .collect()
+}
+
+fn is_sleep(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "sleep")
+}
+
+#[test]
+fn sandbox_dies_with_a_killed_supervisor() {
+    if !require_root() {
+        return;
+    }
+    let _serial = serial();
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+    let marker = format!("MARKER-{}-{nanos}", std::process::id());
+    let script = format!("sleep 100; echo {marker}");
+    let mut child = Command::new(bin())
+        .args(DEFAULTS)
+        .args(["run", "--wall-time", "30s", "--", "/bin/sh", "-c", &script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // The slot's uid, from the sandbox's shell (its command line has the marker) once its
+    // `sleep` runs.
+    let mut uid = None;
+    let started = eventually(Duration::from_secs(10), || {
+        uid = sandbox_processes_with(&marker).first().map(|&(_, u)| u);
+        uid.is_some_and(|u| processes_of_uid(u).into_iter().any(is_sleep))
+    });
+    if !started {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("the sandbox did not start (uid {uid:?})");
+    }
+    let uid = uid.unwrap();
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL).unwrap();
+    child.wait().unwrap();
+    // Everything of the run dies with its supervisor, at once.
+    assert!(
+        eventually(Duration::from_secs(2), || live_processes_of_uid(uid).is_empty()),
+        "outlived the supervisor: {:#?}",
+        processes_of_uid(uid).into_iter().map(describe).collect::<Vec<_>>()
+    );
+    // What may remain is the zombie of the sandbox's init, orphaned to the host's PID 1, which
+    // alone can reap it (some take a second or two).
+    assert!(
+        eventually(Duration::from_secs(10), || processes_of_uid(uid).is_empty()),
+        "not reaped: {:#?}",
+        processes_of_uid(uid).into_iter().map(describe).collect::<Vec<_>>()
+    );
+    // The slot was released with the supervisor: slots go lowest free first, so the next run
+    // gets this one or a lower one.
+    let slot = u64::from(uid - SLOT_UIDS.start);
+    let r = sandboxed(&[], &["/bin/true"]);
+    assert_eq!((r.status(), r.code), ("ok", 0), "{r:?}");
+    assert!(r.report["sandbox"]["slot"].as_u64().unwrap() <= slot, "{r:?}");
+    assert_nothing_left(&r);
+}
+
+#[test]
+fn concurrent_runs_get_their_own_slot_and_uid() {
+    if !require_root() {
+        return;
+    }
+    let _serial = serial();
+    let barrier = Barrier::new(2);
+    let runs: Vec<Run> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..2)
+            .map(|_| {
+                s.spawn(|| {
+                    barrier.wait();
+                    // the uid the program really runs as, seen from inside
+                    sandboxed(&["--wall-time", "2s"], &["/bin/sh", "-c", "sleep 1; id -u"])
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for r in &runs {
+        assert_eq!((r.status(), r.code), ("ok", 0), "{r:?}");
+        assert_eq!(r.stdout.trim(), uid_of(r).to_string(), "{r:?}");
+    }
+    let uids: BTreeSet<u32> = runs.iter().map(uid_of).collect();
+    let slots: BTreeSet<u64> = runs.iter().map(|r| r.report["sandbox"]["slot"].as_u64().unwrap()).collect();
+    assert_eq!((uids.len(), slots.len()), (2, 2), "{runs:#?}");
+    for r in &runs {
+        assert_nothing_left(r);
+    }
+}
+
+/// Signals the caller ignores (a shell's `trap '' INT`, and SIGPIPE, which the Rust runtime
+/// ignores) and its blocked mask must not carry through into the program: `execve` keeps both.
+#[test]
+fn the_program_starts_with_default_signals_and_an_empty_mask() {
+    if !require_root() {
+        return;
+    }
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().join("report.json");
+    let inner = "grep -E '^Sig(Ign|Blk)' /proc/self/status";
+    let outer = format!(
+        "trap '' INT HUP QUIT; exec {} --config /dev/null run --report {} -- /bin/sh -c \"{inner}\"",
+        bin().display(),
+        report.display()
+    );
+    let out = Command::new("/bin/sh").args(["-c", &outer]).stdin(Stdio::null()).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout} {}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("SigIgn:\t0000000000000000"), "inherited ignored signals: {stdout}");
+    assert!(stdout.contains("SigBlk:\t0000000000000000"), "inherited blocked signals: {stdout}");
+    // and SIGPIPE works as a program expects: `yes | head -1` ends quietly
+    let r = sandboxed(&[], &["/bin/sh", "-c", "yes | head -1"]);
+    assert_eq!((r.status(), r.stdout.as_str()), ("ok", "y\n"), "{r:?}");
+    assert!(!r.stderr.contains("Broken pipe"), "{}", r.stderr);
+}
+
+/// A SIGINT that reaches the supervisor while the sandbox is still being set up is not lost:
+/// the program gets it (and ends by it, or by its handler), instead of running on to the wall
+/// limit. Sent at 0, 0.5, 1, ... 9.5 ms after the start.
+#[test]
+fn sigint_during_setup_is_not_lost() {
+    if !require_root() {
+        return;
+    }
+    let _serial = serial();
+    let script = r#"trap "exit 42" INT; echo ready; while :; do sleep 0.1; done"#;
+    for i in 0..20u64 {
+        let dir = tempfile::tempdir().unwrap();
+        let report = dir.path().join("report.json");
+        let child = Command::new(bin())
+            .args(DEFAULTS)
+            .arg("run")
+            .arg("--report")
+            .arg(&report)
+            .args(["--wall-time", "3s", "--", "/bin/sh", "-c", script])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_micros(500 * i));
+        kill(Pid::from_raw(child.id() as i32), Signal::SIGINT).unwrap();
+        let out = child.wait_with_output().unwrap();
+        // Before main() blocks the signal, it can only kill the helper itself: then nothing ran.
+        if std::os::unix::process::ExitStatusExt::signal(&out.status) == Some(libc::SIGINT) {
+            assert!(!report.exists(), "killed before it started, yet a report exists");
+            continue;
+        }
+        let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+        let verdict = (
+            report["status"].as_str().unwrap().to_string(),
+            report["exit_code"].as_i64(),
+            report["signal"].as_str().map(String::from),
+        );
+        let relayed = verdict == ("exit-nonzero".into(), Some(42), None)
+            || verdict == ("signaled".into(), None, Some("SIGINT".into()));
+        assert!(
+            relayed,
+            "SIGINT after {} us was lost: {report}\nstderr: {}",
+            500 * i,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
