@@ -5,10 +5,9 @@
 //! cgroup), single-threaded and still root. Each step says why it sits where it does. Every
 //! syscall goes through [`Sys`], so `tests` below check this order without root.
 
-use crate::mounts::{PreparedBind, Root};
+use crate::mounts::{PreparedBind, Root, NOSUID_NODEV};
 use crate::policy::{LandlockMode, Limits, ProcMode};
 use crate::sys::{Forked, LandlockRules, Pid, Sys};
-use nix::mount::MsFlags;
 use nix::sched::CloneFlags;
 use nix::sys::resource::Resource;
 use std::ffi::CString;
@@ -98,7 +97,16 @@ trait At<T> {
 
 impl<T, E: fmt::Display> At<T> for Result<T, E> {
     fn at(self, step: Step) -> Result<T, SetupError> {
-        self.map_err(|e| SetupError { step, message: e.to_string() })
+        match self {
+            Ok(v) => {
+                tracing::trace!(%step, "sandbox step done");
+                Ok(v)
+            }
+            Err(e) => {
+                tracing::error!(%step, error = %e, "sandbox step failed");
+                Err(SetupError { step, message: e.to_string() })
+            }
+        }
     }
 }
 
@@ -118,7 +126,7 @@ pub fn enter_sandbox<S: Sys>(sys: &S, mut p: Plan, ch: Channels) -> Result<Pid, 
     //    what we mount next is visible.
     let mut root = Root::create(sys, &p.root_dir).at(RootFs)?;
     // 4. The sandbox's own filesystems before the binds, so binds may target beneath /tmp.
-    root.tmpfs(sys, "/tmp", p.limits.tmp_size, "1777", MsFlags::empty()).at(Tmp)?;
+    root.tmpfs(sys, "/tmp", p.limits.tmp_size, "1777", NOSUID_NODEV).at(Tmp)?;
     root.dev(sys, p.limits.shm_size).at(Dev)?;
     // 5. procfs of our own PID namespace: we are PID 1 here, so it shows only the sandbox.
     root.proc(sys, p.proc).at(Proc)?;

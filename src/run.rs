@@ -92,8 +92,8 @@ pub fn execute(config_override: Option<PathBuf>, a: RunArgs) -> Result<u8, RunEr
         LandlockRules { read: vec!["/".into()], write: vec!["/tmp".into(), "/dev/shm".into()], ..Default::default() };
     landlock_rules.write_files = DEVICES
         .iter()
-        .filter(|d| ["null", "zero", "full"].contains(d))
-        .map(|d| PathBuf::from(format!("/dev/{d}")))
+        .filter(|(d, _, _)| ["null", "zero", "full"].contains(d))
+        .map(|(d, _, _)| PathBuf::from(format!("/dev/{d}")))
         .collect();
     for b in &binds {
         if let Some(source) = caller.open_bind_source(&b.source, b.writable, b.optional, b.symlink)? {
@@ -124,6 +124,7 @@ pub fn execute(config_override: Option<PathBuf>, a: RunArgs) -> Result<u8, RunEr
         ..Default::default()
     };
     let started = Instant::now();
+    tracing::debug!(binds = prepared.len(), policy = %policy.name, "request validated");
     let plan = |root_dir, uid, cgroup_join| Plan {
         root_dir,
         cgroup_join,
@@ -172,6 +173,7 @@ fn in_slot(
     let cgroup = RunCgroup::create(&backend, &config.cgroup_root, slot.index, cg_limits)
         .map_err(|e| ("cgroup", e.to_string()))?;
     info.cgroup = Some(cgroup.version());
+    tracing::debug!(slot = slot.index, uid, cgroup = cgroup.version(), "cgroup ready");
     tracing::debug!(slot = slot.index, uid, cgroup = cgroup.version(), "starting");
     let join = cgroup.join_files().map_err(|e| ("cgroup", e.to_string()))?;
     let outcome = supervisor::supervise(

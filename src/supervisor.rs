@@ -81,6 +81,7 @@ pub fn supervise(
         Cloned::Parent { pid, pidfd } => (Pid::from_raw(pid), pidfd),
     };
     drop((alive_r, status_w, error_w));
+    tracing::debug!(pid = pid.as_raw(), "sandbox cloned");
     drop(plan); // our copies of the bind source fds
 
     // From here on, an early return (an error of ours) must not leave the sandbox running.
@@ -135,13 +136,17 @@ pub fn supervise(
         if error_ready {
             let mut buf = [0u8; 4096];
             match read(&error_r, &mut buf) {
-                Ok(0) | Err(_) => error_open = false,
+                Ok(0) | Err(_) => {
+                    error_open = false;
+                    tracing::debug!("setup done: program started (or setup ended)");
+                }
                 Ok(n) => error_text.extend_from_slice(&buf[..n]),
             }
         }
         if exited {
             nix::sys::wait::waitpid(pid, None).map_err(sys("waitpid"))?;
             sandbox.reaped = true;
+            tracing::debug!("sandbox reaped");
             break;
         }
     }
@@ -161,6 +166,7 @@ pub fn supervise(
     drop(alive_w);
     let _ = old_mask.thread_set_mask();
     facts.usage = cgroup.finish()?;
+    tracing::debug!(cpu = ?facts.usage.cpu, peak = ?facts.usage.peak_memory, "cgroup finished");
     let setup_failure = (!error_text.is_empty()).then(|| {
         let text = String::from_utf8_lossy(&error_text).into_owned();
         let (step, message) = text.split_once('\x1f').unwrap_or(("setup", &text));

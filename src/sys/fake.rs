@@ -104,6 +104,10 @@ impl Sys for FakeSys {
         let shown = self.show(Path::new(&format!("/proc/self/fd/{target}")));
         self.rec("move_mount", format!("attach {shown} [{}nosuid,nodev]", if writable { "" } else { "ro," }))
     }
+    fn mknod_char(&self, dir: std::os::fd::RawFd, name: &str, major: u64, minor: u64) -> Result<(), SysError> {
+        let shown = self.show(Path::new(&format!("/proc/self/fd/{dir}")));
+        self.rec("mknodat", format!("mknod {shown}/{name} c {major}:{minor}"))
+    }
     fn umount_detach(&self, target: &Path) -> Result<(), SysError> {
         self.rec("umount2", format!("umount {}", self.show(target)))
     }

@@ -55,6 +55,16 @@ impl Sys for LinuxSys {
         move_mount(tree, target).map_err(|e| SysError::new("move_mount", format!("fd {target}"), e))
     }
 
+    fn mknod_char(&self, dir: std::os::fd::RawFd, name: &str, major: u64, minor: u64) -> Result<(), SysError> {
+        use nix::sys::stat::{fchmodat, makedev, mknodat, FchmodatFlags, Mode, SFlag};
+        // SAFETY: `dir` is an open directory fd owned by the caller for the whole call.
+        let dir = unsafe { std::os::fd::BorrowedFd::borrow_raw(dir) };
+        let mode = Mode::from_bits_truncate(0o666);
+        mknodat(dir, name, SFlag::S_IFCHR, mode, makedev(major, minor))
+            .map_err(|e| SysError::new("mknodat", name, e))?;
+        fchmodat(dir, name, mode, FchmodatFlags::NoFollowSymlink).map_err(|e| SysError::new("fchmodat", name, e))
+    }
+
     fn umount_detach(&self, target: &Path) -> Result<(), SysError> {
         nix::mount::umount2(target, MntFlags::MNT_DETACH).map_err(|e| SysError::new("umount2", disp(target), e))
     }

@@ -74,6 +74,8 @@ pub trait Sys {
     fn attach_tree(&self, tree: std::os::fd::RawFd, target: std::os::fd::RawFd, writable: bool)
         -> Result<(), SysError>;
     fn umount_detach(&self, target: &Path) -> Result<(), SysError>;
+    /// A character device `name` (mode 0666, whatever the umask) in the directory `dir`.
+    fn mknod_char(&self, dir: std::os::fd::RawFd, name: &str, major: u64, minor: u64) -> Result<(), SysError>;
     /// `pivot_root(".", ".")` from `new_root`, then detach the old root stacked beneath.
     fn pivot_root(&self, new_root: &Path) -> Result<(), SysError>;
     fn chdir(&self, path: &Path) -> Result<(), SysError>;
