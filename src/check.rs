@@ -108,6 +108,20 @@ pub fn check(config_path: Option<&Path>, format: Format) -> u8 {
                     if secure { "" } else { "; NOT root-owned or writable by others" }
                 ),
             );
+            // The slot uids must belong to nobody: a real account with one of them could
+            // signal or ptrace a sandbox, or read what it writes.
+            let taken: Vec<u32> = (c.first_uid..c.first_uid + c.slots)
+                .filter(|&u| matches!(nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(u)), Ok(Some(_))))
+                .collect();
+            add(
+                "slot-uids",
+                taken.is_empty(),
+                if taken.is_empty() {
+                    format!("uids {}..{} have no account", c.first_uid, c.first_uid + c.slots - 1)
+                } else {
+                    format!("uids {taken:?} belong to accounts; choose another first_uid")
+                },
+            );
             for n in ["default", "strict"] {
                 match crate::policy::Policy::builtin(n) {
                     Ok(p) => add("policy", c.check_limits(&p.limits).is_ok(), format!("{n}: {}", p.description)),

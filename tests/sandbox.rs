@@ -175,3 +175,21 @@ fn cli_binds_are_read_only_unless_rw() {
     assert_eq!(r.status(), "ok", "{r:?}");
     assert!(d.path().join("new").exists());
 }
+
+#[test]
+fn check_refuses_slot_uids_that_belong_to_accounts() {
+    if !require_root() {
+        return;
+    }
+    let ok =
+        std::process::Command::new(bin()).args(["check"]).env("ISOLATE_GRADE_CONFIG", test_config()).output().unwrap();
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stdout));
+    // nobody is 65534 on Debian: a range over it must be refused
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("config.toml");
+    std::fs::write(&cfg, "first_uid = 65530\nslots = 8\n").unwrap();
+    let out = std::process::Command::new(bin()).args(["check", "--config"]).arg(&cfg).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("FAIL slot-uids") && text.contains("65534"), "{text}");
+}
