@@ -10,7 +10,10 @@ use std::path::Path;
 #[derive(Debug, Serialize)]
 pub struct Item {
     pub name: &'static str,
+    /// false: the sandbox cannot run here.
     pub ok: bool,
+    /// Runs, but something needs attention.
+    pub warn: bool,
     pub detail: String,
 }
 
@@ -22,7 +25,8 @@ pub fn check(config_path: Option<&Path>, format: Format) -> u8 {
         return crate::report::EXIT_USAGE;
     }
     let mut items = Vec::new();
-    let mut add = |name, ok, detail: String| items.push(Item { name, ok, detail });
+    let mut insecure_config = false;
+    let mut add = |name, ok, detail: String| items.push(Item { name, ok, warn: false, detail });
 
     let euid = nix::unistd::geteuid();
     add(
@@ -97,7 +101,7 @@ pub fn check(config_path: Option<&Path>, format: Format) -> u8 {
             let secure = c.path.is_none() || crate::config::check_root_owned(path).is_ok();
             add(
                 "config",
-                secure,
+                true,
                 format!(
                     "{from}; uids {}..{} ({} slots); cgroup root {:?}; allowed group {:?}{}",
                     c.first_uid,
@@ -105,9 +109,11 @@ pub fn check(config_path: Option<&Path>, format: Format) -> u8 {
                     c.slots,
                     c.cgroup_root,
                     c.allowed_group,
-                    if secure { "" } else { "; NOT root-owned or writable by others" }
+                    if secure { "" } else { "; not root-owned, or writable by others: only root may use it" }
                 ),
             );
+            // Root may run with it; sudo and setuid callers would be refused.
+            insecure_config = !secure;
             // The slot uids must belong to nobody: a real account with one of them could
             // signal or ptrace a sandbox, or read what it writes.
             let taken: Vec<u32> = (c.first_uid..c.first_uid + c.slots)
@@ -132,12 +138,20 @@ pub fn check(config_path: Option<&Path>, format: Format) -> u8 {
         Err(e) => add("config", false, e.to_string()),
     }
 
+    for i in items.iter_mut().filter(|i| i.name == "config") {
+        i.warn = insecure_config;
+    }
     let ok = items.iter().all(|i| i.ok);
     match format {
         Format::Json => println!("{}", serde_json::json!({ "ok": ok, "items": items })),
         Format::Text => {
             for i in &items {
-                println!("{:<4} {:<15} {}", if i.ok { "ok" } else { "FAIL" }, i.name, i.detail);
+                let mark = match (i.ok, i.warn) {
+                    (false, _) => "FAIL",
+                    (true, true) => "warn",
+                    (true, false) => "ok",
+                };
+                println!("{mark:<4} {:<15} {}", i.name, i.detail);
             }
             println!("{}", if ok { "the sandbox can run on this host" } else { "the sandbox cannot run on this host" });
         }
