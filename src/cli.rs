@@ -23,12 +23,15 @@ pub struct Cli {
 pub enum Command {
     /// Run one program in the sandbox and report how it ended.
     Run(RunArgs),
+    /// Run a Jupyter kernel in the sandbox (used as a kernelspec's argv prefix).
+    Kernel(KernelArgs),
     /// Show what this host supports; exit non-zero if the sandbox cannot run here.
     Check(CheckArgs),
 }
 
+/// What every sandbox takes: the policy and the flags that adjust it.
 #[derive(Debug, Args)]
-pub struct RunArgs {
+pub struct SandboxArgs {
     /// Policy: a name (`default`, `strict`, or one in the config's policy_dir) or a .toml path.
     #[arg(long, env = "ISOLATE_GRADE_POLICY", default_value = "default")]
     pub policy: String,
@@ -59,11 +62,41 @@ pub struct RunArgs {
     /// Add to the environment: NAME=VALUE, or NAME to pass the caller's value. Repeatable.
     #[arg(long = "env", value_name = "NAME[=VALUE]", env = "ISOLATE_GRADE_ENV")]
     pub env: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub sandbox: SandboxArgs,
     /// Write the JSON report here (`-` for stdout); opened as the caller.
     #[arg(long, env = "ISOLATE_GRADE_REPORT")]
     pub report: Option<PathBuf>,
     /// The program and its arguments, after `--`.
     #[arg(last = true, required = true, value_name = "PROGRAM [ARGS]...")]
+    pub command: Vec<OsString>,
+}
+
+/// A Jupyter kernel in the sandbox: the `argv` prefix of a kernelspec. The kernel sees its
+/// working directory (the submission, writable through a scratch that vanishes), its runtime,
+/// and talks to the client through a relay of exactly its five ports.
+#[derive(Debug, Args)]
+pub struct KernelArgs {
+    #[command(flatten)]
+    pub sandbox: SandboxArgs,
+    /// Stop the kernel once its output (iopub traffic) passes this size (`output-limit`).
+    #[arg(long, env = "ISOLATE_GRADE_OUTPUT_LIMIT", default_value = "16M")]
+    pub output_limit: String,
+    /// Size of the scratch that takes the kernel's writes to its working directory.
+    #[arg(long, env = "ISOLATE_GRADE_SCRATCH_SIZE", default_value = "64M")]
+    pub scratch_size: String,
+    /// Leave the notebooks in the working directory visible (they carry the hidden tests).
+    #[arg(long, env = "ISOLATE_GRADE_SHOW_NOTEBOOKS")]
+    pub show_notebooks: bool,
+    /// Write the kernel's verdict to DIR/<kernel-id>.json when it ends (opened as the caller).
+    #[arg(long, env = "ISOLATE_GRADE_REPORT_DIR")]
+    pub report_dir: Option<PathBuf>,
+    /// The kernel's argv, with the connection file Jupyter substituted for {connection_file}.
+    #[arg(last = true, required = true, value_name = "KERNEL ARGV")]
     pub command: Vec<OsString>,
 }
 
@@ -104,7 +137,7 @@ mod tests {
         ])
         .unwrap();
         let Command::Run(r) = cli.command else { panic!() };
-        assert_eq!(r.memory.as_deref(), Some("1G"));
+        assert_eq!(r.sandbox.memory.as_deref(), Some("1G"));
         assert_eq!(r.command, ["prog", "--memory", "9G", "; rm -rf /"].map(OsString::from));
         assert!(Cli::try_parse_from(["isolate-grade", "run", "--memory", "1G"]).is_err(), "a program is required");
     }

@@ -41,6 +41,9 @@ fn main() -> ExitCode {
 fn real_main(cli: Cli) -> Result<u8, (u8, anyhow::Error)> {
     match cli.command {
         Command::Run(args) => isolate_grade::run::execute(cli.config, args).map_err(|e| (e.exit_code(), e.into())),
+        Command::Kernel(args) => {
+            isolate_grade::kernel::execute(cli.config, args).map_err(|e| (e.exit_code(), e.into()))
+        }
         Command::Check(args) => Ok(isolate_grade::check::check(cli.config.as_deref(), args.format)),
     }
     .map_err(|(code, e): (u8, anyhow::Error)| (if code == 0 { EXIT_USAGE } else { code }, e))

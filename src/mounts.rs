@@ -39,6 +39,25 @@ pub struct PreparedBind {
     pub writable: bool,
 }
 
+/// A kernel's working directory: the submission (a detached mount, opened as the caller)
+/// read-only beneath, a size-capped scratch on top that takes every write and vanishes with
+/// the sandbox, and the listed files (the notebooks, which carry the hidden tests) whited out.
+#[derive(Debug)]
+pub struct PreparedOverlay {
+    pub lower: OwnedFd,
+    pub target: PathBuf,
+    pub scratch_size: u64,
+    pub hide: Vec<String>,
+}
+
+/// A private tmpfs owned by the sandbox user, for a kernel's connection file and sockets.
+#[derive(Debug)]
+pub struct RuntimeDir {
+    pub target: PathBuf,
+    /// (name, content), written mode 0400 and owned by the sandbox user.
+    pub files: Vec<(String, Vec<u8>)>,
+}
+
 #[derive(Debug)]
 pub enum BindSource {
     /// A detached copy (`open_tree`) of the mount at an fd that was opened with the caller's
@@ -59,6 +78,19 @@ fn fd_path(fd: &impl AsRawFd) -> PathBuf {
 }
 
 pub(crate) const NOSUID_NODEV: MsFlags = MsFlags::MS_NOSUID.union(MsFlags::MS_NODEV);
+
+/// Files of a full procfs covered with `/dev/null` (as Docker's masked paths).
+pub const MASKED_PROC_FILES: &[&str] = &[
+    "kcore",
+    "keys",
+    "timer_list",
+    "sched_debug",
+    "latency_stats",
+    "sysrq-trigger",
+    "kallsyms",
+    "kpagecount",
+    "kpageflags",
+];
 
 /// The devices in the sandbox's `/dev`: (name, major, minor).
 pub const DEVICES: &[(&str, u64, u64)] =
@@ -110,6 +142,56 @@ impl Root {
         Ok(())
     }
 
+    /// The kernel's working directory (see [`PreparedOverlay`]). The layers sit on a staging
+    /// tmpfs (the scratch, capped at `scratch_size`) that is detached once the overlay is
+    /// mounted: the overlay keeps its own references, and the sandbox never sees the layers.
+    pub fn overlay(&mut self, sys: &impl Sys, ov: &PreparedOverlay, uid: u32) -> Result<(), MountError> {
+        let err = |target: &Path| {
+            let target = target.to_path_buf();
+            move |source| MountError::Sys { target: target.clone(), source }
+        };
+        let stage = Path::new("/.overlay");
+        self.tmpfs(sys, "/.overlay", ov.scratch_size, "0700", NOSUID_NODEV)?;
+        let lower = Path::new("/.overlay/lower");
+        let (parent, name) = self.mount_point(lower, Kind::Dir)?;
+        let at = reopen(&parent, &name, lower)?;
+        sys.attach_tree(ov.lower.as_raw_fd(), at.as_raw_fd(), false).map_err(err(lower))?;
+        for layer in ["/.overlay/upper", "/.overlay/work"] {
+            self.mount_point(Path::new(layer), Kind::Dir)?;
+        }
+        // The merged root takes the upper's owner: the sandbox user may create files in its
+        // working directory, as the kernel could without the sandbox.
+        let (stage_parent, stage_name) = self.mount_point(stage, Kind::Dir)?;
+        let staged = reopen_dir(&stage_parent, &stage_name, stage)?;
+        sys.chown_at(staged.as_raw_fd(), "upper", uid).map_err(err(stage))?;
+        let upper = reopen_dir(&staged, "upper", stage)?;
+        for name in &ov.hide {
+            // a whiteout: a 0/0 character device in the upper layer hides the lower file
+            sys.mknod_char(upper.as_raw_fd(), name, 0, 0).map_err(err(&ov.target.join(name)))?;
+        }
+        let (parent, name) = self.mount_point(&ov.target, Kind::Dir)?;
+        let at = reopen(&parent, &name, &ov.target)?;
+        let root = self.dir.display();
+        let data =
+            format!("lowerdir={root}/.overlay/lower,upperdir={root}/.overlay/upper,workdir={root}/.overlay/work");
+        sys.mount(Some(Path::new("overlay")), &fd_path(&at), Some("overlay"), NOSUID_NODEV, Some(&data))
+            .map_err(err(&ov.target))?;
+        sys.umount_detach(&self.dir.join(".overlay")).map_err(err(stage))
+    }
+
+    /// A kernel's runtime directory (see [`RuntimeDir`]).
+    pub fn runtime(&mut self, sys: &impl Sys, rt: &RuntimeDir, uid: u32) -> Result<(), MountError> {
+        let target = rt.target.to_string_lossy().into_owned();
+        self.tmpfs(sys, &target, 1 << 20, &format!("0700,uid={uid},gid={uid}"), NOSUID_NODEV)?;
+        let (parent, name) = self.mount_point(&rt.target, Kind::Dir)?;
+        let dir = reopen_dir(&parent, &name, &rt.target)?;
+        for (file, content) in &rt.files {
+            sys.write_file(dir.as_raw_fd(), file, content, uid)
+                .map_err(|source| MountError::Sys { target: rt.target.join(file), source })?;
+        }
+        Ok(())
+    }
+
     /// `/dev`: a read-only tmpfs holding only the harmless character devices (made with
     /// mknod, as Docker does: five syscalls instead of ten mounts), the usual `/dev/fd`
     /// symlinks, no tty, and a size-capped `/dev/shm`. This one mount can't be `nodev`, or its
@@ -154,7 +236,40 @@ impl Root {
             ProcMode::Full => "hidepid=2",
         };
         sys.mount(Some(Path::new("proc")), &fd_path(&at), Some("proc"), NOSUID_NODEV | MsFlags::MS_NOEXEC, Some(data))
-            .map_err(|source| MountError::Sys { target: target.into(), source })
+            .map_err(|source| MountError::Sys { target: target.into(), source })?;
+        if mode == ProcMode::Full {
+            self.mask_proc(sys)?;
+        }
+        Ok(())
+    }
+
+    /// In a full procfs, what Docker masks too: files that leak kernel state are covered by
+    /// the sandbox's own `/dev/null` (read-only), and `/proc/sys` is made read-only. The user
+    /// could not write most of them anyway; this is the second fence.
+    fn mask_proc(&mut self, sys: &impl Sys) -> Result<(), MountError> {
+        let null = self.dir.join("dev/null");
+        let null = nix::fcntl::open(&null, OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC, Mode::empty())
+            .map_err(|errno| sys_err(Path::new("/dev/null"), "open", errno))?;
+        let proc_dir = self.dir_fd(Path::new("/proc"), Path::new("proc"), false)?;
+        for file in MASKED_PROC_FILES {
+            let target = PathBuf::from(format!("/proc/{file}"));
+            let Ok(at) = openat(&proc_dir, *file, OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC, Mode::empty())
+            else {
+                continue; // not on this kernel
+            };
+            let err = |source| MountError::Sys { target: target.clone(), source };
+            sys.mount(Some(&fd_path(&null)), &fd_path(&at), None, MsFlags::MS_BIND, None).map_err(err)?;
+            let mounted = reopen(&proc_dir, file, &target)?;
+            let ro = MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY | NOSUID_NODEV | MsFlags::MS_NOEXEC;
+            sys.mount(None, &fd_path(&mounted), None, ro, None).map_err(err)?;
+        }
+        let target = Path::new("/proc/sys");
+        let err = |source| MountError::Sys { target: target.into(), source };
+        let at = reopen_dir(&proc_dir, "sys", target)?;
+        sys.mount(Some(&fd_path(&at)), &fd_path(&at), None, MsFlags::MS_BIND, None).map_err(err)?;
+        let mounted = reopen_dir(&proc_dir, "sys", target)?;
+        let ro = MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY | NOSUID_NODEV | MsFlags::MS_NOEXEC;
+        sys.mount(None, &fd_path(&mounted), None, ro, None).map_err(err)
     }
 
     /// One bind from the policy or the command line.

@@ -5,7 +5,7 @@
 //! cgroup), single-threaded and still root. Each step says why it sits where it does. Every
 //! syscall goes through [`Sys`], so `tests` below check this order without root.
 
-use crate::mounts::{PreparedBind, Root, NOSUID_NODEV};
+use crate::mounts::{PreparedBind, PreparedOverlay, Root, RuntimeDir, NOSUID_NODEV};
 use crate::policy::{LandlockMode, Limits, ProcMode};
 use crate::sys::{Forked, LandlockRules, Pid, Sys};
 use nix::sched::CloneFlags;
@@ -21,6 +21,10 @@ pub struct Plan {
     /// cgroup v1 `tasks` files of the slot, open for writing (empty on v2).
     pub cgroup_join: Vec<std::os::fd::OwnedFd>,
     pub binds: Vec<PreparedBind>,
+    /// A kernel's working directory: the submission beneath a scratch.
+    pub overlay: Option<PreparedOverlay>,
+    /// A kernel's runtime directory: its connection file and sockets.
+    pub runtime: Option<RuntimeDir>,
     pub limits: Limits,
     pub hostname: String,
     pub workdir: PathBuf,
@@ -57,6 +61,8 @@ pub enum Step {
     Dev,
     Proc,
     Bind(PathBuf),
+    Overlay,
+    Runtime,
     Seal,
     PivotRoot,
     Hostname,
@@ -135,52 +141,60 @@ pub fn enter_sandbox<S: Sys>(sys: &S, mut p: Plan, ch: Channels) -> Result<Pid, 
     for b in std::mem::take(&mut p.binds) {
         root.bind(sys, &b).at(Bind(b.target.clone()))?;
     }
-    // 7. Every mount point exists now: make the root itself read-only.
+    // 7. A kernel's working directory, the submission under a scratch that takes its writes,
+    //    and its runtime directory, which only it and the relay can reach.
+    if let Some(ov) = p.overlay.take() {
+        root.overlay(sys, &ov, p.uid).at(Overlay)?;
+    }
+    if let Some(rt) = p.runtime.take() {
+        root.runtime(sys, &rt, p.uid).at(Runtime)?;
+    }
+    // 8. Every mount point exists now: make the root itself read-only.
     root.seal(sys).at(Seal)?;
-    // Its fds now: step 11 closes everything, and an owned fd must not be closed twice.
+    // Its fds now: step 12 closes everything, and an owned fd must not be closed twice.
     drop(root);
-    // 8. Switch to the new root and detach the old one entirely.
+    // 9. Switch to the new root and detach the old one entirely.
     sys.pivot_root(&p.root_dir).at(PivotRoot)?;
-    // 9. Network and UTS namespaces are empty: a hostname of ours, and only `lo`, up.
+    // 10. Network and UTS namespaces are empty: a hostname of ours, and only `lo`, up.
     sys.sethostname(&p.hostname).at(Hostname)?;
     sys.loopback_up().at(Loopback)?;
-    // 10. rlimits while we are still root (hard limits can only be lowered afterwards).
+    // 11. rlimits while we are still root (hard limits can only be lowered afterwards).
     for (resource, value) in rlimits(&p.limits) {
         sys.setrlimit(resource, value, value).at(Rlimits)?;
     }
-    // 11. Close every fd but stdio and our pipes (cgroup dir, slot lock, report file...).
+    // 12. Close every fd but stdio and our pipes (cgroup dir, slot lock, report file...).
     sys.close_fds_except(&[ch.alive, ch.status, ch.error]).at(CloseFds)?;
-    // 12. Empty the bounding, ambient and inheritable sets: needs CAP_SETPCAP, so before the
+    // 13. Empty the bounding, ambient and inheritable sets: needs CAP_SETPCAP, so before the
     //     uid change, which then clears the permitted and effective sets.
     sys.drop_capability_bounds().at(Capabilities)?;
-    // 13. The slot's own unprivileged uid and gid, real on the host; no supplementary groups.
+    // 14. The slot's own unprivileged uid and gid, real on the host; no supplementary groups.
     sys.setgroups_empty().at(Identity)?;
     sys.setresgid(p.uid).at(Identity)?;
     sys.setresuid(p.uid).at(Identity)?;
-    // 14. Trust, but verify: not one capability left in any set.
+    // 15. Trust, but verify: not one capability left in any set.
     sys.verify_no_capabilities().at(Capabilities)?;
-    // 15. No setuid binary or file capability can give anything back.
+    // 16. No setuid binary or file capability can give anything back.
     sys.set_no_new_privs().at(NoNewPrivs)?;
-    // 16. Die with the supervisor. Credential changes clear this, hence only now.
+    // 17. Die with the supervisor. Credential changes clear this, hence only now.
     sys.set_parent_death_kill(ch.alive).at(ParentDeath)?;
-    // 17. The working directory, entered as the sandbox user (so it must be accessible).
+    // 18. The working directory, entered as the sandbox user (so it must be accessible).
     sys.chdir(&p.workdir).at(Workdir)?;
-    // 18. We stay PID 1 (reaper and signal relay); the child becomes the program.
+    // 19. We stay PID 1 (reaper and signal relay); the child becomes the program.
     if let Forked::Parent(pid) = sys.fork().at(Fork)? {
         return Ok(pid);
     }
-    // 19. A new session: no controlling terminal, so no TIOCSTI into the caller's. Default
+    // 20. A new session: no controlling terminal, so no TIOCSTI into the caller's. Default
     //     signal actions and an empty mask: nothing ignored or blocked carries into the program.
     sys.setsid().at(Session)?;
     sys.reset_signals().at(Session)?;
-    // 20. Landlock on top of the mount tree (where the kernel has it, or required).
+    // 21. Landlock on top of the mount tree (where the kernel has it, or required).
     if p.landlock != LandlockMode::Off {
         sys.landlock(&p.landlock_rules, p.landlock == LandlockMode::Required).at(Landlock)?;
     }
-    // 21. seccomp last: the filter then only has to allow the program itself, and execve.
+    // 22. seccomp last: the filter then only has to allow the program itself, and execve.
     let program = resolve(&p.program, &p.search_path);
     sys.seccomp(&p.seccomp).at(Seccomp)?;
-    // 22. Run it.
+    // 23. Run it.
     Err(sys.execve(&program, &p.argv, &p.env)).at(Exec)
 }
 
@@ -225,6 +239,8 @@ mod tests {
             root_dir: root.to_path_buf(),
             cgroup_join: vec![],
             binds: vec![],
+            overlay: None,
+            runtime: None,
             limits: policy.limits,
             hostname: "sandbox".into(),
             workdir: "/tmp".into(),

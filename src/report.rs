@@ -25,6 +25,8 @@ pub enum Status {
     MemoryLimit,
     PidsLimit,
     SeccompViolation,
+    /// A kernel's output passed its limit and the kernel was stopped.
+    OutputLimit,
     /// Our fault or the host's: the program did not run, or its result cannot be trusted.
     SandboxError,
 }
@@ -45,6 +47,7 @@ impl Status {
             Status::MemoryLimit => 7,
             Status::PidsLimit => 8,
             Status::SeccompViolation => 9,
+            Status::OutputLimit => 10,
         }
     }
 
@@ -58,6 +61,7 @@ impl Status {
             Status::MemoryLimit => "memory-limit",
             Status::PidsLimit => "pids-limit",
             Status::SeccompViolation => "seccomp-violation",
+            Status::OutputLimit => "output-limit",
             Status::SandboxError => "sandbox-error",
         }
     }
@@ -76,6 +80,10 @@ pub struct Facts {
     pub ended: Option<Ended>,
     pub killed_for_wall: bool,
     pub killed_for_cpu: bool,
+    /// A kernel's relay stopped it for its output.
+    pub killed_for_output: bool,
+    /// A kernel's output bytes (iopub), when it ran behind the relay.
+    pub output_bytes: Option<u64>,
     pub usage: Usage,
     pub wall: Duration,
 }
@@ -89,6 +97,8 @@ pub fn classify(f: &Facts, limits: &Limits) -> Status {
         Status::MemoryLimit
     } else if f.usage.pids_limit_hits > 0 && !clean_exit {
         Status::PidsLimit
+    } else if f.killed_for_output {
+        Status::OutputLimit
     } else if f.killed_for_cpu || f.usage.cpu >= limits.cpu_time {
         // Over budget is over budget, even if it ended between two of the supervisor's checks.
         Status::TimeoutCpu
@@ -134,11 +144,25 @@ pub struct Report {
     #[serde(serialize_with = "secs")]
     pub cpu_time: Duration,
     pub peak_memory: Option<u64>,
+    /// Bytes of output a kernel sent (its iopub channel); only for `isolate-grade kernel`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output_bytes: Option<u64>,
     pub limits: Limits,
     /// Limits the run ran into, even when they are not the reason it ended.
     pub limits_hit: Vec<&'static str>,
     pub sandbox_error: Option<SandboxFault>,
     pub sandbox: SandboxInfo,
+    /// For `isolate-grade kernel`: its connection and output.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<KernelInfo>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct KernelInfo {
+    /// The kernel's id: the connection file's name without `.json`.
+    pub id: String,
+    pub connection_file: String,
+    pub output_limit: u64,
 }
 
 impl Report {
@@ -157,6 +181,9 @@ impl Report {
         if f.killed_for_wall {
             hit.push("wall_time");
         }
+        if f.killed_for_output {
+            hit.push("output");
+        }
         Report {
             schema: SCHEMA,
             status,
@@ -171,6 +198,7 @@ impl Report {
             wall_time: f.wall,
             cpu_time: f.usage.cpu,
             peak_memory: f.usage.peak_memory,
+            output_bytes: f.output_bytes,
             limits: limits.clone(),
             limits_hit: hit,
             sandbox_error: (status == Status::SandboxError).then(|| SandboxFault {
@@ -178,6 +206,7 @@ impl Report {
                 message: "the sandbox's init ended without reporting the program's status".into(),
             }),
             sandbox,
+            kernel: None,
         }
     }
 
@@ -190,10 +219,12 @@ impl Report {
             wall_time: wall,
             cpu_time: Duration::ZERO,
             peak_memory: None,
+            output_bytes: None,
             limits: limits.clone(),
             limits_hit: vec![],
             sandbox_error: Some(SandboxFault { step: step.to_string(), message }),
             sandbox,
+            kernel: None,
         }
     }
 
@@ -243,6 +274,10 @@ mod tests {
         assert_eq!(classify(&f, &l), Status::PidsLimit);
         f.usage.oom_kills = 1;
         assert_eq!(classify(&f, &l), Status::MemoryLimit);
+        // a kernel stopped for its output
+        let mut f = facts(Some(Ended::Signaled(libc::SIGKILL)));
+        f.killed_for_output = true;
+        assert_eq!(classify(&f, &l), Status::OutputLimit);
         let mut f = facts(Some(Ended::Signaled(libc::SIGKILL)));
         f.killed_for_cpu = true;
         f.killed_for_wall = true;

@@ -4,7 +4,7 @@
 //! host's: a `sandbox-error` report (exit 3).
 
 use crate::cgroup::{CgroupLimits, Hierarchies, RunCgroup};
-use crate::cli::RunArgs;
+use crate::cli::{RunArgs, SandboxArgs};
 use crate::config::{self, Config, ConfigError};
 use crate::identity::{self, Caller, IdentityError};
 use crate::mounts::{PreparedBind, DEVICES};
@@ -48,8 +48,25 @@ enum Sink {
     File(std::fs::File),
 }
 
-/// Run the request; returns the exit code that follows the report.
-pub fn execute(config_override: Option<PathBuf>, a: RunArgs) -> Result<u8, RunError> {
+/// A request checked, and everything it names opened, as the caller: nothing privileged has
+/// happened yet, and nothing has been written.
+pub struct Prepared {
+    pub caller: Caller,
+    pub config: Config,
+    pub policy: Policy,
+    pub limits: Limits,
+    pub binds: Vec<PreparedBind>,
+    pub landlock_rules: LandlockRules,
+    pub filters: Vec<seccompiler::BpfProgram>,
+    pub workdir: PathBuf,
+    pub env: Vec<(String, String)>,
+    pub program: PathBuf,
+    pub argv: Vec<CString>,
+    pub search_path: Vec<PathBuf>,
+}
+
+/// Validate the request and open what it names, as the caller.
+pub fn prepare(config_override: Option<PathBuf>, a: &SandboxArgs, command: &[OsString]) -> Result<Prepared, RunError> {
     let caller = Caller::detect();
     tracing::debug!(uid = caller.uid, via = caller.via, "caller");
     let config_path = match config_override {
@@ -64,7 +81,7 @@ pub fn execute(config_override: Option<PathBuf>, a: RunArgs) -> Result<u8, RunEr
     let config = Config::load(&config_path, !caller.trusted())?;
     caller.check_allowed(config.allowed_group.as_deref())?;
     let policy = load_policy(&a.policy, &caller, &config)?;
-    let limits = with_overrides(policy.limits.clone(), &a)?;
+    let limits = with_overrides(policy.limits.clone(), a)?;
     config.check_limits(&limits).map_err(RunError::Invalid)?;
 
     let mut binds = policy.binds.clone();
@@ -78,7 +95,7 @@ pub fn execute(config_override: Option<PathBuf>, a: RunArgs) -> Result<u8, RunEr
         None => policy.workdir.clone(),
     };
     let env = build_env(&policy.env, &a.env)?;
-    let (program, argv) = program(&a.command)?;
+    let (program, argv) = program(command)?;
     let search_path = env
         .iter()
         .find_map(|(k, v)| {
@@ -86,7 +103,7 @@ pub fn execute(config_override: Option<PathBuf>, a: RunArgs) -> Result<u8, RunEr
         })
         .unwrap_or_default();
 
-    // Opened as the caller: they may only expose and write what they themselves can.
+    // Opened as the caller: they may only expose what they themselves can read.
     let mut prepared = Vec::new();
     let mut landlock_rules =
         LandlockRules { read: vec!["/".into()], write: vec!["/tmp".into(), "/dev/shm".into()], ..Default::default() };
@@ -104,53 +121,98 @@ pub fn execute(config_override: Option<PathBuf>, a: RunArgs) -> Result<u8, RunEr
         }
     }
     let filters = seccomp::compile(policy.seccomp)?;
+    tracing::debug!(binds = prepared.len(), policy = %policy.name, "request validated");
+    Ok(Prepared {
+        caller,
+        config,
+        policy,
+        limits,
+        binds: prepared,
+        landlock_rules,
+        filters,
+        workdir,
+        env,
+        program,
+        argv,
+        search_path,
+    })
+}
+
+impl Prepared {
+    /// What the report says about the sandbox, before a slot is taken.
+    pub fn info(&self) -> SandboxInfo {
+        SandboxInfo {
+            policy: self.policy.name.clone(),
+            landlock: match self.policy.landlock {
+                policy::LandlockMode::Off => "off".into(),
+                _ => match crate::fsaccess::kernel_abi() {
+                    0 => "unsupported".into(),
+                    abi => format!("abi-{abi}"),
+                },
+            },
+            seccomp: format!("{:?}", self.policy.seccomp).to_lowercase(),
+            ..Default::default()
+        }
+    }
+
+    /// The plan for the slot's uid; `kernel` adds its overlay and runtime directory.
+    pub fn into_plan(self, root_dir: PathBuf, uid: u32, cgroup_join: Vec<std::os::fd::OwnedFd>) -> Plan {
+        Plan {
+            root_dir,
+            cgroup_join,
+            binds: self.binds,
+            overlay: None,
+            runtime: None,
+            limits: self.limits,
+            hostname: self.policy.hostname,
+            workdir: self.workdir,
+            proc: self.policy.proc,
+            uid,
+            landlock: self.policy.landlock,
+            landlock_rules: self.landlock_rules,
+            seccomp: self.filters,
+            program: self.program,
+            search_path: self.search_path,
+            argv: self.argv,
+            env: self.env.iter().map(|(k, v)| CString::new(format!("{k}={v}")).expect("validated: no NUL")).collect(),
+        }
+    }
+}
+
+/// Run the request; returns the exit code that follows the report.
+pub fn execute(config_override: Option<PathBuf>, a: RunArgs) -> Result<u8, RunError> {
+    let prepared = prepare(config_override, &a.sandbox, &a.command)?;
     // Last of the caller's input: a request refused above must not create or truncate it.
     let sink = match &a.report {
         None => None,
         Some(p) if p.as_os_str() == "-" => Some(Sink::Stdout),
-        Some(p) => Some(Sink::File(caller.create_report(p)?)),
+        Some(p) => Some(Sink::File(prepared.caller.create_report(p)?)),
     };
+    let report = run_prepared(prepared, |plan| plan, None);
+    emit(&report, sink)?;
+    Ok(report.status.exit_code())
+}
 
-    let mut info = SandboxInfo {
-        policy: policy.name.clone(),
-        landlock: match policy.landlock {
-            policy::LandlockMode::Off => "off".into(),
-            _ => match crate::fsaccess::kernel_abi() {
-                0 => "unsupported".into(),
-                abi => format!("abi-{abi}"),
-            },
-        },
-        seccomp: format!("{:?}", policy.seccomp).to_lowercase(),
-        ..Default::default()
-    };
+/// Take a slot and run a prepared request in it; `adjust` completes the plan, `relay`
+/// carries a kernel's protocol. Always returns a report: faults from here on are the
+/// sandbox's, not the caller's.
+pub fn run_prepared(
+    prepared: Prepared,
+    adjust: impl FnOnce(Plan) -> Plan,
+    relay: Option<crate::relay::RelaySpec>,
+) -> Report {
+    let mut info = prepared.info();
+    let limits = prepared.limits.clone();
+    let config = prepared.config.clone();
     let started = Instant::now();
-    tracing::debug!(binds = prepared.len(), policy = %policy.name, "request validated");
-    let plan = |root_dir, uid, cgroup_join| Plan {
-        root_dir,
-        cgroup_join,
-        binds: prepared,
-        limits: limits.clone(),
-        hostname: policy.hostname.clone(),
-        workdir,
-        proc: policy.proc,
-        uid,
-        landlock: policy.landlock,
-        landlock_rules,
-        seccomp: filters,
-        program,
-        search_path,
-        argv,
-        env: env.iter().map(|(k, v)| CString::new(format!("{k}={v}")).expect("validated: no NUL")).collect(),
-    };
-    let report = match in_slot(&config, &limits, &mut info, plan) {
+    let plan = |root_dir, uid, join| adjust(prepared.into_plan(root_dir, uid, join));
+    match in_slot(&config, &limits, &mut info, plan, relay) {
         Ok(outcome) => match outcome.setup_failure {
             Some(f) => Report::fault(&f.step, f.message, &limits, info, outcome.facts.wall),
             None => Report::from_facts(&outcome.facts, &limits, info),
         },
         Err((step, message)) => Report::fault(step, message, &limits, info, started.elapsed()),
-    };
-    emit(&report, sink)?;
-    Ok(report.status.exit_code())
+    }
 }
 
 /// Take a slot, make its cgroup, supervise the sandbox. Errors are (step, message).
@@ -159,6 +221,7 @@ fn in_slot(
     limits: &Limits,
     info: &mut SandboxInfo,
     plan: impl FnOnce(PathBuf, u32, Vec<std::os::fd::OwnedFd>) -> Plan,
+    relay: Option<crate::relay::RelaySpec>,
 ) -> Result<supervisor::Outcome, (&'static str, String)> {
     let root_dir = identity::prepare_state_dir(&config.state_dir).map_err(|e| ("state-dir", e.to_string()))?;
     let slot = identity::acquire_slot(&config.state_dir, config.slots).map_err(|e| ("slot", e.to_string()))?;
@@ -182,6 +245,7 @@ fn in_slot(
         limits.wall_time,
         limits.cpu_time,
         limits.cpu_quota_millicores,
+        relay,
     )
     .map_err(|e| ("supervisor", e.to_string()))?;
     drop(slot);
@@ -235,7 +299,7 @@ fn load_policy(spec: &str, caller: &Caller, config: &Config) -> Result<Policy, R
     }
 }
 
-fn with_overrides(mut l: Limits, a: &RunArgs) -> Result<Limits, RunError> {
+fn with_overrides(mut l: Limits, a: &SandboxArgs) -> Result<Limits, RunError> {
     let bad = |flag: &str, e: units::UnitError| RunError::Invalid(format!("--{flag}: {e}"));
     if let Some(v) = &a.memory {
         l.memory = units::parse_size(v).map_err(|e| bad("memory", e))?;

@@ -29,7 +29,7 @@ pub enum SeccompError {
     UnknownSyscall(String),
     #[error("unknown constant {0:?} in policies/seccomp.toml")]
     UnknownConstant(String),
-    #[error("syscall {0:?} is listed twice in policies/seccomp.toml")]
+    #[error("syscall {0:?} is denied unconditionally and again with conditions in policies/seccomp.toml")]
     Duplicate(String),
     #[error("compiling the filter: {0}")]
     Compile(String),
@@ -52,6 +52,9 @@ struct Entry {
     any_bit: Vec<String>,
     #[serde(default)]
     low32_in: Vec<String>,
+    except_arg: Option<u8>,
+    #[serde(default)]
+    except_low32_in: Vec<String>,
     errno: Option<String>,
 }
 
@@ -65,7 +68,6 @@ const ARCH: TargetArch = TargetArch::aarch64;
 pub fn compile(action: SeccompAction) -> Result<Vec<BpfProgram>, SeccompError> {
     let file: DenyFile = toml::from_str(DENY_LIST).map_err(|e| SeccompError::Data(e.to_string()))?;
     let mut by_action: BTreeMap<i32, BTreeMap<i64, Vec<SeccompRule>>> = BTreeMap::new();
-    let mut seen = std::collections::BTreeSet::new();
     for entry in &file.deny {
         // errno 0 stands for "the policy's action"
         let errno = match &entry.errno {
@@ -74,11 +76,20 @@ pub fn compile(action: SeccompAction) -> Result<Vec<BpfProgram>, SeccompError> {
         };
         let rules = conditions(entry)?;
         for name in &entry.syscalls {
-            if !seen.insert(name.clone()) {
-                return Err(SeccompError::Duplicate(name.clone()));
-            }
             let nr = syscall_number(name).ok_or_else(|| SeccompError::UnknownSyscall(name.clone()))?;
-            by_action.entry(errno).or_default().insert(nr, rules.clone());
+            // The same syscall in several entries: their rules are alternatives. An empty rule
+            // list means "always", which alternatives would silently narrow: refuse that.
+            match by_action.entry(errno).or_default().entry(nr) {
+                std::collections::btree_map::Entry::Vacant(v) => {
+                    v.insert(rules.clone());
+                }
+                std::collections::btree_map::Entry::Occupied(mut o) => {
+                    if o.get().is_empty() || rules.is_empty() {
+                        return Err(SeccompError::Duplicate(name.clone()));
+                    }
+                    o.get_mut().extend(rules.iter().cloned());
+                }
+            }
         }
     }
     let mut filters = Vec::new();
@@ -104,19 +115,29 @@ fn conditions(entry: &Entry) -> Result<Vec<SeccompRule>, SeccompError> {
         return Ok(vec![]); // unconditional
     };
     let mut rules = Vec::new();
-    let cond = |op, value| {
-        SeccompCondition::new(arg, SeccompCmpArgLen::Dword, op, value)
-            .and_then(|c| SeccompRule::new(vec![c]))
-            .map_err(|e| SeccompError::Compile(e.to_string()))
+    let cond = |arg, op, value| {
+        SeccompCondition::new(arg, SeccompCmpArgLen::Dword, op, value).map_err(|e| SeccompError::Compile(e.to_string()))
+    };
+    // Exceptions are added to every rule: deny when (condition) and not (any exception).
+    let mut exceptions = Vec::new();
+    if let Some(except) = entry.except_arg {
+        for name in &entry.except_low32_in {
+            exceptions.push(cond(except, SeccompCmpOp::Ne, constant(name)?)?);
+        }
+    }
+    let rule = |c: SeccompCondition| {
+        let mut all = vec![c];
+        all.extend(exceptions.iter().cloned());
+        SeccompRule::new(all).map_err(|e| SeccompError::Compile(e.to_string()))
     };
     // One rule per value: rules are alternatives, conditions within a rule are all required.
     for name in &entry.any_bit {
         let bit = constant(name)?;
-        rules.push(cond(SeccompCmpOp::MaskedEq(bit), bit)?);
+        rules.push(rule(cond(arg, SeccompCmpOp::MaskedEq(bit), bit)?)?);
     }
     for name in &entry.low32_in {
         // Dword compares the low 32 bits only: TIOCSTI | 1 << 32 is still caught.
-        rules.push(cond(SeccompCmpOp::Eq, constant(name)?)?);
+        rules.push(rule(cond(arg, SeccompCmpOp::Eq, constant(name)?)?)?);
     }
     if rules.is_empty() {
         return Err(SeccompError::Data(format!("{:?}: `arg` without a condition", entry.syscalls)));
@@ -161,6 +182,7 @@ fn constant(name: &str) -> Result<u64, SeccompError> {
         "AF_NETLINK" => libc::AF_NETLINK.into(),
         "AF_PACKET" => libc::AF_PACKET.into(),
         "AF_VSOCK" => libc::AF_VSOCK.into(),
+        "NETLINK_ROUTE" => libc::NETLINK_ROUTE.into(),
         "ENOSYS" => libc::ENOSYS.into(),
         "EPERM" => libc::EPERM.into(),
         "EAFNOSUPPORT" => libc::EAFNOSUPPORT.into(),

@@ -56,6 +56,7 @@ pub fn supervise(
     wall_limit: Duration,
     cpu_limit: Duration,
     millicores: u64,
+    relay: Option<crate::relay::RelaySpec>,
 ) -> Result<Outcome, SupervisorError> {
     let (alive_r, alive_w) = pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(sys("pipe2"))?;
     let (status_r, status_w) = pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(sys("pipe2"))?;
@@ -86,6 +87,14 @@ pub fn supervise(
 
     // From here on, an early return (an error of ours) must not leave the sandbox running.
     let mut sandbox = Sandbox { pid, pidfd, reaped: false };
+    // A kernel's protocol, relayed on a thread of its own: no fork happens here any more.
+    // Declared after `sandbox`, so it stops (on any return) before the pidfd it uses closes.
+    let relay = match relay {
+        Some(spec) => Some(crate::relay::start(spec, pid.as_raw(), sandbox.pidfd.as_raw_fd()).map_err(|e| {
+            SupervisorError::Sys { what: "relay", errno: Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)) }
+        })?),
+        None => None,
+    };
     let sfd =
         SignalFd::with_flags(&relayed, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK).map_err(sys("signalfd"))?;
     let mut facts = Facts::default();
@@ -151,6 +160,11 @@ pub fn supervise(
         }
     }
     facts.wall = started.elapsed();
+    if let Some(relay) = relay {
+        let (bytes, exceeded) = relay.stop();
+        facts.output_bytes = Some(bytes);
+        facts.killed_for_output = exceeded;
+    }
     // The rest of a setup error, if the child wrote one and died before we read it all.
     let mut buf = [0u8; 4096];
     while let Ok(n @ 1..) = read(&error_r, &mut buf) {

@@ -40,7 +40,8 @@ pub enum PolicyError {
 pub enum ProcMode {
     /// `subset=pid`: only process directories; no `/proc/sys`, `/proc/kcore`, ...
     PidsOnly,
-    /// The whole procfs of the sandbox's PID namespace (still `hidepid=2`).
+    /// The whole procfs of the sandbox's PID namespace (still `hidepid=2`), with the files
+    /// that leak kernel state masked and `/proc/sys` read-only.
     Full,
 }
 

@@ -104,6 +104,14 @@ impl Sys for FakeSys {
         let shown = self.show(Path::new(&format!("/proc/self/fd/{target}")));
         self.rec("move_mount", format!("attach {shown} [{}nosuid,nodev]", if writable { "" } else { "ro," }))
     }
+    fn chown_at(&self, dir: std::os::fd::RawFd, name: &str, uid: u32) -> Result<(), SysError> {
+        let shown = self.show(Path::new(&format!("/proc/self/fd/{dir}")));
+        self.rec("fchownat", format!("chown {shown}/{name} {uid}"))
+    }
+    fn write_file(&self, dir: std::os::fd::RawFd, name: &str, content: &[u8], uid: u32) -> Result<(), SysError> {
+        let shown = self.show(Path::new(&format!("/proc/self/fd/{dir}")));
+        self.rec("openat", format!("write {shown}/{name} ({} bytes, owner {uid})", content.len()))
+    }
     fn mknod_char(&self, dir: std::os::fd::RawFd, name: &str, major: u64, minor: u64) -> Result<(), SysError> {
         let shown = self.show(Path::new(&format!("/proc/self/fd/{dir}")));
         self.rec("mknodat", format!("mknod {shown}/{name} c {major}:{minor}"))

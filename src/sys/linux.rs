@@ -55,6 +55,34 @@ impl Sys for LinuxSys {
         move_mount(tree, target).map_err(|e| SysError::new("move_mount", format!("fd {target}"), e))
     }
 
+    fn chown_at(&self, dir: std::os::fd::RawFd, name: &str, uid: u32) -> Result<(), SysError> {
+        // SAFETY: `dir` is an open directory fd owned by the caller for the whole call.
+        let dir = unsafe { std::os::fd::BorrowedFd::borrow_raw(dir) };
+        nix::unistd::fchownat(
+            dir,
+            name,
+            Some(Uid::from_raw(uid)),
+            Some(Gid::from_raw(uid)),
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .map_err(|e| SysError::new("fchownat", name, e))
+    }
+
+    fn write_file(&self, dir: std::os::fd::RawFd, name: &str, content: &[u8], uid: u32) -> Result<(), SysError> {
+        use nix::fcntl::{openat, OFlag};
+        use nix::sys::stat::Mode;
+        // SAFETY: `dir` is an open directory fd owned by the caller for the whole call.
+        let dir = unsafe { std::os::fd::BorrowedFd::borrow_raw(dir) };
+        let flags = OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        let fd =
+            openat(dir, name, flags, Mode::from_bits_truncate(0o400)).map_err(|e| SysError::new("openat", name, e))?;
+        let mut file = std::fs::File::from(fd);
+        std::io::Write::write_all(&mut file, content)
+            .map_err(|e| SysError::new("write", name, Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))))?;
+        nix::unistd::fchown(&file, Some(Uid::from_raw(uid)), Some(Gid::from_raw(uid)))
+            .map_err(|e| SysError::new("fchown", name, e))
+    }
+
     fn mknod_char(&self, dir: std::os::fd::RawFd, name: &str, major: u64, minor: u64) -> Result<(), SysError> {
         use nix::sys::stat::{fchmodat, makedev, mknodat, FchmodatFlags, Mode, SFlag};
         // SAFETY: `dir` is an open directory fd owned by the caller for the whole call.

@@ -74,6 +74,10 @@ pub trait Sys {
     fn attach_tree(&self, tree: std::os::fd::RawFd, target: std::os::fd::RawFd, writable: bool)
         -> Result<(), SysError>;
     fn umount_detach(&self, target: &Path) -> Result<(), SysError>;
+    /// `fchownat(dir, name, uid, uid)`, not following a symlink.
+    fn chown_at(&self, dir: std::os::fd::RawFd, name: &str, uid: u32) -> Result<(), SysError>;
+    /// Create `name` in `dir` (it must not exist), write `content`, mode 0400, owned by `uid`.
+    fn write_file(&self, dir: std::os::fd::RawFd, name: &str, content: &[u8], uid: u32) -> Result<(), SysError>;
     /// A character device `name` (mode 0666, whatever the umask) in the directory `dir`.
     fn mknod_char(&self, dir: std::os::fd::RawFd, name: &str, major: u64, minor: u64) -> Result<(), SysError>;
     /// `pivot_root(".", ".")` from `new_root`, then detach the old root stacked beneath.

@@ -1,0 +1,255 @@
+//! `isolate-grade kernel`: a Jupyter kernel in the sandbox, as the `argv` prefix of a
+//! kernelspec, so that nbgrader's autograde (which stays outside, trusted) runs every cell of a
+//! submission in it:
+//!
+//! ```json
+//! {"argv": ["/usr/local/bin/isolate-grade", "kernel", "--bind", "/opt/venv", "--",
+//!           "/opt/venv/bin/python", "-m", "ipykernel_launcher", "-f", "{connection_file}"]}
+//! ```
+//!
+//! - The working directory jupyter_client gives the kernel (nbgrader: the submission under
+//!   grading, `autograded/<student>/<assignment>/`) is the only part of the course inside: read
+//!   only beneath a size-capped scratch that takes the kernel's writes and vanishes with it, its
+//!   notebooks (which carry the restored hidden tests) whited out unless `--show-notebooks`.
+//! - The kernel gets its own connection file, in a tmpfs only it can reach, with the same key
+//!   and port numbers but the `ipc` transport; [`crate::relay`] carries exactly its five
+//!   channels between the host ports the client chose and its sockets. It has no network.
+//! - Its environment is the policy's: nothing of the caller's (no `JUPYTERHUB_API_TOKEN`, no
+//!   `JPY_PARENT_PID`, with which ipykernel would exit under a PID-1 parent).
+//! - SIGINT from the client (nbclient's cell timeout) reaches the kernel through the sandbox's
+//!   init; killing this process kills everything in the sandbox; when the kernel ends, this
+//!   process ends, which is how jupyter_client notices.
+//! - The verdict is written to `--report-dir`/`<kernel id>.json`.
+
+use crate::cli::KernelArgs;
+use crate::mounts::{BindSource, PreparedOverlay, RuntimeDir};
+use crate::policy::SymlinkMode;
+use crate::relay::{Channel, RelaySpec};
+use crate::report::KernelInfo;
+use crate::run::{self, RunError};
+use crate::units;
+use serde_json::{json, Value};
+use std::ffi::{CString, OsString};
+use std::io::Write;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+/// Where the kernel finds its connection file and binds its sockets, inside the sandbox.
+pub const RUNTIME_DIR: &str = "/run/kernel";
+const CONNECTION: &str = "connection.json";
+/// Socket path prefix: ipykernel binds `{ip}-{port}`.
+const SOCKET_PREFIX: &str = "/run/kernel/k";
+
+/// The five channels of a connection file, and whether the kernel's side counts as output.
+pub const CHANNELS: &[(&str, &str, bool)] = &[
+    ("shell", "shell_port", false),
+    ("iopub", "iopub_port", true),
+    ("stdin", "stdin_port", false),
+    ("control", "control_port", false),
+    ("hb", "hb_port", false),
+];
+
+/// A client's connection file, checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Connection {
+    pub ip: IpAddr,
+    /// In [`CHANNELS`] order.
+    pub ports: Vec<u16>,
+    pub key: String,
+    pub signature_scheme: String,
+    pub kernel_name: String,
+}
+
+impl Connection {
+    pub fn parse(text: &str) -> Result<Connection, String> {
+        let v: Value = serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
+        let transport = v.get("transport").and_then(Value::as_str).unwrap_or("tcp");
+        if transport != "tcp" {
+            return Err(format!("transport {transport:?}: only tcp is relayed"));
+        }
+        let ip_text = v.get("ip").and_then(Value::as_str).unwrap_or("127.0.0.1");
+        let ip: IpAddr = match ip_text {
+            "localhost" => IpAddr::from([127, 0, 0, 1]),
+            other => other.parse().map_err(|_| format!("ip {other:?} is not an address"))?,
+        };
+        if !ip.is_loopback() {
+            return Err(format!("ip {ip}: the kernel's ports may only be opened on the loopback"));
+        }
+        let mut ports = Vec::new();
+        for (_, key, _) in CHANNELS {
+            let port = v.get(*key).and_then(Value::as_u64).ok_or_else(|| format!("{key} is missing"))?;
+            let port =
+                u16::try_from(port).ok().filter(|p| *p > 0).ok_or_else(|| format!("{key} {port} is not a port"))?;
+            if ports.contains(&port) {
+                return Err(format!("{key} {port} is used twice"));
+            }
+            ports.push(port);
+        }
+        let key = v.get("key").and_then(Value::as_str).ok_or("key is missing")?.to_string();
+        Ok(Connection {
+            ip,
+            ports,
+            key,
+            signature_scheme: v.get("signature_scheme").and_then(Value::as_str).unwrap_or("hmac-sha256").to_string(),
+            kernel_name: v.get("kernel_name").and_then(Value::as_str).unwrap_or("").to_string(),
+        })
+    }
+
+    /// The kernel's own connection file: same key and ports, Unix sockets in its runtime dir.
+    pub fn inside(&self) -> Vec<u8> {
+        let mut v = json!({
+            "transport": "ipc",
+            "ip": SOCKET_PREFIX,
+            "key": self.key,
+            "signature_scheme": self.signature_scheme,
+            "kernel_name": self.kernel_name,
+        });
+        for ((_, key, _), port) in CHANNELS.iter().zip(&self.ports) {
+            v[*key] = json!(port);
+        }
+        serde_json::to_vec_pretty(&v).expect("serializes")
+    }
+}
+
+/// The argument that names the connection file: an existing `.json` file that parses as one.
+pub fn find_connection_file(argv: &[OsString]) -> Result<(usize, PathBuf), RunError> {
+    let found: Vec<(usize, PathBuf)> = argv
+        .iter()
+        .enumerate()
+        .skip(1)
+        .map(|(i, a)| (i, PathBuf::from(a)))
+        .filter(|(_, p)| p.extension().is_some_and(|e| e == "json") && p.is_file())
+        .collect();
+    match found.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => Err(RunError::Invalid(
+            "no connection file among the kernel's arguments (the kernelspec's argv needs {connection_file})".into(),
+        )),
+        _ => Err(RunError::Invalid("more than one .json file among the kernel's arguments".into())),
+    }
+}
+
+pub fn execute(config_override: Option<PathBuf>, a: KernelArgs) -> Result<u8, RunError> {
+    let (index, conn_path) = find_connection_file(&a.command)?;
+    let output_limit =
+        units::parse_size(&a.output_limit).map_err(|e| RunError::Invalid(format!("--output-limit: {e}")))?;
+    let scratch_size =
+        units::parse_size(&a.scratch_size).map_err(|e| RunError::Invalid(format!("--scratch-size: {e}")))?;
+    let mut prepared = run::prepare(config_override, &a.sandbox, &a.command)?;
+    let caller = prepared.caller.clone();
+    let text = caller.read_file(&conn_path)?;
+    let conn = Connection::parse(&text)
+        .map_err(|r| RunError::Invalid(format!("connection file {}: {r}", conn_path.display())))?;
+    prepared.argv[index] = CString::new(format!("{RUNTIME_DIR}/{CONNECTION}")).expect("no NUL");
+
+    // The working directory jupyter_client gave us: the one part of the course inside.
+    let cwd = std::env::current_dir().map_err(|e| RunError::Invalid(format!("working directory: {e}")))?;
+    let cwd = crate::policy::sandbox_path(&cwd.to_string_lossy(), true)
+        .map_err(|r| RunError::Invalid(format!("working directory: {r}")))?;
+    let lower = match caller.open_bind_source(&cwd, false, false, SymlinkMode::Error)? {
+        Some(BindSource::Tree { fd, is_dir: true }) => fd,
+        _ => return Err(RunError::Invalid(format!("working directory {} is not a directory", cwd.display()))),
+    };
+    let hide = if a.show_notebooks { vec![] } else { notebooks(&caller, &cwd)? };
+    prepared.workdir = cwd.clone();
+    prepared.landlock_rules.write.push(cwd.clone());
+    prepared.landlock_rules.write.push(RUNTIME_DIR.into());
+
+    // The client's five ports, taken now: a port in use is a problem of the request.
+    let mut channels = Vec::new();
+    for ((name, key, is_output), port) in CHANNELS.iter().zip(&conn.ports) {
+        let listener = std::net::TcpListener::bind((conn.ip, *port))
+            .map_err(|e| RunError::Invalid(format!("{key} {port} on {}: {e}", conn.ip)))?;
+        channels.push(Channel {
+            name,
+            listener,
+            socket: format!("{SOCKET_PREFIX}-{port}").into(),
+            is_output: *is_output,
+        });
+    }
+    let id = conn_path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let sink = match &a.report_dir {
+        Some(dir) => Some(caller.create_report(&dir.join(format!("{id}.json")))?),
+        None => None,
+    };
+    tracing::debug!(kernel = %id, cwd = %cwd.display(), hidden = hide.len(), "starting kernel");
+
+    let overlay = PreparedOverlay { lower, target: cwd, scratch_size, hide };
+    let runtime = RuntimeDir { target: RUNTIME_DIR.into(), files: vec![(CONNECTION.into(), conn.inside())] };
+    let mut report = run::run_prepared(
+        prepared,
+        |mut plan| {
+            plan.overlay = Some(overlay);
+            plan.runtime = Some(runtime);
+            plan
+        },
+        Some(RelaySpec { channels, output_limit }),
+    );
+    report.kernel = Some(KernelInfo { id, connection_file: conn_path.display().to_string(), output_limit });
+    if let Some(mut f) = sink {
+        f.write_all((report.to_json() + "\n").as_bytes()).map_err(RunError::Report)?;
+    }
+    if report.status != crate::report::Status::Ok {
+        eprintln!("isolate-grade kernel: {}", report.status.as_str());
+    }
+    Ok(report.status.exit_code())
+}
+
+/// The notebooks (and their checkpoints) in the working directory, read as the caller.
+fn notebooks(caller: &crate::identity::Caller, dir: &Path) -> Result<Vec<String>, RunError> {
+    let names = caller.as_caller(|| -> std::io::Result<Vec<String>> {
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(dir)? {
+            let name = entry?.file_name().to_string_lossy().into_owned();
+            if name.ends_with(".ipynb") || name == ".ipynb_checkpoints" {
+                names.push(name);
+            }
+        }
+        Ok(names)
+    })?;
+    names.map_err(|e| RunError::Invalid(format!("{}: {e}", dir.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONN: &str = r#"{"shell_port": 5001, "iopub_port": 5002, "stdin_port": 5003, "control_port": 5004,
+        "hb_port": 5005, "ip": "127.0.0.1", "key": "k3y", "transport": "tcp",
+        "signature_scheme": "hmac-sha256", "kernel_name": "python3"}"#;
+
+    #[test]
+    fn connection_files_are_checked() {
+        let c = Connection::parse(CONN).unwrap();
+        assert_eq!(c.ports, [5001, 5002, 5003, 5004, 5005]);
+        let inside: Value = serde_json::from_slice(&c.inside()).unwrap();
+        assert_eq!(inside["transport"], "ipc");
+        assert_eq!(inside["ip"], SOCKET_PREFIX);
+        assert_eq!(inside["iopub_port"], 5002);
+        assert_eq!(inside["key"], "k3y");
+        for (bad, why) in [
+            (CONN.replace("127.0.0.1", "0.0.0.0"), "loopback"),
+            (CONN.replace("127.0.0.1", "10.1.2.3"), "loopback"),
+            (CONN.replace("\"tcp\"", "\"ipc\""), "only tcp"),
+            (CONN.replace("5005", "5001"), "used twice"),
+            (CONN.replace("5005", "70000"), "not a port"),
+            (CONN.replace("\"key\": \"k3y\",", ""), "key is missing"),
+            ("[]".to_string(), "missing"),
+        ] {
+            let e = Connection::parse(&bad).unwrap_err();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_connection_file_is_found_among_the_arguments() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("kernel-1.json");
+        std::fs::write(&f, CONN).unwrap();
+        let argv: Vec<OsString> =
+            ["python", "-m", "ipykernel_launcher", "-f", f.to_str().unwrap()].map(OsString::from).into();
+        assert_eq!(find_connection_file(&argv).unwrap(), (4, f.clone()));
+        let none: Vec<OsString> = ["python", "-m", "ipykernel_launcher"].map(OsString::from).into();
+        assert!(find_connection_file(&none).is_err());
+    }
+}

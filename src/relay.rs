@@ -1,0 +1,175 @@
+//! The Jupyter kernel protocol across the sandbox boundary, and nothing else.
+//!
+//! The client (nbgrader, through jupyter_client) chose five TCP ports on the host's loopback
+//! and expects the kernel to listen on them. The kernel sits in its own network namespace, so
+//! it listens instead on Unix sockets (`transport: ipc`) in a tmpfs of its own inside the
+//! sandbox; we listen on the five TCP ports and pump bytes between each accepted connection
+//! and the matching socket, reached through `/proc/<init>/root`. ZMQ speaks the same ZMTP
+//! bytes over both transports, so the relay needs no knowledge of the protocol.
+//!
+//! The kernel's output (the iopub channel, kernel to client) is counted; past the limit the
+//! kernel is killed and the report says `output-limit`.
+//!
+//! Runs on a thread of its own with a current-thread tokio runtime, started by the supervisor
+//! only after the sandbox was cloned: no fork happens in this process afterwards.
+
+use std::os::fd::RawFd;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, UnixStream};
+
+/// One kernel channel: where the client connects, and where the kernel listens inside.
+#[derive(Debug)]
+pub struct Channel {
+    pub name: &'static str,
+    pub listener: std::net::TcpListener,
+    /// The kernel's socket, as a path inside the sandbox (`/run/kernel/k-5555`).
+    pub socket: PathBuf,
+    /// Kernel-to-client bytes on this channel count as output (iopub).
+    pub is_output: bool,
+}
+
+#[derive(Debug)]
+pub struct RelaySpec {
+    pub channels: Vec<Channel>,
+    pub output_limit: u64,
+}
+
+/// A running relay; [`Relay::stop`] ends it.
+pub struct Relay {
+    thread: Option<std::thread::JoinHandle<()>>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    exceeded: Arc<AtomicBool>,
+    output: Arc<AtomicU64>,
+}
+
+impl Relay {
+    /// Stop relaying; returns (output bytes seen, whether the limit was passed).
+    pub fn stop(mut self) -> (u64, bool) {
+        self.shut_down();
+        (self.output.load(Ordering::Relaxed), self.exceeded.load(Ordering::Relaxed))
+    }
+
+    fn shut_down(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.shut_down();
+    }
+}
+
+struct Shared {
+    /// `/proc/<init pid>/root`: the sandbox's root as the host sees it.
+    root: PathBuf,
+    pidfd: RawFd,
+    limit: u64,
+    output: Arc<AtomicU64>,
+    exceeded: Arc<AtomicBool>,
+}
+
+/// Start relaying for the sandbox whose init is `init_pid` (host pid), killing it through
+/// `pidfd` if its output passes the limit. `pidfd` must outlive the relay.
+pub fn start(spec: RelaySpec, init_pid: i32, pidfd: RawFd) -> std::io::Result<Relay> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let exceeded = Arc::new(AtomicBool::new(false));
+    let output = Arc::new(AtomicU64::new(0));
+    let shared = Arc::new(Shared {
+        root: PathBuf::from(format!("/proc/{init_pid}/root")),
+        pidfd,
+        limit: spec.output_limit,
+        output: output.clone(),
+        exceeded: exceeded.clone(),
+    });
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_io().enable_time().build()?;
+    let mut listeners = Vec::new();
+    for ch in spec.channels {
+        ch.listener.set_nonblocking(true)?;
+        listeners.push(ch);
+    }
+    let thread = std::thread::Builder::new().name("relay".into()).spawn(move || {
+        runtime.block_on(async move {
+            for ch in listeners {
+                let listener = match TcpListener::from_std(ch.listener) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        tracing::error!(channel = ch.name, error = %e, "relay listener");
+                        continue;
+                    }
+                };
+                tokio::spawn(serve(listener, ch.name, ch.socket, ch.is_output, shared.clone()));
+            }
+            let _ = rx.await;
+        });
+    })?;
+    Ok(Relay { thread: Some(thread), stop: Some(tx), exceeded, output })
+}
+
+async fn serve(listener: TcpListener, name: &'static str, socket: PathBuf, is_output: bool, shared: Arc<Shared>) {
+    loop {
+        match listener.accept().await {
+            Ok((tcp, peer)) => {
+                tracing::debug!(channel = name, %peer, "client connected");
+                let path = shared.root.join(socket.strip_prefix("/").unwrap_or(&socket));
+                tokio::spawn(pipe(tcp, path, name, is_output, shared.clone()));
+            }
+            Err(e) => {
+                tracing::warn!(channel = name, error = %e, "accept");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+async fn pipe(tcp: tokio::net::TcpStream, path: PathBuf, name: &'static str, is_output: bool, shared: Arc<Shared>) {
+    // The client connects as soon as the kernel is started; the kernel binds its sockets a
+    // moment later. Retry until it has (the relay ends with the sandbox anyway).
+    let unix = loop {
+        match UnixStream::connect(&path).await {
+            Ok(s) => break s,
+            Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+        }
+    };
+    tracing::debug!(channel = name, "relaying");
+    let _ = tcp.set_nodelay(true);
+    let (mut client_r, mut client_w) = tcp.into_split();
+    let (mut kernel_r, mut kernel_w) = unix.into_split();
+    let to_kernel = async {
+        let _ = tokio::io::copy(&mut client_r, &mut kernel_w).await;
+        let _ = kernel_w.shutdown().await;
+    };
+    let to_client = async {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = match kernel_r.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            if is_output {
+                let total = shared.output.fetch_add(n as u64, Ordering::Relaxed) + n as u64;
+                if total > shared.limit {
+                    if !shared.exceeded.swap(true, Ordering::Relaxed) {
+                        tracing::info!(total, limit = shared.limit, "output limit: stopping the kernel");
+                        let _ = crate::sys::raw::pidfd_send_signal(shared.pidfd, libc::SIGKILL);
+                    }
+                    break;
+                }
+            }
+            if client_w.write_all(&buf[..n]).await.is_err() {
+                break;
+            }
+        }
+        let _ = client_w.shutdown().await;
+    };
+    tokio::join!(to_kernel, to_client);
+}
