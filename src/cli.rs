@@ -25,6 +25,8 @@ pub enum Command {
     Run(RunArgs),
     /// Run a Jupyter kernel in the sandbox (used as a kernelspec's argv prefix).
     Kernel(KernelArgs),
+    /// Install the sandboxed kernelspec for a Python, and make a course's nbgrader use it.
+    Install(InstallArgs),
     /// Show what this host supports; exit non-zero if the sandbox cannot run here.
     Check(CheckArgs),
 }
@@ -98,6 +100,28 @@ pub struct KernelArgs {
     /// The kernel's argv, with the connection file Jupyter substituted for {connection_file}.
     #[arg(last = true, required = true, value_name = "KERNEL ARGV")]
     pub command: Vec<OsString>,
+}
+
+#[derive(Debug, Args)]
+pub struct InstallArgs {
+    /// The Python whose kernel to sandbox (default: the one that runs `nbgrader`).
+    #[arg(long, env = "ISOLATE_GRADE_PYTHON")]
+    pub python: Option<PathBuf>,
+    /// Add the line to this course's nbgrader_config.py (idempotently); without it, print it.
+    #[arg(long, env = "ISOLATE_GRADE_COURSE")]
+    pub course: Option<PathBuf>,
+    /// The kernelspec's name.
+    #[arg(long, env = "ISOLATE_GRADE_KERNEL_NAME", default_value = "isolate-grade-python3")]
+    pub name: String,
+    /// Its display name.
+    #[arg(long)]
+    pub display_name: Option<String>,
+    /// The policy the kernel runs under.
+    #[arg(long, env = "ISOLATE_GRADE_POLICY")]
+    pub policy: Option<String>,
+    /// Start it through `sudo -n` (for instructors allowed by a sudo rule).
+    #[arg(long)]
+    pub sudo: bool,
 }
 
 #[derive(Debug, Args)]

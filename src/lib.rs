@@ -11,6 +11,7 @@ pub mod config;
 pub mod fsaccess;
 pub mod identity;
 pub mod init;
+pub mod install;
 pub mod kernel;
 pub mod mounts;
 pub mod plan;
