@@ -1,0 +1,92 @@
+#!/usr/bin/env python3
+"""Kernel start-up: the same ipykernel started bare and through `isolate-grade kernel`.
+
+Measures, interleaved, the time from `KernelManager.start_kernel()` to `wait_for_ready()`
+(kernel_info answered), and the shutdown, for the kernelspecs `bench-bare` and
+`bench-sandboxed` it installs into the venv. Run as root, with the project venv:
+
+    sudo .venv/bin/python bench/kernel_start.py --runs 40
+
+Needs `bash scripts/venv.sh` and `cargo build --release` first.
+"""
+import argparse
+import json
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from jupyter_client import KernelManager
+from jupyter_client.kernelspec import KernelSpecManager
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def install(binary: Path, specs: Path) -> None:
+    venv = Path(sys.prefix)
+    tail = [sys.executable, "-m", "ipykernel_launcher", "--HistoryManager.hist_file=:memory:", "-f", "{connection_file}"]
+    for name, argv in [
+        ("bench-bare", tail),
+        ("bench-sandboxed", [str(binary), "--config", "/dev/null", "kernel", "--bind", str(venv), "--"] + tail),
+    ]:
+        d = specs / name
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "kernel.json").write_text(json.dumps({"argv": argv, "display_name": name, "language": "python"}))
+
+
+def once(name: str, ksm: KernelSpecManager, cwd: str) -> tuple[float, float]:
+    km = KernelManager(kernel_name=name, kernel_spec_manager=ksm)
+    t0 = time.perf_counter()
+    km.start_kernel(cwd=cwd)
+    kc = km.client()
+    kc.start_channels()
+    kc.wait_for_ready(timeout=60)
+    t1 = time.perf_counter()
+    kc.stop_channels()
+    km.shutdown_kernel(now=False)
+    t2 = time.perf_counter()
+    return (t1 - t0) * 1000, (t2 - t1) * 1000
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", type=int, default=40)
+    ap.add_argument("--binary", type=Path, default=ROOT / "target/release/isolate-grade")
+    ap.add_argument("--seed", type=int, default=1)
+    args = ap.parse_args()
+    random.seed(args.seed)
+    specs = Path(tempfile.mkdtemp(prefix="ig-bench-specs-"))
+    install(args.binary, specs)
+    ksm = KernelSpecManager()
+    ksm.kernel_dirs.insert(0, str(specs))
+    cwd = tempfile.mkdtemp(prefix="ig-bench-cwd-")
+    names = ["bench-bare", "bench-sandboxed"]
+    for n in names:  # warm-up
+        once(n, ksm, cwd)
+    ready = {n: [] for n in names}
+    down = {n: [] for n in names}
+    for _ in range(args.runs):
+        random.shuffle(names)
+        for n in names:
+            r, d = once(n, ksm, cwd)
+            ready[n].append(r)
+            down[n].append(d)
+
+    def q(xs, p):
+        xs = sorted(xs)
+        return xs[min(len(xs) - 1, int(round(p * (len(xs) - 1))))]
+
+    print(f"kernel start-up, {args.runs} runs each, interleaved; {sys.executable}")
+    print("| kernel | ready median ms | ready p90 ms | shutdown median ms |")
+    print("|---|--:|--:|--:|")
+    for n in sorted(ready):
+        print(f"| {n} | {statistics.median(ready[n]):.1f} | {q(ready[n], 0.9):.1f} | {statistics.median(down[n]):.1f} |")
+    overhead = statistics.median(ready["bench-sandboxed"]) - statistics.median(ready["bench-bare"])
+    print(f"sandbox overhead on start-up (median): {overhead:+.1f} ms")
+
+
+if __name__ == "__main__":
+    main()
