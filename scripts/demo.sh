@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# The main job, for now: build, check the host, and run a few programs in the sandbox.
-# (Once the grading milestone lands, this grades the bundled fixture course.)
+# The main job: grade the bundled fixture course (fixtures/course) with nbgrader, every
+# student's notebook executed in the sandboxed kernel. Installs what it needs on a fresh
+# machine (the project venv with nbgrader; Debian packages when run as root).
+#
+#   sudo bash scripts/demo.sh [OUT_DIR]      (OUT_DIR: where the graded course is kept)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
@@ -8,12 +11,29 @@ need_cargo
 need python3 python3
 [[ $(id -u) -eq 0 ]] || { echo "run as root (the sandbox is a privileged helper)" >&2; exit 1; }
 
+out=${1:-$(mktemp -d /tmp/isolate-grade-demo.XXXXXX)}
+rm -rf "$out"
+bash scripts/venv.sh
 cargo build --release --quiet
-ig=./target/release/isolate-grade
-$ig check
+ig=$PWD/target/release/isolate-grade
+"$ig" check
 
-run() { echo; echo "\$ isolate-grade run $*"; "$ig" run "$@" || echo "(exit code $?)"; }
-run --report - -- python3 -c 'import os, socket; print("uid", os.getuid(), "hostname", socket.gethostname(), "home visible:", os.path.exists("/root"))'
-run --pids 16 --wall-time 3s -- /bin/sh -c 'f() { f | f; }; f' 2>/dev/null
-run --memory 64M -- python3 -c 'x = bytearray(1 << 30)'
-run --cpu-time 1s -- python3 -c 'while True: pass'
+# the sandboxed kernelspec, in the venv nbgrader runs from
+"$ig" install --python .venv/bin/python --name isolate-grade-python3
+reports=$(mktemp -d /tmp/isolate-grade-reports.XXXXXX)
+echo
+echo "== grading fixtures/course in $out, every kernel sandboxed (verdicts in $reports)"
+ISOLATE_GRADE_REPORT_DIR=$reports .venv/bin/python fixtures/course/grade_bare.py \
+  --kernel-name isolate-grade-python3 --out "$out" --json-out "$out/scores.json" || true
+echo
+echo "== kernel verdicts"
+.venv/bin/python - "$reports" <<'PY'
+import collections, json, pathlib, sys
+v = [json.loads(p.read_text()) for p in pathlib.Path(sys.argv[1]).glob("*.json")]
+c = collections.Counter(r["status"] for r in v)
+print(f"{len(v)} kernels: " + ", ".join(f"{n} {s}" for s, n in c.most_common()))
+for r in v:
+    if r["status"] != "ok":
+        print(f"  {r['status']}: {r['kernel']['id']} wall {r['wall_time']}s, output {r.get('output_bytes')} bytes")
+PY
+echo "scores: $out/scores.json"

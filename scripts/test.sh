@@ -23,3 +23,8 @@ echo "== tests"
 # Test binaries run one after another (tests/hostile.rs installs a system config for its
 # duration); tests within a binary run in parallel, each sandbox in its own slot.
 cargo test --no-fail-fast 2>&1 | tee target/test-output.txt
+
+echo "== end to end, with real nbgrader (project venv)"
+bash scripts/venv.sh
+.venv/bin/python -m pip install -q -r scripts/requirements-dev.txt
+.venv/bin/python -m pytest -q tests/e2e 2>&1 | tee target/e2e-output.txt

@@ -174,6 +174,7 @@ pub fn execute(config_override: Option<PathBuf>, a: KernelArgs) -> Result<u8, Ru
     };
     tracing::debug!(kernel = %id, cwd = %cwd.display(), hidden = hide.len(), "starting kernel");
 
+    let workdir_shown = cwd.display().to_string();
     let overlay = PreparedOverlay { lower, target: cwd, scratch_size, hide };
     let runtime = RuntimeDir { target: RUNTIME_DIR.into(), files: vec![(CONNECTION.into(), conn.inside())] };
     let mut report = run::run_prepared(
@@ -185,7 +186,8 @@ pub fn execute(config_override: Option<PathBuf>, a: KernelArgs) -> Result<u8, Ru
         },
         Some(RelaySpec { channels, output_limit }),
     );
-    report.kernel = Some(KernelInfo { id, connection_file: conn_path.display().to_string(), output_limit });
+    report.kernel =
+        Some(KernelInfo { id, connection_file: conn_path.display().to_string(), workdir: workdir_shown, output_limit });
     if let Some(mut f) = sink {
         f.write_all((report.to_json() + "\n").as_bytes()).map_err(RunError::Report)?;
     }

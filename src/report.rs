@@ -162,6 +162,8 @@ pub struct KernelInfo {
     /// The kernel's id: the connection file's name without `.json`.
     pub id: String,
     pub connection_file: String,
+    /// Its working directory (nbgrader: `autograded/<student>/<assignment>`).
+    pub workdir: String,
     pub output_limit: u64,
 }
 

@@ -1,0 +1,170 @@
+"""End to end, with real nbgrader: the fixture course graded through the sandboxed kernel.
+
+Run as root with the project venv (scripts/test.sh does):  .venv/bin/python -m pytest tests/e2e
+
+- grades with the sandboxed kernel equal bare nbgrader's on every benign submission;
+- the kernel really is sandboxed: a probe notebook, executed the way autograde executes
+  (nbclient, cwd = the submission), reports its uid, network and which course paths exist;
+- formgrader's path (NbGraderAPI.autograde, as its AutogradeHandler calls it) is sandboxed too.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = ROOT / "target" / "debug" / "isolate-grade"
+COURSE = ROOT / "fixtures" / "course"
+KERNEL = "isolate-grade-e2e"
+# Students whose submissions behave the same with and without the sandbox. heidi's huge
+# output is stopped by the sandbox (output-limit), so her grade differs on purpose.
+BENIGN = ["alice", "bob", "carol", "dave", "erin", "frank", "grace", "ivan", "judy"]
+SECRET_TOKEN = "hub-token-that-must-not-leak"
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0 and os.environ.get("CI") != "true", reason="needs root")
+
+
+@pytest.fixture(scope="session")
+def sandbox_env(tmp_path_factory):
+    """The kernelspec installed into the venv, and the environment the graders run with."""
+    assert os.geteuid() == 0, "the e2e tests run as root (CI=true)"
+    subprocess.run([str(BIN), "install", "--python", sys.executable, "--name", KERNEL], check=True)
+    reports = tmp_path_factory.mktemp("kernel-reports")
+    env = dict(os.environ)
+    env["ISOLATE_GRADE_CONFIG"] = str(ROOT / "fixtures/config/test.toml")
+    env["ISOLATE_GRADE_REPORT_DIR"] = str(reports)
+    env["JUPYTERHUB_API_TOKEN"] = SECRET_TOKEN
+    # nbgrader runs `alembic` from PATH when it opens a gradebook
+    env["PATH"] = f"{Path(sys.prefix) / 'bin'}{os.pathsep}{env.get('PATH', '')}"
+    return env, reports
+
+
+def grade(out: Path, env: dict, kernel: str | None) -> dict:
+    cmd = [sys.executable, str(COURSE / "grade_bare.py"), "--out", str(out), "--json-out", str(out / "scores.json")]
+    if kernel:
+        cmd += ["--kernel-name", kernel]
+    # grade_bare exits 1 when an nbgrader command failed (heidi under the output limit): the
+    # scores are compared below either way
+    subprocess.run(cmd, env=env, check=False)
+    return json.loads((out / "scores.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def graded(tmp_path_factory, sandbox_env):
+    env, reports = sandbox_env
+    base = tmp_path_factory.mktemp("graded")
+    bare = grade(base / "bare", {k: v for k, v in env.items() if not k.startswith("ISOLATE_GRADE")}, None)
+    sandboxed = grade(base / "sandboxed", env, KERNEL)
+    return bare, sandboxed, base / "sandboxed", reports
+
+
+def test_sandboxed_grades_equal_bare_nbgrader(graded):
+    bare, sandboxed, _, _ = graded
+    for student in BENIGN:
+        assert sandboxed.get(student) == bare.get(student), student
+    assert any(v for v in bare["alice"].values()), "alice has grades"
+
+
+def test_every_kernel_left_a_verdict(graded):
+    _, _, _, reports = graded
+    verdicts = [json.loads(p.read_text()) for p in reports.glob("*.json")]
+    assert verdicts, "no kernel reports"
+    for v in verdicts:
+        assert v["schema"] == "isolate-grade.run/1"
+        assert v["status"] != "sandbox-error", v
+        assert v["kernel"]["output_limit"] > 0
+        assert v["sandbox"]["uid"] >= 60000
+    # heidi prints more than the output limit: her kernel was stopped, and said so
+    assert any(v["status"] == "output-limit" for v in verdicts), [v["status"] for v in verdicts]
+
+
+PROBE = r'''
+import json, os, socket
+course = os.environ.get("PROBE_COURSE", "")
+paths = {p: os.path.exists(p) for p in [
+    "/root", "/etc/shadow", "/proc/kcore",
+]}
+print(json.dumps({
+    "uid": os.getuid(),
+    "cwd": os.getcwd(),
+    "listing": sorted(os.listdir(".")),
+    "net": [n for _, n in socket.if_nameindex()],
+    "env": sorted(os.environ),
+    "paths": paths,
+}))
+open("written-by-kernel.txt", "w").write("x")
+'''
+
+
+def test_the_kernel_is_sandboxed(graded, sandbox_env):
+    """Executed as autograde executes it: nbclient, cwd = the submission under grading."""
+    from nbclient import NotebookClient
+
+    env, _ = sandbox_env
+    _, _, work, _ = graded
+    cwd = work / "autograded" / "alice" / "ps2"
+    assert (cwd / "data.csv").exists()
+    course_paths = [work / "source", work / "gradebook.db", work / "submitted", work / "release",
+                    work / "autograded" / "bob", ROOT / "src", ROOT / "fixtures", Path.home()]
+    checks = "\n".join(f"paths[{str(p)!r}] = os.path.exists({str(p)!r})" for p in course_paths)
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(PROBE.replace("print(json.dumps", checks + "\nprint(json.dumps"))]
+    old = dict(os.environ)
+    os.environ.update(env)
+    try:
+        NotebookClient(nb, kernel_name=KERNEL, timeout=60, resources={"metadata": {"path": str(cwd)}}).execute()
+    finally:
+        os.environ.clear()
+        os.environ.update(old)
+    out = "".join(o.get("text", "") for o in nb.cells[0].outputs if o.output_type == "stream")
+    seen = json.loads(out.strip().splitlines()[-1])
+    assert seen["uid"] >= 60000, seen
+    assert seen["net"] == ["lo"], seen
+    assert seen["cwd"] == str(cwd)
+    assert "data.csv" in seen["listing"], seen
+    # the notebooks in the submission carry the hidden tests: not visible
+    assert not any(n.endswith(".ipynb") for n in seen["listing"]), seen
+    for path, exists in seen["paths"].items():
+        assert not exists, f"{path} is visible in the sandbox"
+    assert "JUPYTERHUB_API_TOKEN" not in seen["env"] and "JPY_PARENT_PID" not in seen["env"], seen
+    # writes went to the scratch, which vanished with the kernel
+    assert not (cwd / "written-by-kernel.txt").exists()
+
+
+def test_formgrader_autograde_is_sandboxed(tmp_path, sandbox_env):
+    """The call formgrader's AutogradeHandler makes: NbGraderAPI.autograde, in-process."""
+    from nbgrader.apps import NbGraderAPI
+    from nbgrader.coursedir import CourseDirectory
+    from traitlets.config import Config
+
+    env, reports = sandbox_env
+    work = tmp_path / "course"
+    shutil.copytree(COURSE, work, ignore=shutil.ignore_patterns("release", "autograded", "gradebook.db", "__pycache__"))
+    old = dict(os.environ)
+    os.environ.update(env)
+    cwd = os.getcwd()
+    try:
+        os.chdir(work)
+        c = Config()
+        c.CourseDirectory.root = str(work)
+        c.CourseDirectory.course_id = "fixture-course"
+        c.Execute.kernel_name = KERNEL
+        api = NbGraderAPI(CourseDirectory(config=c), config=c)
+        assert api.generate_assignment("ps1")["success"]
+        before = set(reports.glob("*.json"))
+        result = api.autograde("ps1", "alice")
+        assert result["success"], result.get("log")
+        new = [json.loads(p.read_text()) for p in set(reports.glob("*.json")) - before]
+        assert new and all(v["status"] == "ok" for v in new), new
+        sub = api.get_submission("ps1", "alice")
+        assert sub["score"] == sub["max_score"] > 0, sub
+    finally:
+        os.chdir(cwd)
+        os.environ.clear()
+        os.environ.update(old)
