@@ -168,3 +168,115 @@ def test_formgrader_autograde_is_sandboxed(tmp_path, sandbox_env):
         os.chdir(cwd)
         os.environ.clear()
         os.environ.update(old)
+
+
+BOUNDARY = r'''
+import json, os, socket, subprocess, sys
+port = int(os.environ.get("NOTHING", "0") or 0)
+def reach(p):
+    s = socket.socket(); s.settimeout(1)
+    try:
+        s.connect(("127.0.0.1", p)); return True
+    except OSError:
+        return False
+# a daemon that double-forks, calls setsid and ignores SIGTERM: it must die with the kernel
+subprocess.Popen([sys.executable, "-c",
+    "import os, signal, time\nif os.fork(): os._exit(0)\nos.setsid()\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\ntime.sleep(300)"])
+print(json.dumps({
+    "host_port": reach(HOST_PORT),
+    "runtime": sorted(os.listdir("/run/kernel")),
+    "jupyter_runtime": os.path.exists(JUPYTER_RUNTIME),
+}))
+'''
+
+
+def test_the_kernel_reaches_nothing_but_its_client(tmp_path, sandbox_env):
+    """No host port, no Jupyter runtime directory (the keys of the instructor's live kernels),
+    only its own connection file and sockets; and killing it kills all it started."""
+    from jupyter_client import KernelManager
+    from jupyter_core.paths import jupyter_runtime_dir
+
+    env, _ = sandbox_env
+    listener = __import__("socket").socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    host_port = listener.getsockname()[1]
+    runtime = jupyter_runtime_dir()
+    os.makedirs(runtime, exist_ok=True)
+    old = dict(os.environ)
+    os.environ.update(env)
+    try:
+        km = KernelManager(kernel_name=KERNEL)
+        km.start_kernel(cwd=str(tmp_path))
+        kc = km.client()
+        kc.start_channels()
+        kc.wait_for_ready(timeout=60)
+        code = BOUNDARY.replace("HOST_PORT", str(host_port)).replace("JUPYTER_RUNTIME", repr(runtime))
+        msg_id = kc.execute(code)
+        out = ""
+        while True:
+            m = kc.get_iopub_msg(timeout=60)
+            if m["parent_header"].get("msg_id") != msg_id:
+                continue
+            if m["msg_type"] == "stream":
+                out += m["content"]["text"]
+            if m["msg_type"] == "status" and m["content"]["execution_state"] == "idle":
+                break
+        seen = json.loads(out.strip().splitlines()[-1])
+        wrapper = km.provisioner.process.pid
+        uids = sandbox_uids_of(wrapper)
+        assert uids, "no sandboxed process found under the kernel wrapper"
+        km.shutdown_kernel(now=True)  # SIGKILL to the wrapper's process group
+        kc.stop_channels()
+    finally:
+        os.environ.clear()
+        os.environ.update(old)
+        listener.close()
+    assert seen["host_port"] is False, "the kernel reached a port on the host's loopback"
+    assert seen["jupyter_runtime"] is False, "the Jupyter runtime directory is visible"
+    assert seen["runtime"] == ["connection.json"] + [f"k-{p}" for p in sorted(ports_of(seen))], seen
+    import time
+
+    deadline = time.time() + 5
+    while time.time() < deadline and any(processes_of(u) for u in uids):
+        time.sleep(0.1)
+    assert not any(processes_of(u) for u in uids), "a process of the kernel's sandbox outlived it"
+
+
+def ports_of(seen):
+    return [int(n.split("-")[1]) for n in seen["runtime"] if n.startswith("k-")]
+
+
+def processes_of(uid):
+    """Live (not zombie) processes whose real uid is `uid`."""
+    found = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            status = (d / "status").read_text()
+        except OSError:
+            continue
+        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+        if int(fields["Uid"].split()[0]) == uid and not fields["State"].strip().startswith("Z"):
+            found.append(int(d.name))
+    return found
+
+
+def sandbox_uids_of(wrapper_pid):
+    """The uids (>= 60000) of the processes descending from the kernel wrapper."""
+    children = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                fields = dict(line.split(":", 1) for line in (d / "status").read_text().splitlines() if ":" in line)
+            except OSError:
+                continue
+            children.setdefault(int(fields["PPid"]), []).append((int(d.name), int(fields["Uid"].split()[0])))
+    uids, todo = set(), [wrapper_pid]
+    while todo:
+        for pid, uid in children.get(todo.pop(), []):
+            todo.append(pid)
+            if uid >= 60000:
+                uids.add(uid)
+    return uids
