@@ -1,5 +1,6 @@
-//! The `isolate-grade` binary. Single-threaded until it exits: the sandbox is forked from
-//! this process, so no thread or async runtime may ever start here.
+//! The `isolate-grade` binary. Single-threaded until the sandbox is cloned from it: no thread
+//! or async runtime may start before that (the kernel relay's thread starts after, in
+//! `supervisor`, and this process never forks again).
 
 use clap::Parser;
 use isolate_grade::cli::{Cli, Command};
