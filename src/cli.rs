@@ -85,7 +85,7 @@ pub struct RunArgs {
 pub struct KernelArgs {
     #[command(flatten)]
     pub sandbox: SandboxArgs,
-    /// Stop the kernel once its output (iopub traffic) passes this size (`output-limit`).
+    /// Cut a cell's output past this size and interrupt the cell (`output-limit`).
     #[arg(long, env = "ISOLATE_GRADE_OUTPUT_LIMIT", default_value = "16M")]
     pub output_limit: String,
     /// Size of the scratch that takes the kernel's writes to its working directory.

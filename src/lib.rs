@@ -23,3 +23,4 @@ pub mod seccomp;
 pub mod supervisor;
 pub mod sys;
 pub mod units;
+pub mod zmtp;

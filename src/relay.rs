@@ -7,8 +7,9 @@
 //! and the matching socket, reached through `/proc/<init>/root`. ZMQ speaks the same ZMTP
 //! bytes over both transports, so the relay needs no knowledge of the protocol.
 //!
-//! The kernel's output (the iopub channel, kernel to client) is counted; past the limit the
-//! kernel is killed and the report says `output-limit`.
+//! The kernel's output channel (iopub, kernel to client) goes through [`crate::zmtp`]'s
+//! filter: past the limit, the rest of the cell's output is dropped, the kernel is interrupted
+//! (the cell ends with an error, the next cells run), and the report says `output-limit`.
 //!
 //! Runs on a thread of its own with a current-thread tokio runtime, started by the supervisor
 //! only after the sandbox was cloned: no fork happens in this process afterwards.
@@ -150,22 +151,30 @@ async fn pipe(tcp: tokio::net::TcpStream, path: PathBuf, name: &'static str, is_
     };
     let to_client = async {
         let mut buf = vec![0u8; 64 * 1024];
+        let mut out = Vec::with_capacity(buf.len());
+        // The output channel goes through a filter that caps each cell's output.
+        let mut filter = is_output.then(|| crate::zmtp::OutputFilter::new(shared.limit));
         loop {
             let n = match kernel_r.read(&mut buf).await {
                 Ok(0) | Err(_) => break,
                 Ok(n) => n,
             };
-            if is_output {
-                let total = shared.output.fetch_add(n as u64, Ordering::Relaxed) + n as u64;
-                if total > shared.limit {
-                    if !shared.exceeded.swap(true, Ordering::Relaxed) {
-                        tracing::info!(total, limit = shared.limit, "output limit: stopping the kernel");
-                        let _ = crate::sys::raw::pidfd_send_signal(shared.pidfd, libc::SIGKILL);
+            let bytes = match filter.as_mut() {
+                None => &buf[..n],
+                Some(f) => {
+                    out.clear();
+                    let fed = f.feed(&buf[..n], &mut out);
+                    let total = shared.output.fetch_add(fed.output, Ordering::Relaxed) + fed.output;
+                    if fed.interrupt {
+                        // The cell ends with KeyboardInterrupt; the next cells run.
+                        shared.exceeded.store(true, Ordering::Relaxed);
+                        tracing::info!(total, limit = shared.limit, "output limit: cell output cut, interrupting");
+                        let _ = crate::sys::raw::pidfd_send_signal(shared.pidfd, libc::SIGINT);
                     }
-                    break;
+                    &out[..]
                 }
-            }
-            if client_w.write_all(&buf[..n]).await.is_err() {
+            };
+            if client_w.write_all(bytes).await.is_err() {
                 break;
             }
         }

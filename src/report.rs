@@ -25,7 +25,7 @@ pub enum Status {
     MemoryLimit,
     PidsLimit,
     SeccompViolation,
-    /// A kernel's output passed its limit and the kernel was stopped.
+    /// A kernel cell's output passed the limit: it was cut and the cell interrupted.
     OutputLimit,
     /// Our fault or the host's: the program did not run, or its result cannot be trusted.
     SandboxError,
@@ -80,7 +80,7 @@ pub struct Facts {
     pub ended: Option<Ended>,
     pub killed_for_wall: bool,
     pub killed_for_cpu: bool,
-    /// A kernel's relay stopped it for its output.
+    /// A kernel cell's output passed the limit: the rest was dropped, the cell interrupted.
     pub killed_for_output: bool,
     /// A kernel's output bytes (iopub), when it ran behind the relay.
     pub output_bytes: Option<u64>,

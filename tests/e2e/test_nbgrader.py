@@ -22,9 +22,9 @@ ROOT = Path(__file__).resolve().parents[2]
 BIN = ROOT / "target" / "debug" / "isolate-grade"
 COURSE = ROOT / "fixtures" / "course"
 KERNEL = "isolate-grade-e2e"
-# Students whose submissions behave the same with and without the sandbox. heidi's huge
-# output is stopped by the sandbox (output-limit), so her grade differs on purpose.
-BENIGN = ["alice", "bob", "carol", "dave", "erin", "frank", "grace", "ivan", "judy"]
+# Every fixture student: with the sandbox, heidi's 50 MB cell is cut at the output limit
+# and interrupted, and her grades (the cell is not a graded one) are still bare nbgrader's.
+BENIGN = ["alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan", "judy"]
 SECRET_TOKEN = "hub-token-that-must-not-leak"
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 and os.environ.get("CI") != "true", reason="needs root")
@@ -80,8 +80,10 @@ def test_every_kernel_left_a_verdict(graded):
         assert v["status"] != "sandbox-error", v
         assert v["kernel"]["output_limit"] > 0
         assert v["sandbox"]["uid"] >= 60000
-    # heidi prints more than the output limit: her kernel was stopped, and said so
-    assert any(v["status"] == "output-limit" for v in verdicts), [v["status"] for v in verdicts]
+    # heidi prints more than the output limit: her cell was cut, and her kernel's verdict says so
+    limited = [v for v in verdicts if v["status"] == "output-limit"]
+    assert [v["kernel"]["workdir"].split("/")[-2:] for v in limited] == [["heidi", "ps1"]], limited
+    assert limited[0]["output_bytes"] > limited[0]["kernel"]["output_limit"]
 
 
 PROBE = r'''
