@@ -80,6 +80,11 @@ impl Connection {
             let port = v.get(*key).and_then(Value::as_u64).ok_or_else(|| format!("{key} is missing"))?;
             let port =
                 u16::try_from(port).ok().filter(|p| *p > 0).ok_or_else(|| format!("{key} {port} is not a port"))?;
+            // We listen as root: through sudo or setuid, a caller could otherwise take a
+            // privileged loopback port (22, say) and pose as a service. Jupyter never picks one.
+            if port < 1024 {
+                return Err(format!("{key} {port} is a privileged port"));
+            }
             if ports.contains(&port) {
                 return Err(format!("{key} {port} is used twice"));
             }
@@ -235,6 +240,7 @@ mod tests {
             (CONN.replace("\"tcp\"", "\"ipc\""), "only tcp"),
             (CONN.replace("5005", "5001"), "used twice"),
             (CONN.replace("5005", "70000"), "not a port"),
+            (CONN.replace("5005", "22"), "privileged port"),
             (CONN.replace("\"key\": \"k3y\",", ""), "key is missing"),
             ("[]".to_string(), "missing"),
         ] {

@@ -89,7 +89,7 @@ pub fn supervise(
     let mut sandbox = Sandbox { pid, pidfd, reaped: false };
     // A kernel's protocol, relayed on a thread of its own: no fork happens here any more.
     // Declared after `sandbox`, so it stops (on any return) before the pidfd it uses closes.
-    let relay = match relay {
+    let mut relay = match relay {
         Some(spec) => Some(crate::relay::start(spec, pid.as_raw(), sandbox.pidfd.as_raw_fd()).map_err(|e| {
             SupervisorError::Sys { what: "relay", errno: Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)) }
         })?),
@@ -153,6 +153,13 @@ pub fn supervise(
             }
         }
         if exited {
+            // The relay reaches the kernel through /proc/<pid>/root: stop it while the pid is
+            // still a zombie of ours, before the reap lets the kernel reuse it.
+            if let Some(relay) = relay.take() {
+                let (bytes, exceeded) = relay.stop();
+                facts.output_bytes = Some(bytes);
+                facts.killed_for_output = exceeded;
+            }
             nix::sys::wait::waitpid(pid, None).map_err(sys("waitpid"))?;
             sandbox.reaped = true;
             tracing::debug!("sandbox reaped");
@@ -160,11 +167,6 @@ pub fn supervise(
         }
     }
     facts.wall = started.elapsed();
-    if let Some(relay) = relay {
-        let (bytes, exceeded) = relay.stop();
-        facts.output_bytes = Some(bytes);
-        facts.killed_for_output = exceeded;
-    }
     // The rest of a setup error, if the child wrote one and died before we read it all.
     let mut buf = [0u8; 4096];
     while let Ok(n @ 1..) = read(&error_r, &mut buf) {
