@@ -20,6 +20,7 @@ pub mod relay;
 pub mod report;
 pub mod run;
 pub mod seccomp;
+pub mod submission;
 pub mod supervisor;
 pub mod sys;
 pub mod units;
