@@ -14,8 +14,9 @@
 //! - The kernel gets its own connection file, in a tmpfs only it can reach, with the same key
 //!   and port numbers but the `ipc` transport; [`crate::relay`] carries exactly its five
 //!   channels between the host ports the client chose and its sockets. It has no network.
-//! - Its environment is the policy's: nothing of the caller's (no `JUPYTERHUB_API_TOKEN`, no
-//!   `JPY_PARENT_PID`, with which ipykernel would exit under a PID-1 parent).
+//! - Its environment is the policy's: nothing of the caller's (no `JUPYTERHUB_API_TOKEN`; the
+//!   caller's `JPY_PARENT_PID`, with which ipykernel would exit under a PID-1 parent, is
+//!   replaced by `1`).
 //! - SIGINT from the client (nbclient's cell timeout) reaches the kernel through the sandbox's
 //!   init; killing this process kills everything in the sandbox; when the kernel ends, this
 //!   process ends, which is how jupyter_client notices.
@@ -156,6 +157,11 @@ pub fn execute(config_override: Option<PathBuf>, a: KernelArgs) -> Result<u8, Ru
         _ => return Err(RunError::Invalid(format!("working directory {} is not a directory", cwd.display()))),
     };
     let hide = if a.show_notebooks { vec![] } else { notebooks(&caller, &cwd)? };
+    // The kernel's parent is the sandbox's init, PID 1: saying so is accurate, and ipykernel
+    // then neither watches for its parent's death (it would exit, seeing PID 1) nor prints
+    // its "Ctrl-C will not work" banner. The caller's own value never reaches the sandbox.
+    prepared.env.retain(|(k, _)| k != "JPY_PARENT_PID");
+    prepared.env.push(("JPY_PARENT_PID".into(), "1".into()));
     prepared.workdir = cwd.clone();
     prepared.landlock_rules.write.push(cwd.clone());
     prepared.landlock_rules.write.push(RUNTIME_DIR.into());
