@@ -2,7 +2,7 @@
 
 use crate::cgroup::Hierarchies;
 use crate::cli::Format;
-use crate::config::{Config, DEFAULT_PATH};
+use crate::config::Config;
 use serde::Serialize;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
@@ -20,10 +20,13 @@ pub struct Item {
 /// Returns the exit code: 0 when every required item is fine, 2 when an untrusted caller
 /// names a config (it would be read, and partly printed, as root).
 pub fn check(config_path: Option<&Path>, format: Format) -> u8 {
-    if config_path.is_some() && !crate::identity::Caller::detect().trusted() {
-        eprintln!("isolate-grade: only root may choose another system config (--config, ISOLATE_GRADE_CONFIG)");
-        return crate::report::EXIT_USAGE;
-    }
+    let path = match crate::identity::Caller::detect().config_path(config_path) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("isolate-grade: {e}");
+            return crate::report::EXIT_USAGE;
+        }
+    };
     let mut items = Vec::new();
     let mut insecure_config = false;
     let mut add = |name, ok, detail: String| items.push(Item { name, ok, warn: false, detail });
@@ -90,7 +93,7 @@ pub fn check(config_path: Option<&Path>, format: Format) -> u8 {
         },
     );
 
-    let path = config_path.unwrap_or(Path::new(DEFAULT_PATH));
+    let path = path.as_path();
     match Config::load(path, false) {
         Ok(c) => {
             let from = c

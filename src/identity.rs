@@ -81,6 +81,16 @@ impl Caller {
         Caller { uid: r.real.as_raw(), gid: g.real.as_raw(), groups, via: "setuid" }
     }
 
+    /// The system config this caller gets: `requested` only for root; everyone else always
+    /// gets the fixed path (a caller's config would be read, and partly printed, as root).
+    pub fn config_path(&self, requested: Option<&Path>) -> Result<PathBuf, String> {
+        match requested {
+            Some(p) if self.trusted() => Ok(p.to_path_buf()),
+            Some(_) => Err("only root may choose another system config (--config, ISOLATE_GRADE_CONFIG)".into()),
+            None => Ok(PathBuf::from(crate::config::DEFAULT_PATH)),
+        }
+    }
+
     /// Untrusted callers must be in the config's `allowed_group`.
     pub fn check_allowed(&self, allowed_group: Option<&str>) -> Result<(), IdentityError> {
         if self.trusted() {
@@ -276,8 +286,12 @@ mod tests {
     fn root_caller_is_trusted_others_need_the_group() {
         let root = Caller { uid: 0, gid: 0, groups: vec![], via: "root" };
         assert!(root.check_allowed(None).is_ok());
+        assert_eq!(root.config_path(Some(Path::new("/x.toml"))), Ok(PathBuf::from("/x.toml")));
+        assert_eq!(root.config_path(None), Ok(PathBuf::from(crate::config::DEFAULT_PATH)));
         let user = Caller { uid: 1234, gid: 1234, groups: vec![], via: "sudo" };
         assert!(user.check_allowed(None).unwrap_err().to_string().contains("no allowed_group"));
+        assert!(user.config_path(Some(Path::new("/x.toml"))).unwrap_err().starts_with("only root may choose"));
+        assert_eq!(user.config_path(None), Ok(PathBuf::from(crate::config::DEFAULT_PATH)));
         assert!(user.check_allowed(Some("root")).unwrap_err().to_string().contains("not a member"));
         let member = Caller { groups: vec![0], ..user.clone() };
         assert!(member.check_allowed(Some("root")).is_ok());

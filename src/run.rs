@@ -69,15 +69,7 @@ pub struct Prepared {
 pub fn prepare(config_override: Option<PathBuf>, a: &SandboxArgs, command: &[OsString]) -> Result<Prepared, RunError> {
     let caller = Caller::detect();
     tracing::debug!(uid = caller.uid, via = caller.via, "caller");
-    let config_path = match config_override {
-        Some(p) if caller.trusted() => p,
-        Some(_) => {
-            return Err(RunError::Invalid(
-                "only root may choose another system config (--config, ISOLATE_GRADE_CONFIG)".into(),
-            ))
-        }
-        None => PathBuf::from(config::DEFAULT_PATH),
-    };
+    let config_path = caller.config_path(config_override.as_deref()).map_err(RunError::Invalid)?;
     let config = Config::load(&config_path, !caller.trusted())?;
     caller.check_allowed(config.allowed_group.as_deref())?;
     let policy = load_policy(&a.policy, &caller, &config)?;
