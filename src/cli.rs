@@ -5,11 +5,23 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::ffi::OsString;
 use std::path::PathBuf;
 
+/// `isolate-grade ASSIGNMENT` grades; the subcommands are the sandbox's other uses. An
+/// assignment named like a subcommand is graded with `isolate-grade grade NAME`.
 #[derive(Debug, Parser)]
-#[command(name = "isolate-grade", version, about = "A secure sandbox for nbgrader's autograder", long_about = None)]
+#[command(
+    name = "isolate-grade",
+    version,
+    about = "A secure sandbox for nbgrader's autograder",
+    long_about = None,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true,
+    override_usage = "isolate-grade [OPTIONS] ASSIGNMENT\n       isolate-grade <COMMAND>"
+)]
 pub struct Cli {
     #[command(subcommand)]
-    pub command: Command,
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub grade: GradeArgs,
     /// Log filter for stderr (`error`, `warn`, `info`, `debug`, `trace`).
     #[arg(long, global = true, env = "ISOLATE_GRADE_LOG", default_value = "warn")]
     pub log: String,
@@ -21,6 +33,8 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 #[allow(clippy::large_enum_variant)] // parsed once per process
 pub enum Command {
+    /// Grade every submission of an assignment (what `isolate-grade ASSIGNMENT` does).
+    Grade(GradeArgs),
     /// Run one program in the sandbox and report how it ended.
     Run(RunArgs),
     /// Run a Jupyter kernel in the sandbox (used as a kernelspec's argv prefix).
@@ -64,6 +78,39 @@ pub struct SandboxArgs {
     /// Add to the environment: NAME=VALUE, or NAME to pass the caller's value. Repeatable.
     #[arg(long = "env", value_name = "NAME[=VALUE]", env = "ISOLATE_GRADE_ENV")]
     pub env: Vec<String>,
+}
+
+/// `isolate-grade ASSIGNMENT`: autograde every submission of an assignment with nbgrader, each
+/// notebook in a sandboxed kernel, in parallel, resumably.
+#[derive(Debug, Args)]
+pub struct GradeArgs {
+    /// The assignment (nbgrader's name for it, as in `submitted/<student>/<assignment>`).
+    #[arg(required = true)]
+    pub assignment: Option<String>,
+    /// The course directory (default: the current one, as for nbgrader).
+    #[arg(long, env = "ISOLATE_GRADE_COURSE", default_value = ".")]
+    pub course: PathBuf,
+    /// Grade only this student (repeatable); they are regraded even if graded before.
+    #[arg(long = "student", value_name = "ID")]
+    pub students: Vec<String>,
+    /// Submissions graded at once (default: the number of CPUs).
+    #[arg(long, env = "ISOLATE_GRADE_JOBS")]
+    pub jobs: Option<String>,
+    /// Regrade students already graded.
+    #[arg(long)]
+    pub force: bool,
+    /// Write the report here as JSON, and as CSV next to it (`.csv`).
+    #[arg(long, env = "ISOLATE_GRADE_REPORT")]
+    pub report: Option<PathBuf>,
+    /// The kernels' policy: a name or a .toml path (see `run --policy`).
+    #[arg(long, env = "ISOLATE_GRADE_POLICY", default_value = "default")]
+    pub policy: String,
+    /// The Python with nbgrader and ipykernel (default: the one that runs `nbgrader`).
+    #[arg(long, env = "ISOLATE_GRADE_PYTHON")]
+    pub python: Option<PathBuf>,
+    /// Give up on one student's submission after this long (`30m`); it is retried next time.
+    #[arg(long, env = "ISOLATE_GRADE_STUDENT_TIMEOUT", default_value = "30m")]
+    pub student_timeout: String,
 }
 
 #[derive(Debug, Args)]
@@ -160,9 +207,42 @@ mod tests {
             "; rm -rf /",
         ])
         .unwrap();
-        let Command::Run(r) = cli.command else { panic!() };
+        let Some(Command::Run(r)) = cli.command else { panic!() };
         assert_eq!(r.sandbox.memory.as_deref(), Some("1G"));
         assert_eq!(r.command, ["prog", "--memory", "9G", "; rm -rf /"].map(OsString::from));
         assert!(Cli::try_parse_from(["isolate-grade", "run", "--memory", "1G"]).is_err(), "a program is required");
+    }
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("isolate-grade").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn an_assignment_is_graded_and_a_subcommand_name_needs_grade() {
+        let cli = parse(&["ps1", "--jobs", "3", "--student", "alice", "--student", "bob", "--force"]).unwrap();
+        assert!(cli.command.is_none());
+        assert_eq!(cli.grade.assignment.as_deref(), Some("ps1"));
+        assert_eq!(cli.grade.students, ["alice", "bob"]);
+        assert_eq!(cli.grade.jobs.as_deref(), Some("3"));
+        assert!(cli.grade.force);
+        // options first work too
+        let cli = parse(&["--course", "/c", "ps1"]).unwrap();
+        assert_eq!(cli.grade.course, PathBuf::from("/c"));
+        assert_eq!(cli.grade.assignment.as_deref(), Some("ps1"));
+        // a subcommand's name is the subcommand ...
+        assert!(matches!(parse(&["check"]).unwrap().command, Some(Command::Check(_))));
+        // ... and `grade` grades an assignment of any name
+        for name in ["check", "run", "grade", "kernel", "install", "help"] {
+            let Some(Command::Grade(g)) = parse(&["grade", name, "--jobs", "2"]).unwrap().command else {
+                panic!("{name}")
+            };
+            assert_eq!(g.assignment.as_deref(), Some(name));
+        }
+        assert!(parse(&[]).is_err(), "an assignment or a command is required");
+        assert!(parse(&["grade"]).is_err(), "grade needs an assignment");
+        // after a grading option, the name is the assignment's
+        let cli = parse(&["--jobs", "2", "check"]).unwrap();
+        assert!(cli.command.is_none());
+        assert_eq!(cli.grade.assignment.as_deref(), Some("check"));
     }
 }
