@@ -5,23 +5,19 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::ffi::OsString;
 use std::path::PathBuf;
 
-/// `isolate-grade ASSIGNMENT` grades; the subcommands are the sandbox's other uses. An
-/// assignment named like a subcommand is graded with `isolate-grade grade NAME`.
+/// `isolate-grade ASSIGNMENT` grades (see [`with_default_command`]); the subcommands are the
+/// sandbox's other uses. An assignment named like a subcommand: `isolate-grade grade NAME`.
 #[derive(Debug, Parser)]
 #[command(
     name = "isolate-grade",
     version,
     about = "A secure sandbox for nbgrader's autograder",
     long_about = None,
-    args_conflicts_with_subcommands = true,
-    subcommand_negates_reqs = true,
-    override_usage = "isolate-grade [OPTIONS] ASSIGNMENT\n       isolate-grade <COMMAND>"
+    override_usage = "isolate-grade [OPTIONS] ASSIGNMENT   (same as: isolate-grade grade ASSIGNMENT)\n       isolate-grade [OPTIONS] <COMMAND>"
 )]
 pub struct Cli {
     #[command(subcommand)]
-    pub command: Option<Command>,
-    #[command(flatten)]
-    pub grade: GradeArgs,
+    pub command: Command,
     /// Log filter for stderr (`error`, `warn`, `info`, `debug`, `trace`).
     #[arg(long, global = true, env = "ISOLATE_GRADE_LOG", default_value = "warn")]
     pub log: String,
@@ -43,6 +39,39 @@ pub enum Command {
     Install(InstallArgs),
     /// Show what this host supports; exit non-zero if the sandbox cannot run here.
     Check(CheckArgs),
+}
+
+/// `isolate-grade [GLOBAL OPTIONS] X ...` with X not a subcommand (an assignment, or a grading
+/// option) means `isolate-grade [GLOBAL OPTIONS] grade X ...`: `grade` is inserted before X.
+pub fn with_default_command(args: Vec<OsString>) -> Vec<OsString> {
+    use clap::CommandFactory;
+    let cmd = Cli::command();
+    let subcommands: Vec<String> =
+        cmd.get_subcommands().map(|c| c.get_name().to_string()).chain(["help".to_string()]).collect();
+    // global options, and whether each takes a value
+    let globals: Vec<(String, bool)> = cmd
+        .get_arguments()
+        .filter_map(|a| a.get_long().map(|l| (format!("--{l}"), a.get_action().takes_values())))
+        .collect();
+    let mut i = 1;
+    while i < args.len() {
+        let t = args[i].to_string_lossy();
+        if let Some((_, takes)) = globals.iter().find(|(g, _)| *g == t) {
+            i += 1 + usize::from(*takes);
+            continue;
+        }
+        if globals.iter().any(|(g, _)| t.starts_with(&format!("{g}="))) {
+            i += 1;
+            continue;
+        }
+        if subcommands.iter().any(|s| *s == t) || ["-h", "--help", "-V", "--version"].contains(&t.as_ref()) {
+            return args;
+        }
+        let mut out = args;
+        out.insert(i, "grade".into());
+        return out;
+    }
+    args
 }
 
 /// What every sandbox takes: the policy and the flags that adjust it.
@@ -85,8 +114,7 @@ pub struct SandboxArgs {
 #[derive(Debug, Args)]
 pub struct GradeArgs {
     /// The assignment (nbgrader's name for it, as in `submitted/<student>/<assignment>`).
-    #[arg(required = true)]
-    pub assignment: Option<String>,
+    pub assignment: String,
     /// The course directory (default: the current one, as for nbgrader).
     #[arg(long, env = "ISOLATE_GRADE_COURSE", default_value = ".")]
     pub course: PathBuf,
@@ -207,42 +235,51 @@ mod tests {
             "; rm -rf /",
         ])
         .unwrap();
-        let Some(Command::Run(r)) = cli.command else { panic!() };
+        let Command::Run(r) = cli.command else { panic!() };
         assert_eq!(r.sandbox.memory.as_deref(), Some("1G"));
         assert_eq!(r.command, ["prog", "--memory", "9G", "; rm -rf /"].map(OsString::from));
         assert!(Cli::try_parse_from(["isolate-grade", "run", "--memory", "1G"]).is_err(), "a program is required");
     }
 
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
-        Cli::try_parse_from(std::iter::once("isolate-grade").chain(args.iter().copied()))
+        let argv = std::iter::once("isolate-grade").chain(args.iter().copied()).map(OsString::from).collect();
+        Cli::try_parse_from(with_default_command(argv))
+    }
+
+    fn graded(args: &[&str]) -> GradeArgs {
+        match parse(args).unwrap().command {
+            Command::Grade(g) => g,
+            other => panic!("{args:?}: {other:?}"),
+        }
     }
 
     #[test]
     fn an_assignment_is_graded_and_a_subcommand_name_needs_grade() {
-        let cli = parse(&["ps1", "--jobs", "3", "--student", "alice", "--student", "bob", "--force"]).unwrap();
-        assert!(cli.command.is_none());
-        assert_eq!(cli.grade.assignment.as_deref(), Some("ps1"));
-        assert_eq!(cli.grade.students, ["alice", "bob"]);
-        assert_eq!(cli.grade.jobs.as_deref(), Some("3"));
-        assert!(cli.grade.force);
-        // options first work too
-        let cli = parse(&["--course", "/c", "ps1"]).unwrap();
-        assert_eq!(cli.grade.course, PathBuf::from("/c"));
-        assert_eq!(cli.grade.assignment.as_deref(), Some("ps1"));
-        // a subcommand's name is the subcommand ...
-        assert!(matches!(parse(&["check"]).unwrap().command, Some(Command::Check(_))));
-        // ... and `grade` grades an assignment of any name
+        let g = graded(&["ps1", "--jobs", "3", "--student", "alice", "--student", "bob", "--force"]);
+        assert_eq!(g.assignment, "ps1");
+        assert_eq!(g.students, ["alice", "bob"]);
+        assert_eq!(g.jobs.as_deref(), Some("3"));
+        assert!(g.force);
+        // options first work too, global ones included
+        let g = graded(&["--log", "debug", "--course", "/c", "ps1"]);
+        assert_eq!((g.course.to_str(), g.assignment.as_str()), (Some("/c"), "ps1"));
+        let cli = parse(&["--config=/x.toml", "ps1"]).unwrap();
+        assert_eq!(cli.config.as_deref(), Some(std::path::Path::new("/x.toml")));
+        // a subcommand's name is the subcommand, after global options too ...
+        assert!(matches!(parse(&["check"]).unwrap().command, Command::Check(_)));
+        assert!(matches!(
+            parse(&["--config", "/x.toml", "--log", "info", "check"]).unwrap().command,
+            Command::Check(_)
+        ));
+        let Command::Run(r) = parse(&["--config", "/x", "run", "--", "/bin/true"]).unwrap().command else { panic!() };
+        assert_eq!(r.command, ["/bin/true"]);
+        // ... and `grade` grades an assignment of any name, as does a grading option first
         for name in ["check", "run", "grade", "kernel", "install", "help"] {
-            let Some(Command::Grade(g)) = parse(&["grade", name, "--jobs", "2"]).unwrap().command else {
-                panic!("{name}")
-            };
-            assert_eq!(g.assignment.as_deref(), Some(name));
+            assert_eq!(graded(&["grade", name, "--jobs", "2"]).assignment, name);
+            assert_eq!(graded(&["--jobs", "2", name]).assignment, name);
         }
         assert!(parse(&[]).is_err(), "an assignment or a command is required");
         assert!(parse(&["grade"]).is_err(), "grade needs an assignment");
-        // after a grading option, the name is the assignment's
-        let cli = parse(&["--jobs", "2", "check"]).unwrap();
-        assert!(cli.command.is_none());
-        assert_eq!(cli.grade.assignment.as_deref(), Some("check"));
+        assert!(parse(&["--help"]).is_err(), "help is help (clap's error kind DisplayHelp)");
     }
 }

@@ -20,15 +20,16 @@ const END: &str = "# <<< isolate-grade <<<";
 
 /// What we learn from the Python itself.
 #[derive(Debug, serde::Deserialize)]
-struct PythonInfo {
-    executable: String,
-    prefix: String,
-    has_ipykernel: bool,
+pub struct PythonInfo {
+    pub executable: String,
+    pub prefix: String,
+    pub has_ipykernel: bool,
 }
 
-pub fn execute(a: InstallArgs) -> Result<u8, InstallError> {
-    let python = match &a.python {
-        Some(p) => p.clone(),
+/// Ask a Python (given, or the one that runs `nbgrader`) where it lives; it must have ipykernel.
+pub fn probe_python(python: Option<&Path>) -> Result<PythonInfo, InstallError> {
+    let python = match python {
+        Some(p) => p.to_path_buf(),
         None => python_of_nbgrader()?,
     };
     let probe = "import sys, json, importlib.util as u; print(json.dumps({'executable': sys.executable, \
@@ -45,8 +46,22 @@ pub fn execute(a: InstallArgs) -> Result<u8, InstallError> {
     if !info.has_ipykernel {
         return Err(InstallError::Invalid(format!("{} has no ipykernel: pip install ipykernel", info.executable)));
     }
+    Ok(info)
+}
+
+pub fn execute(a: InstallArgs) -> Result<u8, InstallError> {
+    let info = probe_python(a.python.as_deref())?;
     let exe = std::env::current_exe().map_err(|e| InstallError::Io { path: "/proc/self/exe".into(), source: e })?;
-    let spec = kernelspec(&exe, &info, &a);
+    let mut prefix = Vec::new();
+    if a.sudo {
+        prefix.extend(["sudo".to_string(), "-n".to_string()]);
+    }
+    prefix.extend([exe.display().to_string(), "kernel".into()]);
+    if let Some(p) = &a.policy {
+        prefix.extend(["--policy".into(), p.clone()]);
+    }
+    let display_name = a.display_name.clone().unwrap_or_else(|| format!("Python 3 (isolate-grade {})", a.name));
+    let spec = kernelspec(prefix, &info, &display_name);
     let dir = Path::new(&info.prefix).join("share/jupyter/kernels").join(&a.name);
     std::fs::create_dir_all(&dir).map_err(|source| InstallError::Io { path: dir.clone(), source })?;
     let file = dir.join("kernel.json");
@@ -75,18 +90,10 @@ pub fn execute(a: InstallArgs) -> Result<u8, InstallError> {
     Ok(0)
 }
 
-/// The kernelspec: our `kernel` subcommand in front of ipykernel, the Python's environment
-/// bound read-only (`/usr` is in every policy already).
-fn kernelspec(exe: &Path, info: &PythonInfo, a: &InstallArgs) -> serde_json::Value {
-    let mut argv: Vec<String> = Vec::new();
-    if a.sudo {
-        argv.extend(["sudo".into(), "-n".into()]);
-    }
-    argv.push(exe.display().to_string());
-    argv.push("kernel".into());
-    if let Some(p) = &a.policy {
-        argv.extend(["--policy".into(), p.clone()]);
-    }
+/// The kernelspec: `prefix` (`[sudo -n] isolate-grade kernel [options]`) in front of
+/// ipykernel, the Python's environment bound read-only (`/usr` is in every policy already).
+pub fn kernelspec(prefix: Vec<String>, info: &PythonInfo, display_name: &str) -> serde_json::Value {
+    let mut argv = prefix;
     if !Path::new(&info.prefix).starts_with("/usr") {
         argv.extend(["--bind".into(), info.prefix.clone()]);
     }
@@ -103,7 +110,7 @@ fn kernelspec(exe: &Path, info: &PythonInfo, a: &InstallArgs) -> serde_json::Val
     ]);
     json!({
         "argv": argv,
-        "display_name": a.display_name.clone().unwrap_or_else(|| format!("Python 3 (isolate-grade {})", a.name)),
+        "display_name": display_name,
         "language": "python",
         // nbgrader's cell timeout sends SIGINT to this wrapper, which relays it to the kernel.
         // (ipykernel 7.4 sometimes hangs in its shutdown until jupyter_client's SIGTERM, bare
@@ -135,7 +142,7 @@ pub fn with_block(old: &str, block: &str) -> String {
 }
 
 /// The Python that runs `nbgrader`: the interpreter in its script's `#!` line.
-fn python_of_nbgrader() -> Result<PathBuf, InstallError> {
+pub fn python_of_nbgrader() -> Result<PathBuf, InstallError> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     let script = std::env::split_paths(&path)
         .map(|d| d.join("nbgrader"))

@@ -9,6 +9,7 @@ pub mod check;
 pub mod cli;
 pub mod config;
 pub mod fsaccess;
+pub mod grade;
 pub mod identity;
 pub mod init;
 pub mod install;

@@ -26,7 +26,7 @@ fn main() -> ExitCode {
         eprintln!("isolate-grade: blocking signals: {e}");
         return ExitCode::from(3);
     }
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(isolate_grade::cli::with_default_command(std::env::args_os().collect()));
     init_tracing(&cli.log);
     match real_main(cli) {
         Ok(code) => ExitCode::from(code),
@@ -41,6 +41,7 @@ fn main() -> ExitCode {
 
 fn real_main(cli: Cli) -> Result<u8, (u8, anyhow::Error)> {
     match cli.command {
+        Command::Grade(args) => isolate_grade::grade::execute(cli.config, args).map_err(|e| (e.exit_code(), e.into())),
         Command::Run(args) => isolate_grade::run::execute(cli.config, args).map_err(|e| (e.exit_code(), e.into())),
         Command::Kernel(args) => {
             isolate_grade::kernel::execute(cli.config, args).map_err(|e| (e.exit_code(), e.into()))

@@ -8,13 +8,13 @@
 
 use crate::cgroup::Usage;
 use crate::policy::Limits;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
 pub const SCHEMA: &str = "isolate-grade.run/1";
 
 /// The outcome of a run. Everything but `SandboxError` is about the submission.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Status {
     Ok,
@@ -49,6 +49,23 @@ impl Status {
             Status::SeccompViolation => 9,
             Status::OutputLimit => 10,
         }
+    }
+
+    pub const ALL: [Status; 10] = [
+        Status::Ok,
+        Status::ExitNonzero,
+        Status::Signaled,
+        Status::TimeoutWall,
+        Status::TimeoutCpu,
+        Status::MemoryLimit,
+        Status::PidsLimit,
+        Status::SeccompViolation,
+        Status::OutputLimit,
+        Status::SandboxError,
+    ];
+
+    pub fn from_name(s: &str) -> Option<Status> {
+        Status::ALL.into_iter().find(|st| st.as_str() == s)
     }
 
     pub fn as_str(self) -> &'static str {

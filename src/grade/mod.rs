@@ -1,0 +1,514 @@
+//! `isolate-grade ASSIGNMENT`: every submission of an assignment autograded by nbgrader, each
+//! notebook in a sandboxed kernel, several submissions at a time, resumably.
+//!
+//! This process needs no privilege and keeps none: it becomes the caller first thing. It
+//! checks and copies each submission ([`crate::submission::stage`]), hands it to one of
+//! `--jobs` long-lived Python workers that import nbgrader once ([`worker`]), and records each
+//! graded student atomically ([`course`]). Kernels are started by nbgrader through a
+//! kernelspec we write, `isolate-grade kernel ...`, which is where the privilege is taken
+//! again (setuid, sudo or root) and the sandbox made.
+//!
+//! Threads: one per worker plus indicatif's ticker. Nothing here forks except through
+//! `std::process::Command` (fork + exec, with only `prctl` in between).
+
+pub mod course;
+pub mod progress;
+pub mod report;
+pub mod worker;
+
+use crate::cli::GradeArgs;
+use crate::identity::{Caller, IdentityError};
+use crate::report::Status;
+use crate::submission::{self, TreeLimits};
+use crate::units;
+use course::{CourseError, Layout};
+use report::{BatchReport, NotebookResult, ReportError, StudentResult, Verdict};
+use std::collections::VecDeque;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+use worker::{Ready, Worker, WorkerError};
+
+/// Some students were not graded because of their submissions (rejected, killed, errors).
+pub const EXIT_NOT_ALL_GRADED: u8 = 1;
+/// A sandbox or grader fault: some students could not be graded through no fault of theirs.
+pub const EXIT_FAULT: u8 = 3;
+/// Stopped by SIGINT, SIGTERM or SIGHUP; what was graded stays graded.
+pub const EXIT_INTERRUPTED: u8 = 130;
+
+/// The kernelspec the workers use, in `.isolate-grade/<assignment>/jupyter`.
+pub const KERNEL_NAME: &str = "isolate-grade-batch";
+
+#[derive(Debug, thiserror::Error)]
+pub enum GradeError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Course(#[from] CourseError),
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    #[error("cannot grade {assignment}: {source}")]
+    Worker { assignment: String, source: WorkerError },
+    #[error(transparent)]
+    Report(#[from] ReportError),
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("the sandbox cannot run here, so nothing was graded:\n{0}")]
+    Sandbox(String),
+}
+
+impl GradeError {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            GradeError::Report(_) | GradeError::Io { .. } | GradeError::Sandbox(_) => EXIT_FAULT,
+            GradeError::Identity(IdentityError::Credentials(_)) => EXIT_FAULT,
+            _ => crate::report::EXIT_USAGE,
+        }
+    }
+}
+
+/// Everything the worker threads share.
+struct Context {
+    layout: Layout,
+    python: PathBuf,
+    setup: worker::Setup,
+    student_timeout: Duration,
+    limits: TreeLimits,
+    stop: AtomicBool,
+}
+
+enum Event {
+    Done(StudentResult),
+    /// A worker could not start: nothing can be graded.
+    Fatal(WorkerError),
+}
+
+pub fn execute(config: Option<PathBuf>, a: GradeArgs) -> Result<u8, GradeError> {
+    let caller = Caller::detect();
+    caller.become_caller()?;
+    if caller.via == "sudo" {
+        set_home(caller.uid);
+    }
+    let assignment = a.assignment.clone();
+    let jobs = match &a.jobs {
+        Some(j) => units::parse_count(j, 256).map_err(|e| GradeError::Invalid(format!("--jobs: {e}")))? as usize,
+        None => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+    };
+    let student_timeout = units::parse_duration(&a.student_timeout)
+        .map_err(|e| GradeError::Invalid(format!("--student-timeout: {e}")))?;
+    for s in &a.students {
+        course::check_id("--student", s).map_err(GradeError::Invalid)?;
+    }
+    let layout = Layout::new(&a.course, &assignment)?;
+    let listed = layout.students()?;
+    let missing: Vec<&str> =
+        a.students.iter().filter(|s| !listed.iter().any(|(n, _)| n == *s)).map(String::as_str).collect();
+    if !missing.is_empty() {
+        return Err(GradeError::Invalid(format!(
+            "no submission of {assignment} in {} for: {}",
+            layout.course.join("submitted").display(),
+            missing.join(", ")
+        )));
+    }
+    let report_path = match &a.report {
+        Some(p) if p.extension().is_some_and(|e| e == "csv") => {
+            return Err(GradeError::Invalid("--report: give the JSON file's name; the CSV goes next to it".into()))
+        }
+        Some(p) => Some(std::path::absolute(p).map_err(|e| GradeError::Io { path: p.clone(), source: e })?),
+        None => None,
+    };
+    let info = crate::install::probe_python(a.python.as_deref()).map_err(|e| GradeError::Invalid(e.to_string()))?;
+    let kernel_prefix = kernel_prefix(&caller, config.as_deref(), &a.policy)?;
+    preflight(&kernel_prefix)?;
+
+    let _lock = layout.lock()?;
+    write_kernelspec(&layout, kernel_prefix, &info)?;
+
+    // Who to grade: named students always; others unless graded before (or --force).
+    let started = Instant::now();
+    let started_at = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    let mut results = Vec::new();
+    let mut queue = VecDeque::new();
+    let mut rejected_now = Vec::new();
+    for (student, problem) in listed {
+        if !a.students.is_empty() && !a.students.contains(&student) {
+            continue;
+        }
+        if let Some(p) = problem {
+            rejected_now.push(StudentResult::without_grades(&student, Verdict::Rejected, p));
+            continue;
+        }
+        let named = a.students.contains(&student);
+        match layout.graded_before(&student) {
+            Some(mut earlier) if !named && !a.force => {
+                earlier.from_earlier_run = true;
+                results.push(earlier);
+            }
+            _ => queue.push_back(student),
+        }
+    }
+    let terminal = std::io::stderr().is_terminal();
+    let mut progress = progress::Progress::new(queue.len() + rejected_now.len(), terminal);
+    if !results.is_empty() {
+        progress.note(&format!("{} students already graded (skipped; --force regrades them)", results.len()));
+    }
+    for r in rejected_now {
+        progress.finished(&r);
+        results.push(r);
+    }
+    tracing::info!(assignment = %assignment, to_grade = queue.len(), jobs, "grading");
+
+    let ctx = Arc::new(Context {
+        setup: worker::Setup {
+            course: layout.course.clone(),
+            assignment: assignment.clone(),
+            submitted: layout.staged_root_rel(),
+            kernel_name: KERNEL_NAME.into(),
+            jupyter_path: layout.jupyter_path(),
+            lock: layout.gradebook_lock(),
+            reports: layout.state.join("kernels"),
+        },
+        layout,
+        python: PathBuf::from(&info.executable),
+        student_timeout,
+        limits: TreeLimits::default(),
+        stop: AtomicBool::new(false),
+    });
+    let workers = jobs.min(queue.len());
+    let pending = Arc::new(Mutex::new(queue));
+    let (tx, rx) = mpsc::channel();
+    let threads: Vec<_> = (0..workers)
+        .map(|i| {
+            let (ctx, pending, tx) = (ctx.clone(), pending.clone(), tx.clone());
+            std::thread::Builder::new()
+                .name(format!("worker-{i}"))
+                .spawn(move || work(i, &ctx, &pending, &tx))
+                .expect("spawn a thread")
+        })
+        .collect();
+    drop(tx);
+
+    let signals = stop_signals();
+    let mut fatal = None;
+    let mut interrupted = false;
+    loop {
+        match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(Event::Done(r)) => {
+                progress.finished(&r);
+                results.push(r);
+            }
+            Ok(Event::Fatal(e)) => {
+                ctx.stop.store(true, Ordering::SeqCst);
+                fatal.get_or_insert(e);
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+        if let Some(sig) = signals.as_ref().and_then(|s| s.read_signal().ok().flatten()) {
+            if !interrupted {
+                progress.note(&format!(
+                    "isolate-grade: signal {}: stopping; graded students stay graded, a rerun does the rest",
+                    crate::report::signal_name(sig.ssi_signo as i32)
+                ));
+            }
+            interrupted = true;
+            ctx.stop.store(true, Ordering::SeqCst);
+        }
+    }
+    for t in threads {
+        let _ = t.join();
+    }
+    progress.finish();
+    if let Some(e) = fatal {
+        return Err(GradeError::Worker { assignment, source: e });
+    }
+    for student in pending.lock().expect("not poisoned").drain(..) {
+        results.push(StudentResult::without_grades(&student, Verdict::Interrupted, "not started".into()));
+    }
+
+    results.sort_by(|x, y| x.student.cmp(&y.student));
+    let report = BatchReport {
+        schema: report::SCHEMA,
+        course: ctx.layout.course.display().to_string(),
+        assignment,
+        started: started_at,
+        wall: started.elapsed().as_secs_f64(),
+        jobs,
+        policy: a.policy.clone(),
+        counts: BatchReport::count(&results),
+        students: results,
+    };
+    print!("{}", report.table());
+    if let Some(p) = &report_path {
+        let csv = report.write(p)?;
+        println!("report: {} and {}", p.display(), csv.display());
+    }
+    Ok(if interrupted {
+        EXIT_INTERRUPTED
+    } else if report.students.iter().any(|s| s.verdict.is_fault()) {
+        EXIT_FAULT
+    } else if report.students.iter().any(|s| !s.verdict.is_graded()) {
+        EXIT_NOT_ALL_GRADED
+    } else {
+        0
+    })
+}
+
+/// One worker thread: its own Python worker, students from the shared queue until it is
+/// empty or the batch stops.
+fn work(i: usize, ctx: &Context, pending: &Mutex<VecDeque<String>>, tx: &mpsc::Sender<Event>) {
+    let mut worker: Option<(Worker, Ready)> = None;
+    while !ctx.stop.load(Ordering::SeqCst) {
+        let Some(student) = pending.lock().expect("not poisoned").pop_front() else { break };
+        match grade_one(i, ctx, &mut worker, &student) {
+            Ok(r) => {
+                let _ = tx.send(Event::Done(r));
+            }
+            Err(e) => {
+                pending.lock().expect("not poisoned").push_front(student);
+                let _ = tx.send(Event::Fatal(e));
+                break;
+            }
+        }
+    }
+}
+
+/// Grade one student; `Err` only when no worker can be started at all.
+fn grade_one(
+    i: usize,
+    ctx: &Context,
+    slot: &mut Option<(Worker, Ready)>,
+    student: &str,
+) -> Result<StudentResult, WorkerError> {
+    let started = Instant::now();
+    let fault = |msg: String| {
+        let mut r = StudentResult::without_grades(student, Verdict::SandboxError, msg);
+        r.wall = started.elapsed().as_secs_f64();
+        r
+    };
+    let l = &ctx.layout;
+    // Forget the earlier result first: from here on, a kill leaves this student ungraded.
+    if let Err(e) = l.unmark(student) {
+        return Ok(fault(e.to_string()));
+    }
+    let staged = l.staged_student(student);
+    let checked = course::remove_tree(&staged)
+        .and_then(|_| std::fs::create_dir(&staged).map_err(|e| CourseError::Io { path: staged.clone(), source: e }))
+        .map_err(|e| e.to_string())
+        .and_then(|_| {
+            submission::stage(&l.submission(student), &staged.join(&l.assignment), ctx.limits)
+                .map_err(|e| e.to_string())
+        });
+    let checked = match checked {
+        Ok(c) => c,
+        Err(e) => return Ok(fault(format!("copying the submission: {e}"))),
+    };
+    if !checked.ok() {
+        let _ = course::remove_tree(&staged);
+        let mut r = StudentResult::without_grades(student, Verdict::Rejected, rejection(&checked.problems));
+        r.wall = started.elapsed().as_secs_f64();
+        return Ok(r);
+    }
+    let timestamp =
+        std::fs::read_to_string(staged.join(&l.assignment).join("timestamp.txt")).ok().map(|t| t.trim().to_string());
+    if let Err(e) = course::remove_tree(&l.kernel_reports(student)) {
+        return Ok(fault(e.to_string()));
+    }
+
+    if slot.is_none() {
+        let log = l.log(&format!("worker-{i}"));
+        *slot = Some(Worker::start(&ctx.python, &ctx.setup, &log)?);
+        tracing::debug!(worker = i, pid = slot.as_ref().map(|w| w.0.pid()), "worker ready");
+    }
+    let (w, ready) = slot.as_mut().expect("started");
+    let notebooks = ready.notebooks.clone();
+    let answer = w.grade(student, ctx.student_timeout, &ctx.stop);
+    let mut r = match answer {
+        Ok(answer) => {
+            let _ = std::fs::write(
+                l.log(student),
+                format!("{}{}", answer.log, answer.error.as_deref().unwrap_or_default()),
+            );
+            from_answer(l, &notebooks, answer)
+        }
+        Err(e) => {
+            let (w, _) = slot.take().expect("started");
+            w.kill();
+            match e {
+                _ if ctx.stop.load(Ordering::SeqCst) => {
+                    StudentResult::without_grades(student, Verdict::Interrupted, "stopped while grading".into())
+                }
+                WorkerError::Timeout(t) => StudentResult::without_grades(
+                    student,
+                    Verdict::Timeout,
+                    format!("not graded within --student-timeout ({}s)", t.as_secs()),
+                ),
+                e => fault(e.to_string()),
+            }
+        }
+    };
+    r.wall = started.elapsed().as_secs_f64();
+    r.submission_timestamp = timestamp;
+    if r.verdict.is_graded() {
+        if let Err(e) = l.mark(&r) {
+            return Ok(fault(format!("recording the grade: {e}")));
+        }
+    }
+    let _ = course::remove_tree(&staged);
+    Ok(r)
+}
+
+fn rejection(problems: &[(PathBuf, submission::Problem)]) -> String {
+    let mut parts: Vec<String> = problems
+        .iter()
+        .take(5)
+        .map(|(p, why)| {
+            let p = if p.as_os_str().is_empty() { ".".to_string() } else { p.display().to_string() };
+            format!("{p}: {why}")
+        })
+        .collect();
+    if problems.len() > 5 {
+        parts.push(format!("and {} more", problems.len() - 5));
+    }
+    parts.join("; ")
+}
+
+/// The student's result from nbgrader's answer and the kernels' reports.
+fn from_answer(l: &Layout, notebooks: &[String], a: worker::Answer) -> StudentResult {
+    let mut nbs = Vec::new();
+    for name in notebooks {
+        let mut nb = NotebookResult { notebook: name.clone(), ..Default::default() };
+        if let Some(s) = a.notebooks.as_ref().and_then(|m| m.get(name)) {
+            nb.score = Some(s.score);
+            nb.max_score = Some(s.max_score);
+            nb.needs_manual_grade = s.needs_manual_grade;
+        }
+        nb.wall = a.notebook_wall.get(name).copied();
+        report::add_kernels(&mut nb, &report::kernel_reports(&l.kernel_reports(&a.student).join(name)));
+        nbs.push(nb);
+    }
+    let (verdict, message) = if a.success {
+        (Verdict::Graded, None)
+    } else if let Some(nb) = nbs.iter().find(|nb| nb.verdict == "sandbox-error") {
+        (Verdict::SandboxError, Some(format!("{}: the sandboxed kernel failed (see its report)", nb.notebook)))
+    } else if let Some((nb, st)) = nbs
+        .iter()
+        .filter_map(|nb| Status::from_name(&nb.verdict).map(|s| (nb, s)))
+        .find(|(_, s)| !matches!(s, Status::Ok | Status::OutputLimit))
+    {
+        (Verdict::Kernel(st), Some(format!("{}: its kernel ended with {}", nb.notebook, st.as_str())))
+    } else {
+        (Verdict::Error, Some(nbgrader_error(&a)))
+    };
+    let graded = verdict.is_graded();
+    let sum = |f: fn(&NotebookResult) -> Option<f64>| -> Option<f64> {
+        graded.then(|| nbs.iter().filter_map(f).sum::<f64>())
+    };
+    StudentResult {
+        student: a.student.clone(),
+        verdict,
+        score: sum(|n| n.score),
+        max_score: sum(|n| n.max_score),
+        seconds_late: a.seconds_late,
+        wall: a.wall,
+        message,
+        notebooks: nbs,
+        submission_timestamp: None,
+        from_earlier_run: false,
+    }
+}
+
+/// The line that says what went wrong: the last exception line in nbgrader's log (its own
+/// error is only "see the log above"), else the traceback's last line.
+fn nbgrader_error(a: &worker::Answer) -> String {
+    let is_exception = |l: &&str| {
+        let first = l.split(':').next().unwrap_or("");
+        l.contains(": ")
+            && !l.starts_with([' ', '[', '\t'])
+            && (first.ends_with("Error") || first.ends_with("Exception"))
+            && !first.ends_with("NbGraderException")
+    };
+    a.log
+        .lines()
+        .rev()
+        .find(is_exception)
+        .or_else(|| a.error.as_deref().and_then(|e| e.lines().rev().find(|l| !l.trim().is_empty())))
+        .unwrap_or("nbgrader failed without saying why")
+        .trim()
+        .to_string()
+}
+
+/// `[sudo -n] isolate-grade [--config C] kernel --policy P`: how nbgrader starts each kernel.
+fn kernel_prefix(caller: &Caller, config: Option<&Path>, policy: &str) -> Result<Vec<String>, GradeError> {
+    let exe = std::env::current_exe().map_err(|e| GradeError::Io { path: "/proc/self/exe".into(), source: e })?;
+    let mut argv = Vec::new();
+    if caller.via == "sudo" {
+        argv.extend(["sudo".to_string(), "-n".to_string()]);
+    }
+    argv.push(exe.display().to_string());
+    if let Some(c) = config {
+        argv.extend(["--config".into(), absolute(c)?.display().to_string()]);
+    }
+    // The kernel starts in the submission's directory: a policy path must not be relative.
+    let policy =
+        if crate::policy::is_path(policy) { absolute(Path::new(policy))?.display().to_string() } else { policy.into() };
+    argv.extend(["kernel".into(), "--policy".into(), policy]);
+    Ok(argv)
+}
+
+fn absolute(p: &Path) -> Result<PathBuf, GradeError> {
+    std::path::absolute(p).map_err(|e| GradeError::Io { path: p.to_path_buf(), source: e })
+}
+
+/// Fail closed before touching anything: one sandbox, with the kernels' policy and privilege,
+/// must run `/bin/true`.
+fn preflight(kernel_prefix: &[String]) -> Result<(), GradeError> {
+    let n = kernel_prefix.len();
+    let (policy, head) = (&kernel_prefix[n - 1], &kernel_prefix[..n - 3]);
+    let out = std::process::Command::new(&head[0])
+        .args(&head[1..])
+        .args(["run", "--policy", policy, "--", "/bin/true"])
+        .env_remove("ISOLATE_GRADE_REPORT")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| GradeError::Io { path: PathBuf::from(&head[0]), source: e })?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let text = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    let cmd = format!("{} run --policy {policy} -- /bin/true", head.join(" "));
+    Err(GradeError::Sandbox(format!("`{cmd}` failed ({}): {text}", out.status)))
+}
+
+fn write_kernelspec(l: &Layout, prefix: Vec<String>, info: &crate::install::PythonInfo) -> Result<(), GradeError> {
+    let mut spec = crate::install::kernelspec(prefix, info, "Python 3 (isolate-grade batch)");
+    spec["metadata"]["isolate_grade"]["batch"] = serde_json::json!(l.assignment);
+    let dir = l.jupyter_path().join("kernels").join(KERNEL_NAME);
+    std::fs::create_dir_all(&dir).map_err(|e| GradeError::Io { path: dir.clone(), source: e })?;
+    let file = dir.join("kernel.json");
+    std::fs::write(&file, serde_json::to_string_pretty(&spec).expect("json") + "\n")
+        .map_err(|e| GradeError::Io { path: file, source: e })
+}
+
+/// SIGINT, SIGTERM and SIGHUP (blocked since `main`) as a file descriptor we poll.
+fn stop_signals() -> Option<nix::sys::signalfd::SignalFd> {
+    use nix::sys::signal::{SigSet, Signal};
+    use nix::sys::signalfd::{SfdFlags, SignalFd};
+    let mut set = SigSet::empty();
+    for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        set.add(s);
+    }
+    SignalFd::with_flags(&set, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC).ok()
+}
+
+/// Under sudo, HOME and friends are root's: nbgrader and Jupyter should see the instructor's.
+fn set_home(uid: u32) {
+    if let Ok(Some(u)) = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)) {
+        // Before any thread exists (set_var races with readers in other threads).
+        std::env::set_var("HOME", &u.dir);
+        std::env::set_var("USER", &u.name);
+        std::env::set_var("LOGNAME", &u.name);
+    }
+}

@@ -1,0 +1,389 @@
+//! What a batch found: a verdict per student and, per notebook, the score and what its kernel
+//! used; written as JSON (`--report`) and CSV (next to it), and summed up as a table.
+//!
+//! Student verdicts keep the two kinds of failure apart, as `isolate-grade run` does:
+//! `graded`; outcomes of the submission (`rejected`, a kernel verdict such as `memory-limit`,
+//! `error` when nbgrader could not grade it for another reason, `timeout` when the whole
+//! submission took longer than `--student-timeout`); faults of ours or of the host
+//! (`sandbox-error`); and `interrupted` when the batch was stopped.
+
+use crate::report::Status;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {source}")]
+    Csv { path: PathBuf, source: csv::Error },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(into = "String", try_from = "String")]
+pub enum Verdict {
+    Graded,
+    Rejected,
+    /// The submission's code ended its kernel: the kernel's verdict.
+    Kernel(Status),
+    Error,
+    Timeout,
+    SandboxError,
+    Interrupted,
+}
+
+impl Verdict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Graded => "graded",
+            Verdict::Rejected => "rejected",
+            Verdict::Kernel(s) => s.as_str(),
+            Verdict::Error => "error",
+            Verdict::Timeout => "timeout",
+            Verdict::SandboxError => "sandbox-error",
+            Verdict::Interrupted => "interrupted",
+        }
+    }
+    pub fn is_graded(self) -> bool {
+        self == Verdict::Graded
+    }
+    pub fn is_fault(self) -> bool {
+        matches!(self, Verdict::SandboxError | Verdict::Kernel(Status::SandboxError))
+    }
+}
+
+impl From<Verdict> for String {
+    fn from(v: Verdict) -> String {
+        v.as_str().to_string()
+    }
+}
+
+impl TryFrom<String> for Verdict {
+    type Error = String;
+    fn try_from(s: String) -> Result<Verdict, String> {
+        Ok(match s.as_str() {
+            "graded" => Verdict::Graded,
+            "rejected" => Verdict::Rejected,
+            "error" => Verdict::Error,
+            "timeout" => Verdict::Timeout,
+            "sandbox-error" => Verdict::SandboxError,
+            "interrupted" => Verdict::Interrupted,
+            other => Verdict::Kernel(Status::from_name(other).ok_or_else(|| format!("unknown verdict {other:?}"))?),
+        })
+    }
+}
+
+/// One notebook of one submission.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct NotebookResult {
+    pub notebook: String,
+    /// Its kernel's verdict (`ok`, `output-limit`, `memory-limit`...); `not-run` when no kernel
+    /// ran for it (not submitted, or grading stopped before it).
+    pub verdict: String,
+    pub score: Option<f64>,
+    pub max_score: Option<f64>,
+    pub needs_manual_grade: bool,
+    /// Seconds nbgrader spent on it (sanitizing, executing, saving grades).
+    pub wall: Option<f64>,
+    /// Its kernels' CPU seconds and peak memory in bytes, from their reports.
+    pub cpu: Option<f64>,
+    pub peak_memory: Option<u64>,
+    pub kernels: u32,
+}
+
+/// One student's submission.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StudentResult {
+    pub student: String,
+    pub verdict: Verdict,
+    pub score: Option<f64>,
+    pub max_score: Option<f64>,
+    pub seconds_late: Option<f64>,
+    pub wall: f64,
+    /// Why it was not graded: the tree's problems, the kernel's verdict, nbgrader's error.
+    pub message: Option<String>,
+    pub notebooks: Vec<NotebookResult>,
+    /// The submission's timestamp.txt when it was graded (a newer submission is regraded).
+    pub submission_timestamp: Option<String>,
+    /// Graded by an earlier run, not this one.
+    #[serde(default)]
+    pub from_earlier_run: bool,
+}
+
+impl StudentResult {
+    pub fn without_grades(student: &str, verdict: Verdict, message: String) -> StudentResult {
+        StudentResult {
+            student: student.to_string(),
+            verdict,
+            score: None,
+            max_score: None,
+            seconds_late: None,
+            wall: 0.0,
+            message: Some(message),
+            notebooks: vec![],
+            submission_timestamp: None,
+            from_earlier_run: false,
+        }
+    }
+}
+
+/// The subset of a kernel's report (`isolate-grade kernel --report-dir`) we add up.
+#[derive(Debug, Deserialize)]
+pub struct KernelReport {
+    pub status: Status,
+    pub wall_time: f64,
+    pub cpu_time: f64,
+    pub peak_memory: Option<u64>,
+    pub sandbox_error: Option<serde_json::Value>,
+}
+
+/// The reports of one notebook's kernels (usually one), in a directory.
+pub fn kernel_reports(dir: &Path) -> Vec<KernelReport> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return vec![] };
+    let mut out: Vec<KernelReport> = entries
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .filter_map(|t| serde_json::from_str(&t).ok())
+        .collect();
+    out.sort_by(|a, b| a.wall_time.total_cmp(&b.wall_time));
+    out
+}
+
+/// Fill a notebook's verdict and usage in from its kernels' reports. The verdict is the
+/// first that isn't `ok` (a sandbox error first of all), else `ok`, else `not-run`.
+pub fn add_kernels(nb: &mut NotebookResult, reports: &[KernelReport]) {
+    nb.kernels = reports.len() as u32;
+    if reports.is_empty() {
+        nb.verdict = "not-run".into();
+        return;
+    }
+    let worst = reports
+        .iter()
+        .find(|r| r.status == Status::SandboxError)
+        .or_else(|| reports.iter().find(|r| r.status != Status::Ok))
+        .unwrap_or(&reports[0]);
+    nb.verdict = worst.status.as_str().to_string();
+    nb.cpu = Some(reports.iter().map(|r| r.cpu_time).sum());
+    nb.peak_memory = reports.iter().filter_map(|r| r.peak_memory).max();
+}
+
+/// The whole batch.
+#[derive(Debug, Serialize)]
+pub struct BatchReport {
+    pub schema: &'static str,
+    pub course: String,
+    pub assignment: String,
+    pub started: String,
+    pub wall: f64,
+    pub jobs: usize,
+    pub policy: String,
+    pub counts: std::collections::BTreeMap<String, usize>,
+    pub students: Vec<StudentResult>,
+}
+
+pub const SCHEMA: &str = "isolate-grade/batch/1";
+
+impl BatchReport {
+    pub fn count(students: &[StudentResult]) -> std::collections::BTreeMap<String, usize> {
+        let mut m = std::collections::BTreeMap::new();
+        for s in students {
+            *m.entry(s.verdict.as_str().to_string()).or_insert(0) += 1;
+        }
+        m
+    }
+
+    /// The JSON at `path` and the CSV beside it (same name, `.csv`): one row per student and
+    /// notebook, one row with an empty notebook for a student with none.
+    pub fn write(&self, path: &Path) -> Result<PathBuf, ReportError> {
+        let io = |p: &Path| {
+            let p = p.to_path_buf();
+            move |source| ReportError::Io { path: p, source }
+        };
+        std::fs::write(path, serde_json::to_string_pretty(self).expect("serializes") + "\n").map_err(io(path))?;
+        let csv_path = path.with_extension("csv");
+        let err = |source| ReportError::Csv { path: csv_path.clone(), source };
+        let mut w = csv::Writer::from_path(&csv_path).map_err(err)?;
+        w.write_record([
+            "student",
+            "verdict",
+            "notebook",
+            "notebook_verdict",
+            "score",
+            "max_score",
+            "wall_seconds",
+            "cpu_seconds",
+            "peak_memory_bytes",
+            "message",
+        ])
+        .map_err(err)?;
+        let num = |x: Option<f64>| x.map(|v| format!("{v}")).unwrap_or_default();
+        for s in &self.students {
+            let message = s.message.as_deref().unwrap_or("").lines().next().unwrap_or("").to_string();
+            if s.notebooks.is_empty() {
+                w.write_record([
+                    s.student.as_str(),
+                    s.verdict.as_str(),
+                    "",
+                    "",
+                    &num(s.score),
+                    &num(s.max_score),
+                    &num(Some(s.wall)),
+                    "",
+                    "",
+                    &message,
+                ])
+                .map_err(err)?;
+            }
+            for nb in &s.notebooks {
+                w.write_record([
+                    s.student.as_str(),
+                    s.verdict.as_str(),
+                    &nb.notebook,
+                    &nb.verdict,
+                    &num(nb.score),
+                    &num(nb.max_score),
+                    &num(nb.wall),
+                    &num(nb.cpu),
+                    &nb.peak_memory.map(|m| m.to_string()).unwrap_or_default(),
+                    &message,
+                ])
+                .map_err(err)?;
+            }
+        }
+        w.flush().map_err(|e| ReportError::Io { path: csv_path.clone(), source: e })?;
+        Ok(csv_path)
+    }
+
+    /// The summary table: a line per student, then the counts.
+    pub fn table(&self) -> String {
+        let mut rows = vec![["student".to_string(), "verdict".into(), "score".into(), "time".into(), "note".into()]];
+        for s in &self.students {
+            let score = match (s.score, s.max_score) {
+                (Some(a), Some(b)) => format!("{a}/{b}"),
+                _ => "-".into(),
+            };
+            let mut note = s.message.as_deref().unwrap_or("").lines().next().unwrap_or("").to_string();
+            if s.from_earlier_run {
+                note = "graded by an earlier run".into();
+            } else if let Some(late) = s.seconds_late.filter(|l| *l > 0.0) {
+                note = format!("late by {:.1} h", late / 3600.0);
+            }
+            if note.chars().count() > 70 {
+                note = note.chars().take(69).collect::<String>() + "…";
+            }
+            let time = if s.from_earlier_run { "-".into() } else { format!("{:.1}s", s.wall) };
+            rows.push([s.student.clone(), s.verdict.as_str().into(), score, time, note]);
+        }
+        let widths: Vec<usize> = (0..5).map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0)).collect();
+        let mut out = String::new();
+        for r in &rows {
+            let line: Vec<String> = r.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+            out += line.join("  ").trim_end();
+            out.push('\n');
+        }
+        let counts: Vec<String> = self.counts.iter().map(|(v, n)| format!("{n} {v}")).collect();
+        out += &format!("{} students: {}\n", self.students.len(), counts.join(", "));
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn graded(student: &str) -> StudentResult {
+        StudentResult {
+            student: student.into(),
+            verdict: Verdict::Graded,
+            score: Some(7.5),
+            max_score: Some(10.0),
+            seconds_late: Some(0.0),
+            wall: 3.25,
+            message: None,
+            notebooks: vec![NotebookResult {
+                notebook: "problem1".into(),
+                verdict: "ok".into(),
+                score: Some(7.5),
+                max_score: Some(10.0),
+                wall: Some(3.0),
+                cpu: Some(0.5),
+                peak_memory: Some(1 << 20),
+                kernels: 1,
+                ..Default::default()
+            }],
+            submission_timestamp: Some("2026-01-01 10:00:00".into()),
+            from_earlier_run: false,
+        }
+    }
+
+    #[test]
+    fn verdicts_round_trip_and_keep_faults_apart() {
+        for v in [
+            Verdict::Graded,
+            Verdict::Rejected,
+            Verdict::Kernel(Status::MemoryLimit),
+            Verdict::Error,
+            Verdict::Timeout,
+            Verdict::SandboxError,
+            Verdict::Interrupted,
+        ] {
+            assert_eq!(Verdict::try_from(String::from(v)).unwrap(), v);
+        }
+        assert!(Verdict::SandboxError.is_fault());
+        assert!(!Verdict::Kernel(Status::MemoryLimit).is_fault());
+        assert!(!Verdict::Rejected.is_fault());
+        assert!(Verdict::try_from("bogus".to_string()).is_err());
+    }
+
+    #[test]
+    fn json_and_csv_carry_every_notebook() {
+        let d = tempfile::tempdir().unwrap();
+        let students = vec![
+            graded("alice"),
+            StudentResult::without_grades("eve", Verdict::Rejected, "notes.txt: a symlink\nmore".into()),
+        ];
+        let r = BatchReport {
+            schema: SCHEMA,
+            course: "/c".into(),
+            assignment: "ps1".into(),
+            started: "now".into(),
+            wall: 1.0,
+            jobs: 2,
+            policy: "default".into(),
+            counts: BatchReport::count(&students),
+            students,
+        };
+        let csv_path = r.write(&d.path().join("report.json")).unwrap();
+        let csv = std::fs::read_to_string(csv_path).unwrap();
+        let lines: Vec<&str> = csv.lines().collect();
+        assert_eq!(lines.len(), 3, "{csv}");
+        assert_eq!(lines[1], "alice,graded,problem1,ok,7.5,10,3,0.5,1048576,");
+        assert_eq!(lines[2], "eve,rejected,,,,,0,,,notes.txt: a symlink");
+        let json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(d.path().join("report.json")).unwrap()).unwrap();
+        assert_eq!(json["counts"]["graded"], 1);
+        assert_eq!(json["students"][1]["verdict"], "rejected");
+        let table = r.table();
+        assert!(table.contains("alice    graded    7.5/10  3.2s"), "{table}");
+        assert!(table.ends_with("2 students: 1 graded, 1 rejected\n"), "{table}");
+    }
+
+    #[test]
+    fn a_notebook_takes_the_worst_kernel_verdict() {
+        let k = |status, wall| KernelReport {
+            status,
+            wall_time: wall,
+            cpu_time: 1.0,
+            peak_memory: Some(5),
+            sandbox_error: None,
+        };
+        let mut nb = NotebookResult::default();
+        add_kernels(&mut nb, &[k(Status::Ok, 1.0), k(Status::MemoryLimit, 2.0)]);
+        assert_eq!((nb.verdict.as_str(), nb.cpu, nb.kernels), ("memory-limit", Some(2.0), 2));
+        add_kernels(&mut nb, &[k(Status::MemoryLimit, 1.0), k(Status::SandboxError, 2.0)]);
+        assert_eq!(nb.verdict, "sandbox-error");
+        add_kernels(&mut nb, &[]);
+        assert_eq!(nb.verdict, "not-run");
+    }
+}
