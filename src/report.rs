@@ -97,6 +97,8 @@ pub struct Facts {
     pub ended: Option<Ended>,
     pub killed_for_wall: bool,
     pub killed_for_cpu: bool,
+    /// The process watched for a kernel (its client, jupyter_client) ended: killed with it.
+    pub client_gone: bool,
     /// A kernel cell's output passed the limit: the rest was dropped, the cell interrupted.
     pub killed_for_output: bool,
     /// A kernel's output bytes (iopub), when it ran behind the relay.

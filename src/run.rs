@@ -63,6 +63,8 @@ pub struct Prepared {
     pub program: PathBuf,
     pub argv: Vec<CString>,
     pub search_path: Vec<PathBuf>,
+    /// A pidfd of a process whose end ends the sandbox (a kernel's client).
+    pub watch: Option<std::os::fd::OwnedFd>,
 }
 
 /// Validate the request and open what it names, as the caller.
@@ -127,6 +129,7 @@ pub fn prepare(config_override: Option<PathBuf>, a: &SandboxArgs, command: &[OsS
         program,
         argv,
         search_path,
+        watch: None,
     })
 }
 
@@ -193,12 +196,14 @@ pub fn run_prepared(
     adjust: impl FnOnce(Plan) -> Plan,
     relay: Option<crate::relay::RelaySpec>,
 ) -> Report {
+    let mut prepared = prepared;
+    let watch = prepared.watch.take();
     let mut info = prepared.info();
     let limits = prepared.limits.clone();
     let config = prepared.config.clone();
     let started = Instant::now();
     let plan = |root_dir, uid, join| adjust(prepared.into_plan(root_dir, uid, join));
-    match in_slot(&config, &limits, &mut info, plan, relay) {
+    match in_slot(&config, &limits, &mut info, plan, relay, watch) {
         Ok(outcome) => match outcome.setup_failure {
             Some(f) => Report::fault(&f.step, f.message, &limits, info, outcome.facts.wall),
             None => Report::from_facts(&outcome.facts, &limits, info),
@@ -214,6 +219,7 @@ fn in_slot(
     info: &mut SandboxInfo,
     plan: impl FnOnce(PathBuf, u32, Vec<std::os::fd::OwnedFd>) -> Plan,
     relay: Option<crate::relay::RelaySpec>,
+    watch: Option<std::os::fd::OwnedFd>,
 ) -> Result<supervisor::Outcome, (&'static str, String)> {
     let root_dir = identity::prepare_state_dir(&config.state_dir).map_err(|e| ("state-dir", e.to_string()))?;
     let slot = identity::acquire_slot(&config.state_dir, config.slots).map_err(|e| ("slot", e.to_string()))?;
@@ -238,6 +244,7 @@ fn in_slot(
         limits.cpu_time,
         limits.cpu_quota_millicores,
         relay,
+        watch,
     )
     .map_err(|e| ("supervisor", e.to_string()))?;
     drop(slot);

@@ -57,6 +57,7 @@ pub fn supervise(
     cpu_limit: Duration,
     millicores: u64,
     relay: Option<crate::relay::RelaySpec>,
+    watch: Option<OwnedFd>,
 ) -> Result<Outcome, SupervisorError> {
     let (alive_r, alive_w) = pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(sys("pipe2"))?;
     let (status_r, status_w) = pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(sys("pipe2"))?;
@@ -103,7 +104,7 @@ pub fn supervise(
     let deadline = started + wall_limit;
     loop {
         let now = Instant::now();
-        let killed = facts.killed_for_wall || facts.killed_for_cpu;
+        let killed = facts.killed_for_wall || facts.killed_for_cpu || facts.client_gone;
         let mut timeout = if killed { Duration::from_millis(100) } else { deadline.saturating_duration_since(now) };
         if !killed {
             if now >= deadline {
@@ -128,6 +129,10 @@ pub fn supervise(
         if error_open {
             fds.push(PollFd::new(error_r.as_fd(), PollFlags::POLLIN));
         }
+        let watch_at = fds.len();
+        if let Some(w) = watch.as_ref().filter(|_| !facts.client_gone) {
+            fds.push(PollFd::new(w.as_fd(), PollFlags::POLLIN));
+        }
         let ms = timeout.as_millis().clamp(1, i32::MAX as u128) as i32;
         match poll(&mut fds, PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)) {
             Ok(_) | Err(Errno::EINTR) => {}
@@ -135,7 +140,14 @@ pub fn supervise(
         }
         let ready = |i: usize| fds.get(i).and_then(|f| f.revents()).is_some_and(|r| !r.is_empty());
         let (exited, signalled, error_ready) = (ready(0), ready(1), error_open && ready(2));
+        let gone = watch.is_some() && !facts.client_gone && ready(watch_at);
         drop(fds);
+        if gone {
+            // Nobody is left to talk to the program: it must not run on unattended.
+            facts.client_gone = true;
+            sandbox.kill();
+            tracing::warn!("the client is gone: sandbox killed");
+        }
         if signalled {
             while let Ok(Some(info)) = sfd.read_signal() {
                 tracing::debug!(signal = info.ssi_signo, "relaying");
@@ -176,7 +188,7 @@ pub fn supervise(
     if let Ok(8) = read(&status_r, &mut status) {
         facts.ended = crate::init::decode(&status);
     }
-    if facts.ended.is_none() && (facts.killed_for_wall || facts.killed_for_cpu) {
+    if facts.ended.is_none() && (facts.killed_for_wall || facts.killed_for_cpu || facts.client_gone) {
         facts.ended = Some(crate::report::Ended::Signaled(libc::SIGKILL)); // by us, through init
     }
     drop(alive_w);

@@ -193,3 +193,52 @@ fn check_refuses_slot_uids_that_belong_to_accounts() {
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(text.contains("FAIL slot-uids") && text.contains("65534"), "{text}");
 }
+
+/// A kernel whose client (jupyter_client in an nbgrader worker) is SIGKILLed must not run on
+/// unattended: `isolate-grade kernel` watches its parent and ends the sandbox with it.
+#[test]
+fn a_kernel_ends_when_its_client_is_killed() {
+    if !require_root() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let conn = dir.path().join("kernel-watch.json");
+    std::fs::write(
+        &conn,
+        r#"{"shell_port": 47101, "iopub_port": 47102, "stdin_port": 47103, "control_port": 47104,
+            "hb_port": 47105, "ip": "127.0.0.1", "key": "k", "transport": "tcp"}"#,
+    )
+    .unwrap();
+    let reports = dir.path().join("reports");
+    std::fs::create_dir(&reports).unwrap();
+    // the client: a shell that starts the kernel (a sleeper standing in for ipykernel) and
+    // prints its pid
+    let mut client = std::process::Command::new("/bin/sh")
+        .arg("-c")
+        .arg(r#""$0" kernel --report-dir "$1" -- /bin/sh -c 'sleep 1000' "$2" & echo $!; wait"#)
+        .arg(bin())
+        .arg(&reports)
+        .arg(&conn)
+        .current_dir(dir.path())
+        .env("ISOLATE_GRADE_CONFIG", test_config())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(client.stdout.take().unwrap()), &mut line).unwrap();
+    let kernel: i32 = line.trim().parse().unwrap();
+    // SAFETY: pidfd_open with integer arguments; the fd it returns is ours.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, kernel, 0) };
+    assert!(fd >= 0, "the kernel wrapper is running");
+    std::thread::sleep(std::time::Duration::from_millis(500)); // let the sandbox start
+    client.kill().unwrap();
+    client.wait().unwrap();
+    let mut pfd = libc::pollfd { fd: fd as i32, events: libc::POLLIN, revents: 0 };
+    // SAFETY: one valid pollfd, for the duration of the call.
+    let n = unsafe { libc::poll(&mut pfd, 1, 10_000) };
+    assert_eq!(n, 1, "the kernel wrapper outlived its client by 10 s");
+    // and it ended the sandbox properly: its report is written
+    let report = std::fs::read_to_string(reports.join("kernel-watch.json")).expect("a kernel report");
+    let report: serde_json::Value = serde_json::from_str(&report).unwrap();
+    assert_eq!(report["signal"], "SIGKILL", "{report}");
+}

@@ -90,6 +90,14 @@ pub fn pidfd_send_signal(pidfd: RawFd, sig: libc::c_int) -> Result<(), Errno> {
     check(unsafe { libc::syscall(libc::SYS_pidfd_send_signal, pidfd, sig, std::ptr::null::<u8>(), 0) }).map(drop)
 }
 
+/// `pidfd_open(pid, 0)`: a handle on a process that becomes readable when it exits.
+pub fn pidfd_open(pid: libc::pid_t) -> Result<OwnedFd, Errno> {
+    // SAFETY: plain syscall with integer arguments; on success it returns a new fd we own.
+    let fd = check(unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) })?;
+    // SAFETY: the kernel just gave us this fd; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
 /// `_exit` without running destructors or atexit handlers: for a forked child whose parent
 /// owns the real state (buffers, temp files).
 pub fn exit_now(code: i32) -> ! {
