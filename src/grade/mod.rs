@@ -421,14 +421,14 @@ fn from_answer(l: &Layout, notebooks: &[String], a: worker::Answer) -> StudentRe
 }
 
 /// The line that says what went wrong: the last exception line in nbgrader's log (its own
-/// error is only "see the log above"), else the traceback's last line.
+/// error only says "see the traceback above"), else the traceback's last line.
 fn nbgrader_error(a: &worker::Answer) -> String {
+    // `module.SomeError: message`, as a traceback ends (nbgrader's log indents tracebacks)
     let is_exception = |l: &&str| {
-        let first = l.split(':').next().unwrap_or("");
-        l.contains(": ")
-            && !l.starts_with([' ', '[', '\t'])
-            && (first.ends_with("Error") || first.ends_with("Exception"))
-            && !first.ends_with("NbGraderException")
+        let Some((name, _)) = l.trim().split_once(": ") else { return false };
+        !name.contains(' ')
+            && (name.ends_with("Error") || name.ends_with("Exception"))
+            && !name.ends_with("NbGraderException")
     };
     a.log
         .lines()
@@ -478,6 +478,10 @@ fn preflight(kernel_prefix: &[String]) -> Result<(), GradeError> {
         return Ok(());
     }
     let text = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    if out.status.code() == Some(i32::from(crate::report::EXIT_USAGE)) {
+        // the request was refused: a bad --policy or config, or a caller not allowed
+        return Err(GradeError::Invalid(text.strip_prefix("isolate-grade: ").unwrap_or(&text).to_string()));
+    }
     let cmd = format!("{} run --policy {policy} -- /bin/true", head.join(" "));
     Err(GradeError::Sandbox(format!("`{cmd}` failed ({}): {text}", out.status)))
 }
@@ -510,5 +514,34 @@ fn set_home(uid: u32) {
         std::env::set_var("HOME", &u.dir);
         std::env::set_var("USER", &u.name);
         std::env::set_var("LOGNAME", &u.name);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nbgrader_errors_are_found_in_its_log() {
+        let answer = |log: &str, error: &str| worker::Answer {
+            student: "s".into(),
+            success: false,
+            wall: 0.0,
+            notebook_wall: Default::default(),
+            log: log.into(),
+            error: Some(error.into()),
+            notebooks: None,
+            seconds_late: None,
+        };
+        let log =
+            "[ERROR] There was an error processing assignment: x\n[ERROR] Traceback (most recent call last):\n    \
+                   json.decoder.JSONDecodeError: Expecting property name\n    raise NotJSONError(message) from e\n    \
+                   nbformat.reader.NotJSONError: Notebook does not appear to be JSON: '{ x'\n[ERROR] Please see the \
+                   above traceback\nnbgrader.converters.base.NbGraderException: Please see the above traceback\n";
+        let a = answer(log, "Traceback...\nnbgrader.converters.base.NbGraderException: Please see");
+        assert_eq!(nbgrader_error(&a), "nbformat.reader.NotJSONError: Notebook does not appear to be JSON: '{ x'");
+        let a = answer("[INFO] nothing useful\n", "Traceback\n  File x\nKeyError: 'y'\n");
+        assert_eq!(nbgrader_error(&a), "KeyError: 'y'");
+        assert_eq!(nbgrader_error(&answer("", "")), "nbgrader failed without saying why");
     }
 }

@@ -25,9 +25,7 @@ import sys
 import time
 import traceback
 
-PROTOCOL = os.fdopen(os.dup(1), "w", buffering=1)
-os.dup2(2, 1)
-sys.stdout = sys.stderr
+PROTOCOL = None
 
 
 def answer(msg):
@@ -199,6 +197,10 @@ def grade(ctx, cfg, student):
 
 
 def main():
+    global PROTOCOL
+    PROTOCOL = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
     cfg = json.loads(sys.stdin.readline())
     try:
         ctx, fatal = setup(cfg)

@@ -1,0 +1,306 @@
+"""`isolate-grade ASSIGNMENT`, end to end with real nbgrader, on copies of the fixture course.
+
+- serial (--jobs 1) grades are the expected ones, and the report says so in JSON and CSV;
+- 16 workers on 20 submissions lose nothing and match the serial run;
+- a batch SIGKILLed at several points and started again ends with the serial run's gradebook,
+  and leaves no process behind;
+- rejected trees (symlink, FIFO, hard link, oversized file, symlinked student directory) are
+  reported and their targets never opened; a broken notebook and a memory bomb get their own
+  verdicts; nobody else is affected;
+- the gradebook lock: a writer holding the gradebook past SQLite's busy timeout makes another
+  worker wait, not fail with "database is locked" (and without the lock, it does fail);
+- graded students are skipped on a rerun, named or --force ones regraded, newer submissions too.
+"""
+
+import csv
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import nbformat
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = ROOT / "target" / "debug" / "isolate-grade"
+sys.path.insert(0, str(ROOT / "fixtures" / "course"))
+import course_tools  # noqa: E402
+import make_course  # noqa: E402
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0 and os.environ.get("CI") != "true", reason="needs root")
+
+EXPECTED = {s: per["ps1"] for s, per in make_course.EXPECTED.items() if "ps1" in per}
+
+
+def env():
+    e = course_tools.nbgrader_env()
+    e["ISOLATE_GRADE_CONFIG"] = str(ROOT / "fixtures/config/test.toml")
+    e["ISOLATE_GRADE_PYTHON"] = sys.executable
+    e["JUPYTERHUB_API_TOKEN"] = "hub-token-that-must-not-leak"
+    return e
+
+
+def batch(course, *args, check_code=None):
+    """Run `isolate-grade ps1 --course COURSE ARGS...`; return (exit code, report, stderr)."""
+    report = Path(course) / "report.json"
+    report.unlink(missing_ok=True)
+    r = subprocess.run([str(BIN), "ps1", "--course", str(course), "--report", str(report), *args],
+                       env=env(), capture_output=True, text=True, timeout=1200)
+    if check_code is not None:
+        assert r.returncode == check_code, r.stdout + r.stderr
+    return r.returncode, (json.loads(report.read_text()) if report.exists() else None), r.stdout + r.stderr
+
+
+def scores(gb):
+    return {s: {nb: v["score"] for nb, v in d["notebooks"].items()} for s, d in gb.items()}
+
+
+def leftovers(course):
+    """Processes whose working directory is in the course (workers, kernels), but ours."""
+    found = []
+    for p in Path("/proc").iterdir():
+        if not p.name.isdigit() or int(p.name) == os.getpid():
+            continue
+        try:
+            cwd = os.readlink(p / "cwd")
+        except OSError:
+            continue
+        if cwd == str(course) or cwd.startswith(str(course) + "/"):
+            found.append((int(p.name), (p / "cmdline").read_bytes()[:200]))
+    return found
+
+
+@pytest.fixture(scope="module")
+def serial(tmp_path_factory):
+    course = course_tools.prepare(tmp_path_factory.mktemp("serial") / "course")
+    code, report, out = batch(course, "--jobs", "1")
+    return course, code, report, out
+
+
+def test_serial_grades_are_the_expected_ones_and_reported(serial):
+    course, code, report, out = serial
+    assert code == 0, out
+    assert scores(course_tools.gradebook(course, "ps1")) == EXPECTED
+    assert report["schema"] == "isolate-grade/batch/1"
+    assert report["counts"] == {"graded": 10}
+    by = {s["student"]: s for s in report["students"]}
+    assert by["alice"]["score"] == 10 and by["alice"]["max_score"] == 10
+    for s in report["students"]:
+        for nb in s["notebooks"]:
+            assert nb["score"] == EXPECTED[s["student"]][nb["notebook"]], (s["student"], nb)
+            if nb["verdict"] != "not-run":  # erin did not submit problem2
+                assert nb["wall"] > 0 and nb["cpu"] > 0 and nb["peak_memory"] > 1 << 20, nb
+    # heidi's 50 MB cell was cut at the output limit; she is graded all the same
+    assert [nb["verdict"] for nb in by["heidi"]["notebooks"]] == ["output-limit", "ok"]
+    rows = list(csv.DictReader(open(course / "report.csv")))
+    assert len(rows) == 20
+    assert {(r["student"], r["notebook"], float(r["score"])) for r in rows} == {
+        (s, nb, v) for s, per in EXPECTED.items() for nb, v in per.items()}
+    assert "10 students: 10 graded" in out
+    assert not leftovers(course)
+
+
+def test_sixteen_workers_lose_nothing_and_match_serial(serial, tmp_path):
+    course, _, _, _ = serial
+    reference = course_tools.gradebook(course, "ps1")
+    par = course_tools.prepare(tmp_path / "course", copies=2)
+    code, report, out = batch(par, "--jobs", "16")
+    assert code == 0, out
+    assert report["counts"] == {"graded": 20}
+    got = course_tools.gradebook(par, "ps1")
+    assert len(got) == 20
+    for student, want in reference.items():
+        for name in (student, f"{student}-2"):
+            assert {k: v for k, v in got[name].items() if k != "timestamp"} == \
+                   {k: v for k, v in want.items() if k != "timestamp"}, name
+    logs = "".join(p.read_text(errors="replace") for p in (par / ".isolate-grade/ps1/logs").iterdir())
+    assert "database is locked" not in logs
+    assert course_tools.autograded_files(par, "ps1")["bob-2"] == course_tools.autograded_files(course, "ps1")["bob"]
+
+
+def test_sigkill_at_any_point_then_resume_matches_a_clean_run(serial, tmp_path):
+    course, _, _, _ = serial
+    reference = course_tools.gradebook(course, "ps1")
+    reference_files = course_tools.autograded_files(course, "ps1")
+    work = course_tools.prepare(tmp_path / "course")
+    # (progress line to wait for, then seconds to wait): during start-up, right after a
+    # student is recorded, and in the middle of grading
+    points = [(None, 1.0), ("[1/", 0.0), ("[3/", 1.5), ("[5/", 0.2), ("[6/", 2.5)]
+    for line_start, delay in points:
+        p = subprocess.Popen([str(BIN), "ps1", "--course", str(work), "--jobs", "2"],
+                             env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        seen = threading.Event()
+
+        def watch():
+            for line in p.stderr:
+                if line_start is None or line.startswith(line_start):
+                    seen.set()
+            seen.set()
+
+        threading.Thread(target=watch, daemon=True).start()
+        assert seen.wait(600)
+        time.sleep(delay)
+        p.kill()
+        p.wait()
+        deadline = time.monotonic() + 15
+        while leftovers(work) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not leftovers(work), f"left running after SIGKILL at {line_start}+{delay}s"
+    code, report, out = batch(work, "--jobs", "2")
+    assert code == 0, out
+    assert sum(s["from_earlier_run"] for s in report["students"]) >= 1, "nothing was kept from the killed runs"
+    assert course_tools.gradebook(work, "ps1") == reference
+    assert course_tools.autograded_files(work, "ps1") == reference_files
+
+
+def _with_cell(nb_path, source):
+    nb = nbformat.read(nb_path, as_version=4)
+    cell = next(c for c in nb.cells if c.cell_type == "code" and c.metadata.get("nbgrader", {}).get("solution"))
+    cell.source = source
+    nbformat.write(nb, nb_path)
+
+
+def test_bad_submissions_get_their_verdicts_and_nobody_else_is_affected(tmp_path):
+    course = course_tools.prepare(tmp_path / "course")
+    sub = course / "submitted"
+    alice = sub / "alice"
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    trap = outside / "trap.fifo"
+    os.mkfifo(trap)
+
+    def student(name):
+        shutil.copytree(alice, sub / name)
+        return sub / name / "ps1"
+
+    os.symlink("../../../source/ps1/problem1.ipynb", student("mallory") / "notes.txt")
+    os.symlink(trap, sub / "mallory" / "ps1" / "trap.txt")
+    os.mkfifo(student("oscar") / "pipe")
+    os.link(student("peggy") / "problem1.ipynb", sub / "peggy" / "ps1" / "copy.ipynb")
+    with open(student("trent") / "big.bin", "wb") as f:
+        f.truncate(200 << 20)  # sparse: past the 100 MB per-file limit
+    shutil.copytree(alice, outside / "sybil")
+    os.symlink(outside / "sybil", sub / "sybil")
+    (student("victor") / "problem1.ipynb").write_text("{ this is not a notebook")
+    _with_cell(student("walter") / "problem1.ipynb",
+               "hog = []\nwhile True:\n    hog.append(b'x' * (50 << 20))")
+
+    # anyone opening the FIFO for reading would release this writer
+    opened = threading.Event()
+
+    def writer():
+        with open(trap, "w"):
+            opened.set()
+
+    t = threading.Thread(target=writer, daemon=True)
+    t.start()
+    code, report, out = batch(course, "--jobs", "2")
+    read_by_someone = opened.is_set()
+    os.close(os.open(trap, os.O_RDONLY | os.O_NONBLOCK))  # let the writer go
+    t.join(5)
+    assert not read_by_someone, "a symlink's target was opened"
+
+    assert code == 1, out  # not everyone graded, and no fault of ours
+    by = {s["student"]: s for s in report["students"]}
+    want = {"mallory": "rejected", "oscar": "rejected", "peggy": "rejected", "trent": "rejected",
+            "sybil": "rejected", "victor": "error", "walter": "memory-limit"}
+    assert {s: by[s]["verdict"] for s in want} == want, out
+    assert "notes.txt: a symlink" in by["mallory"]["message"]
+    assert "pipe: a FIFO" in by["oscar"]["message"]
+    assert "a hard link" in by["peggy"]["message"]
+    assert "big.bin" in by["trent"]["message"] and "more than" in by["trent"]["message"]
+    assert "symlink" in by["sybil"]["message"]
+    assert "JSON" in by["victor"]["message"] or "json" in by["victor"]["message"], by["victor"]
+    assert "problem1" in by["walter"]["message"]
+    assert [nb["verdict"] for nb in by["walter"]["notebooks"]][0] == "memory-limit"
+    # the rejected were never handed to nbgrader: nothing of theirs was graded or copied
+    for s in ["mallory", "oscar", "peggy", "trent", "sybil"]:
+        assert not (course / "autograded" / s).exists(), s
+    assert not any((course / ".isolate-grade/ps1/submitted").iterdir())
+    # everyone else, the control students, graded as expected
+    got = scores(course_tools.gradebook(course, "ps1"))
+    for s, per in EXPECTED.items():
+        assert by[s]["verdict"] == "graded" and got[s] == per, s
+    assert not leftovers(course)
+
+
+def _load_worker():
+    spec = importlib.util.spec_from_file_location("isolate_grade_worker", ROOT / "src/grade/worker.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+HOLDER = r"""
+import sys, time
+sys.path.insert(0, sys.argv[1])
+from test_batch import _load_worker
+from nbgrader.api import Gradebook, Student
+locked, db, lock, who, hold = sys.argv[2] == "1", sys.argv[3], sys.argv[4], sys.argv[5], float(sys.argv[6])
+if locked:
+    w = _load_worker()
+    w.lock_the_gradebook(w.GradebookLock(lock))
+with Gradebook(db) as gb:
+    gb.db.add(Student(id=who))
+    gb.db.flush()          # a write in an open transaction: SQLite's write lock is held
+    print("holding", flush=True)
+    time.sleep(hold)
+    gb.db.commit()
+print("ok", who)
+"""
+
+
+@pytest.mark.parametrize("locked", [True, False], ids=["with-the-lock", "without-it-sqlite-fails"])
+def test_a_long_gradebook_writer_makes_others_wait_not_fail(tmp_path, locked):
+    db = f"sqlite:///{tmp_path / 'gradebook.db'}"
+    os.environ["PATH"] = course_tools.nbgrader_env()["PATH"]
+    from nbgrader.api import Gradebook
+    Gradebook(db).close()  # create it
+    run = lambda who, hold: subprocess.Popen(  # noqa: E731
+        [sys.executable, "-c", HOLDER, str(Path(__file__).parent), "1" if locked else "0", db,
+         str(tmp_path / "gradebook.lock"), who, str(hold)],
+        env=course_tools.nbgrader_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = run("first", 10.0)  # longer than SQLite's 5 s busy timeout
+    assert first.stdout.readline() == "holding\n"
+    second = run("second", 0.0)
+    outs = [p.communicate(timeout=60) for p in (first, second)]
+    if locked:
+        assert [p.returncode for p in (first, second)] == [0, 0], outs
+        with Gradebook(db) as gb:
+            assert sorted(s.id for s in gb.students) == ["first", "second"]
+    else:
+        # the control: this is the failure the lock exists for
+        assert second.returncode != 0 and "database is locked" in outs[1][1], outs
+
+
+def test_graded_students_are_skipped_unless_named_forced_or_resubmitted(serial):
+    course, _, _, _ = serial
+    before = course_tools.gradebook(course, "ps1")
+    code, report, out = batch(course, "--jobs", "2")
+    assert code == 0, out
+    assert all(s["from_earlier_run"] for s in report["students"]), out
+    assert "graded by an earlier run" in out
+    code, report, out = batch(course, "--student", "bob", "--student", "carol")
+    assert code == 0, out
+    assert [(s["student"], s["from_earlier_run"]) for s in report["students"]] == [("bob", False), ("carol", False)]
+    # a newer submission is regraded; the others are not
+    ts = course / "submitted" / "dave" / "ps1" / "timestamp.txt"
+    ts.write_text(ts.read_text().replace("12:03:00", "12:04:00"))
+    code, report, out = batch(course)
+    assert code == 0, out
+    assert [s["student"] for s in report["students"] if not s["from_earlier_run"]] == ["dave"]
+    code, report, out = batch(course, "--force", "--jobs", "2")
+    assert code == 0 and not any(s["from_earlier_run"] for s in report["students"]), out
+    after = course_tools.gradebook(course, "ps1")
+    assert scores(after) == scores(before)
+    # bad input: a clear error, exit 2, nothing graded
+    for args, msg in [(["--student", "nobody"], "no submission of ps1"), (["--student", "../x"], "--student"),
+                      (["--jobs", "0"], "--jobs"), (["--policy", "no/such.toml"], "no/such.toml")]:
+        code, report, out = batch(course, *args)
+        assert code == 2 and msg in out and report is None, (args, out)
