@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# The main job: grade the bundled fixture course (fixtures/course) with nbgrader, every
-# student's notebook executed in the sandboxed kernel. Installs what it needs on a fresh
-# machine (the project venv with nbgrader; Debian packages when run as root).
+# The main job: grade the bundled fixture course (fixtures/course: 3 assignments, 10
+# students) with `isolate-grade ASSIGNMENT`, every notebook in a sandboxed kernel, then
+# check the gradebook against the expected scores. Installs what it needs on a fresh machine
+# (the project venv with nbgrader; Debian packages when run as root).
 #
-#   sudo bash scripts/demo.sh [OUT_DIR]      (OUT_DIR: where the graded course is kept)
+#   sudo bash scripts/demo.sh [OUT_DIR]      (OUT_DIR: the graded course copy, kept)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
@@ -18,22 +19,35 @@ cargo build --release --quiet
 ig=$PWD/target/release/isolate-grade
 "$ig" check
 
-# the sandboxed kernelspec, in the venv nbgrader runs from
-"$ig" install --python .venv/bin/python --name isolate-grade-python3
-reports=$(mktemp -d /tmp/isolate-grade-reports.XXXXXX)
 echo
-echo "== grading fixtures/course in $out, every kernel sandboxed (verdicts in $reports)"
-ISOLATE_GRADE_REPORT_DIR=$reports .venv/bin/python fixtures/course/grade_bare.py \
-  --kernel-name isolate-grade-python3 --out "$out" --json-out "$out/scores.json" || true
+echo "== a copy of fixtures/course in $out, assignments released (nbgrader generate_assignment)"
+.venv/bin/python -c 'import sys; sys.path.insert(0, "fixtures/course"); import course_tools as t; t.prepare(sys.argv[1], ("ps1", "ps2", "ps3"))' "$out"
+
+# nbgrader and ipykernel from the project venv (an instructor's are on PATH)
+export ISOLATE_GRADE_PYTHON=$PWD/.venv/bin/python
+status=0
+for a in ps1 ps2 ps3; do
+  echo
+  echo "== isolate-grade $a --course $out --report $out/report-$a.json"
+  "$ig" "$a" --course "$out" --report "$out/report-$a.json" || status=$?
+done
+
 echo
-echo "== kernel verdicts"
-.venv/bin/python - "$reports" <<'PY'
-import collections, json, pathlib, sys
-v = [json.loads(p.read_text()) for p in pathlib.Path(sys.argv[1]).glob("*.json")]
-c = collections.Counter(r["status"] for r in v)
-print(f"{len(v)} kernels: " + ", ".join(f"{n} {s}" for s, n in c.most_common()))
-for r in v:
-    if r["status"] != "ok":
-        print(f"  {r['status']}: {r['kernel']['id']} wall {r['wall_time']}s, output {r.get('output_bytes')} bytes")
+echo "== the gradebook against fixtures/course/make_course.py's EXPECTED"
+.venv/bin/python - "$out" <<'PY'
+import sys
+sys.path.insert(0, "fixtures/course")
+import course_tools, make_course
+bad = 0
+for a in ("ps1", "ps2", "ps3"):
+    got = {s: {nb: v["score"] for nb, v in d["notebooks"].items()}
+           for s, d in course_tools.gradebook(sys.argv[1], a).items()}
+    want = {s: per[a] for s, per in make_course.EXPECTED.items() if a in per}
+    for s in sorted(set(got) | set(want)):
+        if got.get(s) != want.get(s):
+            bad += 1
+            print(f"MISMATCH {a} {s}: expected {want.get(s)}, got {got.get(s)}")
+print("all scores as expected" if not bad else f"{bad} mismatches")
+sys.exit(1 if bad else 0)
 PY
-echo "scores: $out/scores.json"
+exit $status
