@@ -514,6 +514,49 @@ fn untrusted_callers_get_nothing_they_could_not_do_themselves() {
     limits_stay_within_the_system_maximum(&fx);
     a_hostile_environment_does_not_reach_the_helper_or_the_program(&fx);
     an_insecure_config_refuses_untrusted_callers(&fx);
+    batch_grading_runs_as_the_caller(&fx);
+}
+
+/// `isolate-grade ASSIGNMENT` needs no privilege and keeps none: through sudo or setuid it
+/// becomes the caller before anything else, so the Python it starts (nbgrader's) and every
+/// file it writes are the caller's. A fake "python" records the ids it runs with.
+fn batch_grading_runs_as_the_caller(fx: &Fixture) {
+    let course = fx.in_work("course");
+    let record = fx.in_work("python-ids.txt");
+    let python = fx.inputs.path().join("fake-python");
+    write(
+        &python,
+        &format!(
+            "#!/bin/sh\necho \"$(id -u) $(id -ru) $(id -g)\" >> {}\n\
+             echo '{{\"executable\": \"/usr/bin/python3\", \"prefix\": \"/usr\", \"has_ipykernel\": true}}'\n",
+            path_str(&record)
+        ),
+        0o755,
+    );
+    for via in UNTRUSTED {
+        let _ = fs::remove_dir_all(&course);
+        let _ = fs::remove_file(&record);
+        fs::create_dir_all(course.join("submitted/alice/ps1")).unwrap();
+        Command::new("chown")
+            .arg("-R")
+            .arg(format!("{}:{}", fx.caller.uid, fx.caller.gid))
+            .arg(&course)
+            .status()
+            .unwrap();
+        let argv = ["ps1", "--course", &path_str(&course), "--python", &path_str(&python), "--jobs", "1"];
+        let out = fx.helper(via, &fx.caller, &argv, &[]);
+        // It stops when the fake Python can't grade (or, under sudo, when `sudo -n` is missing
+        // here), but not before the Python ran as the caller.
+        assert_ne!(out.code, 0, "{via:?}: {out:#?}");
+        let ids = fs::read_to_string(&record).unwrap_or_else(|e| panic!("{via:?}: python never ran: {e}\n{out:#?}"));
+        let want = format!("{} {} {}", fx.caller.uid, fx.caller.uid, fx.caller.gid);
+        for line in ids.lines() {
+            assert_eq!(line, want, "{via:?}: the Python ran with other ids\n{out:#?}");
+        }
+        if let Ok(md) = fs::metadata(course.join(".isolate-grade")) {
+            assert_eq!(md.uid(), fx.caller.uid, "{via:?}: state created as another user");
+        }
+    }
 }
 
 /// Case 10: the caller's run works both ways, as the slot's own uid, and they own the report.
