@@ -2,8 +2,8 @@
 
 - serial (--jobs 1) grades are the expected ones, and the report says so in JSON and CSV;
 - 16 workers on 20 submissions lose nothing and match the serial run;
-- a batch SIGKILLed at several points and started again ends with the serial run's gradebook,
-  and leaves no process behind;
+- a batch SIGKILLed at several points (and once stopped with SIGINT) and started again ends
+  with the serial run's gradebook, and leaves no process behind;
 - rejected trees (symlink, FIFO, hard link, oversized file, symlinked student directory) are
   reported and their targets never opened; a broken notebook and a memory bomb get their own
   verdicts; nobody else is affected;
@@ -124,21 +124,25 @@ def test_sixteen_workers_lose_nothing_and_match_serial(serial, tmp_path):
     assert course_tools.autograded_files(par, "ps1")["bob-2"] == course_tools.autograded_files(course, "ps1")["bob"]
 
 
-def test_sigkill_at_any_point_then_resume_matches_a_clean_run(serial, tmp_path):
+def test_killed_at_any_point_then_resumed_matches_a_clean_run(serial, tmp_path):
     course, _, _, _ = serial
     reference = course_tools.gradebook(course, "ps1")
     reference_files = course_tools.autograded_files(course, "ps1")
     work = course_tools.prepare(tmp_path / "course")
-    # (progress line to wait for, then seconds to wait): during start-up, right after a
-    # student is recorded, and in the middle of grading
-    points = [(None, 1.0), ("[1/", 0.0), ("[3/", 1.5), ("[5/", 0.2), ("[6/", 2.5)]
-    for line_start, delay in points:
+    # (progress line to wait for, seconds to wait, signal): during start-up, right after a
+    # student is recorded, in the middle of grading; and a Ctrl-C, which stops it cleanly.
+    # Each run counts only the students left ("[1/7]"), so a few are left for the last run.
+    points = [(None, 1.0, signal.SIGKILL), ("[1/", 0.0, signal.SIGKILL), ("[2/", 1.5, signal.SIGKILL),
+              ("[1/", 2.5, signal.SIGKILL), ("[1/", 0.5, signal.SIGINT)]
+    for line_start, delay, sig in points:
         p = subprocess.Popen([str(BIN), "ps1", "--course", str(work), "--jobs", "2"],
-                             env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                             env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         seen = threading.Event()
+        lines = []
 
         def watch():
             for line in p.stderr:
+                lines.append(line)
                 if line_start is None or line.startswith(line_start):
                     seen.set()
             seen.set()
@@ -146,12 +150,16 @@ def test_sigkill_at_any_point_then_resume_matches_a_clean_run(serial, tmp_path):
         threading.Thread(target=watch, daemon=True).start()
         assert seen.wait(600)
         time.sleep(delay)
-        p.kill()
-        p.wait()
+        p.send_signal(sig)
+        stdout = p.stdout.read()
+        p.wait(60)
+        if sig == signal.SIGINT:
+            assert p.returncode == 130, stdout + "".join(lines)
+            assert "interrupted" in stdout and "stopping" in "".join(lines), stdout + "".join(lines)
         deadline = time.monotonic() + 15
         while leftovers(work) and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert not leftovers(work), f"left running after SIGKILL at {line_start}+{delay}s"
+        assert not leftovers(work), f"left running after {sig.name} at {line_start}+{delay}s"
     code, report, out = batch(work, "--jobs", "2")
     assert code == 0, out
     assert sum(s["from_earlier_run"] for s in report["students"]) >= 1, "nothing was kept from the killed runs"
