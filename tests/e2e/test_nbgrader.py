@@ -64,6 +64,13 @@ def graded(tmp_path_factory, sandbox_env):
     return bare, sandboxed, base / "sandboxed", reports
 
 
+def ended_normally(v):
+    """A kernel that ended as it should: `ok`, or killed by jupyter_client's SIGTERM when
+    ipykernel 7.4 hangs in its shutdown after answering the shutdown request (it does so bare
+    as well: 7 of 48 runs bare, 2 of 48 sandboxed; see README)."""
+    return v["status"] == "ok" or (v["status"] == "signaled" and v["signal"] == "SIGTERM")
+
+
 def test_sandboxed_grades_equal_bare_nbgrader(graded):
     bare, sandboxed, _, _ = graded
     for student in BENIGN:
@@ -166,7 +173,7 @@ def test_formgrader_autograde_is_sandboxed(tmp_path, sandbox_env):
         result = api.autograde("ps1", "alice")
         assert result["success"], result.get("log")
         new = [json.loads(p.read_text()) for p in set(reports.glob("*.json")) - before]
-        assert new and all(v["status"] == "ok" for v in new), new
+        assert new and all(ended_normally(v) for v in new), [(v["status"], v["signal"]) for v in new]
         sub = api.get_submission("ps1", "alice")
         assert sub["score"] == sub["max_score"] > 0, sub
     finally:
