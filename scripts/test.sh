@@ -28,3 +28,5 @@ echo "== end to end, with real nbgrader (project venv)"
 bash scripts/venv.sh
 .venv/bin/python -m pip install -q -r scripts/requirements-dev.txt
 .venv/bin/python -m pytest -q tests/e2e 2>&1 | tee target/e2e-output.txt
+# the adversarial suite's summary (tests/e2e/test_attacks.py writes it)
+cat target/attack-summary.txt
