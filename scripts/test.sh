@@ -24,6 +24,9 @@ echo "== tests"
 # duration); tests within a binary run in parallel, each sandbox in its own slot.
 cargo test --no-fail-fast 2>&1 | tee target/test-output.txt
 
+echo "== fuzz, CI-sized (scripts/fuzz.sh: policy, cli, kernel_protocol)"
+FUZZ_SECONDS=${FUZZ_SECONDS:-60} bash scripts/fuzz.sh
+
 echo "== end to end, with real nbgrader (project venv)"
 bash scripts/venv.sh
 .venv/bin/python -m pip install -q -r scripts/requirements-dev.txt
