@@ -43,9 +43,8 @@ pub enum Command {
 
 /// `isolate-grade [GLOBAL OPTIONS] X ...` with X not a subcommand (an assignment, or a grading
 /// option) means `isolate-grade [GLOBAL OPTIONS] grade X ...`: `grade` is inserted before X.
-pub fn with_default_command(args: Vec<OsString>) -> Vec<OsString> {
-    use clap::CommandFactory;
-    let cmd = Cli::command();
+/// `cmd` is `Cli::command()`, built once by the caller, who then parses with it.
+pub fn with_default_command(cmd: &clap::Command, args: Vec<OsString>) -> Vec<OsString> {
     let subcommands: Vec<String> =
         cmd.get_subcommands().map(|c| c.get_name().to_string()).chain(["help".to_string()]).collect();
     // global options, and whether each takes a value
@@ -243,7 +242,7 @@ mod tests {
 
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
         let argv = std::iter::once("isolate-grade").chain(args.iter().copied()).map(OsString::from).collect();
-        Cli::try_parse_from(with_default_command(argv))
+        Cli::try_parse_from(with_default_command(&Cli::command(), argv))
     }
 
     fn graded(args: &[&str]) -> GradeArgs {

@@ -2,7 +2,7 @@
 //! or async runtime may start before that (the kernel relay's thread starts after, in
 //! `supervisor`, and this process never forks again).
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 use isolate_grade::cli::{Cli, Command};
 use isolate_grade::report::EXIT_USAGE;
 use std::process::ExitCode;
@@ -26,7 +26,10 @@ fn main() -> ExitCode {
         eprintln!("isolate-grade: blocking signals: {e}");
         return ExitCode::from(3);
     }
-    let cli = Cli::parse_from(isolate_grade::cli::with_default_command(std::env::args_os().collect()));
+    // One clap Command, built once: for the `grade` default and for parsing.
+    let cmd = Cli::command();
+    let args = isolate_grade::cli::with_default_command(&cmd, std::env::args_os().collect());
+    let cli = Cli::from_arg_matches(&cmd.get_matches_from(args)).unwrap_or_else(|e| e.exit());
     init_tracing(&cli.log);
     match real_main(cli) {
         Ok(code) => ExitCode::from(code),

@@ -3,7 +3,7 @@
 //! counts, binds, ids) must be accepted or refused, never panic.
 #![no_main]
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use isolate_grade::cli::{with_default_command, Cli, Command, SandboxArgs};
 use isolate_grade::{grade, run, units};
 use libfuzzer_sys::fuzz_target;
@@ -28,7 +28,7 @@ fn values(s: &SandboxArgs) {
 fuzz_target!(|data: &[u8]| {
     let mut argv: Vec<OsString> = vec!["isolate-grade".into()];
     argv.extend(data.split(|b| *b == 0).map(|a| OsString::from_vec(a.to_vec())));
-    let Ok(cli) = Cli::try_parse_from(with_default_command(argv)) else { return };
+    let Ok(cli) = Cli::try_parse_from(with_default_command(&Cli::command(), argv)) else { return };
     match cli.command {
         Command::Run(r) => values(&r.sandbox),
         Command::Kernel(k) => {
