@@ -49,24 +49,58 @@ pub fn probe_python(python: Option<&Path>) -> Result<PythonInfo, InstallError> {
     Ok(info)
 }
 
+/// How a kernelspec starts this binary: `[sudo -n] isolate-grade [--config C]`, to which a
+/// subcommand is added (`kernel` for the kernelspec; `grade` also runs `run` with it).
+#[derive(Debug, Clone)]
+pub struct Launcher {
+    pub head: Vec<String>,
+}
+
+impl Launcher {
+    /// `config` is made absolute: a kernel starts in the submission's directory.
+    pub fn new(sudo: bool, config: Option<&Path>) -> Result<Launcher, InstallError> {
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| InstallError::Io { path, source }
+        };
+        let exe = std::env::current_exe().map_err(io(Path::new("/proc/self/exe")))?;
+        let mut head = Vec::new();
+        if sudo {
+            head.extend(["sudo".to_string(), "-n".to_string()]);
+        }
+        head.push(exe.display().to_string());
+        if let Some(c) = config {
+            head.extend(["--config".into(), std::path::absolute(c).map_err(io(c))?.display().to_string()]);
+        }
+        Ok(Launcher { head })
+    }
+
+    /// The kernelspec's argv prefix: `... kernel [--policy P]`.
+    pub fn kernel(&self, policy: Option<&str>) -> Vec<String> {
+        let mut argv = self.head.clone();
+        argv.push("kernel".into());
+        if let Some(p) = policy {
+            argv.extend(["--policy".into(), p.into()]);
+        }
+        argv
+    }
+}
+
+/// Write `spec` as `dir/kernel.json`, creating `dir`.
+pub fn write_kernelspec(dir: &Path, spec: &serde_json::Value) -> Result<(), InstallError> {
+    std::fs::create_dir_all(dir).map_err(|source| InstallError::Io { path: dir.to_path_buf(), source })?;
+    let file = dir.join("kernel.json");
+    std::fs::write(&file, serde_json::to_string_pretty(spec).expect("json") + "\n")
+        .map_err(|source| InstallError::Io { path: file, source })
+}
+
 pub fn execute(a: InstallArgs) -> Result<u8, InstallError> {
     let info = probe_python(a.python.as_deref())?;
-    let exe = std::env::current_exe().map_err(|e| InstallError::Io { path: "/proc/self/exe".into(), source: e })?;
-    let mut prefix = Vec::new();
-    if a.sudo {
-        prefix.extend(["sudo".to_string(), "-n".to_string()]);
-    }
-    prefix.extend([exe.display().to_string(), "kernel".into()]);
-    if let Some(p) = &a.policy {
-        prefix.extend(["--policy".into(), p.clone()]);
-    }
+    let prefix = Launcher::new(a.sudo, None)?.kernel(a.policy.as_deref());
     let display_name = a.display_name.clone().unwrap_or_else(|| format!("Python 3 (isolate-grade {})", a.name));
     let spec = kernelspec(prefix, &info, &display_name);
     let dir = Path::new(&info.prefix).join("share/jupyter/kernels").join(&a.name);
-    std::fs::create_dir_all(&dir).map_err(|source| InstallError::Io { path: dir.clone(), source })?;
-    let file = dir.join("kernel.json");
-    std::fs::write(&file, serde_json::to_string_pretty(&spec).expect("json") + "\n")
-        .map_err(|source| InstallError::Io { path: file.clone(), source })?;
+    write_kernelspec(&dir, &spec)?;
     println!("installed kernelspec {:?} in {}", a.name, dir.display());
     let block = config_block(&a.name);
     match &a.course {

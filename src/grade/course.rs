@@ -148,12 +148,7 @@ impl Layout {
 
     /// The submission's `timestamp.txt`, as nbgrader reads it (trimmed), if it is a plain file.
     pub fn timestamp(&self, student: &str) -> Option<String> {
-        let p = self.submission(student).join("timestamp.txt");
-        let m = std::fs::symlink_metadata(&p).ok()?;
-        if !m.is_file() || m.len() > 4096 {
-            return None;
-        }
-        std::fs::read_to_string(p).ok().map(|t| t.trim().to_string())
+        timestamp_in(&self.submission(student))
     }
 
     /// The earlier result that makes this student graded, if it still holds.
@@ -185,6 +180,17 @@ impl Layout {
         std::fs::rename(&tmp, &p).map_err(io(&p))?;
         sync_dir(p.parent().expect("in graded/"))
     }
+}
+
+/// A submission directory's `timestamp.txt` (the original or our copy), as nbgrader reads it
+/// (trimmed), if it is a plain file of at most 4 KiB.
+pub fn timestamp_in(dir: &Path) -> Option<String> {
+    let p = dir.join("timestamp.txt");
+    let m = std::fs::symlink_metadata(&p).ok()?;
+    if !m.is_file() || m.len() > 4096 {
+        return None;
+    }
+    std::fs::read_to_string(p).ok().map(|t| t.trim().to_string())
 }
 
 fn sync_dir(dir: &Path) -> Result<(), CourseError> {

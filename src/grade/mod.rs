@@ -25,7 +25,7 @@ use course::{CourseError, Layout};
 use report::{BatchReport, NotebookResult, ReportError, StudentResult, Verdict};
 use std::collections::VecDeque;
 use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -57,6 +57,16 @@ pub enum GradeError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("the sandbox cannot run here, so nothing was graded:\n{0}")]
     Sandbox(String),
+}
+
+/// The kernelspec's launcher and file: their I/O faults stay I/O faults (exit 3).
+impl From<crate::install::InstallError> for GradeError {
+    fn from(e: crate::install::InstallError) -> GradeError {
+        match e {
+            crate::install::InstallError::Io { path, source } => GradeError::Io { path, source },
+            crate::install::InstallError::Invalid(m) => GradeError::Invalid(m),
+        }
+    }
 }
 
 impl GradeError {
@@ -120,11 +130,21 @@ pub fn execute(config: Option<PathBuf>, a: GradeArgs) -> Result<u8, GradeError> 
         None => None,
     };
     let info = crate::install::probe_python(a.python.as_deref()).map_err(|e| GradeError::Invalid(e.to_string()))?;
-    let kernel_prefix = kernel_prefix(&caller, config.as_deref(), &a.policy)?;
-    preflight(&kernel_prefix)?;
+    // The kernel starts in the submission's directory: a policy path must not be relative.
+    let policy = if crate::policy::is_path(&a.policy) {
+        let abs =
+            std::path::absolute(&a.policy).map_err(|e| GradeError::Io { path: a.policy.clone().into(), source: e });
+        abs?.display().to_string()
+    } else {
+        a.policy.clone()
+    };
+    let launcher = crate::install::Launcher::new(caller.via == "sudo", config.as_deref())?;
+    preflight(&launcher, &policy)?;
 
     let _lock = layout.lock()?;
-    write_kernelspec(&layout, kernel_prefix, &info)?;
+    let mut spec = crate::install::kernelspec(launcher.kernel(Some(&policy)), &info, "Python 3 (isolate-grade batch)");
+    spec["metadata"]["isolate_grade"]["batch"] = serde_json::json!(assignment);
+    crate::install::write_kernelspec(&layout.jupyter_path().join("kernels").join(KERNEL_NAME), &spec)?;
 
     // Who to grade: named students always; others unless graded before (or --force).
     let started = Instant::now();
@@ -311,8 +331,7 @@ fn grade_one(
         r.wall = started.elapsed().as_secs_f64();
         return Ok(r);
     }
-    let timestamp =
-        std::fs::read_to_string(staged.join(&l.assignment).join("timestamp.txt")).ok().map(|t| t.trim().to_string());
+    let timestamp = course::timestamp_in(&staged.join(&l.assignment));
     if let Err(e) = course::remove_tree(&l.kernel_reports(student)) {
         return Ok(fault(e.to_string()));
     }
@@ -440,33 +459,10 @@ fn nbgrader_error(a: &worker::Answer) -> String {
         .to_string()
 }
 
-/// `[sudo -n] isolate-grade [--config C] kernel --policy P`: how nbgrader starts each kernel.
-fn kernel_prefix(caller: &Caller, config: Option<&Path>, policy: &str) -> Result<Vec<String>, GradeError> {
-    let exe = std::env::current_exe().map_err(|e| GradeError::Io { path: "/proc/self/exe".into(), source: e })?;
-    let mut argv = Vec::new();
-    if caller.via == "sudo" {
-        argv.extend(["sudo".to_string(), "-n".to_string()]);
-    }
-    argv.push(exe.display().to_string());
-    if let Some(c) = config {
-        argv.extend(["--config".into(), absolute(c)?.display().to_string()]);
-    }
-    // The kernel starts in the submission's directory: a policy path must not be relative.
-    let policy =
-        if crate::policy::is_path(policy) { absolute(Path::new(policy))?.display().to_string() } else { policy.into() };
-    argv.extend(["kernel".into(), "--policy".into(), policy]);
-    Ok(argv)
-}
-
-fn absolute(p: &Path) -> Result<PathBuf, GradeError> {
-    std::path::absolute(p).map_err(|e| GradeError::Io { path: p.to_path_buf(), source: e })
-}
-
-/// Fail closed before touching anything: one sandbox, with the kernels' policy and privilege,
-/// must run `/bin/true`.
-fn preflight(kernel_prefix: &[String]) -> Result<(), GradeError> {
-    let n = kernel_prefix.len();
-    let (policy, head) = (&kernel_prefix[n - 1], &kernel_prefix[..n - 3]);
+/// Fail closed before touching anything: one sandbox, started the way the kernels will be
+/// (same privilege, config and policy), must run `/bin/true`.
+fn preflight(launcher: &crate::install::Launcher, policy: &str) -> Result<(), GradeError> {
+    let head = &launcher.head;
     let out = std::process::Command::new(&head[0])
         .args(&head[1..])
         .args(["run", "--policy", policy, "--", "/bin/true"])
@@ -484,16 +480,6 @@ fn preflight(kernel_prefix: &[String]) -> Result<(), GradeError> {
     }
     let cmd = format!("{} run --policy {policy} -- /bin/true", head.join(" "));
     Err(GradeError::Sandbox(format!("`{cmd}` failed ({}): {text}", out.status)))
-}
-
-fn write_kernelspec(l: &Layout, prefix: Vec<String>, info: &crate::install::PythonInfo) -> Result<(), GradeError> {
-    let mut spec = crate::install::kernelspec(prefix, info, "Python 3 (isolate-grade batch)");
-    spec["metadata"]["isolate_grade"]["batch"] = serde_json::json!(l.assignment);
-    let dir = l.jupyter_path().join("kernels").join(KERNEL_NAME);
-    std::fs::create_dir_all(&dir).map_err(|e| GradeError::Io { path: dir.clone(), source: e })?;
-    let file = dir.join("kernel.json");
-    std::fs::write(&file, serde_json::to_string_pretty(&spec).expect("json") + "\n")
-        .map_err(|e| GradeError::Io { path: file, source: e })
 }
 
 /// SIGINT, SIGTERM and SIGHUP (blocked since `main`) as a file descriptor we poll.
