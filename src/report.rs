@@ -101,6 +101,8 @@ pub struct Facts {
     pub client_gone: bool,
     /// A kernel cell's output passed the limit: the rest was dropped, the cell interrupted.
     pub killed_for_output: bool,
+    /// Signals the supervisor received from its caller and passed on to the program, in order.
+    pub relayed: Vec<i32>,
     /// A kernel's output bytes (iopub), when it ran behind the relay.
     pub output_bytes: Option<u64>,
     pub usage: Usage,
@@ -169,6 +171,9 @@ pub struct Report {
     pub limits: Limits,
     /// Limits the run ran into, even when they are not the reason it ended.
     pub limits_hit: Vec<&'static str>,
+    /// Signals the caller sent that were passed on to the program (a `signaled` status with
+    /// one of these was the caller's doing: Ctrl-C, or jupyter_client ending a kernel).
+    pub relayed_signals: Vec<String>,
     pub sandbox_error: Option<SandboxFault>,
     pub sandbox: SandboxInfo,
     /// For `isolate-grade kernel`: its connection and output.
@@ -222,6 +227,7 @@ impl Report {
             output_bytes: f.output_bytes,
             limits: limits.clone(),
             limits_hit: hit,
+            relayed_signals: f.relayed.iter().map(|&s| signal_name(s)).collect(),
             sandbox_error: (status == Status::SandboxError).then(|| SandboxFault {
                 step: "init".into(),
                 message: "the sandbox's init ended without reporting the program's status".into(),
@@ -243,6 +249,7 @@ impl Report {
             output_bytes: None,
             limits: limits.clone(),
             limits_hit: vec![],
+            relayed_signals: vec![],
             sandbox_error: Some(SandboxFault { step: step.to_string(), message }),
             sandbox,
             kernel: None,

@@ -50,6 +50,9 @@ pub struct Outcome {
 pub const NAMESPACES: u64 =
     (libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWNET | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS) as u64;
 
+/// The report lists the first signals relayed; a caller signalling in a loop can't grow it.
+const MAX_RELAYED_RECORDED: usize = 16;
+
 pub fn supervise(
     plan: Plan,
     cgroup: RunCgroup,
@@ -152,6 +155,9 @@ pub fn supervise(
             while let Ok(Some(info)) = sfd.read_signal() {
                 tracing::debug!(signal = info.ssi_signo, "relaying");
                 let _ = raw::pidfd_send_signal(sandbox.pidfd.as_raw_fd(), info.ssi_signo as i32);
+                if facts.relayed.len() < MAX_RELAYED_RECORDED {
+                    facts.relayed.push(info.ssi_signo as i32);
+                }
             }
         }
         if error_ready {

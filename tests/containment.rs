@@ -336,6 +336,8 @@ fn sigint_to_the_supervisor_reaches_the_program() {
         (Some("exit-nonzero"), Some(42), Some(1)),
         "{report}\nstderr: {stderr}"
     );
+    // the report says the signal came from the caller
+    assert_eq!(report["relayed_signals"], serde_json::json!(["SIGINT"]), "{report}");
     let r = Run { code: code.unwrap(), report, stdout: rest, stderr };
     assert_nothing_left(&r);
 }

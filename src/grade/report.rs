@@ -131,10 +131,27 @@ impl StudentResult {
 #[derive(Debug, Deserialize)]
 pub struct KernelReport {
     pub status: Status,
+    pub signal: Option<String>,
+    #[serde(default)]
+    pub relayed_signals: Vec<String>,
     pub wall_time: f64,
     pub cpu_time: f64,
     pub peak_memory: Option<u64>,
     pub sandbox_error: Option<serde_json::Value>,
+}
+
+impl KernelReport {
+    /// The status that speaks about the submission. A kernel killed by a signal its client
+    /// sent was ended by nbgrader, not by the student's code: jupyter_client escalates to
+    /// SIGTERM when a kernel does not shut down within 5 s, which an overloaded machine, or
+    /// ipykernel itself after an interrupt, can make happen. What nbgrader made of the notebook
+    /// then decides the verdict.
+    pub fn outcome(&self) -> Status {
+        match (&self.status, &self.signal) {
+            (Status::Signaled, Some(sig)) if self.relayed_signals.contains(sig) => Status::Ok,
+            (status, _) => *status,
+        }
+    }
 }
 
 /// The reports of one notebook's kernels (usually one), in a directory.
@@ -151,7 +168,7 @@ pub fn kernel_reports(dir: &Path) -> Vec<KernelReport> {
 }
 
 /// Fill a notebook's verdict and usage in from its kernels' reports. The verdict is the
-/// first that isn't `ok` (a sandbox error first of all), else `ok`, else `not-run`.
+/// first outcome that isn't `ok` (a sandbox error first of all), else `ok`, else `not-run`.
 pub fn add_kernels(nb: &mut NotebookResult, reports: &[KernelReport]) {
     nb.kernels = reports.len() as u32;
     if reports.is_empty() {
@@ -161,9 +178,9 @@ pub fn add_kernels(nb: &mut NotebookResult, reports: &[KernelReport]) {
     let worst = reports
         .iter()
         .find(|r| r.status == Status::SandboxError)
-        .or_else(|| reports.iter().find(|r| r.status != Status::Ok))
+        .or_else(|| reports.iter().find(|r| r.outcome() != Status::Ok))
         .unwrap_or(&reports[0]);
-    nb.verdict = worst.status.as_str().to_string();
+    nb.verdict = worst.outcome().as_str().to_string();
     nb.cpu = Some(reports.iter().map(|r| r.cpu_time).sum());
     nb.peak_memory = reports.iter().filter_map(|r| r.peak_memory).max();
 }
@@ -373,6 +390,8 @@ mod tests {
     fn a_notebook_takes_the_worst_kernel_verdict() {
         let k = |status, wall| KernelReport {
             status,
+            signal: None,
+            relayed_signals: vec![],
             wall_time: wall,
             cpu_time: 1.0,
             peak_memory: Some(5),
@@ -385,5 +404,29 @@ mod tests {
         assert_eq!(nb.verdict, "sandbox-error");
         add_kernels(&mut nb, &[]);
         assert_eq!(nb.verdict, "not-run");
+    }
+
+    #[test]
+    fn a_kernel_its_client_ended_is_no_verdict_on_the_submission() {
+        let k = |signal: &str, relayed: &[&str]| KernelReport {
+            status: Status::Signaled,
+            signal: Some(signal.into()),
+            relayed_signals: relayed.iter().map(|s| s.to_string()).collect(),
+            wall_time: 1.0,
+            cpu_time: 1.0,
+            peak_memory: None,
+            sandbox_error: None,
+        };
+        // jupyter_client's SIGTERM after a slow shutdown: nbgrader's result decides
+        assert_eq!(k("SIGTERM", &["SIGINT", "SIGTERM"]).outcome(), Status::Ok);
+        // the code killed itself, or died of a signal nobody outside sent
+        assert_eq!(k("SIGTERM", &[]).outcome(), Status::Signaled);
+        assert_eq!(k("SIGSEGV", &["SIGTERM"]).outcome(), Status::Signaled);
+        let mut nb = NotebookResult::default();
+        add_kernels(&mut nb, &[k("SIGTERM", &["SIGTERM"])]);
+        assert_eq!(nb.verdict, "ok");
+        let old: KernelReport =
+            serde_json::from_str(r#"{"status":"signaled","signal":"SIGTERM","wall_time":1,"cpu_time":1}"#).unwrap();
+        assert_eq!(old.outcome(), Status::Signaled, "a report without relayed_signals relayed none");
     }
 }

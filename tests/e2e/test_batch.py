@@ -96,10 +96,10 @@ def test_serial_grades_are_the_expected_ones_and_reported(serial):
             assert nb["score"] == EXPECTED[s["student"]][nb["notebook"]], (s["student"], nb)
             if nb["verdict"] != "not-run":  # erin did not submit problem2
                 assert nb["wall"] > 0 and nb["cpu"] > 0 and nb["peak_memory"] > 1 << 20, nb
-    # heidi's 50 MB cell was cut at the output limit; she is graded all the same
-    # (or `signaled`, when ipykernel 7.4 hangs in its shutdown until jupyter_client's SIGTERM)
-    assert [nb["verdict"] for nb in by["heidi"]["notebooks"]][0] == "output-limit"
-    assert [nb["verdict"] for nb in by["heidi"]["notebooks"]][1] in ("ok", "signaled")
+    # heidi's 50 MB cell was cut at the output limit; she is graded all the same. Her other
+    # notebook is `ok` even when ipykernel 7.4 hangs in its shutdown until jupyter_client's
+    # SIGTERM: a kernel its client ended is no verdict on the submission.
+    assert [nb["verdict"] for nb in by["heidi"]["notebooks"]] == ["output-limit", "ok"]
     rows = list(csv.DictReader(open(course / "report.csv")))
     assert len(rows) == 20
     assert {(r["student"], r["notebook"], float(r["score"])) for r in rows} == {
@@ -112,6 +112,13 @@ def test_sixteen_workers_lose_nothing_and_match_serial(serial, tmp_path):
     course, _, _, _ = serial
     reference = course_tools.gradebook(course, "ps1")
     par = course_tools.prepare(tmp_path / "course", copies=2)
+    # 16 workers on 2 cores run every kernel 8 times slower. After a cell's reply, nbgrader
+    # waits at most Execute.iopub_timeout (4 s) for the rest of its output and then fails the
+    # notebook (raise_on_iopub_timeout), bare as well. That failed heidi's notebook in one CI
+    # run, and dave's here with two CPU hogs beside. Whoever runs more jobs than cores must
+    # raise it too (README).
+    with open(par / "nbgrader_config.py", "a") as f:
+        f.write("\nc.Execute.iopub_timeout = 60\n")
     code, report, out = batch(par, "--jobs", "16")
     assert code == 0, out
     assert report["counts"] == {"graded": 20}
