@@ -410,6 +410,95 @@ fn sandbox_dies_with_a_killed_supervisor() {
     assert_nothing_left(&r);
 }
 
+/// Slot `slot`'s cgroup directories for the built-in cgroup root: one per v1 hierarchy of the
+/// controllers we use, or the per-run directory on the v2 mount.
+fn slot_cgroups(version: &str, slot: u64) -> Vec<std::path::PathBuf> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let mut dirs: Vec<std::path::PathBuf> = mountinfo
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let dash = f.iter().position(|&x| x == "-")?;
+            let (fstype, opts) = (f[dash + 1], f.get(dash + 3).copied().unwrap_or(""));
+            let ours = match version {
+                "v1" => {
+                    fstype == "cgroup" && opts.split(',').any(|o| ["memory", "pids", "cpu", "cpuacct"].contains(&o))
+                }
+                _ => fstype == "cgroup2",
+            };
+            ours.then(|| std::path::Path::new(f[4]).join(format!("isolate-grade/slot-{slot}")))
+        })
+        .filter_map(|d| if version == "v1" { d.canonicalize().ok() } else { Some(d) })
+        .collect();
+    dirs.sort();
+    dirs.dedup();
+    dirs
+}
+
+/// A supervisor killed with SIGKILL mid-run takes its sandbox with it (above); whatever could
+/// still be left in its slot's cgroup (a process that got away, on v2 the per-run cgroup
+/// itself) is killed and cleared by the next run of that slot before its program starts.
+/// Planted here: a `sleep` of ours moved into slot 0's cgroups.
+#[test]
+fn the_next_run_clears_what_a_killed_supervisor_left_in_its_cgroup() {
+    if !require_root() {
+        return;
+    }
+    let _serial = serial();
+    // One run first: on v1 it creates slot 0's cgroups, which are kept.
+    let first = sandboxed(&[], &["/bin/true"]);
+    assert_eq!((first.status(), first.report["sandbox"]["slot"].as_u64()), ("ok", Some(0)), "{first:?}");
+    let version = first.report["sandbox"]["cgroup"].as_str().unwrap().to_string();
+    let dirs = slot_cgroups(&version, 0);
+    assert!(!dirs.is_empty(), "no {version} cgroup for slot 0");
+    let mut leftover = Command::new("sleep").arg("600").spawn().unwrap();
+    let pid = leftover.id();
+    for d in &dirs {
+        if version == "v2" {
+            let _ = std::fs::create_dir(d); // the stale per-run cgroup
+        }
+        if let Err(e) = std::fs::write(d.join("cgroup.procs"), pid.to_string()) {
+            let _ = leftover.kill();
+            let _ = leftover.wait();
+            panic!("{}: {e}", d.display());
+        }
+    }
+    // The next run: while its program runs, the leftover must already be gone (every run
+    // also kills what is in its cgroup when it ends, which would hide a missing clean-up).
+    let mut next = Command::new(bin())
+        .args(DEFAULTS)
+        .args(["run", "--report", "-", "--", "/bin/sh", "-c", "echo started; read _; exit 0"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(next.stdout.take().unwrap());
+    let mut first = String::new();
+    stdout.read_line(&mut first).unwrap();
+    let gone =
+        first == "started\n" && eventually(Duration::from_millis(500), || leftover.try_wait().unwrap().is_some());
+    drop(next.stdin.take()); // the program's `read` ends
+    let mut report = String::new();
+    stdout.read_to_string(&mut report).unwrap();
+    let mut stderr = String::new();
+    next.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    let code = next.wait().unwrap().code().unwrap_or(-1);
+    if !gone {
+        let _ = leftover.kill();
+        let _ = leftover.wait();
+    }
+    assert!(
+        gone,
+        "a process left in slot 0's cgroups ({dirs:?}) was still alive while the next run ran: {first:?} {stderr}"
+    );
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(leftover.wait().unwrap().signal(), Some(libc::SIGKILL));
+    let r = Run { code, report: serde_json::from_str(&report).unwrap(), stdout: first, stderr };
+    assert_eq!((r.status(), r.report["sandbox"]["slot"].as_u64()), ("ok", Some(0)), "{r:?}");
+    assert_nothing_left(&r);
+}
+
 #[test]
 fn concurrent_runs_get_their_own_slot_and_uid() {
     if !require_root() {
