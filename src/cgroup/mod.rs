@@ -172,9 +172,15 @@ pub(crate) fn kill_listed(dir: &Path) -> Result<()> {
         if pids.is_empty() {
             return Ok(());
         }
-        for pid in pids {
-            // These pids were read from our own cgroup; a pid cannot leave it except by dying.
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        // A pid read from the list may die and be reused by a stranger before we signal it: pin
+        // each process with a pidfd first, then signal only those the list still names.
+        let pinned: Vec<(i32, std::os::fd::OwnedFd)> =
+            pids.into_iter().filter_map(|pid| crate::sys::raw::pidfd_open(pid).ok().map(|fd| (pid, fd))).collect();
+        let still = procs(dir)?;
+        for (pid, fd) in &pinned {
+            if still.contains(pid) {
+                let _ = crate::sys::raw::pidfd_send_signal(std::os::fd::AsRawFd::as_raw_fd(fd), libc::SIGKILL);
+            }
         }
         std::thread::sleep(Duration::from_millis(10));
     }
