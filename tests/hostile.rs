@@ -514,6 +514,7 @@ fn untrusted_callers_get_nothing_they_could_not_do_themselves() {
     limits_stay_within_the_system_maximum(&fx);
     a_hostile_environment_does_not_reach_the_helper_or_the_program(&fx);
     an_insecure_config_refuses_untrusted_callers(&fx);
+    a_running_box_cannot_be_taken_over(&fx);
     batch_grading_runs_as_the_caller(&fx);
 }
 
@@ -582,6 +583,84 @@ fn successful_runs_use_the_slot_uid_and_give_the_report_to_the_caller(fx: &Fixtu
         assert_eq!(md.mode() & 0o022, 0, "{via:?}: report writable by others");
         assert!(processes_of_uid(uid as u32).is_empty(), "{via:?}: processes left behind");
     }
+}
+
+/// Case 13: a box the caller started through the setuid helper keeps running while others try
+/// to take it over. Another user, with the box's slot and pids in hand, can't signal its
+/// processes (they run as the slot's uid), write its cgroup's limits or membership, or open its
+/// slot lock; a second run by the caller gets another slot and uid. The box then ends `ok`.
+fn a_running_box_cannot_be_taken_over(fx: &Fixture) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let marker = format!("IG-BOX-{}", std::process::id());
+    let script = format!("echo started; read _; echo alive; : {marker}");
+    let mut c = Command::new("setpriv");
+    scrub(&mut c);
+    c.arg(format!("--reuid={}", fx.caller.uid))
+        .arg(format!("--regid={}", fx.caller.gid))
+        .args(["--init-groups", "--"])
+        .arg(&fx.setuid_bin)
+        .args(["run", "--report", "-", OK_MEMORY, OK_PIDS, "--", "/bin/sh", "-c", &script])
+        .current_dir(fx.work.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut boxed = c.spawn().expect("start the box");
+    let mut stdout = BufReader::new(boxed.stdout.take().unwrap());
+    let mut first = String::new();
+    stdout.read_line(&mut first).unwrap();
+    assert_eq!(first, "started\n", "the box did not start");
+    let pids: Vec<u32> = (60000..60064)
+        .flat_map(processes_of_uid)
+        .filter(|p| fs::read(format!("/proc/{p}/cmdline")).is_ok_and(|c| String::from_utf8_lossy(&c).contains(&marker)))
+        .collect();
+    // its init and its shell
+    assert!(!pids.is_empty(), "the box's processes");
+    let uid = fs::metadata(format!("/proc/{}", pids[0])).unwrap().uid();
+    let slot = uid - 60000;
+    let mut files: Vec<String> = ["cgroup.procs", "tasks", "pids.max", "memory.limit_in_bytes", "cpu.cfs_quota_us"]
+        .iter()
+        .flat_map(|f| {
+            fs::read_dir("/sys/fs/cgroup")
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(move |h| h.path().join(format!("isolate-grade/slot-{slot}/{f}")))
+        })
+        .filter(|p| p.exists())
+        .map(|p| path_str(&p))
+        .collect();
+    files.sort();
+    files.dedup();
+    assert!(!files.is_empty(), "no cgroup files for slot {slot}");
+    let lock = format!("/run/isolate-grade/slot-{slot}.lock");
+    let attack = format!(
+        "for p in {pids}; do kill -STOP $p 2>/dev/null && echo TOOK stopped $p; kill -9 $p 2>/dev/null && echo TOOK killed $p; done
+         for f in {files}; do (echo 1 > $f) 2>/dev/null && echo TOOK wrote $f; done
+         (exec 3<>{lock}) 2>/dev/null && echo TOOK opened {lock}
+         echo tried",
+        pids = pids.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(" "),
+        files = files.join(" "),
+    );
+    let other = Command::new("setpriv")
+        .arg(format!("--reuid={}", fx.outsider.uid))
+        .arg(format!("--regid={}", fx.outsider.gid))
+        .args(["--init-groups", "--", "/bin/sh", "-c", &attack])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&other.stdout);
+    // and a second run of the caller's own, meanwhile: another slot, another uid
+    let second = fx.run(Via::Setuid, &fx.caller, &ok_limits(&["--report", "-"]), &["/usr/bin/id", "-u"], &[]);
+    boxed.stdin.take().unwrap().write_all(b"\n").unwrap();
+    let mut rest = String::new();
+    stdout.read_to_string(&mut rest).unwrap();
+    let mut stderr = String::new();
+    boxed.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    let status = boxed.wait().unwrap();
+    assert_eq!(said.trim(), "tried", "another user took over the box:\n{said}");
+    assert_eq!(second.code, 0, "{second:#?}");
+    assert_ne!(second.stdout.lines().next(), Some(uid.to_string().as_str()), "a second run shared the box's uid");
+    assert!(rest.starts_with("alive\n"), "the box did not survive: {rest}\n{stderr}");
+    assert_eq!(status.code(), Some(0), "{rest}\n{stderr}");
 }
 
 /// Case 1: not in `allowed_group`: refused, and the message names the group.
