@@ -57,6 +57,8 @@ pub enum GradeError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("the sandbox cannot run here, so nothing was graded:\n{0}")]
     Sandbox(String),
+    #[error("cannot watch for Ctrl-C, SIGTERM and SIGHUP (signalfd: {0}), so nothing was graded")]
+    Signals(nix::errno::Errno),
 }
 
 /// The kernelspec's launcher and file: their I/O faults stay I/O faults (exit 3).
@@ -72,7 +74,9 @@ impl From<crate::install::InstallError> for GradeError {
 impl GradeError {
     pub fn exit_code(&self) -> u8 {
         match self {
-            GradeError::Report(_) | GradeError::Io { .. } | GradeError::Sandbox(_) => EXIT_FAULT,
+            GradeError::Report(_) | GradeError::Io { .. } | GradeError::Sandbox(_) | GradeError::Signals(_) => {
+                EXIT_FAULT
+            }
             GradeError::Identity(IdentityError::Credentials(_)) => EXIT_FAULT,
             _ => crate::report::EXIT_USAGE,
         }
@@ -140,6 +144,8 @@ pub fn execute(config: Option<PathBuf>, a: GradeArgs) -> Result<u8, GradeError> 
     };
     let launcher = crate::install::Launcher::new(caller.via == "sudo", config.as_deref())?;
     preflight(&launcher, &policy)?;
+    // Without it a Ctrl-C would do nothing (the signals stay blocked): refuse to start instead.
+    let signals = stop_signals().map_err(GradeError::Signals)?;
 
     let _lock = layout.lock()?;
     let mut spec = crate::install::kernelspec(launcher.kernel(Some(&policy)), &info, "Python 3 (isolate-grade batch)");
@@ -210,7 +216,6 @@ pub fn execute(config: Option<PathBuf>, a: GradeArgs) -> Result<u8, GradeError> 
         .collect();
     drop(tx);
 
-    let signals = stop_signals();
     let mut fatal = None;
     let mut interrupted = false;
     loop {
@@ -226,7 +231,7 @@ pub fn execute(config: Option<PathBuf>, a: GradeArgs) -> Result<u8, GradeError> 
             Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         }
-        if let Some(sig) = signals.as_ref().and_then(|s| s.read_signal().ok().flatten()) {
+        if let Ok(Some(sig)) = signals.read_signal() {
             if !interrupted {
                 progress.note(&format!(
                     "isolate-grade: signal {}: stopping; graded students stay graded, a rerun does the rest",
@@ -483,14 +488,14 @@ fn preflight(launcher: &crate::install::Launcher, policy: &str) -> Result<(), Gr
 }
 
 /// SIGINT, SIGTERM and SIGHUP (blocked since `main`) as a file descriptor we poll.
-fn stop_signals() -> Option<nix::sys::signalfd::SignalFd> {
+fn stop_signals() -> nix::Result<nix::sys::signalfd::SignalFd> {
     use nix::sys::signal::{SigSet, Signal};
     use nix::sys::signalfd::{SfdFlags, SignalFd};
     let mut set = SigSet::empty();
     for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
         set.add(s);
     }
-    SignalFd::with_flags(&set, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC).ok()
+    SignalFd::with_flags(&set, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
 }
 
 /// Under sudo, HOME and friends are root's: nbgrader and Jupyter should see the instructor's.
