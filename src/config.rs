@@ -171,13 +171,7 @@ impl Config {
             pids: count("max.pids", &m.pids, d.pids)?,
             cpu_quota_millicores: match &m.cpu_quota {
                 None => d.cpu_quota_millicores,
-                Some(v) => {
-                    let cores: f64 = v.as_text().parse().map_err(|_| err("max.cpu_quota", "not a number".into()))?;
-                    if !(0.01..=1024.0).contains(&cores) {
-                        return Err(err("max.cpu_quota", "must be between 0.01 and 1024 cores".into()));
-                    }
-                    (cores * 1000.0).round() as u64
-                }
+                Some(v) => crate::units::parse_cores(&v.as_text()).map_err(|e| err("max.cpu_quota", e.to_string()))?,
             },
             open_files: count("max.open_files", &m.open_files, d.open_files)?,
             file_size: size("max.file_size", &m.file_size, d.file_size)?,

@@ -319,12 +319,7 @@ fn with_overrides(mut l: Limits, a: &SandboxArgs) -> Result<Limits, RunError> {
         l.tmp_size = units::parse_size(v).map_err(|e| bad("tmp-size", e))?;
     }
     if let Some(v) = &a.cpu_quota {
-        let cores: f64 =
-            v.trim().parse().map_err(|_| RunError::Invalid(format!("--cpu-quota: not a number: {v:?}")))?;
-        if !cores.is_finite() || !(0.01..=1024.0).contains(&cores) {
-            return Err(RunError::Invalid("--cpu-quota: must be between 0.01 and 1024 cores".into()));
-        }
-        l.cpu_quota_millicores = (cores * 1000.0).round() as u64;
+        l.cpu_quota_millicores = units::parse_cores(v).map_err(|e| bad("cpu-quota", e))?;
     }
     Ok(l)
 }

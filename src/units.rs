@@ -20,7 +20,12 @@ pub enum UnitError {
     UnknownUnit { unit: String, expected: &'static str },
     #[error("too large (at most {max})")]
     Overflow { max: String },
+    #[error("must be between 0.01 and {MAX_CORES} cores")]
+    CoresOutOfRange,
 }
+
+/// A hard ceiling on CPU bandwidth.
+pub const MAX_CORES: u64 = 1024;
 
 const SIZE_UNITS: &str = "B, K, M, G, T (KiB, MiB, ... also accepted)";
 const DURATION_UNITS: &str = "ms, s, m, h";
@@ -129,6 +134,20 @@ pub fn parse_count(s: &str, max: u64) -> Result<u64, UnitError> {
     Ok(v as u64)
 }
 
+/// Parse CPU bandwidth in cores (`0.5`, `2`) into millicores, from 0.01 to [`MAX_CORES`].
+pub fn parse_cores(s: &str) -> Result<u64, UnitError> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Err(UnitError::Empty);
+    }
+    let cores: f64 = s.parse().map_err(|_| UnitError::NotANumber(s.to_string()))?;
+    // NaN and the infinities fail this too
+    if !(0.01..=MAX_CORES as f64).contains(&cores) {
+        return Err(UnitError::CoresOutOfRange);
+    }
+    Ok((cores * 1000.0).round() as u64)
+}
+
 /// Render bytes the way a person would write them in a policy (`1G`, `64M`, `1536K`).
 pub fn format_size(bytes: u64) -> String {
     for (unit, shift) in [("T", 40), ("G", 30), ("M", 20), ("K", 10)] {
@@ -210,5 +229,19 @@ mod tests {
         assert_eq!(format_duration(Duration::from_millis(1500)), "1.5s");
         assert_eq!(format_duration(Duration::from_secs(60)), "60s");
         assert_eq!(format_duration(Duration::from_millis(250)), "250ms");
+    }
+
+    #[test]
+    fn cores() {
+        assert_eq!(parse_cores("1"), Ok(1000));
+        assert_eq!(parse_cores(" 0.5 "), Ok(500));
+        assert_eq!(parse_cores("0.01"), Ok(10));
+        assert_eq!(parse_cores("1024"), Ok(1_024_000));
+        for out in ["0", "0.001", "-1", "1025", "1e9", "NaN", "inf", "-inf"] {
+            assert_eq!(parse_cores(out), Err(UnitError::CoresOutOfRange), "{out}");
+        }
+        assert_eq!(parse_cores("half"), Err(UnitError::NotANumber("half".into())));
+        assert_eq!(parse_cores(""), Err(UnitError::Empty));
+        assert_eq!(UnitError::CoresOutOfRange.to_string(), "must be between 0.01 and 1024 cores");
     }
 }

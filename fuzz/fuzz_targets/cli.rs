@@ -20,6 +20,9 @@ fn values(s: &SandboxArgs) {
     if let Some(v) = &s.pids {
         let _ = units::parse_count(v, 1 << 22);
     }
+    if let Some(v) = &s.cpu_quota {
+        let _ = units::parse_cores(v);
+    }
     for b in &s.binds {
         let _ = run::parse_bind(b);
     }
