@@ -9,7 +9,7 @@ For each: the verdict its header promises (`run:` and `batch:` lines; `a|b` wher
 between two limits decides, both of them containment), no planted secret in any
 output, report, log or graded notebook, no "ACHIEVED" line, and afterwards nothing of the run
 left on the host (process, cgroup with a process in it, mount, file). The secrets: a solution
-in source/, a row in the gradebook, another student's submission, a file in the instructor's
+in source/, hidden tests and a student's email in the gradebook, another student's submission, a file in the instructor's
 home, a root-only file, the grader's JUPYTERHUB_API_TOKEN, a TCP listener on the host's
 loopback and an abstract Unix socket, each answering with the token. Another sandbox runs
 beside the whole suite as a victim: the attacks get its host pids, and it must come out alive,
@@ -285,6 +285,12 @@ def attack_course(tmp_path_factory, planted):
     from nbgrader.api import Gradebook
     with Gradebook(f"sqlite:///{course / 'gradebook.db'}", "fixture-course") as gb:
         gb.update_or_create_student("zz-secret-keeper", email=f"{TOKEN}@example.org")
+        # the hidden tests of an exam not released yet, as nbgrader keeps them
+        gb.update_or_create_assignment("zz-exam")
+        gb.update_or_create_notebook("final", "zz-exam")
+        gb.update_or_create_source_cell("hidden-tests", "final", "zz-exam", cell_type="code", locked=True,
+                                        source=f"### BEGIN HIDDEN TESTS\nassert answer() == {TOKEN!r}\n"
+                                               "### END HIDDEN TESTS")
     other = course / "submitted" / "zed" / "ps2"
     other.mkdir(parents=True)
     (other / "notes.txt").write_text(TOKEN)
