@@ -165,7 +165,6 @@ pub fn check_env_name(k: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Cores as a number (`1`, `0.5`) or string (`"1.5"`), to thousandths of a core.
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -84,7 +84,7 @@ def sandbox_processes():
     for p in Path("/proc").iterdir():
         if p.name.isdigit():
             try:
-                uid = int(re.search(r"^Uid:\s+(\d+)", (p / "status").read_text(), re.M).group(1))
+                uid = uid_of(p.name)
             except (OSError, AttributeError):
                 continue
             if 60000 <= uid < 60000 + 64 and uid != VICTIM.get("uid"):
