@@ -1,7 +1,7 @@
 //! `isolate-grade check`: what this host offers the sandbox, and whether it can run here.
 
 use crate::cgroup::Hierarchies;
-use crate::cli::Format;
+use crate::cli::{CheckArgs, Format};
 use crate::config::Config;
 use serde::Serialize;
 use std::os::unix::fs::MetadataExt;
@@ -19,8 +19,10 @@ pub struct Item {
 
 /// Returns the exit code: 0 when every required item is fine, 2 when an untrusted caller
 /// names a config (it would be read, and partly printed, as root).
-pub fn check(config_path: Option<&Path>, format: Format) -> u8 {
-    let path = match crate::identity::Caller::detect().config_path(config_path) {
+pub fn check(config_path: Option<&Path>, args: &CheckArgs) -> u8 {
+    let format = args.format;
+    let caller = crate::identity::Caller::detect();
+    let path = match caller.config_path(config_path) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("isolate-grade: {e}");
@@ -144,6 +146,13 @@ pub fn check(config_path: Option<&Path>, format: Format) -> u8 {
     for i in items.iter_mut().filter(|i| i.name == "config") {
         i.warn = insecure_config;
     }
+    if let Some(python) = &args.python {
+        // Asked, and the kernel started, as the caller: the way install and the batch do it.
+        match caller.become_caller() {
+            Ok(()) => items.extend(check_python(python, &args.policy, config_path, caller.via == "sudo")),
+            Err(e) => items.push(Item { name: "python", ok: false, warn: false, detail: e.to_string() }),
+        }
+    }
     let ok = items.iter().all(|i| i.ok);
     match format {
         Format::Json => println!("{}", serde_json::json!({ "ok": ok, "items": items })),
@@ -164,4 +173,55 @@ pub fn check(config_path: Option<&Path>, format: Format) -> u8 {
     } else {
         1
     }
+}
+
+/// Can `python` run a kernel in the sandbox? What is bound for it, then a real kernel.
+fn check_python(python: &Path, policy: &str, config: Option<&Path>, sudo: bool) -> Vec<Item> {
+    let item = |name, ok, detail| Item { name, ok, warn: false, detail };
+    let (probe, rt) = match crate::install::kernel_runtime(Some(python), policy, config, None) {
+        Ok(x) => x,
+        Err(e) => return vec![item("python", false, e.to_string())],
+    };
+    let list = |v: &[std::path::PathBuf]| v.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ");
+    let mut detail = format!(
+        "{} (Python {}): binds {}",
+        rt.python.display(),
+        probe.version,
+        if rt.binds.is_empty() { "none beyond the policy's".into() } else { list(&rt.binds) }
+    );
+    if !rt.links.is_empty() {
+        detail += &format!("; symlinks {}", list(&rt.links));
+    }
+    for (k, v) in &rt.env {
+        detail += &format!("; {k}={v}");
+    }
+    for n in &rt.notes {
+        detail += &format!("; {n}");
+    }
+    let mut items = vec![item("python", true, detail)];
+    let kernel = || -> Result<String, String> {
+        let dir = tempfile::Builder::new().prefix("isolate-grade-check.").tempdir().map_err(|e| e.to_string())?;
+        let launcher = crate::install::Launcher::new(sudo, config).map_err(|e| e.to_string())?;
+        let spec = crate::install::kernelspec(launcher.kernel(Some(policy)), &rt, "isolate-grade check");
+        let name = "isolate-grade-check";
+        crate::install::write_kernelspec(&dir.path().join("kernels").join(name), &spec).map_err(|e| e.to_string())?;
+        let req = crate::preflight::Request {
+            kernel_name: name.into(),
+            jupyter_path: Some(dir.path().to_path_buf()),
+            notebooks: vec![],
+            local_dirs: vec![],
+            expect_resource_dir: Some(dir.path().join("kernels").join(name)),
+            timeout: 60.0,
+        };
+        let a = crate::preflight::run(&probe.executable, &req, &rt).map_err(|e| e.to_string())?;
+        Ok(format!(
+            "a kernel started in the sandbox (policy {policy}), answered kernel_info and imported ipykernel in {:.1}s",
+            a.seconds
+        ))
+    };
+    match kernel() {
+        Ok(d) => items.push(item("kernel", true, d)),
+        Err(e) => items.push(item("kernel", false, e)),
+    }
+    items
 }

@@ -103,6 +103,10 @@ pub struct SandboxArgs {
     /// Size of the private /tmp.
     #[arg(long, env = "ISOLATE_GRADE_TMP_SIZE")]
     pub tmp_size: Option<String>,
+    /// Recreate the host's symlink PATH (read as the caller) at the same place inside, so a
+    /// path through it resolves as outside (a venv's python into its base). Repeatable.
+    #[arg(long = "link", value_name = "PATH", env = "ISOLATE_GRADE_LINK")]
+    pub links: Vec<String>,
     /// Add to the environment: NAME=VALUE, or NAME to pass the caller's value. Repeatable.
     #[arg(long = "env", value_name = "NAME[=VALUE]", env = "ISOLATE_GRADE_ENV")]
     pub env: Vec<String>,
@@ -202,6 +206,13 @@ pub struct InstallArgs {
 pub struct CheckArgs {
     #[arg(long, value_enum, default_value_t = Format::Text, env = "ISOLATE_GRADE_FORMAT")]
     pub format: Format,
+    /// Also check that this interpreter can run a kernel in the sandbox: what is bound for it,
+    /// and a real kernel started, handshaken and shut down (nothing is graded).
+    #[arg(long)]
+    pub python: Option<PathBuf>,
+    /// The policy the kernel is checked under (with --python).
+    #[arg(long, default_value = "default")]
+    pub policy: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

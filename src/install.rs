@@ -3,50 +3,97 @@
 //! directory and, with `--course`, a marked block of the course's `nbgrader_config.py`.
 
 use crate::cli::InstallArgs;
+use crate::preflight::PreflightError;
+use crate::python::{self, Context, Probe, PythonError, Runtime};
 use serde_json::json;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 #[derive(Debug, thiserror::Error)]
 pub enum InstallError {
     #[error("{0}")]
     Invalid(String),
+    #[error(transparent)]
+    Python(#[from] PythonError),
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
+    #[error("the kernelspec was not installed, because {0}")]
+    Preflight(#[from] PreflightError),
+}
+
+impl InstallError {
+    /// 3 when the kernel can't run in the sandbox (as a batch's preflight), 2 for bad input.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            InstallError::Preflight(_) | InstallError::Io { .. } => crate::report::Status::SandboxError.exit_code(),
+            _ => crate::report::EXIT_USAGE,
+        }
+    }
 }
 
 const BEGIN: &str = "# >>> isolate-grade >>>";
 const END: &str = "# <<< isolate-grade <<<";
 
-/// What we learn from the Python itself.
-#[derive(Debug, serde::Deserialize)]
-pub struct PythonInfo {
-    pub executable: String,
-    pub prefix: String,
-    pub has_ipykernel: bool,
+/// The kernels' interpreter (given, or the one that runs `nbgrader`), asked where it lives,
+/// and what the sandbox must show of it under `policy`. `course` is never exposed.
+pub fn kernel_runtime(
+    python: Option<&Path>,
+    policy: &str,
+    config: Option<&Path>,
+    course: Option<&Path>,
+) -> Result<(Probe, Runtime), InstallError> {
+    let python = match python {
+        // absolute, not resolved: a venv is known by the path its python is started through
+        Some(p) => std::path::absolute(p).map_err(|source| InstallError::Io { path: p.into(), source })?,
+        None => python::python_of_nbgrader()?,
+    };
+    let probe = python::probe_kernel_python(&python)?;
+    let policy = load_policy(policy, config)?;
+    let path_var = policy.env.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.clone()).unwrap_or_default();
+    let real = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    let ctx = Context {
+        home: caller_home().map(|h| real(&h)),
+        course: course.map(real),
+        covered: policy.binds.iter().map(|b| b.target.clone()).collect(),
+        policy_path: path_var,
+    };
+    let runtime = python::plan(&probe, &ctx)?;
+    for p in runtime.binds.iter().chain(&runtime.links) {
+        if p.to_string_lossy().contains(':') {
+            return Err(InstallError::Invalid(format!(
+                "{} (needed by {}) has a ':' in its path, which a --bind can't name: move the environment",
+                p.display(),
+                probe.executable.display()
+            )));
+        }
+    }
+    Ok((probe, runtime))
 }
 
-/// Ask a Python (given, or the one that runs `nbgrader`) where it lives; it must have ipykernel.
-pub fn probe_python(python: Option<&Path>) -> Result<PythonInfo, InstallError> {
-    let python = match python {
-        Some(p) => p.to_path_buf(),
-        None => python_of_nbgrader()?,
-    };
-    let probe = "import sys, json, importlib.util as u; print(json.dumps({'executable': sys.executable, \
-                 'prefix': sys.prefix, 'has_ipykernel': u.find_spec('ipykernel') is not None}))";
-    let out = Command::new(&python)
-        .args(["-I", "-c", probe])
-        .output()
-        .map_err(|e| InstallError::Invalid(format!("{}: {e}", python.display())))?;
-    if !out.status.success() {
-        return Err(InstallError::Invalid(format!("{}: {}", python.display(), String::from_utf8_lossy(&out.stderr))));
+/// The policy the kernels run under, read as `isolate-grade kernel --policy` will: a path, a
+/// name in the system config's policy_dir, or a built-in one.
+fn load_policy(spec: &str, config: Option<&Path>) -> Result<crate::policy::Policy, InstallError> {
+    use crate::policy::{is_path, Policy};
+    let bad = |e: crate::policy::PolicyError| InstallError::Invalid(format!("--policy {spec}: {e}"));
+    if is_path(spec) {
+        let text = std::fs::read_to_string(spec).map_err(|source| InstallError::Io { path: spec.into(), source })?;
+        return Policy::parse(spec, &text).map_err(bad);
     }
-    let info: PythonInfo = serde_json::from_slice(&out.stdout)
-        .map_err(|e| InstallError::Invalid(format!("{}: unexpected answer: {e}", python.display())))?;
-    if !info.has_ipykernel {
-        return Err(InstallError::Invalid(format!("{} has no ipykernel: pip install ipykernel", info.executable)));
+    let config_path = config.unwrap_or(Path::new(crate::config::DEFAULT_PATH));
+    let dir = crate::config::Config::load(config_path, false)
+        .map(|c| c.policy_dir)
+        .unwrap_or_else(|_| crate::config::Config::defaults().policy_dir);
+    match std::fs::read_to_string(dir.join(format!("{spec}.toml"))) {
+        Ok(text) => Policy::parse(spec, &text).map_err(bad),
+        Err(_) => Policy::builtin(spec).map_err(bad),
     }
-    Ok(info)
+}
+
+/// The caller's home: `$HOME` (set to the instructor's under sudo), else the password entry.
+pub fn caller_home() -> Option<PathBuf> {
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .filter(|h| h.is_absolute() && h != Path::new("/"))
+        .or_else(|| nix::unistd::User::from_uid(nix::unistd::getuid()).ok().flatten().map(|u| u.dir))
 }
 
 /// How a kernelspec starts this binary: `[sudo -n] isolate-grade [--config C]`, to which a
@@ -94,14 +141,50 @@ pub fn write_kernelspec(dir: &Path, spec: &serde_json::Value) -> Result<(), Inst
         .map_err(|source| InstallError::Io { path: file, source })
 }
 
-pub fn execute(a: InstallArgs) -> Result<u8, InstallError> {
-    let info = probe_python(a.python.as_deref())?;
+pub fn execute(config: Option<PathBuf>, a: InstallArgs) -> Result<u8, InstallError> {
+    // Nothing here needs privilege: the interpreter is asked, and the files written, as the
+    // instructor (a no-op when run by root itself).
+    crate::identity::Caller::detect()
+        .become_caller()
+        .map_err(|e| InstallError::Invalid(format!("becoming the caller: {e}")))?;
+    let policy = a.policy.clone().unwrap_or_else(|| "default".into());
+    let (probe, runtime) = kernel_runtime(a.python.as_deref(), &policy, config.as_deref(), a.course.as_deref())?;
     let prefix = Launcher::new(a.sudo, None)?.kernel(a.policy.as_deref());
     let display_name = a.display_name.clone().unwrap_or_else(|| format!("Python 3 (isolate-grade {})", a.name));
-    let spec = kernelspec(prefix, &info, &display_name);
-    let dir = Path::new(&info.prefix).join("share/jupyter/kernels").join(&a.name);
+    let spec = kernelspec(prefix, &runtime, &display_name);
+    let dir = probe.prefix.join("share/jupyter/kernels").join(&a.name);
+    let kernel_json = dir.join("kernel.json");
+    let before = std::fs::read(&kernel_json).ok();
     write_kernelspec(&dir, &spec)?;
-    println!("installed kernelspec {:?} in {}", a.name, dir.display());
+    for note in &runtime.notes {
+        println!("note: {note}");
+    }
+    // Start it as nbgrader will; if it can't run, leave things as they were.
+    let notebooks = a.course.as_deref().map(course_notebooks).unwrap_or_default();
+    let req = crate::preflight::Request {
+        kernel_name: a.name.clone(),
+        jupyter_path: None,
+        local_dirs: notebooks.iter().filter_map(|n| n.parent().map(Path::to_path_buf)).collect(),
+        notebooks,
+        expect_resource_dir: Some(dir.clone()),
+        timeout: 60.0,
+    };
+    if let Err(e) = crate::preflight::run(&probe.executable, &req, &runtime) {
+        match before {
+            Some(old) => {
+                let _ = std::fs::write(&kernel_json, old);
+            }
+            None => {
+                let _ = std::fs::remove_dir_all(&dir);
+            }
+        }
+        return Err(e.into());
+    }
+    println!(
+        "installed kernelspec {:?} in {} (checked: it starts in the sandbox and imports ipykernel)",
+        a.name,
+        dir.display()
+    );
     let block = config_block(&a.name);
     match &a.course {
         Some(course) => {
@@ -124,21 +207,42 @@ pub fn execute(a: InstallArgs) -> Result<u8, InstallError> {
     Ok(0)
 }
 
+/// The source notebooks of every assignment of a course (`source/*/*.ipynb`).
+fn course_notebooks(course: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    for a in std::fs::read_dir(course.join("source")).into_iter().flatten().flatten() {
+        for f in std::fs::read_dir(a.path()).into_iter().flatten().flatten() {
+            if f.path().extension().is_some_and(|e| e == "ipynb") {
+                found.push(f.path());
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
 /// The kernelspec: `prefix` (`[sudo -n] isolate-grade kernel [options]`) in front of
-/// ipykernel, the Python's environment bound read-only (`/usr` is in every policy already).
-pub fn kernelspec(prefix: Vec<String>, info: &PythonInfo, display_name: &str) -> serde_json::Value {
+/// ipykernel, with what the interpreter needs bound read-only, its symlinks recreated and the
+/// variables that give it the same `sys.path` inside (see [`crate::python`]).
+pub fn kernelspec(prefix: Vec<String>, rt: &Runtime, display_name: &str) -> serde_json::Value {
     let mut argv = prefix;
-    if !Path::new(&info.prefix).starts_with("/usr") {
-        argv.extend(["--bind".into(), info.prefix.clone()]);
+    for b in &rt.binds {
+        argv.extend(["--bind".into(), b.display().to_string()]);
+    }
+    for l in &rt.links {
+        argv.extend(["--link".into(), l.display().to_string()]);
+    }
+    for (k, v) in &rt.env {
+        argv.extend(["--env".into(), format!("{k}={v}")]);
     }
     argv.push("--".into());
     argv.extend([
-        info.executable.clone(),
+        rt.python.display().to_string(),
         "-m".into(),
         "ipykernel_launcher".into(),
-        // nbclient only adds this for kernels named python3; without it IPython writes a
-        // history database into the sandbox's HOME on every start
-        "--HistoryManager.hist_file=:memory:".into(),
+        // No history database in the sandbox's HOME. (Not `hist_file=:memory:`: nbclient
+        // adds that itself to kernels named python3, and IPython refuses it given twice.)
+        "--HistoryManager.enabled=False".into(),
         "-f".into(),
         "{connection_file}".into(),
     ]);
@@ -177,22 +281,6 @@ pub fn with_block(old: &str, block: &str) -> String {
     }
     let sep = if old.is_empty() || old.ends_with('\n') { "" } else { "\n" };
     format!("{old}{sep}{block}")
-}
-
-/// The Python that runs `nbgrader`: the interpreter in its script's `#!` line.
-pub fn python_of_nbgrader() -> Result<PathBuf, InstallError> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    let script = std::env::split_paths(&path)
-        .map(|d| d.join("nbgrader"))
-        .find(|p| p.is_file())
-        .ok_or_else(|| InstallError::Invalid("nbgrader is not on PATH: give --python".into()))?;
-    let text = std::fs::read_to_string(&script).map_err(|source| InstallError::Io { path: script.clone(), source })?;
-    text.lines()
-        .next()
-        .and_then(|l| l.strip_prefix("#!"))
-        .map(|l| PathBuf::from(l.split_whitespace().next().unwrap_or("")))
-        .filter(|p| p.is_absolute())
-        .ok_or_else(|| InstallError::Invalid(format!("{}: no interpreter line: give --python", script.display())))
 }
 
 #[cfg(test)]

@@ -41,6 +41,10 @@ const CONNECTION: &str = "connection.json";
 /// Socket path prefix: ipykernel binds `{ip}-{port}`.
 const SOCKET_PREFIX: &str = "/run/kernel/k";
 
+/// The variables nbgrader sets for the kernels it starts (`utils.setenv` around execution in
+/// autograde and validate), passed from the client to the kernel.
+pub const FROM_CLIENT: &[&str] = &["NBGRADER_EXECUTION", "NBGRADER_VALIDATING"];
+
 /// The five channels of a connection file, and whether the kernel's side counts as output.
 pub const CHANNELS: &[(&str, &str, bool)] = &[
     ("shell", "shell_port", false),
@@ -172,6 +176,16 @@ pub fn execute(config_override: Option<PathBuf>, a: KernelArgs) -> Result<u8, Ru
     // its "Ctrl-C will not work" banner. The caller's own value never reaches the sandbox.
     prepared.env.retain(|(k, _)| k != "JPY_PARENT_PID");
     prepared.env.push(("JPY_PARENT_PID".into(), "1".into()));
+    // What nbgrader tells the kernel it is doing (documented for notebooks that skip slow
+    // cells while autograding) passes; nothing else of the client's environment does.
+    for name in FROM_CLIENT {
+        if let Ok(v) = std::env::var(name) {
+            if !v.contains('\0') && v.len() <= 256 {
+                prepared.env.retain(|(k, _)| k != name);
+                prepared.env.push((name.to_string(), v));
+            }
+        }
+    }
     prepared.workdir = cwd.clone();
     prepared.landlock_rules.write.push(cwd.clone());
     prepared.landlock_rules.write.push(RUNTIME_DIR.into());
@@ -196,7 +210,20 @@ pub fn execute(config_override: Option<PathBuf>, a: KernelArgs) -> Result<u8, Ru
     tracing::debug!(kernel = %id, cwd = %cwd.display(), hidden = hide.len(), "starting kernel");
 
     let workdir_shown = cwd.display().to_string();
-    let overlay = PreparedOverlay { lower, target: cwd, scratch_size, hide };
+    // The scratch, made here and kept: once the kernel has ended, what it wrote there is
+    // copied out to the working directory, as bare nbgrader's kernel would have written it.
+    let inodes = (scratch_size / 4096).clamp(1024, 1 << 20);
+    let scratch = crate::sys::raw::tmpfs_detached(&[
+        ("size", scratch_size.to_string()),
+        ("nr_inodes", inodes.to_string()),
+        ("mode", "0700".into()),
+    ])
+    .map_err(|errno| RunError::Host { step: "scratch", errno })?;
+    let kept = scratch.try_clone().map_err(|e| RunError::Host {
+        step: "scratch",
+        errno: nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
+    })?;
+    let overlay = PreparedOverlay { lower, target: cwd.clone(), scratch, hide };
     let runtime = RuntimeDir { target: RUNTIME_DIR.into(), files: vec![(CONNECTION.into(), conn.inside())] };
     let mut report = run::run_prepared(
         prepared,
@@ -207,8 +234,25 @@ pub fn execute(config_override: Option<PathBuf>, a: KernelArgs) -> Result<u8, Ru
         },
         Some(RelaySpec { channels, output_limit }),
     );
-    report.kernel =
-        Some(KernelInfo { id, connection_file: conn_path.display().to_string(), workdir: workdir_shown, output_limit });
+    let copied_out = if report.sandbox_error.is_none() {
+        match crate::copyout::copy_out(&kept, &cwd, &caller, crate::copyout::LIMITS) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                eprintln!("isolate-grade kernel: copying the kernel's files out: {e}");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    drop(kept);
+    report.kernel = Some(KernelInfo {
+        id,
+        connection_file: conn_path.display().to_string(),
+        workdir: workdir_shown,
+        output_limit,
+        copied_out,
+    });
     if let Some(mut f) = sink {
         f.write_all((report.to_json() + "\n").as_bytes()).map_err(RunError::Report)?;
     }

@@ -7,7 +7,10 @@
 pub mod cgroup;
 pub mod check;
 pub mod cli;
+
 pub mod config;
+pub mod copyout;
+pub mod escape;
 pub mod fsaccess;
 pub mod grade;
 pub mod identity;
@@ -17,6 +20,8 @@ pub mod kernel;
 pub mod mounts;
 pub mod plan;
 pub mod policy;
+pub mod preflight;
+pub mod python;
 pub mod relay;
 pub mod report;
 pub mod run;

@@ -49,8 +49,10 @@ fn real_main(cli: Cli) -> Result<u8, (u8, anyhow::Error)> {
         Command::Kernel(args) => {
             isolate_grade::kernel::execute(cli.config, args).map_err(|e| (e.exit_code(), e.into()))
         }
-        Command::Install(args) => isolate_grade::install::execute(args).map_err(|e| (EXIT_USAGE, e.into())),
-        Command::Check(args) => Ok(isolate_grade::check::check(cli.config.as_deref(), args.format)),
+        Command::Install(args) => {
+            isolate_grade::install::execute(cli.config, args).map_err(|e| (e.exit_code(), e.into()))
+        }
+        Command::Check(args) => Ok(isolate_grade::check::check(cli.config.as_deref(), &args)),
     }
     .map_err(|(code, e): (u8, anyhow::Error)| (if code == 0 { EXIT_USAGE } else { code }, e))
 }

@@ -46,7 +46,10 @@ pub struct PreparedBind {
 pub struct PreparedOverlay {
     pub lower: OwnedFd,
     pub target: PathBuf,
-    pub scratch_size: u64,
+    /// A detached, size-capped tmpfs ([`crate::sys::raw::tmpfs_detached`]) that holds the
+    /// upper and work layers; the kernel's supervisor keeps a copy of the fd, to copy the
+    /// files the kernel made out once it has ended ([`crate::copyout`]).
+    pub scratch: OwnedFd,
     pub hide: Vec<String>,
 }
 
@@ -142,8 +145,8 @@ impl Root {
         Ok(())
     }
 
-    /// The kernel's working directory (see [`PreparedOverlay`]). The layers sit on a staging
-    /// tmpfs (the scratch, capped at `scratch_size`) that is detached once the overlay is
+    /// The kernel's working directory (see [`PreparedOverlay`]). The layers sit on the
+    /// scratch tmpfs, attached as a staging mount that is detached again once the overlay is
     /// mounted: the overlay keeps its own references, and the sandbox never sees the layers.
     pub fn overlay(&mut self, sys: &impl Sys, ov: &PreparedOverlay, uid: u32) -> Result<(), MountError> {
         let err = |target: &Path| {
@@ -151,7 +154,12 @@ impl Root {
             move |source| MountError::Sys { target: target.clone(), source }
         };
         let stage = Path::new("/.overlay");
-        self.tmpfs(sys, "/.overlay", ov.scratch_size, "0700", NOSUID_NODEV)?;
+        let (parent, name) = self.mount_point(stage, Kind::Dir)?;
+        let at = reopen(&parent, &name, stage)?;
+        sys.attach_tree(ov.scratch.as_raw_fd(), at.as_raw_fd(), true).map_err(err(stage))?;
+        if let Ok(st) = fstat(&reopen(&parent, &name, stage)?) {
+            self.own_devs.push(st.st_dev);
+        }
         let lower = Path::new("/.overlay/lower");
         let (parent, name) = self.mount_point(lower, Kind::Dir)?;
         let at = reopen(&parent, &name, lower)?;

@@ -189,6 +189,8 @@ pub struct KernelInfo {
     /// Its working directory (nbgrader: `autograded/<student>/<assignment>`).
     pub workdir: String,
     pub output_limit: u64,
+    /// The files the kernel made in its working directory, copied out when it ended.
+    pub copied_out: Option<crate::copyout::CopiedOut>,
 }
 
 impl Report {

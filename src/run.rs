@@ -35,11 +35,17 @@ pub enum RunError {
     Invalid(String),
     #[error("writing the report: {0}")]
     Report(std::io::Error),
+    /// The host could not give what a request needs before the sandbox starts.
+    #[error("sandbox error at {step}: {errno}")]
+    Host { step: &'static str, errno: nix::errno::Errno },
 }
 
 impl RunError {
     pub fn exit_code(&self) -> u8 {
-        EXIT_USAGE
+        match self {
+            RunError::Host { .. } => crate::report::Status::SandboxError.exit_code(),
+            _ => EXIT_USAGE,
+        }
     }
 }
 
@@ -81,6 +87,16 @@ pub fn prepare(config_override: Option<PathBuf>, a: &SandboxArgs, command: &[OsS
     let mut binds = policy.binds.clone();
     for spec in &a.binds {
         binds.push(parse_bind(spec).map_err(|r| RunError::Invalid(format!("--bind {spec}: {r}")))?);
+    }
+    for spec in &a.links {
+        let path = policy::sandbox_path(spec, true).map_err(|r| RunError::Invalid(format!("--link {spec}: {r}")))?;
+        binds.push(Bind {
+            source: path.clone(),
+            target: path,
+            writable: false,
+            optional: false,
+            symlink: SymlinkMode::Copy,
+        });
     }
     policy::validate_binds(&mut binds)
         .map_err(|(i, r)| RunError::Invalid(format!("bind {}: {r}", binds[i].target.display())))?;

@@ -108,6 +108,26 @@ impl Layout {
         self.state.join("jupyter")
     }
 
+    /// The assignment's notebooks as the instructor wrote them (`source/`, else `release/`):
+    /// what the preflight reads their imports from.
+    pub fn source_notebooks(&self) -> Vec<PathBuf> {
+        for dir in ["source", "release"] {
+            let d = self.course.join(dir).join(&self.assignment);
+            let mut found: Vec<PathBuf> = std::fs::read_dir(&d)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|e| e == "ipynb"))
+                .collect();
+            if !found.is_empty() {
+                found.sort();
+                return found;
+            }
+        }
+        Vec::new()
+    }
+
     /// Create the state directories and take the batch lock (held until dropped).
     pub fn lock(&self) -> Result<Flock<File>, CourseError> {
         for d in ["submitted", "kernels", "graded", "logs", "jupyter"] {

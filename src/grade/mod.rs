@@ -64,9 +64,18 @@ pub enum GradeError {
 /// The kernelspec's launcher and file: their I/O faults stay I/O faults (exit 3).
 impl From<crate::install::InstallError> for GradeError {
     fn from(e: crate::install::InstallError) -> GradeError {
+        use crate::install::InstallError as E;
+        use crate::python::PythonError as P;
         match e {
-            crate::install::InstallError::Io { path, source } => GradeError::Io { path, source },
-            crate::install::InstallError::Invalid(m) => GradeError::Invalid(m),
+            E::Io { path, source } => GradeError::Io { path, source },
+            E::Invalid(m) => GradeError::Invalid(m),
+            // a --python that does not run, or is not a Python: bad input
+            E::Python(e @ (P::Start { .. } | P::NoNbgrader | P::NoShebang { .. })) => {
+                GradeError::Invalid(e.to_string())
+            }
+            // an interpreter that can't run a kernel in the sandbox: nothing can be graded
+            E::Python(e) => GradeError::Sandbox(e.to_string()),
+            E::Preflight(e) => GradeError::Sandbox(e.to_string()),
         }
     }
 }
@@ -133,7 +142,6 @@ pub fn execute(config: Option<PathBuf>, a: GradeArgs) -> Result<u8, GradeError> 
         Some(p) => Some(std::path::absolute(p).map_err(|e| GradeError::Io { path: p.clone(), source: e })?),
         None => None,
     };
-    let info = crate::install::probe_python(a.python.as_deref()).map_err(|e| GradeError::Invalid(e.to_string()))?;
     // The kernel starts in the submission's directory: a policy path must not be relative.
     let policy = if crate::policy::is_path(&a.policy) {
         let abs =
@@ -142,15 +150,36 @@ pub fn execute(config: Option<PathBuf>, a: GradeArgs) -> Result<u8, GradeError> 
     } else {
         a.policy.clone()
     };
+    // The kernels' interpreter, asked as the instructor where it lives (nothing of the
+    // course may be among what it needs).
+    let (probe, runtime) =
+        crate::install::kernel_runtime(a.python.as_deref(), &policy, config.as_deref(), Some(&layout.course))?;
     let launcher = crate::install::Launcher::new(caller.via == "sudo", config.as_deref())?;
     preflight(&launcher, &policy)?;
     // Without it a Ctrl-C would do nothing (the signals stay blocked): refuse to start instead.
     let signals = stop_signals().map_err(GradeError::Signals)?;
 
     let _lock = layout.lock()?;
-    let mut spec = crate::install::kernelspec(launcher.kernel(Some(&policy)), &info, "Python 3 (isolate-grade batch)");
+    let mut spec =
+        crate::install::kernelspec(launcher.kernel(Some(&policy)), &runtime, "Python 3 (isolate-grade batch)");
     spec["metadata"]["isolate_grade"]["batch"] = serde_json::json!(assignment);
-    crate::install::write_kernelspec(&layout.jupyter_path().join("kernels").join(KERNEL_NAME), &spec)?;
+    let spec_dir = layout.jupyter_path().join("kernels").join(KERNEL_NAME);
+    crate::install::write_kernelspec(&spec_dir, &spec)?;
+    // A real kernel, started as nbgrader will start each one, must answer and import what the
+    // assignment's notebooks import: else every student would get the same wrong verdict.
+    let notebooks = layout.source_notebooks();
+    let req = crate::preflight::Request {
+        kernel_name: KERNEL_NAME.into(),
+        jupyter_path: Some(layout.jupyter_path()),
+        local_dirs: notebooks.iter().filter_map(|n| n.parent().map(std::path::Path::to_path_buf)).collect(),
+        notebooks,
+        expect_resource_dir: Some(spec_dir),
+        timeout: 60.0,
+    };
+    crate::preflight::run(&probe.executable, &req, &runtime).map_err(|e| GradeError::Sandbox(e.to_string()))?;
+    for note in &runtime.notes {
+        tracing::info!(note = %note, "kernel runtime");
+    }
 
     // Who to grade: named students always; others unless graded before (or --force).
     let started = Instant::now();
@@ -197,7 +226,7 @@ pub fn execute(config: Option<PathBuf>, a: GradeArgs) -> Result<u8, GradeError> 
             reports: layout.state.join("kernels"),
         },
         layout,
-        python: PathBuf::from(&info.executable),
+        python: probe.executable.clone(),
         student_timeout,
         limits: TreeLimits::default(),
         stop: AtomicBool::new(false),

@@ -182,6 +182,59 @@ pub fn mount_setattr(fd: RawFd, attr_set: u64) -> Result<(), Errno> {
 
 const MOVE_MOUNT_T_EMPTY_PATH: u32 = 0x40;
 
+const FSOPEN_CLOEXEC: u32 = 1;
+const FSCONFIG_SET_STRING: u32 = 1;
+const FSCONFIG_CMD_CREATE: u32 = 6;
+const FSMOUNT_CLOEXEC: u32 = 1;
+
+/// A new tmpfs as a detached mount (`fsopen`, `fsconfig`, `fsmount`; Linux 5.2+), mounted
+/// nowhere: the sandbox attaches it with [`move_mount`], and whoever keeps the returned fd can
+/// still read the files on it after the sandbox and its mount namespace are gone. `options`
+/// are tmpfs's own (`size`, `nr_inodes`, `mode`).
+pub fn tmpfs_detached(options: &[(&str, String)]) -> Result<OwnedFd, Errno> {
+    // SAFETY: a valid NUL-terminated file system name; the kernel returns a new fd.
+    let fs = check(unsafe { libc::syscall(libc::SYS_fsopen, c"tmpfs".as_ptr(), FSOPEN_CLOEXEC) })?;
+    // SAFETY: a fresh fd owned by nobody else.
+    let fs = unsafe { OwnedFd::from_raw_fd(fs as RawFd) };
+    for (key, value) in options {
+        let key = std::ffi::CString::new(*key).map_err(|_| Errno::EINVAL)?;
+        let value = std::ffi::CString::new(value.as_str()).map_err(|_| Errno::EINVAL)?;
+        // SAFETY: key and value are valid NUL-terminated strings alive during the call.
+        check(unsafe {
+            libc::syscall(
+                libc::SYS_fsconfig,
+                std::os::fd::AsRawFd::as_raw_fd(&fs),
+                FSCONFIG_SET_STRING,
+                key.as_ptr(),
+                value.as_ptr(),
+                0,
+            )
+        })?;
+    }
+    // SAFETY: no pointers are passed with FSCONFIG_CMD_CREATE.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_fsconfig,
+            std::os::fd::AsRawFd::as_raw_fd(&fs),
+            FSCONFIG_CMD_CREATE,
+            std::ptr::null::<libc::c_char>(),
+            std::ptr::null::<libc::c_void>(),
+            0,
+        )
+    })?;
+    // SAFETY: integer arguments only; the kernel returns a new fd.
+    let mnt = check(unsafe {
+        libc::syscall(
+            libc::SYS_fsmount,
+            std::os::fd::AsRawFd::as_raw_fd(&fs),
+            FSMOUNT_CLOEXEC,
+            MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
+        )
+    })?;
+    // SAFETY: a fresh fd owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(mnt as RawFd) })
+}
+
 /// `move_mount(fd, "", target_fd, "")`: attach a detached tree on the directory or file
 /// `target_fd` refers to. (The kernel refuses a `/proc/self/fd/N` path as the target, so the
 /// fd itself is passed.)
