@@ -21,11 +21,15 @@ pub enum InstallError {
 }
 
 impl InstallError {
-    /// 3 when the kernel can't run in the sandbox (as a batch's preflight), 2 for bad input.
+    /// 3 when the kernel can't run in the sandbox (as in a batch's preflight), 2 for bad
+    /// input (a --python that does not run, a bad policy).
     pub fn exit_code(&self) -> u8 {
+        use PythonError as P;
         match self {
-            InstallError::Preflight(_) | InstallError::Io { .. } => crate::report::Status::SandboxError.exit_code(),
-            _ => crate::report::EXIT_USAGE,
+            InstallError::Invalid(_) | InstallError::Python(P::Start { .. } | P::NoNbgrader | P::NoShebang { .. }) => {
+                crate::report::EXIT_USAGE
+            }
+            _ => crate::report::Status::SandboxError.exit_code(),
         }
     }
 }

@@ -125,10 +125,10 @@ pub fn explain(req: &Request, a: &Answer, rt: &Runtime) -> String {
                     let at = f.location.as_deref().map(|l| format!(" from {l}")).unwrap_or_default();
                     let _ = writeln!(
                         m,
-                        "  - {}: {} inside the sandbox, but it imports outside{at}: that path is not visible in the \
-                         sandbox. Install the module into the interpreter's environment ({}), or put its directory \
-                         on the interpreter's sys.path, then run `isolate-grade install` again (the batch works it \
-                         out each run).",
+                        "  - {}: imports outside the sandbox{at}, but not inside: {}. What it needs there is not \
+                         visible in the sandbox: install it into the interpreter's environment ({}), or bind the \
+                         path its error names with a policy ([[bind]]), then run `isolate-grade install` again \
+                         (a batch works it out on every run).",
                         esc(&f.module),
                         esc(&f.inside),
                         rt.python.display()
@@ -137,8 +137,8 @@ pub fn explain(req: &Request, a: &Answer, rt: &Runtime) -> String {
                 Some(err) => {
                     let _ = writeln!(
                         m,
-                        "  - {}: it cannot be imported outside the sandbox either ({}): every notebook that needs it \
-                         would fail, bare nbgrader too. Install it: `{} -m pip install ...`.",
+                        "  - {}: cannot be imported outside the sandbox either: {}. Every notebook that needs it \
+                         would fail, with bare nbgrader too: install it (`{} -m pip install ...`).",
                         esc(&f.module),
                         esc(err),
                         rt.python.display()

@@ -57,6 +57,9 @@ pub enum GradeError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("the sandbox cannot run here, so nothing was graded:\n{0}")]
     Sandbox(String),
+    /// The kernels' interpreter or the preflight kernel failed: nothing was graded.
+    #[error("the sandboxed kernel cannot grade {assignment}, so nothing was graded:\n{message}")]
+    Kernel { assignment: String, message: String },
     #[error("cannot watch for Ctrl-C, SIGTERM and SIGHUP (signalfd: {0}), so nothing was graded")]
     Signals(nix::errno::Errno),
 }
@@ -83,9 +86,11 @@ impl From<crate::install::InstallError> for GradeError {
 impl GradeError {
     pub fn exit_code(&self) -> u8 {
         match self {
-            GradeError::Report(_) | GradeError::Io { .. } | GradeError::Sandbox(_) | GradeError::Signals(_) => {
-                EXIT_FAULT
-            }
+            GradeError::Report(_)
+            | GradeError::Io { .. }
+            | GradeError::Sandbox(_)
+            | GradeError::Kernel { .. }
+            | GradeError::Signals(_) => EXIT_FAULT,
             GradeError::Identity(IdentityError::Credentials(_)) => EXIT_FAULT,
             _ => crate::report::EXIT_USAGE,
         }
@@ -152,8 +157,13 @@ pub fn execute(config: Option<PathBuf>, a: GradeArgs) -> Result<u8, GradeError> 
     };
     // The kernels' interpreter, asked as the instructor where it lives (nothing of the
     // course may be among what it needs).
+    let kernel_fault = |message: String| GradeError::Kernel { assignment: assignment.clone(), message };
     let (probe, runtime) =
-        crate::install::kernel_runtime(a.python.as_deref(), &policy, config.as_deref(), Some(&layout.course))?;
+        match crate::install::kernel_runtime(a.python.as_deref(), &policy, config.as_deref(), Some(&layout.course)) {
+            Ok(x) => x,
+            Err(e) if e.exit_code() == crate::report::EXIT_USAGE => return Err(e.into()),
+            Err(e) => return Err(kernel_fault(e.to_string())),
+        };
     let launcher = crate::install::Launcher::new(caller.via == "sudo", config.as_deref())?;
     preflight(&launcher, &policy)?;
     // Without it a Ctrl-C would do nothing (the signals stay blocked): refuse to start instead.
@@ -176,7 +186,7 @@ pub fn execute(config: Option<PathBuf>, a: GradeArgs) -> Result<u8, GradeError> 
         expect_resource_dir: Some(spec_dir),
         timeout: 60.0,
     };
-    crate::preflight::run(&probe.executable, &req, &runtime).map_err(|e| GradeError::Sandbox(e.to_string()))?;
+    crate::preflight::run(&probe.executable, &req, &runtime).map_err(|e| kernel_fault(e.to_string()))?;
     for note in &runtime.notes {
         tracing::info!(note = %note, "kernel runtime");
     }

@@ -1,0 +1,112 @@
+"""Shared by the end-to-end suites: where things are, and small courses made on the fly."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import nbformat
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = ROOT / "target" / "debug" / "isolate-grade"
+TEST_CONFIG = ROOT / "fixtures" / "config" / "test.toml"
+
+
+@dataclass(frozen=True)
+class Python:
+    """An interpreter with nbgrader and ipykernel, and the environment to run it with."""
+
+    name: str
+    python: Path
+    # variables that make this environment what it is (HOME for a user site)
+    env: Dict[str, str] = field(default_factory=dict)
+
+    def run_env(self, **extra: str) -> Dict[str, str]:
+        e = dict(os.environ)
+        # nbgrader runs `alembic` from PATH; the interpreter's own directory first
+        e["PATH"] = f"{self.python.parent}{os.pathsep}{e.get('PATH', '')}"
+        e["ISOLATE_GRADE_CONFIG"] = str(TEST_CONFIG)
+        e.update(self.env)
+        e.update(extra)
+        return e
+
+
+def nb_cell(kind: str, source: str, grade_id: Optional[str] = None, points: int = 0, solution: bool = False):
+    cell = nbformat.v4.new_code_cell(source) if kind == "code" else nbformat.v4.new_markdown_cell(source)
+    if grade_id:
+        cell.metadata["nbgrader"] = {
+            "grade": points > 0, "grade_id": grade_id, "locked": not solution, "points": points,
+            "schema_version": 3, "solution": solution, "task": False,
+        }
+    return cell
+
+
+@dataclass
+class Course:
+    """A one-assignment course: `source/<assignment>/<notebook>.ipynb` released, and one
+    submission per student made from the release by filling in the solution."""
+
+    root: Path
+    assignment: str
+    notebook: str
+    python: Python
+
+    def nbgrader(self, *args: str, check: bool = True, **env: str) -> subprocess.CompletedProcess:
+        r = subprocess.run([str(self.python.python), "-m", "nbgrader", *args], cwd=self.root,
+                           env=self.python.run_env(**env), capture_output=True, text=True, timeout=900)
+        if check:
+            assert r.returncode == 0, r.stdout + r.stderr
+        return r
+
+    def scores(self) -> Dict[str, Dict[str, float]]:
+        """{student: {notebook: score}} from the gradebook (students with a submission)."""
+        from nbgrader.api import Gradebook
+
+        out: Dict[str, Dict[str, float]] = {}
+        with Gradebook(f"sqlite:///{self.root / 'gradebook.db'}", "env-course") as gb:
+            for sub in gb.assignment_submissions(self.assignment):
+                out[sub.student_id] = {nb.name: float(nb.score) for nb in sub.notebooks}
+        return out
+
+
+def make_course(root: Path, python: Python, cells: List, answers: Dict[str, str], assignment: str = "env1",
+                notebook: str = "env", kernel: str = "python3", language: str = "python") -> Course:
+    """`cells` is the source notebook; the cell with grade_id `answer` is the solution, and
+    each student's submission has it replaced by `answers[student]`."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "nbgrader_config.py").write_text("c = get_config()\nc.CourseDirectory.course_id = 'env-course'\n")
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": kernel, "display_name": kernel, "language": language}
+    nb.cells = cells
+    src = root / "source" / assignment
+    src.mkdir(parents=True)
+    nbformat.write(nb, src / f"{notebook}.ipynb")
+    c = Course(root, assignment, notebook, python)
+    c.nbgrader("generate_assignment", assignment, "--force")
+    released = nbformat.read(root / "release" / assignment / f"{notebook}.ipynb", as_version=4)
+    for student, answer in answers.items():
+        sub = root / "submitted" / student / assignment
+        sub.mkdir(parents=True)
+        mine = nbformat.from_dict(json.loads(json.dumps(released)))
+        for cell in mine.cells:
+            if cell.metadata.get("nbgrader", {}).get("grade_id") == "answer":
+                cell.source = answer
+        nbformat.write(mine, sub / f"{notebook}.ipynb")
+        (sub / "timestamp.txt").write_text("2026-11-30 09:00:00.000000 UTC")
+    return c
+
+
+def copy_course(c: Course, dst: Path) -> Course:
+    shutil.copytree(c.root, dst)
+    return Course(dst, c.assignment, c.notebook, c.python)
+
+
+@pytest.fixture(scope="session")
+def project_python() -> Python:
+    """The project venv (Debian's /usr/bin/python3.11, scripts/venv.sh): the tests' own."""
+    return Python("debian", Path(sys.executable))

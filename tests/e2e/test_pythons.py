@@ -1,0 +1,273 @@
+"""Every Python an instructor has: grades with the sandboxed kernel equal bare nbgrader's, for
+the batch and for plain `nbgrader autograde` after `isolate-grade install`, with interpreters
+made the ways instructors make them (each built here, by these tests, from Debian's Python and
+the machine's default `python3`, pyenv's on this image):
+
+- debian       a venv from /usr/bin/python3.11 (the project venv)
+- pyenv        a venv from the default python3 (its base under ~/.pyenv, not /usr)
+- conda-like   `python3 -m venv --copies` into /opt: the interpreter is a file of its own
+               under /opt, its base elsewhere
+- system-site  a venv with --system-site-packages and no pip of its own: `import pip` comes
+               from the base installation's site-packages
+- user-site    the same venv for a caller whose package was installed with `pip install --user`
+- chain        a venv made through a chain of symlinks to the base interpreter
+
+And the preflight: an interpreter without ipykernel, a module that imports outside the sandbox
+but not inside, a module that imports nowhere, and the course on PYTHONPATH, each refused before
+any student is graded, with the message asserted.
+
+Each environment's notebook earns its points only if the kernel imports the environment's
+marker module, sees NBGRADER_EXECUTION=autograde, and can read back a file it wrote in its
+working directory; that file must then be in `autograded/` as bare nbgrader leaves it.
+"""
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from conftest import BIN, ROOT, Python, copy_course, make_course, nb_cell
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0 and os.environ.get("CI") != "true", reason="needs root")
+
+REQS = [ROOT / "scripts" / "requirements.txt"]
+WORK = ROOT / "target" / "pythons"
+OPT = Path("/opt/isolate-grade-test")  # the conda-like environment lives under /opt, as conda's does
+
+
+def default_python3() -> Path:
+    """The first python3 on PATH whose installation is outside /usr (pyenv's on this image)."""
+    for d in os.environ.get("PATH", "").split(os.pathsep):
+        p = Path(d) / "python3"
+        if p.exists():
+            real = Path(subprocess.run([str(p), "-c", "import sys; print(sys.base_prefix)"], capture_output=True,
+                                       text=True, check=True).stdout.strip())
+            if not str(real).startswith("/usr"):
+                exe = subprocess.run([str(p), "-c", "import sys; print(sys.executable)"], capture_output=True,
+                                     text=True, check=True).stdout.strip()
+                return Path(exe)
+    for c in sorted(Path("/root/.pyenv/versions").glob("3.1[1-9]*/bin/python3")):
+        return c
+    pytest.fail("no python3 installed outside /usr on this machine (pyenv's is expected on this image)")
+
+
+def wheel(dst: Path, name: str, source: str) -> Path:
+    """A minimal pure-Python wheel with one module, made by hand (no build tools needed)."""
+    dist = f"{name}-1.0"
+    path = dst / f"{name}-1.0-py3-none-any.whl"
+    files = {f"{name}.py": source,
+             f"{dist}.dist-info/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n",
+             f"{dist}.dist-info/WHEEL": "Wheel-Version: 1.0\nGenerator: isolate-grade-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
+    record = "".join(f"{f},,\n" for f in files) + f"{dist}.dist-info/RECORD,,\n"
+    with zipfile.ZipFile(path, "w") as z:
+        for f, text in files.items():
+            z.writestr(f, text)
+        z.writestr(f"{dist}.dist-info/RECORD", record)
+    return path
+
+
+def pip_install(target_python: Path, *args: str, via: Path = None):
+    """pip install into `target_python`'s environment (with `via`'s pip when it has none)."""
+    cmd = [str(via), "-m", "pip", "--python", str(target_python)] if via else [str(target_python), "-m", "pip"]
+    subprocess.run([*cmd, "install", "--disable-pip-version-check", "-q", "--progress-bar", "off", *args],
+                   check=True, capture_output=True, text=True)
+
+
+def fresh(marker: Path, key: str) -> bool:
+    return marker.exists() and marker.read_text() == key
+
+
+@pytest.fixture(scope="session")
+def pythons(project_python, tmp_path_factory) -> dict:
+    """Every environment, built once (kept in target/pythons and /opt/isolate-grade-test,
+    rebuilt when the pins change)."""
+    base = default_python3()
+    key = hashlib.sha256(b"".join(r.read_bytes() for r in REQS) + str(base).encode() + b"2").hexdigest()
+    WORK.mkdir(parents=True, exist_ok=True)
+    reqs = [a for r in REQS for a in ("-r", str(r))]
+    envs = {"debian": project_python}
+
+    def venv(path: Path, *flags: str, maker: Path = base, install: bool = True) -> Path:
+        stamp = path / ".isolate-grade-test"
+        if not fresh(stamp, key):
+            shutil.rmtree(path, ignore_errors=True)
+            subprocess.run([str(maker), "-m", "venv", *flags, str(path)], check=True)
+            if install:
+                if "--without-pip" in flags:
+                    pip_install(path / "bin" / "python", *reqs, via=base)
+                else:
+                    pip_install(path / "bin" / "python", *reqs)
+            stamp.write_text(key)
+        return path / "bin" / "python"
+
+    envs["pyenv"] = Python("pyenv", venv(WORK / "pyenv"))
+    envs["conda-like"] = Python("conda-like", venv(OPT / "conda-like", "--copies"))
+    sysvenv = venv(WORK / "system-site", "--system-site-packages", "--without-pip")
+    envs["system-site"] = Python("system-site", sysvenv)
+    # pip install --user, for a caller whose home is made here
+    home = tmp_path_factory.mktemp("home") / "instructor"
+    home.mkdir()
+    whl = wheel(tmp_path_factory.mktemp("wheels"), "igmarker_user", "WHERE = 'user site'\n")
+    subprocess.run([str(base), "-m", "pip", "--python", str(sysvenv), "install", "--user", "--no-index", "-q",
+                    "--disable-pip-version-check", str(whl)], check=True, env={**os.environ, "HOME": str(home)})
+    envs["user-site"] = Python("user-site", sysvenv, env={"HOME": str(home)})
+    # a chain of symlinks to the base interpreter, and a venv made through it
+    links = WORK / "links"
+    shutil.rmtree(links, ignore_errors=True)
+    (links / "b").mkdir(parents=True)
+    real_base = Path(os.path.realpath(base))
+    (links / "b" / "python3").symlink_to(real_base)
+    (links / "a").symlink_to(links / "b" / "python3")
+    envs["chain"] = Python("chain", venv(WORK / "chain", maker=links / "a"))
+    return envs
+
+
+MARKERS = {
+    "debian": "numpy", "pyenv": "numpy", "conda-like": "numpy", "chain": "numpy",
+    "system-site": "pip",  # from the base installation only: the venv has no pip of its own
+    "user-site": "igmarker_user",  # from the caller's user site only
+}
+
+
+def env_course(root: Path, python: Python, marker: str):
+    cells = [
+        nb_cell("code", f"import os\nimport {marker}"),
+        nb_cell("code", "def answer():\n    ### BEGIN SOLUTION\n    return 42\n    ### END SOLUTION",
+                grade_id="answer", solution=True),
+        nb_cell("code", "open('side.txt', 'w').write('x')"),
+        nb_cell("code", "assert answer() == 42", grade_id="test_answer", points=1),
+        nb_cell("code", "assert os.environ.get('NBGRADER_EXECUTION') == 'autograde'", grade_id="test_env", points=1),
+        nb_cell("code", "assert open('side.txt').read() == 'x'", grade_id="test_file", points=1),
+        nb_cell("code", f"assert {marker}.__name__ == {marker!r}", grade_id="test_marker", points=1),
+    ]
+    return make_course(root, python, cells, {"alice": "def answer():\n    return 42",
+                                            "bob": "def answer():\n    return 41"})
+
+
+EXPECTED = {"alice": {"env": 4.0}, "bob": {"env": 3.0}}
+
+
+@pytest.mark.parametrize("name", ["debian", "pyenv", "conda-like", "system-site", "user-site", "chain"])
+def test_sandboxed_grades_equal_bare_in_every_environment(name, pythons, tmp_path):
+    py = pythons[name]
+    bare = env_course(tmp_path / "bare", py, MARKERS[name])
+    plain = copy_course(bare, tmp_path / "plain")
+    batch = copy_course(bare, tmp_path / "batch")
+
+    bare.nbgrader("autograde", "env1")
+    assert bare.scores() == EXPECTED, "bare nbgrader itself grades as expected"
+
+    kernel = f"isolate-grade-test-{name}"
+    r = subprocess.run([str(BIN), "install", "--python", str(py.python), "--course", str(plain.root), "--name", kernel],
+                       env=py.run_env(), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    try:
+        reports = tmp_path / "kernel-reports"
+        reports.mkdir()
+        plain.nbgrader("autograde", "env1", ISOLATE_GRADE_REPORT_DIR=str(reports))
+    finally:
+        prefix = subprocess.run([str(py.python), "-c", "import sys; print(sys.prefix)"], capture_output=True,
+                                text=True, env=py.run_env()).stdout.strip()
+        shutil.rmtree(Path(prefix) / "share" / "jupyter" / "kernels" / kernel, ignore_errors=True)
+    verdicts = [p.read_text() for p in reports.glob("*.json")]
+    assert len(verdicts) == 2 and all('"uid": 6' in v for v in verdicts), "both kernels ran sandboxed"
+    assert plain.scores() == bare.scores()
+
+    r = subprocess.run([str(BIN), "env1", "--course", str(batch.root), "--python", str(py.python)],
+                       env=py.run_env(), capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert batch.scores() == bare.scores()
+
+    # the file each kernel wrote in its working directory is where bare nbgrader leaves it
+    for c in (bare, plain, batch):
+        for s in EXPECTED:
+            assert (c.root / "autograded" / s / "env1" / "side.txt").read_text() == "x", (c.root, s)
+
+
+def test_the_runtime_is_what_the_interpreter_says(pythons):
+    """check --python: the chain's links are recreated, the user site bound alone."""
+    out = {}
+    for name in ("chain", "user-site"):
+        py = pythons[name]
+        r = subprocess.run([str(BIN), "check", "--python", str(py.python)], env=py.run_env(), capture_output=True,
+                           text=True, timeout=300)
+        assert r.returncode == 0, r.stdout + r.stderr
+        out[name] = next(l for l in r.stdout.splitlines() if l.split()[1:2] == ["python"])
+    assert str(WORK / "links" / "a") in out["chain"], out["chain"]
+    home = pythons["user-site"].env["HOME"]
+    assert f"{home}/.local/lib/python" in out["user-site"] and "site-packages" in out["user-site"]
+    assert f"binds {home}," not in out["user-site"] and f", {home}," not in out["user-site"]
+    assert f"PYTHONUSERBASE={home}/.local" in out["user-site"]
+
+
+# --- the preflight -----------------------------------------------------------------------
+
+def simple_course(root: Path, python: Python, imports: str = ""):
+    cells = [
+        nb_cell("code", f"import os\n{imports}"),
+        nb_cell("code", "def answer():\n    ### BEGIN SOLUTION\n    return 42\n    ### END SOLUTION",
+                grade_id="answer", solution=True),
+        nb_cell("code", "assert answer() == 42", grade_id="test_answer", points=1),
+    ]
+    # the source may import what the instructor's machine has; submissions are made from it
+    return make_course(root, python, cells, {"alice": "def answer():\n    return 42"})
+
+
+def nothing_graded(c):
+    graded = c.root / "autograded"
+    assert not graded.exists() or not any(graded.iterdir()), "a student was graded"
+    assert c.scores() == {}
+
+
+def test_an_interpreter_without_ipykernel_is_refused_before_grading(project_python, tmp_path):
+    c = simple_course(tmp_path / "c", project_python)
+    no_ipykernel = tmp_path / "bare-venv"
+    subprocess.run(["/usr/bin/python3.11", "-m", "venv", "--without-pip", str(no_ipykernel)], check=True)
+    py = no_ipykernel / "bin" / "python"
+    env = project_python.run_env()
+    r = subprocess.run([str(BIN), "env1", "--course", str(c.root), "--python", str(py)], env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 3, r.stdout + r.stderr
+    assert f"{py} has no ipykernel" in r.stderr and "pip install ipykernel" in r.stderr, r.stderr
+    nothing_graded(c)
+    r = subprocess.run([str(BIN), "install", "--python", str(py)], env=env, capture_output=True, text=True)
+    assert r.returncode == 3 and "has no ipykernel" in r.stderr, r.stdout + r.stderr
+    assert not (no_ipykernel / "share" / "jupyter" / "kernels").exists()
+    r = subprocess.run([str(BIN), "check", "--python", str(py)], env=env, capture_output=True, text=True)
+    assert r.returncode == 1 and "FAIL python" in r.stdout and "has no ipykernel" in r.stdout, r.stdout
+
+
+def test_modules_the_sandboxed_kernel_cannot_import_are_refused_before_grading(project_python, tmp_path):
+    # a package on PYTHONPATH (bound: it is a sys.path entry) that reads a host file when
+    # imported (as packages read their configuration), which the sandbox does not show
+    pp = tmp_path / "pythonpath"
+    pp.mkdir()
+    host_file = tmp_path / "host-only.conf"
+    host_file.write_text("x")
+    (pp / "reads_host_config.py").write_text(f"CONF = open({str(host_file)!r}).read()\n")
+    c = simple_course(tmp_path / "c", project_python, "import reads_host_config\nimport not_installed_anywhere_q7")
+    env = project_python.run_env(PYTHONPATH=str(pp))
+    r = subprocess.run([str(BIN), "env1", "--course", str(c.root)], env={**env, "ISOLATE_GRADE_PYTHON": str(project_python.python)},
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 3, r.stdout + r.stderr
+    err = r.stderr
+    assert "the notebooks import modules that the sandboxed kernel" in err, err
+    assert "reads_host_config: imports outside the sandbox" in err and "but not inside: FileNotFoundError" in err, err
+    assert "cannot grade env1, so nothing was graded" in err, err
+    assert "not_installed_anywhere_q7: cannot be imported outside the sandbox either: ModuleNotFoundError" in err, err
+    nothing_graded(c)
+
+
+def test_the_course_on_pythonpath_is_never_bound(project_python, tmp_path):
+    c = simple_course(tmp_path / "c", project_python)
+    env = project_python.run_env(PYTHONPATH=str(c.root / "source"))
+    r = subprocess.run([str(BIN), "env1", "--course", str(c.root), "--python", str(project_python.python)], env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 3, r.stdout + r.stderr
+    assert "is or is inside the course directory" in r.stderr and "PYTHONPATH" in r.stderr, r.stderr
+    nothing_graded(c)
