@@ -7,7 +7,8 @@
 //! detached mount. When the sandbox is gone (so nothing can change the scratch any more), its
 //! upper layer is read here, as root, and what passes is written into the working directory as
 //! the caller: regular files and directories only, never a symlink, a device or a whiteout;
-//! never a notebook (the kernel's copy of one would replace the graded notebook); never through a
+//! never a notebook (the kernel's copy of one would replace the graded notebook) or nbgrader's
+//! `timestamp.txt` (a forged one could make a later run skip a resubmission); never through a
 //! symlink on the host (every directory is opened `O_NOFOLLOW`, every file is written to a new
 //! name and renamed into place, so no link is ever written through); capped in count, size and
 //! depth. Deletions are not copied: a file the kernel removed stays.
@@ -112,6 +113,12 @@ fn read_tree(
     for (name, raw) in names {
         let here = rel.join(&name);
         if reserved(&name) {
+            continue;
+        }
+        if depth == 0 && name == "timestamp.txt" {
+            // nbgrader's record of when this was submitted: a forged one could make a later
+            // run skip a newer submission
+            out.skip(&here, "nbgrader's timestamp");
             continue;
         }
         if name.starts_with(".isolate-grade-copy") {
@@ -280,6 +287,7 @@ mod tests {
         std::fs::write(up.join("sub/data.csv"), "a,b").unwrap();
         std::fs::write(up.join("problem1.ipynb"), "forged").unwrap();
         std::fs::write(up.join("PROBLEM2.IPYNB"), "forged").unwrap();
+        std::fs::write(up.join("timestamp.txt"), "2099-01-01 00:00:00").unwrap();
         std::os::unix::fs::symlink("/etc/shadow", up.join("shadow")).unwrap();
         std::fs::write(dest.path().join("problem1.ipynb"), "graded").unwrap();
         std::fs::write(dest.path().join("figure.png"), "old").unwrap();
@@ -290,7 +298,8 @@ mod tests {
         assert_eq!(std::fs::read_to_string(dest.path().join("problem1.ipynb")).unwrap(), "graded");
         assert!(!dest.path().join("PROBLEM2.IPYNB").exists());
         assert!(std::fs::symlink_metadata(dest.path().join("shadow")).is_err());
-        assert_eq!(out.not_copied, ["shadow: a symlink"]);
+        assert!(!dest.path().join("timestamp.txt").exists());
+        assert_eq!(out.not_copied, ["shadow: a symlink", "timestamp.txt: nbgrader's timestamp"]);
     }
 
     #[test]

@@ -13,7 +13,8 @@ import nbformat
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-BIN = ROOT / "target" / "debug" / "isolate-grade"
+# ISOLATE_GRADE_TEST_BIN: run the suites against another build (to show a test fails without a fix)
+BIN = Path(os.environ.get("ISOLATE_GRADE_TEST_BIN", ROOT / "target" / "debug" / "isolate-grade"))
 TEST_CONFIG = ROOT / "fixtures" / "config" / "test.toml"
 
 
