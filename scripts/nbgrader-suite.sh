@@ -11,6 +11,9 @@
 # pyenv's on this machine's image, so this is also a venv whose base lives outside /usr).
 #
 #   bash scripts/nbgrader-suite.sh [python3|config]...     (default: both)
+#
+# The tests run SUITE_JOBS (default 3) at a time (pytest-xdist): most of their time is kernels
+# starting and shutting down, not CPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -20,14 +23,15 @@ venv=$dir/venv
 [[ -x $ig ]] || cargo build --bins --quiet
 
 py=${SUITE_PYTHON:-$(command -v python3)}
-if [[ ! -x $venv/bin/python ]] || ! cmp -s scripts/requirements.txt "$dir/requirements.txt"; then
+stamp=$(cat scripts/requirements.txt scripts/requirements-dev.txt)
+if [[ ! -x $venv/bin/python ]] || [[ $(cat "$dir/requirements.txt" 2>/dev/null) != "$stamp" ]]; then
   rm -rf "$venv"
   mkdir -p "$dir"
   echo "nbgrader-suite: creating $venv with $py ($("$py" --version 2>&1))"
   "$py" -m venv "$venv"
   "$venv/bin/python" -m pip install --disable-pip-version-check -q --progress-bar off \
     -r scripts/requirements.txt -r scripts/requirements-dev.txt
-  cp scripts/requirements.txt "$dir/requirements.txt"
+  echo "$stamp" >"$dir/requirements.txt"
 fi
 tests=$("$venv/bin/python" -c 'import nbgrader.tests.apps as t, os; print(os.path.dirname(t.__file__))')/test_nbgrader_autograde.py
 
@@ -49,7 +53,7 @@ for variant in "${@:-python3 config}"; do
       *) echo "nbgrader-suite: unknown variant $v" >&2; exit 2 ;;
     esac
     echo "== nbgrader's autograde tests, sandboxed kernel as $v"
-    (cd "$dir" && JUPYTER_CONFIG_DIR=$cfg "$venv/bin/python" -m pytest -q -p no:cacheprovider "$tests" \
+    (cd "$dir" && JUPYTER_CONFIG_DIR=$cfg "$venv/bin/python" -m pytest -q -p no:cacheprovider -n "${SUITE_JOBS:-3}" "$tests" \
       2>&1 | tee "$dir/$v.txt" | tail -n 25) || status=1
     rm -rf "$cfg"
   done

@@ -9,27 +9,44 @@ need cc gcc
 need python3 python3
 need setpriv util-linux
 
-echo "== format and lint"
+# How long each part took, printed at the end (CI's budget is 60 min for the whole run).
+timings=()
+part_start=$SECONDS
+part() { # part NAME: the previous part ends, NAME begins
+  if [[ -n ${part_name:-} ]]; then timings+=("$(printf '%5ds  %s' $((SECONDS - part_start)) "$part_name")"); fi
+  part_name=$1
+  part_start=$SECONDS
+  echo "== $1"
+}
+
+part "format and lint"
 cargo fmt --check
 cargo clippy --all-targets --quiet -- -D warnings
 
-echo "== build"
+part "build"
 cargo build --bins --quiet
 
-echo "== isolate-grade check"
+part "isolate-grade check"
 ./target/debug/isolate-grade check
 
-echo "== tests"
+part "Rust tests"
 # Test binaries run one after another (tests/hostile.rs installs a system config for its
 # duration); tests within a binary run in parallel, each sandbox in its own slot.
 cargo test --no-fail-fast 2>&1 | tee target/test-output.txt
 
-echo "== fuzz, CI-sized (scripts/fuzz.sh: policy, cli, kernel_protocol)"
+part "fuzz, CI-sized (scripts/fuzz.sh: policy, cli, kernel_protocol)"
 FUZZ_SECONDS=${FUZZ_SECONDS:-60} bash scripts/fuzz.sh
 
-echo "== end to end, with real nbgrader (project venv)"
+part "end to end, with real nbgrader (project venv; tests/e2e)"
 bash scripts/venv.sh
 .venv/bin/python -m pip install -q -r scripts/requirements-dev.txt
 .venv/bin/python -m pytest -q tests/e2e 2>&1 | tee target/e2e-output.txt
 # the adversarial suite's summary (tests/e2e/test_attacks.py writes it)
 cat target/attack-summary.txt
+
+part "nbgrader's own autograde tests, sandboxed (scripts/nbgrader-suite.sh)"
+bash scripts/nbgrader-suite.sh
+
+part "done"
+echo "time per part:"
+printf '%s\n' "${timings[@]}"

@@ -149,7 +149,12 @@ pub fn check(config_path: Option<&Path>, args: &CheckArgs) -> u8 {
     if let Some(python) = &args.python {
         // Asked, and the kernel started, as the caller: the way install and the batch do it.
         match caller.become_caller() {
-            Ok(()) => items.extend(check_python(python, &args.policy, config_path, caller.via == "sudo")),
+            Ok(()) => {
+                if caller.via == "sudo" {
+                    crate::grade::set_home(caller.uid);
+                }
+                items.extend(check_python(python, &args.policy, config_path, caller.via == "sudo"))
+            }
             Err(e) => items.push(Item { name: "python", ok: false, warn: false, detail: e.to_string() }),
         }
     }

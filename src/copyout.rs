@@ -162,13 +162,21 @@ fn read_tree(
             out.skip(&here, "over the size limit");
             continue;
         }
-        let fd = nix::fcntl::openat(
-            dir,
-            raw.as_c_str(),
-            OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(|errno| CopyOutError::Sys { path: here.clone(), errno })?;
+        // Checked again on the fd (non-blocking: a FIFO put in its place must not hang us).
+        let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC;
+        let fd = match nix::fcntl::openat(dir, raw.as_c_str(), flags, Mode::empty()) {
+            Ok(fd) => fd,
+            Err(_) => {
+                out.skip(&here, "changed while it was read");
+                continue;
+            }
+        };
+        let is_file =
+            nix::sys::stat::fstat(&fd).is_ok_and(|s| s.st_mode & SFlag::S_IFMT.bits() == SFlag::S_IFREG.bits());
+        if !is_file {
+            out.skip(&here, "changed while it was read");
+            continue;
+        }
         let mut content = Vec::new();
         // SAFETY: a fresh fd we own, handed to File to read and close.
         let mut f = unsafe { std::fs::File::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(fd)) };

@@ -1,6 +1,8 @@
 //! `isolate-grade install`: the sandboxed kernelspec for a Python, and the line that makes
-//! nbgrader use it. Runs as the instructor (no privilege needed); writes only the kernelspec
-//! directory and, with `--course`, a marked block of the course's `nbgrader_config.py`.
+//! nbgrader use it. Runs as the instructor (no privilege needed); asks the interpreter what it
+//! needs ([`crate::python`]), writes the kernelspec, starts a kernel through it
+//! ([`crate::preflight`]) and only then, with `--course`, the marked block of the course's
+//! `nbgrader_config.py`. The batch builds its private kernelspec with the same functions.
 
 use crate::cli::InstallArgs;
 use crate::preflight::PreflightError;
@@ -148,9 +150,11 @@ pub fn write_kernelspec(dir: &Path, spec: &serde_json::Value) -> Result<(), Inst
 pub fn execute(config: Option<PathBuf>, a: InstallArgs) -> Result<u8, InstallError> {
     // Nothing here needs privilege: the interpreter is asked, and the files written, as the
     // instructor (a no-op when run by root itself).
-    crate::identity::Caller::detect()
-        .become_caller()
-        .map_err(|e| InstallError::Invalid(format!("becoming the caller: {e}")))?;
+    let caller = crate::identity::Caller::detect();
+    caller.become_caller().map_err(|e| InstallError::Invalid(format!("becoming the caller: {e}")))?;
+    if caller.via == "sudo" {
+        crate::grade::set_home(caller.uid);
+    }
     let policy = a.policy.clone().unwrap_or_else(|| "default".into());
     let (probe, runtime) = kernel_runtime(a.python.as_deref(), &policy, config.as_deref(), a.course.as_deref())?;
     let prefix = Launcher::new(a.sudo, None)?.kernel(a.policy.as_deref());
@@ -266,9 +270,43 @@ pub fn kernelspec(prefix: Vec<String>, rt: &Runtime, display_name: &str) -> serd
     })
 }
 
+/// The marked block for `nbgrader_config.py`. It does not override the kernel
+/// (`c.Execute.kernel_name` would run every notebook, whatever its language, in this one):
+/// nbgrader's Execute step is replaced by one that starts each notebook in the sandboxed twin
+/// of the kernel its own metadata names, and fails a notebook whose kernel has no twin rather
+/// than run it unsandboxed. (nbgrader passes its own kernel manager class to Execute, so that
+/// can't be configured; its list of autograde preprocessors can.)
 fn config_block(name: &str) -> String {
+    let twins = format!("{{\"python3\": {name:?}, \"python\": {name:?}}}");
     format!(
-        "{BEGIN}\n# Autograde in the sandbox: every notebook runs in this kernel (see `isolate-grade install`).\nc.Execute.kernel_name = {name:?}\n{END}\n"
+        r#"{BEGIN}
+# Autograde in the sandbox (written by `isolate-grade install`; run it again to change this).
+# Each notebook runs in the sandboxed twin of the kernel its own metadata names; a notebook
+# whose kernel has no twin fails with a message, and is never run unsandboxed.
+def _isolate_grade(c, twins):
+    from nbgrader.converters import Autograde
+    from nbgrader.preprocessors import Execute
+
+    class SandboxedExecute(Execute):
+        def preprocess(self, nb, resources, *args, **kwargs):
+            name = self.kernel_name or nb.metadata.get("kernelspec", {{}}).get("name") or "python3"
+            if name not in twins:
+                raise ValueError(
+                    f"the notebook's kernel {{name!r}} has no sandboxed twin (there are {{sorted(twins)}}), "
+                    "so it is not run: sandbox it with `isolate-grade install`")
+            before, self.kernel_name = self.kernel_name, twins[name]
+            try:
+                return super().preprocess(nb, resources, *args, **kwargs)
+            finally:
+                self.kernel_name = before
+
+    steps = c.Autograde.get("autograde_preprocessors") or Autograde.class_traits()["autograde_preprocessors"].default_value
+    c.Autograde.autograde_preprocessors = [SandboxedExecute if s is Execute else s for s in steps]
+
+
+_isolate_grade(c, {twins})
+{END}
+"#
     )
 }
 
@@ -299,7 +337,7 @@ mod tests {
         assert_eq!(with_block(&once, &block), once);
         let other = with_block(&once, &config_block("other"));
         assert_eq!(other.matches(BEGIN).count(), 1);
-        assert!(other.contains("c.Execute.kernel_name = \"other\""));
+        assert!(other.contains("_isolate_grade(c, {\"python3\": \"other\", \"python\": \"other\"})"));
         assert!(!other.contains("\"ig\""));
         assert_eq!(with_block("", &block), block);
     }

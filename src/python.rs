@@ -171,7 +171,8 @@ pub struct Runtime {
 const NEVER_WHOLE: &[&str] =
     &["/", "/home", "/root", "/tmp", "/var", "/var/tmp", "/srv", "/opt", "/etc", "/run", "/mnt", "/media", "/boot"];
 
-/// Work out the runtime of a probed interpreter. `resolve` follows symlinks as the host does.
+/// What the sandbox must show of a probed interpreter (paths are resolved on this host, as the
+/// caller sees them), or why it refuses to.
 pub fn plan(p: &Probe, ctx: &Context) -> Result<Runtime, PythonError> {
     let mut needed: Vec<(PathBuf, String)> = vec![(p.executable.clone(), "the interpreter".into())];
     for (prefix, role) in [

@@ -537,8 +537,9 @@ fn stop_signals() -> nix::Result<nix::sys::signalfd::SignalFd> {
     SignalFd::with_flags(&set, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
 }
 
-/// Under sudo, HOME and friends are root's: nbgrader and Jupyter should see the instructor's.
-fn set_home(uid: u32) {
+/// Under sudo, HOME and friends are root's: nbgrader, Jupyter and the kernels' interpreter
+/// (whose user site is found through HOME) should see the instructor's.
+pub(crate) fn set_home(uid: u32) {
     if let Ok(Some(u)) = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)) {
         // Before any thread exists (set_var races with readers in other threads).
         std::env::set_var("HOME", &u.dir);

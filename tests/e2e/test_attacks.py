@@ -386,6 +386,22 @@ def test_attack_through_the_batch(name, attack_course):
     RESULTS[("batch", name)] = True
 
 
+def test_what_the_kernel_leaves_comes_out_safely(attack_course):
+    """copy_out.py's plants: in autograded/ afterwards only regular files and directories, its
+    marker file, no notebook or timestamp of the kernel's, at most 1000 of its files."""
+    course, _, _, _ = attack_course
+    student = "attack-copy-out"
+    out = course / "autograded" / student / "ps1"
+    assert (out / "copied-out-marker.txt").read_text() == "from the kernel"
+    for p in out.rglob("*"):
+        assert p.is_dir() or (p.is_file() and not p.is_symlink()), f"{p} came out"
+    assert not any(p.is_symlink() for p in out.rglob("*"))
+    assert "forged" not in (out / "problem2.ipynb").read_text()
+    submitted = (course / "submitted" / student / "ps1" / "timestamp.txt").read_text()
+    assert (out / "timestamp.txt").read_text() == submitted
+    assert len(list((out / "many").iterdir())) <= 1000
+
+
 def test_files_swapped_for_symlinks_during_the_batch_are_never_followed(attack_course):
     """Whatever state each file was caught in, the solutions never reach the graded copy: the
     student is `graded` (every file caught plain, twice) or `rejected` (a symlink seen, or a
