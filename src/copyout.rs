@@ -7,8 +7,10 @@
 //! detached mount. When the sandbox is gone (so nothing can change the scratch any more), its
 //! upper layer is read here, as root, and what passes is written into the working directory as
 //! the caller: regular files and directories only, never a symlink, a device or a whiteout;
-//! never a notebook (the kernel's copy of one would replace the graded notebook) or nbgrader's
-//! `timestamp.txt` (a forged one could make a later run skip a resubmission); never through a
+//! never a notebook (the kernel's copy of one would replace the graded notebook), nbgrader's
+//! `timestamp.txt` (a forged one could make a later run skip a resubmission), or a file that
+//! Python, Jupyter or nbgrader would load as configuration or code (`nbgrader_config.py`,
+//! `sitecustomize.py`, `*.pth`, `jupyter_*_config.py`...); never through a
 //! symlink on the host (every directory is opened `O_NOFOLLOW`, every file is written to a new
 //! name and renamed into place, so no link is ever written through); capped in count, size and
 //! depth. Deletions are not copied: a file the kernel removed stays.
@@ -66,6 +68,20 @@ fn reserved(name: &str) -> bool {
     lower.ends_with(".ipynb") || lower == ".ipynb_checkpoints"
 }
 
+/// Files that Python, IPython, Jupyter or nbgrader load by themselves as configuration or code
+/// when they find them in a working directory or on a path: a student's copy would run as the
+/// instructor the next time one of those starts there.
+fn runs_as_the_instructor(name: &str) -> bool {
+    let lower = name.to_ascii_lowercase();
+    let config =
+        |prefix: &str| lower.starts_with(prefix) && (lower.ends_with("_config.py") || lower.ends_with("_config.json"));
+    matches!(lower.as_str(), "nbgrader_config.py" | "sitecustomize.py" | "usercustomize.py" | ".ipython" | ".jupyter")
+        || lower.ends_with(".pth")
+        || config("jupyter")
+        || config("ipython")
+        || config("nbgrader")
+}
+
 /// Copy what the kernel made (the `upper` layer of `scratch`) into `dest`, as `caller`.
 pub fn copy_out(scratch: &OwnedFd, dest: &Path, caller: &Caller, limits: Limits) -> Result<CopiedOut, CopyOutError> {
     let mut out = CopiedOut::default();
@@ -113,6 +129,10 @@ fn read_tree(
     for (name, raw) in names {
         let here = rel.join(&name);
         if reserved(&name) {
+            continue;
+        }
+        if runs_as_the_instructor(&name) {
+            out.skip(&here, "a file Python, Jupyter or nbgrader would load as configuration or code");
             continue;
         }
         if depth == 0 && name == "timestamp.txt" {
@@ -296,6 +316,9 @@ mod tests {
         std::fs::write(up.join("problem1.ipynb"), "forged").unwrap();
         std::fs::write(up.join("PROBLEM2.IPYNB"), "forged").unwrap();
         std::fs::write(up.join("timestamp.txt"), "2099-01-01 00:00:00").unwrap();
+        for planted in ["nbgrader_config.py", "sitecustomize.py", "zz.pth", "jupyter_server_config.py"] {
+            std::fs::write(up.join("sub").join(planted), "import os").unwrap();
+        }
         std::os::unix::fs::symlink("/etc/shadow", up.join("shadow")).unwrap();
         std::fs::write(dest.path().join("problem1.ipynb"), "graded").unwrap();
         std::fs::write(dest.path().join("figure.png"), "old").unwrap();
@@ -307,7 +330,13 @@ mod tests {
         assert!(!dest.path().join("PROBLEM2.IPYNB").exists());
         assert!(std::fs::symlink_metadata(dest.path().join("shadow")).is_err());
         assert!(!dest.path().join("timestamp.txt").exists());
-        assert_eq!(out.not_copied, ["shadow: a symlink", "timestamp.txt: nbgrader's timestamp"]);
+        for why in ["shadow: a symlink", "timestamp.txt: nbgrader's timestamp"] {
+            assert!(out.not_copied.iter().any(|n| n == why), "{why}: {out:?}");
+        }
+        assert_eq!(out.not_copied_count, 6, "{out:?}");
+        for planted in ["nbgrader_config.py", "sitecustomize.py", "zz.pth", "jupyter_server_config.py"] {
+            assert!(!dest.path().join("sub").join(planted).exists(), "{planted}");
+        }
     }
 
     #[test]

@@ -271,3 +271,29 @@ def test_the_course_on_pythonpath_is_never_bound(project_python, tmp_path):
     assert r.returncode == 3, r.stdout + r.stderr
     assert "is or is inside the course directory" in r.stderr and "PYTHONPATH" in r.stderr, r.stderr
     nothing_graded(c)
+
+
+def test_a_notebook_whose_kernel_has_no_twin_is_never_run(project_python, tmp_path):
+    """After `install`, plain nbgrader routes each notebook by its own kernel: an R notebook
+    is not run in the sandboxed Python kernel (all zeros, silently), nor unsandboxed."""
+    cells = [
+        nb_cell("code", "answer <- function() {\n  ### BEGIN SOLUTION\n  42\n  ### END SOLUTION\n}",
+                grade_id="answer", solution=True),
+        nb_cell("code", "stopifnot(answer() == 42)", grade_id="test_answer", points=1),
+    ]
+    c = make_course(tmp_path / "c", project_python, cells, {"alice": "answer <- function() 42"}, kernel="ir",
+                    language="R")
+    kernel = "isolate-grade-test-twin"
+    r = subprocess.run([str(BIN), "install", "--python", str(project_python.python), "--course", str(c.root),
+                        "--name", kernel], env=project_python.run_env(), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    try:
+        reports = tmp_path / "reports"
+        reports.mkdir()
+        r = c.nbgrader("autograde", "env1", check=False, ISOLATE_GRADE_REPORT_DIR=str(reports))
+    finally:
+        shutil.rmtree(Path(sys.prefix) / "share" / "jupyter" / "kernels" / kernel, ignore_errors=True)
+    assert r.returncode != 0
+    out = r.stdout + r.stderr
+    assert "the notebook's kernel 'ir' has no sandboxed twin" in out, out
+    assert not list(reports.iterdir()), "a kernel was started"
