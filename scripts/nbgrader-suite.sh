@@ -53,9 +53,18 @@ for variant in "${@:-python3 config}"; do
       *) echo "nbgrader-suite: unknown variant $v" >&2; exit 2 ;;
     esac
     echo "== nbgrader's autograde tests, sandboxed kernel as $v"
-    (cd "$dir" && JUPYTER_CONFIG_DIR=$cfg "$venv/bin/python" -m pytest -q -p no:cacheprovider -n "${SUITE_JOBS:-3}" "$tests" \
+    # every kernel leaves its verdict here: proof that the tests ran sandboxed, not bare
+    reports=$(mktemp -d /tmp/isolate-grade-suite-reports.XXXXXX)
+    (cd "$dir" && JUPYTER_CONFIG_DIR=$cfg ISOLATE_GRADE_REPORT_DIR=$reports "$venv/bin/python" -m pytest -q -p no:cacheprovider -n "${SUITE_JOBS:-3}" "$tests" \
       2>&1 | tee "$dir/$v.txt" | tail -n 25) || status=1
-    rm -rf "$cfg"
+    kernels=$(find "$reports" -name '*.json' | wc -l)
+    unsandboxed=$(grep -L '"uid": 6[0-9][0-9][0-9][0-9]' "$reports"/*.json 2>/dev/null | wc -l)
+    echo "nbgrader-suite: $v: $kernels sandboxed kernels reported, $unsandboxed not in a slot uid"
+    if ((kernels < 30 || unsandboxed > 0)); then
+      echo "nbgrader-suite: $v: the tests did not run in the sandbox" >&2
+      status=1
+    fi
+    rm -rf "$cfg" "$reports"
   done
 done
 # leave the venv's python3 as ipykernel's

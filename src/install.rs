@@ -81,7 +81,8 @@ fn load_policy(spec: &str, config: Option<&Path>) -> Result<crate::policy::Polic
     use crate::policy::{is_path, Policy};
     let bad = |e: crate::policy::PolicyError| InstallError::Invalid(format!("--policy {spec}: {e}"));
     if is_path(spec) {
-        let text = std::fs::read_to_string(spec).map_err(|source| InstallError::Io { path: spec.into(), source })?;
+        let text =
+            std::fs::read_to_string(spec).map_err(|e| InstallError::Invalid(format!("--policy {spec}: {e}")))?;
         return Policy::parse(spec, &text).map_err(bad);
     }
     let config_path = config.unwrap_or(Path::new(crate::config::DEFAULT_PATH));
@@ -289,7 +290,9 @@ def _isolate_grade(c, twins):
 
     class SandboxedExecute(Execute):
         def preprocess(self, nb, resources, *args, **kwargs):
-            name = self.kernel_name or nb.metadata.get("kernelspec", {{}}).get("name") or "python3"
+            if self.kernel_name:  # chosen explicitly (`isolate-grade ASSIGNMENT` names its own)
+                return super().preprocess(nb, resources, *args, **kwargs)
+            name = nb.metadata.get("kernelspec", {{}}).get("name") or "python3"
             if name not in twins:
                 raise ValueError(
                     f"the notebook's kernel {{name!r}} has no sandboxed twin (there are {{sorted(twins)}}), "
@@ -300,11 +303,18 @@ def _isolate_grade(c, twins):
             finally:
                 self.kernel_name = before
 
-    steps = c.Autograde.get("autograde_preprocessors") or Autograde.class_traits()["autograde_preprocessors"].default_value
+    steps = c.Autograde.get("autograde_preprocessors") or Autograde.class_traits()["autograde_preprocessors"].default()
+    if Execute not in steps:
+        raise ValueError(f"nbgrader's Execute step is not among the autograde preprocessors {{steps}}")
     c.Autograde.autograde_preprocessors = [SandboxedExecute if s is Execute else s for s in steps]
 
 
-_isolate_grade(c, {twins})
+try:
+    _isolate_grade(c, {twins})
+except Exception as e:  # fail closed: no notebook runs at all, rather than unsandboxed
+    import sys
+    print(f"isolate-grade: the sandbox could not be set up for nbgrader ({{e!r}}): no notebook will run", file=sys.stderr)
+    c.Execute.kernel_name = "isolate-grade-could-not-route-kernels-see-nbgrader_config.py"
 {END}
 "#
     )

@@ -236,7 +236,18 @@ pub fn execute(config_override: Option<PathBuf>, a: KernelArgs) -> Result<u8, Ru
     );
     let copied_out = if report.sandbox_error.is_none() {
         match crate::copyout::copy_out(&kept, &cwd, &caller, crate::copyout::LIMITS) {
-            Ok(c) => Some(c),
+            Ok(c) => {
+                if c.not_copied_count > 0 {
+                    // into nbgrader's log, where the instructor looks (names escaped)
+                    eprintln!(
+                        "isolate-grade kernel: {} of the files the kernel left in {} were not copied out: {}",
+                        c.not_copied_count,
+                        cwd.display(),
+                        c.not_copied.join("; ")
+                    );
+                }
+                Some(c)
+            }
             Err(e) => {
                 eprintln!("isolate-grade kernel: copying the kernel's files out: {e}");
                 None

@@ -157,7 +157,6 @@ def test_sandboxed_grades_equal_bare_in_every_environment(name, pythons, tmp_pat
     py = pythons[name]
     bare = env_course(tmp_path / "bare", py, MARKERS[name])
     plain = copy_course(bare, tmp_path / "plain")
-    batch = copy_course(bare, tmp_path / "batch")
 
     bare.nbgrader("autograde", "env1")
     assert bare.scores() == EXPECTED, "bare nbgrader itself grades as expected"
@@ -166,6 +165,9 @@ def test_sandboxed_grades_equal_bare_in_every_environment(name, pythons, tmp_pat
     r = subprocess.run([str(BIN), "install", "--python", str(py.python), "--course", str(plain.root), "--name", kernel],
                        env=py.run_env(), capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
+    # the batch grades a course whose nbgrader_config.py has install's block too
+    batch = copy_course(plain, tmp_path / "batch")
+    assert "_isolate_grade(c, " in (batch.root / "nbgrader_config.py").read_text()
     try:
         reports = tmp_path / "kernel-reports"
         reports.mkdir()
