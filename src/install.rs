@@ -81,8 +81,7 @@ fn load_policy(spec: &str, config: Option<&Path>) -> Result<crate::policy::Polic
     use crate::policy::{is_path, Policy};
     let bad = |e: crate::policy::PolicyError| InstallError::Invalid(format!("--policy {spec}: {e}"));
     if is_path(spec) {
-        let text =
-            std::fs::read_to_string(spec).map_err(|e| InstallError::Invalid(format!("--policy {spec}: {e}")))?;
+        let text = std::fs::read_to_string(spec).map_err(|e| InstallError::Invalid(format!("--policy {spec}: {e}")))?;
         return Policy::parse(spec, &text).map_err(bad);
     }
     let config_path = config.unwrap_or(Path::new(crate::config::DEFAULT_PATH));

@@ -208,7 +208,10 @@ pub fn plan(p: &Probe, ctx: &Context) -> Result<Runtime, PythonError> {
         links.extend(hops);
     }
     let binds = outermost(reals.into_iter().filter(|r| !ctx.covered.iter().any(|c| r.starts_with(c))).collect());
-    let shown = |l: &Path| binds.iter().chain(&ctx.covered).any(|b| l.starts_with(b) && l != b);
+    // A link is there already if it lies in a bound tree, or is one of the policy's own
+    // targets (`/bin -> usr/bin` on a merged-/usr system, recreated by the policy).
+    let shown =
+        |l: &Path| binds.iter().any(|b| l.starts_with(b) && l != b) || ctx.covered.iter().any(|c| l.starts_with(c));
     let mut kept_links = Vec::new();
     for l in links {
         if !shown(&l) && !kept_links.contains(&l) {
@@ -431,6 +434,10 @@ mod tests {
         let ctx = Context { covered: vec![r.clone()], ..Default::default() };
         let rt = plan(&probe_at(&r), &ctx).unwrap();
         assert!(rt.binds.is_empty() && rt.links.is_empty(), "{rt:?}");
+        // a link that is itself a policy target (`/bin` on merged /usr) is the policy's to make
+        let ctx = Context { covered: vec![r.join("links/py")], ..Default::default() };
+        let rt = plan(&probe_at(&r), &ctx).unwrap();
+        assert!(!rt.links.contains(&r.join("links/py")), "{rt:?}");
     }
 
     #[test]
