@@ -240,6 +240,7 @@ impl Fixture {
         write(&i.join("secret.txt"), &format!("{secret}\n"), 0o600);
         fs::create_dir(i.join("secret-dir")).unwrap();
         write(&i.join("secret-dir/inner"), &format!("{secret}\n"), 0o644);
+        symlink("/etc/hostname", i.join("secret-dir/link")).unwrap();
         chmod(&i.join("secret-dir"), 0o700);
         write(&i.join("readable.txt"), "anyone may read this\n", 0o644);
         write(&i.join("victim.json"), "precious\n", 0o644);
@@ -826,6 +827,18 @@ fn symlinks_do_not_lead_out(fx: &Fixture) {
         assert_eq!(out.code, 0, "{via:?} copied link: {out:#?}");
         assert!(out.stdout.contains("LINK") && out.stdout.contains("DONE"), "{via:?}: {out:#?}");
         fx.assert_nothing_leaked(&out, &format!("{via:?} copied link"));
+        // --link (how a kernelspec recreates a venv's symlinks) is the same copy, from the
+        // command line: the link itself, read as the caller, pointing at nothing inside ...
+        let script = format!("test -L {sl} && echo LINK; cat {sl}; echo DONE");
+        let out = fx.run(via, &fx.caller, &ok_limits(&["--link", &sl]), &["/bin/sh", "-c", &script], &[]);
+        assert_eq!(out.code, 0, "{via:?} --link: {out:#?}");
+        assert!(out.stdout.contains("LINK") && out.stdout.contains("DONE"), "{via:?}: {out:#?}");
+        fx.assert_nothing_leaked(&out, &format!("{via:?} --link"));
+        // ... and a link the caller can't reach (in a root-only directory) is refused
+        let hidden = format!("{}/link", fx.input("secret-dir"));
+        let out = fx.run(via, &fx.caller, &ok_limits(&["--link", &hidden]), ECHO, &[]);
+        assert_refused(&out, &[&hidden, "EACCES"], &format!("{via:?} --link in a root-only directory"));
+        fx.assert_nothing_leaked(&out, &format!("{via:?} --link in a root-only directory"));
     }
 }
 
