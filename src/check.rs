@@ -214,9 +214,7 @@ fn check_python(python: &Path, policy: &str, config: Option<&Path>, sudo: bool) 
             kernel_name: name.into(),
             jupyter_path: Some(dir.path().to_path_buf()),
             notebooks: vec![],
-            local_dirs: vec![],
             expect_resource_dir: Some(dir.path().join("kernels").join(name)),
-            timeout: 60.0,
         };
         let a = crate::preflight::run(&probe.executable, &req, &rt).map_err(|e| e.to_string())?;
         Ok(format!(

@@ -19,7 +19,7 @@ use crate::identity::Caller;
 use nix::fcntl::{AtFlags, OFlag};
 use nix::sys::stat::{fstatat, Mode, SFlag};
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +57,13 @@ impl CopiedOut {
     }
 }
 
+/// What has been read so far, against [`Limits`].
+#[derive(Default)]
+struct Taken {
+    files: usize,
+    bytes: u64,
+}
+
 enum Entry {
     Dir(PathBuf),
     File { rel: PathBuf, content: Vec<u8>, executable: bool },
@@ -90,8 +97,7 @@ pub fn copy_out(scratch: &OwnedFd, dest: &Path, caller: &Caller, limits: Limits)
         Err(errno) => return Err(CopyOutError::Sys { path: "<scratch>/upper".into(), errno }),
     };
     let mut entries = Vec::new();
-    let mut bytes = 0;
-    read_tree(&upper, Path::new(""), 0, limits, &mut entries, &mut bytes, &mut out)?;
+    read_tree(&upper, Path::new(""), 0, limits, &mut entries, &mut Taken::default(), &mut out)?;
     caller.as_caller(|| write_tree(dest, entries, &mut out))??;
     Ok(out)
 }
@@ -112,7 +118,7 @@ fn read_tree(
     depth: usize,
     limits: Limits,
     entries: &mut Vec<Entry>,
-    bytes: &mut u64,
+    taken: &mut Taken,
     out: &mut CopiedOut,
 ) -> Result<(), CopyOutError> {
     let sys = |errno| CopyOutError::Sys { path: rel.to_path_buf(), errno };
@@ -166,19 +172,18 @@ fn read_tree(
             )
             .map_err(|errno| CopyOutError::Sys { path: here.clone(), errno })?;
             entries.push(Entry::Dir(here.clone()));
-            read_tree(&sub, &here, depth + 1, limits, entries, bytes, out)?;
+            read_tree(&sub, &here, depth + 1, limits, entries, taken, out)?;
             continue;
         }
         if kind != SFlag::S_IFREG {
             out.skip(&here, if kind == SFlag::S_IFLNK { "a symlink" } else { "not a regular file" });
             continue;
         }
-        let files = entries.iter().filter(|e| matches!(e, Entry::File { .. })).count();
-        if files >= limits.max_files {
+        if taken.files >= limits.max_files {
             out.skip(&here, "too many files");
             continue;
         }
-        if *bytes + st.st_size as u64 > limits.max_bytes {
+        if taken.bytes + st.st_size as u64 > limits.max_bytes {
             out.skip(&here, "over the size limit");
             continue;
         }
@@ -200,15 +205,16 @@ fn read_tree(
         let mut content = Vec::new();
         // SAFETY: a fresh fd we own, handed to File to read and close.
         let mut f = unsafe { std::fs::File::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(fd)) };
-        (&mut f).take(limits.max_bytes - *bytes + 1).read_to_end(&mut content).map_err(|e| CopyOutError::Sys {
+        (&mut f).take(limits.max_bytes - taken.bytes + 1).read_to_end(&mut content).map_err(|e| CopyOutError::Sys {
             path: here.clone(),
             errno: nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
         })?;
-        if *bytes + content.len() as u64 > limits.max_bytes {
+        if taken.bytes + content.len() as u64 > limits.max_bytes {
             out.skip(&here, "over the size limit");
             continue;
         }
-        *bytes += content.len() as u64;
+        taken.files += 1;
+        taken.bytes += content.len() as u64;
         entries.push(Entry::File { rel: here, content, executable: st.st_mode & 0o100 != 0 });
     }
     Ok(())
@@ -276,7 +282,6 @@ fn write_tree(dest: &Path, entries: Vec<Entry>, out: &mut CopiedOut) -> Result<(
             }
         }
     }
-    let _ = root.as_raw_fd();
     Ok(())
 }
 

@@ -172,10 +172,8 @@ pub fn execute(config: Option<PathBuf>, a: InstallArgs) -> Result<u8, InstallErr
     let req = crate::preflight::Request {
         kernel_name: a.name.clone(),
         jupyter_path: None,
-        local_dirs: notebooks.iter().filter_map(|n| n.parent().map(Path::to_path_buf)).collect(),
         notebooks,
         expect_resource_dir: Some(dir.clone()),
-        timeout: 60.0,
     };
     if let Err(e) = crate::preflight::run(&probe.executable, &req, &runtime) {
         match before {
@@ -217,14 +215,12 @@ pub fn execute(config: Option<PathBuf>, a: InstallArgs) -> Result<u8, InstallErr
 
 /// The source notebooks of every assignment of a course (`source/*/*.ipynb`).
 fn course_notebooks(course: &Path) -> Vec<PathBuf> {
-    let mut found = Vec::new();
-    for a in std::fs::read_dir(course.join("source")).into_iter().flatten().flatten() {
-        for f in std::fs::read_dir(a.path()).into_iter().flatten().flatten() {
-            if f.path().extension().is_some_and(|e| e == "ipynb") {
-                found.push(f.path());
-            }
-        }
-    }
+    let mut found: Vec<PathBuf> = std::fs::read_dir(course.join("source"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .flat_map(|assignment| crate::grade::course::notebooks_in(&assignment.path()))
+        .collect();
     found.sort();
     found
 }

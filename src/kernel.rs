@@ -212,10 +212,9 @@ pub fn execute(config_override: Option<PathBuf>, a: KernelArgs) -> Result<u8, Ru
     let workdir_shown = cwd.display().to_string();
     // The scratch, made here and kept: once the kernel has ended, what it wrote there is
     // copied out to the working directory, as bare nbgrader's kernel would have written it.
-    let inodes = (scratch_size / 4096).clamp(1024, 1 << 20);
     let scratch = crate::sys::raw::tmpfs_detached(&[
         ("size", scratch_size.to_string()),
-        ("nr_inodes", inodes.to_string()),
+        ("nr_inodes", crate::mounts::tmpfs_inodes(scratch_size).to_string()),
         ("mode", "0700".into()),
     ])
     .map_err(|errno| RunError::Host { step: "scratch", errno })?;

@@ -80,6 +80,12 @@ fn fd_path(fd: &impl AsRawFd) -> PathBuf {
     PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
 }
 
+/// The inode cap of a tmpfs of `size` bytes: it stops "millions of empty files" long before
+/// memory runs out. For `/tmp`, `/dev/shm` and a kernel's scratch alike.
+pub fn tmpfs_inodes(size: u64) -> u64 {
+    (size / 4096).clamp(1024, 1 << 20)
+}
+
 pub(crate) const NOSUID_NODEV: MsFlags = MsFlags::MS_NOSUID.union(MsFlags::MS_NODEV);
 
 /// Files of a full procfs covered with `/dev/null` (as Docker's masked paths).
@@ -132,14 +138,16 @@ impl Root {
     ) -> Result<(), MountError> {
         let target_p = Path::new(target);
         let (parent, name) = self.mount_point(target_p, Kind::Dir)?;
-        // An inode cap stops "millions of empty files" long before memory runs out.
-        let inodes = (size / 4096).clamp(1024, 1 << 20);
-        let data = format!("size={size},nr_inodes={inodes},mode={mode}");
+        let data = format!("size={size},nr_inodes={},mode={mode}", tmpfs_inodes(size));
         let at = reopen(&parent, &name, target_p)?;
         sys.mount(Some(Path::new("tmpfs")), &fd_path(&at), Some("tmpfs"), flags, Some(&data))
             .map_err(|source| MountError::Sys { target: target_p.into(), source })?;
-        let mounted = reopen(&parent, &name, target_p)?;
-        if let Ok(st) = fstat(&mounted) {
+        self.record_own(&parent, &name, target_p)
+    }
+
+    /// The filesystem just mounted at `parent/name` is ours: mount points may be made on it.
+    fn record_own(&mut self, parent: &OwnedFd, name: &str, target: &Path) -> Result<(), MountError> {
+        if let Ok(st) = fstat(&reopen(parent, name, target)?) {
             self.own_devs.push(st.st_dev);
         }
         Ok(())
@@ -157,9 +165,7 @@ impl Root {
         let (parent, name) = self.mount_point(stage, Kind::Dir)?;
         let at = reopen(&parent, &name, stage)?;
         sys.attach_tree(ov.scratch.as_raw_fd(), at.as_raw_fd(), true).map_err(err(stage))?;
-        if let Ok(st) = fstat(&reopen(&parent, &name, stage)?) {
-            self.own_devs.push(st.st_dev);
-        }
+        self.record_own(&parent, &name, stage)?;
         let lower = Path::new("/.overlay/lower");
         let (parent, name) = self.mount_point(lower, Kind::Dir)?;
         let at = reopen(&parent, &name, lower)?;

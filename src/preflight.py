@@ -28,11 +28,10 @@ class Request:
     kernel_name: str
     cwd: str
     report_dir: str
+    timeout: float  # seconds, for kernel_info and for the imports (preflight.rs)
     jupyter_path: Optional[str] = None
     notebooks: List[str] = field(default_factory=list)
-    local_dirs: List[str] = field(default_factory=list)
     expect_resource_dir: Optional[str] = None
-    timeout: float = 60.0
 
 
 @dataclass
@@ -79,8 +78,9 @@ def top_level_imports(source: str) -> List[str]:
     return found
 
 
-def modules_of(notebooks: List[str], local_dirs: List[str]) -> List[str]:
+def modules_of(notebooks: List[str]) -> List[str]:
     """ipykernel, then what the notebooks import, minus modules shipped beside them."""
+    local_dirs = sorted({os.path.dirname(p) for p in notebooks})
     mods = ["ipykernel"]
     for path in notebooks:
         try:
@@ -146,7 +146,7 @@ def preflight(req: Request) -> Answer:
     if req.jupyter_path:
         os.environ["JUPYTER_PATH"] = os.pathsep.join(p for p in (req.jupyter_path, os.environ.get("JUPYTER_PATH")) if p)
     os.environ["ISOLATE_GRADE_REPORT_DIR"] = req.report_dir
-    a = Answer(ok=False, stage="kernelspec", modules=modules_of(req.notebooks, req.local_dirs))
+    a = Answer(ok=False, stage="kernelspec", modules=modules_of(req.notebooks))
     from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
     from jupyter_client.manager import KernelManager
 

@@ -32,14 +32,15 @@ pub struct Request {
     pub kernel_name: String,
     /// A directory to put first on `JUPYTER_PATH` (the batch's private kernelspecs).
     pub jupyter_path: Option<PathBuf>,
-    /// Notebooks whose top-level imports must work (the assignment's source notebooks).
+    /// Notebooks whose top-level imports must work (the assignment's source notebooks);
+    /// modules shipped beside them are the assignment's own, not the environment's.
     pub notebooks: Vec<PathBuf>,
-    /// Where modules shipped with the assignment live (not imported from the environment).
-    pub local_dirs: Vec<PathBuf>,
     /// The kernelspec must be this one, not another of the same name earlier on the path.
     pub expect_resource_dir: Option<PathBuf>,
-    pub timeout: f64,
 }
+
+/// How long the kernel may take to answer `kernel_info`, and then to import the modules.
+const TIMEOUT_SECONDS: f64 = 60.0;
 
 #[derive(Debug, Deserialize)]
 pub struct FailedImport {
@@ -82,6 +83,7 @@ pub fn run(python: &Path, req: &Request, runtime: &Runtime) -> Result<Answer, Pr
     let mut arg = serde_json::to_value(req).expect("serializes");
     arg["cwd"] = cwd.display().to_string().into();
     arg["report_dir"] = reports.display().to_string().into();
+    arg["timeout"] = TIMEOUT_SECONDS.into();
     let out = Command::new(python)
         .arg("-c")
         .arg(SCRIPT)

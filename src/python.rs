@@ -53,6 +53,9 @@ pub struct Probe {
     pub user_base: Option<PathBuf>,
     pub has_ipykernel: bool,
     pub runtime_dir: Option<PathBuf>,
+    /// Those of [`PATH_VARIABLES`] the interpreter was asked with, and their values.
+    #[serde(default)]
+    pub path_variables: Vec<(String, String)>,
 }
 
 /// Asked with `python -c`: nothing here imports more than the standard library, except
@@ -88,6 +91,7 @@ print(json.dumps({
     "user_base": site.getuserbase() if user_site else None,
     "has_ipykernel": found("ipykernel"),
     "runtime_dir": runtime,
+    "path_variables": [[k, os.environ[k]] for k in sys.argv[1:] if k in os.environ],
 }))
 "#;
 
@@ -114,6 +118,7 @@ pub fn scrubbed_env() -> Vec<(String, String)> {
 pub fn probe(python: &Path) -> Result<Probe, PythonError> {
     let out = Command::new(python)
         .args(["-c", PROBE])
+        .args(PATH_VARIABLES)
         .env_clear()
         .envs(scrubbed_env())
         .current_dir("/")
@@ -229,11 +234,8 @@ pub fn plan(p: &Probe, ctx: &Context) -> Result<Runtime, PythonError> {
         };
         env.push(("PATH".to_string(), path));
     }
-    for k in PATH_VARIABLES {
-        if let Ok(v) = std::env::var(k) {
-            env.push((k.to_string(), v));
-        }
-    }
+    // The same values inside as the interpreter was asked with.
+    env.extend(p.path_variables.iter().cloned());
     if let (Some(_), Some(base)) = (&p.user_site, &p.user_base) {
         // Inside, HOME is the policy's: the user site is found through its base instead.
         env.retain(|(k, _)| k != "PYTHONUSERBASE");

@@ -57,6 +57,19 @@ pub struct Layout {
     pub state: PathBuf,
 }
 
+/// The notebooks (`*.ipynb`) directly in `dir`, sorted; none if it can't be read.
+pub fn notebooks_in(dir: &Path) -> Vec<PathBuf> {
+    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "ipynb"))
+        .collect();
+    found.sort();
+    found
+}
+
 impl Layout {
     /// `course` must be a directory with a `submitted/` directory.
     pub fn new(course: &Path, assignment: &str) -> Result<Layout, CourseError> {
@@ -111,21 +124,11 @@ impl Layout {
     /// The assignment's notebooks as the instructor wrote them (`source/`, else `release/`):
     /// what the preflight reads their imports from.
     pub fn source_notebooks(&self) -> Vec<PathBuf> {
-        for dir in ["source", "release"] {
-            let d = self.course.join(dir).join(&self.assignment);
-            let mut found: Vec<PathBuf> = std::fs::read_dir(&d)
-                .into_iter()
-                .flatten()
-                .flatten()
-                .map(|e| e.path())
-                .filter(|p| p.extension().is_some_and(|e| e == "ipynb"))
-                .collect();
-            if !found.is_empty() {
-                found.sort();
-                return found;
-            }
-        }
-        Vec::new()
+        ["source", "release"]
+            .iter()
+            .map(|dir| notebooks_in(&self.course.join(dir).join(&self.assignment)))
+            .find(|found| !found.is_empty())
+            .unwrap_or_default()
     }
 
     /// Create the state directories and take the batch lock (held until dropped).

@@ -64,21 +64,14 @@ pub enum GradeError {
     Signals(nix::errno::Errno),
 }
 
-/// The kernelspec's launcher and file: their I/O faults stay I/O faults (exit 3).
+/// The kernelspec's launcher and file: their I/O faults stay I/O faults (exit 3); otherwise
+/// bad input stays bad input, as `InstallError::exit_code` classifies it.
 impl From<crate::install::InstallError> for GradeError {
     fn from(e: crate::install::InstallError) -> GradeError {
-        use crate::install::InstallError as E;
-        use crate::python::PythonError as P;
         match e {
-            E::Io { path, source } => GradeError::Io { path, source },
-            E::Invalid(m) => GradeError::Invalid(m),
-            // a --python that does not run, or is not a Python: bad input
-            E::Python(e @ (P::Start { .. } | P::NoNbgrader | P::NoShebang { .. })) => {
-                GradeError::Invalid(e.to_string())
-            }
-            // an interpreter that can't run a kernel in the sandbox: nothing can be graded
-            E::Python(e) => GradeError::Sandbox(e.to_string()),
-            E::Preflight(e) => GradeError::Sandbox(e.to_string()),
+            crate::install::InstallError::Io { path, source } => GradeError::Io { path, source },
+            e if e.exit_code() == crate::report::EXIT_USAGE => GradeError::Invalid(e.to_string()),
+            e => GradeError::Sandbox(e.to_string()),
         }
     }
 }
@@ -181,10 +174,8 @@ pub fn execute(config: Option<PathBuf>, a: GradeArgs) -> Result<u8, GradeError> 
     let req = crate::preflight::Request {
         kernel_name: KERNEL_NAME.into(),
         jupyter_path: Some(layout.jupyter_path()),
-        local_dirs: notebooks.iter().filter_map(|n| n.parent().map(std::path::Path::to_path_buf)).collect(),
         notebooks,
         expect_resource_dir: Some(spec_dir),
-        timeout: 60.0,
     };
     crate::preflight::run(&probe.executable, &req, &runtime).map_err(|e| kernel_fault(e.to_string()))?;
     for note in &runtime.notes {
