@@ -12,8 +12,9 @@
 //!   only beneath a size-capped scratch that takes the kernel's writes and vanishes with it, its
 //!   notebooks (which carry the restored hidden tests) whited out unless `--show-notebooks`.
 //! - The kernel gets its own connection file, in a tmpfs only it can reach, with the same key
-//!   and port numbers but the `ipc` transport; [`crate::relay`] carries exactly its five
-//!   channels between the host ports the client chose and its sockets. It has no network.
+//!   and port numbers on the sandbox's own loopback (`tcp`, which every kernel implements);
+//!   [`crate::relay`] carries exactly its five channels between the host ports the client
+//!   chose and those inside. It has no network but that loopback.
 //! - Its environment is the policy's: nothing of the caller's (no `JUPYTERHUB_API_TOKEN`; the
 //!   caller's `JPY_PARENT_PID`, with which ipykernel would exit under a PID-1 parent, is
 //!   replaced by `1`).
@@ -38,8 +39,6 @@ use std::path::{Path, PathBuf};
 /// Where the kernel finds its connection file and binds its sockets, inside the sandbox.
 pub const RUNTIME_DIR: &str = "/run/kernel";
 const CONNECTION: &str = "connection.json";
-/// Socket path prefix: ipykernel binds `{ip}-{port}`.
-const SOCKET_PREFIX: &str = "/run/kernel/k";
 
 /// The variables nbgrader sets for the kernels it starts (`utils.setenv` around execution in
 /// autograde and validate), passed from the client to the kernel.
@@ -105,11 +104,13 @@ impl Connection {
         })
     }
 
-    /// The kernel's own connection file: same key and ports, Unix sockets in its runtime dir.
+    /// The kernel's own connection file: same key and ports, on the sandbox's own loopback.
+    /// (Not `ipc`: ipykernel binds `ipc://{ip}-{port}`, IRkernel `ipc://{ip}:{port}`, and
+    /// xeus yet another way; all of them implement tcp alike.)
     pub fn inside(&self) -> Vec<u8> {
         let mut v = json!({
-            "transport": "ipc",
-            "ip": SOCKET_PREFIX,
+            "transport": "tcp",
+            "ip": "127.0.0.1",
             "key": self.key,
             "signature_scheme": self.signature_scheme,
             "kernel_name": self.kernel_name,
@@ -188,19 +189,13 @@ pub fn execute(config_override: Option<PathBuf>, a: KernelArgs) -> Result<u8, Ru
     }
     prepared.workdir = cwd.clone();
     prepared.landlock_rules.write.push(cwd.clone());
-    prepared.landlock_rules.write.push(RUNTIME_DIR.into());
 
     // The client's five ports, taken now: a port in use is a problem of the request.
     let mut channels = Vec::new();
     for ((name, key, is_output), port) in CHANNELS.iter().zip(&conn.ports) {
         let listener = std::net::TcpListener::bind((conn.ip, *port))
             .map_err(|e| RunError::Invalid(format!("{key} {port} on {}: {e}", conn.ip)))?;
-        channels.push(Channel {
-            name,
-            listener,
-            socket: format!("{SOCKET_PREFIX}-{port}").into(),
-            is_output: *is_output,
-        });
+        channels.push(Channel { name, listener, inside_port: *port, is_output: *is_output });
     }
     let id = conn_path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
     let sink = match &a.report_dir {
@@ -300,8 +295,8 @@ mod tests {
         let c = Connection::parse(CONN).unwrap();
         assert_eq!(c.ports, [5001, 5002, 5003, 5004, 5005]);
         let inside: Value = serde_json::from_slice(&c.inside()).unwrap();
-        assert_eq!(inside["transport"], "ipc");
-        assert_eq!(inside["ip"], SOCKET_PREFIX);
+        assert_eq!(inside["transport"], "tcp");
+        assert_eq!(inside["ip"], "127.0.0.1");
         assert_eq!(inside["iopub_port"], 5002);
         assert_eq!(inside["key"], "k3y");
         for (bad, why) in [

@@ -1,11 +1,15 @@
 //! The Jupyter kernel protocol across the sandbox boundary, and nothing else.
 //!
 //! The client (nbgrader, through jupyter_client) chose five TCP ports on the host's loopback
-//! and expects the kernel to listen on them. The kernel sits in its own network namespace, so
-//! it listens instead on Unix sockets (`transport: ipc`) in a tmpfs of its own inside the
-//! sandbox; we listen on the five TCP ports and pump bytes between each accepted connection
-//! and the matching socket, reached through `/proc/<init>/root`. ZMQ speaks the same ZMTP
-//! bytes over both transports, so the relay needs no knowledge of the protocol.
+//! and expects the kernel to listen on them. The kernel sits in its own network namespace,
+//! whose only interface is its own loopback: it listens there, on the same five port numbers
+//! (`transport: tcp`, the one transport every kernel implements: ipykernel, IRkernel's pbdZMQ
+//! and xeus each spell `ipc` addresses differently). We listen on the host's five ports and
+//! pump bytes between each accepted connection and the matching port inside. The relay's
+//! thread enters the sandbox's network namespace (through the sandbox's pidfd) once, before
+//! it opens any socket, so its connections can only reach the sandbox's loopback, and nothing
+//! inside can reach a host port. The listeners were bound on the host before. The relay needs
+//! no knowledge of the protocol.
 //!
 //! The kernel's output channel (iopub, kernel to client) goes through [`crate::zmtp`]'s
 //! filter: past the limit, the rest of the cell's output is dropped, the kernel is interrupted
@@ -15,20 +19,19 @@
 //! only after the sandbox was cloned: no fork happens in this process afterwards.
 
 use std::os::fd::RawFd;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, UnixStream};
+use tokio::net::{TcpListener, TcpStream};
 
 /// One kernel channel: where the client connects, and where the kernel listens inside.
 #[derive(Debug)]
 pub struct Channel {
     pub name: &'static str,
     pub listener: std::net::TcpListener,
-    /// The kernel's socket, as a path inside the sandbox (`/run/kernel/k-5555`).
-    pub socket: PathBuf,
+    /// The kernel's port on the sandbox's own loopback.
+    pub inside_port: u16,
     /// Kernel-to-client bytes on this channel count as output (iopub).
     pub is_output: bool,
 }
@@ -71,34 +74,35 @@ impl Drop for Relay {
 }
 
 struct Shared {
-    /// `/proc/<init pid>/root`: the sandbox's root as the host sees it.
-    root: PathBuf,
     pidfd: RawFd,
     limit: u64,
     output: Arc<AtomicU64>,
     exceeded: Arc<AtomicBool>,
 }
 
-/// Start relaying for the sandbox whose init is `init_pid` (host pid), killing it through
-/// `pidfd` if its output passes the limit. `pidfd` must outlive the relay.
-pub fn start(spec: RelaySpec, init_pid: i32, pidfd: RawFd) -> std::io::Result<Relay> {
+/// Start relaying for the sandbox behind `pidfd` (its init), interrupting it through `pidfd`
+/// if its output passes the limit. `pidfd` must outlive the relay.
+pub fn start(spec: RelaySpec, pidfd: RawFd) -> std::io::Result<Relay> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     let exceeded = Arc::new(AtomicBool::new(false));
     let output = Arc::new(AtomicU64::new(0));
-    let shared = Arc::new(Shared {
-        root: PathBuf::from(format!("/proc/{init_pid}/root")),
-        pidfd,
-        limit: spec.output_limit,
-        output: output.clone(),
-        exceeded: exceeded.clone(),
-    });
+    let shared =
+        Arc::new(Shared { pidfd, limit: spec.output_limit, output: output.clone(), exceeded: exceeded.clone() });
     let runtime = tokio::runtime::Builder::new_current_thread().enable_io().enable_time().build()?;
     let mut listeners = Vec::new();
     for ch in spec.channels {
         ch.listener.set_nonblocking(true)?;
         listeners.push(ch);
     }
+    let (entered_tx, entered_rx) = std::sync::mpsc::channel();
     let thread = std::thread::Builder::new().name("relay".into()).spawn(move || {
+        // Every socket this thread opens from now on is in the sandbox's network namespace.
+        let entered = crate::sys::raw::enter_netns_of(shared.pidfd);
+        let ok = entered.is_ok();
+        let _ = entered_tx.send(entered);
+        if !ok {
+            return;
+        }
         runtime.block_on(async move {
             for ch in listeners {
                 let listener = match TcpListener::from_std(ch.listener) {
@@ -108,21 +112,25 @@ pub fn start(spec: RelaySpec, init_pid: i32, pidfd: RawFd) -> std::io::Result<Re
                         continue;
                     }
                 };
-                tokio::spawn(serve(listener, ch.name, ch.socket, ch.is_output, shared.clone()));
+                tokio::spawn(serve(listener, ch.name, ch.inside_port, ch.is_output, shared.clone()));
             }
             let _ = rx.await;
         });
     })?;
+    let entered = entered_rx.recv().unwrap_or(Err(nix::errno::Errno::EIO));
+    if let Err(errno) = entered {
+        let _ = thread.join();
+        return Err(std::io::Error::from_raw_os_error(errno as i32));
+    }
     Ok(Relay { thread: Some(thread), stop: Some(tx), exceeded, output })
 }
 
-async fn serve(listener: TcpListener, name: &'static str, socket: PathBuf, is_output: bool, shared: Arc<Shared>) {
+async fn serve(listener: TcpListener, name: &'static str, inside_port: u16, is_output: bool, shared: Arc<Shared>) {
     loop {
         match listener.accept().await {
             Ok((tcp, peer)) => {
                 tracing::debug!(channel = name, %peer, "client connected");
-                let path = shared.root.join(socket.strip_prefix("/").unwrap_or(&socket));
-                tokio::spawn(pipe(tcp, path, name, is_output, shared.clone()));
+                tokio::spawn(pipe(tcp, inside_port, name, is_output, shared.clone()));
             }
             Err(e) => {
                 tracing::warn!(channel = name, error = %e, "accept");
@@ -132,19 +140,22 @@ async fn serve(listener: TcpListener, name: &'static str, socket: PathBuf, is_ou
     }
 }
 
-async fn pipe(tcp: tokio::net::TcpStream, path: PathBuf, name: &'static str, is_output: bool, shared: Arc<Shared>) {
-    // The client connects as soon as the kernel is started; the kernel binds its sockets a
-    // moment later. Retry until it has (the relay ends with the sandbox anyway).
-    let unix = loop {
-        match UnixStream::connect(&path).await {
+async fn pipe(tcp: TcpStream, inside_port: u16, name: &'static str, is_output: bool, shared: Arc<Shared>) {
+    // The client connects as soon as the kernel is started; the kernel binds its ports a
+    // moment later. Retry until it has (the relay ends with the sandbox anyway). This
+    // thread is in the sandbox's network namespace: this is the sandbox's loopback.
+    let inside = std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, inside_port));
+    let kernel = loop {
+        match TcpStream::connect(inside).await {
             Ok(s) => break s,
             Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
         }
     };
     tracing::debug!(channel = name, "relaying");
     let _ = tcp.set_nodelay(true);
+    let _ = kernel.set_nodelay(true);
     let (mut client_r, mut client_w) = tcp.into_split();
-    let (mut kernel_r, mut kernel_w) = unix.into_split();
+    let (mut kernel_r, mut kernel_w) = kernel.into_split();
     let to_kernel = async {
         let _ = tokio::io::copy(&mut client_r, &mut kernel_w).await;
         let _ = kernel_w.shutdown().await;

@@ -94,8 +94,9 @@ pub fn supervise(
     // A kernel's protocol, relayed on a thread of its own: no fork happens here any more.
     // Declared after `sandbox`, so it stops (on any return) before the pidfd it uses closes.
     let mut relay = match relay {
-        Some(spec) => Some(crate::relay::start(spec, pid.as_raw(), sandbox.pidfd.as_raw_fd()).map_err(|e| {
-            SupervisorError::Sys { what: "relay", errno: Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)) }
+        Some(spec) => Some(crate::relay::start(spec, sandbox.pidfd.as_raw_fd()).map_err(|e| SupervisorError::Sys {
+            what: "relay",
+            errno: Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
         })?),
         None => None,
     };
@@ -171,8 +172,8 @@ pub fn supervise(
             }
         }
         if exited {
-            // The relay reaches the kernel through /proc/<pid>/root: stop it while the pid is
-            // still a zombie of ours, before the reap lets the kernel reuse it.
+            // The relay's last bytes (and its output count) are in before the verdict; it
+            // stops while the sandbox is still a zombie of ours.
             if let Some(relay) = relay.take() {
                 let (bytes, exceeded) = relay.stop();
                 facts.output_bytes = Some(bytes);

@@ -90,6 +90,13 @@ pub fn pidfd_send_signal(pidfd: RawFd, sig: libc::c_int) -> Result<(), Errno> {
     check(unsafe { libc::syscall(libc::SYS_pidfd_send_signal, pidfd, sig, std::ptr::null::<u8>(), 0) }).map(drop)
 }
 
+/// `setns(pidfd, CLONE_NEWNET)`: move the calling thread (only it) into the network namespace
+/// of the process behind `pidfd`. Sockets it creates afterwards live there.
+pub fn enter_netns_of(pidfd: RawFd) -> Result<(), Errno> {
+    // SAFETY: integer arguments only; setns for CLONE_NEWNET changes this thread's namespace.
+    check(unsafe { libc::setns(pidfd, libc::CLONE_NEWNET) }.into()).map(drop)
+}
+
 /// `pidfd_open(pid, 0)`: a handle on a process that becomes readable when it exits.
 pub fn pidfd_open(pid: libc::pid_t) -> Result<OwnedFd, Errno> {
     // SAFETY: plain syscall with integer arguments; on success it returns a new fd we own.
