@@ -190,7 +190,7 @@ fn check_python(python: &Path, policy: &str, config: Option<&Path>, sudo: bool) 
     let list = |v: &[std::path::PathBuf]| v.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ");
     let mut detail = format!(
         "{} (Python {}): binds {}",
-        rt.python.display(),
+        rt.executable.display(),
         probe.version,
         if rt.binds.is_empty() { "none beyond the policy's".into() } else { list(&rt.binds) }
     );

@@ -241,7 +241,7 @@ pub fn kernelspec(prefix: Vec<String>, rt: &Runtime, display_name: &str) -> serd
     }
     argv.push("--".into());
     argv.extend([
-        rt.python.display().to_string(),
+        rt.executable.display().to_string(),
         "-m".into(),
         "ipykernel_launcher".into(),
         // No history database in the sandbox's HOME. (Not `hist_file=:memory:`: nbclient

@@ -25,6 +25,7 @@ pub mod python;
 pub mod relay;
 pub mod report;
 pub mod run;
+pub mod runtime;
 pub mod seccomp;
 pub mod submission;
 pub mod supervisor;

@@ -133,7 +133,7 @@ pub fn explain(req: &Request, a: &Answer, rt: &Runtime) -> String {
                          (a batch works it out on every run).",
                         esc(&f.module),
                         esc(&f.inside),
-                        rt.python.display()
+                        rt.executable.display()
                     );
                 }
                 Some(err) => {
@@ -143,7 +143,7 @@ pub fn explain(req: &Request, a: &Answer, rt: &Runtime) -> String {
                          would fail, with bare nbgrader too: install it (`{} -m pip install ...`).",
                         esc(&f.module),
                         esc(err),
-                        rt.python.display()
+                        rt.executable.display()
                     );
                 }
             }
@@ -180,7 +180,7 @@ pub fn explain(req: &Request, a: &Answer, rt: &Runtime) -> String {
             }
         }
     }
-    let _ = writeln!(m, "  the interpreter: {}", rt.python.display());
+    let _ = writeln!(m, "  the interpreter: {}", rt.executable.display());
     let binds: Vec<String> = rt.binds.iter().map(|b| b.display().to_string()).collect();
     let _ = writeln!(
         m,
@@ -195,7 +195,7 @@ pub fn explain(req: &Request, a: &Answer, rt: &Runtime) -> String {
         m,
         "  See what the sandbox gets with `isolate-grade check --python {}`; a policy can bind more ([[bind]] in \
          policies/*.toml, or --bind in the kernelspec's argv).",
-        rt.python.display()
+        rt.executable.display()
     );
     m
 }

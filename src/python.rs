@@ -5,14 +5,13 @@
 //! of those (whose `bin/python` is a symlink into the base installation), user site-packages
 //! and `--system-site-packages`. The interpreter itself says where it lives: we run it as the
 //! caller, in a scrubbed environment, and read its executable, prefixes and `sys.path`
-//! ([`probe`]); [`plan`] turns that into read-only binds of the real paths, the symlinks to
-//! recreate so every path the interpreter uses resolves inside as outside, and the few
-//! variables that make `sys.path` the same inside. It refuses to expose what is not code: a
-//! home directory, the course, the Jupyter runtime directory (the keys of live kernels), or a
-//! top-level directory of the host.
+//! ([`probe`]); [`needs`] lists those paths and the variables that make `sys.path` the same
+//! inside, and [`crate::runtime::plan`] turns them into binds (or refuses).
 
+use crate::runtime::{self, Need, Needs, RuntimeError, SEARCH_PATH_ENTRY};
+pub use crate::runtime::{Context, Runtime};
 use serde::{Deserialize, Serialize};
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 #[derive(Debug, thiserror::Error)]
@@ -27,10 +26,8 @@ pub enum PythonError {
     NoIpykernel { python: PathBuf },
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
-    #[error("{path}: more than 40 symlinks to follow")]
-    SymlinkLoop { path: PathBuf },
-    #[error("{python} needs {path} ({role}) in the sandbox, but {why}, so it is never bound.\nFix: {fix}")]
-    Refused { python: PathBuf, path: PathBuf, role: String, why: String, fix: String },
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
     #[error("nbgrader is not on PATH: give --python")]
     NoNbgrader,
     #[error("{script}: no interpreter line: give --python")]
@@ -146,217 +143,43 @@ pub fn probe_kernel_python(python: &Path) -> Result<Probe, PythonError> {
     Ok(p)
 }
 
-/// What must not be bound, and what the policy shows already.
-#[derive(Debug, Clone, Default)]
-pub struct Context {
-    /// The caller's home directory.
-    pub home: Option<PathBuf>,
-    /// The course directory, when known.
-    pub course: Option<PathBuf>,
-    /// Bind targets of the policy (`/usr`...): paths beneath them are there already.
-    pub covered: Vec<PathBuf>,
-    /// The policy's `PATH`, to which the interpreter's directory is prepended.
-    pub policy_path: String,
-}
-
-/// The sandbox's share of an interpreter: read-only binds, symlinks recreated, variables.
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
-pub struct Runtime {
-    /// The interpreter as the kernelspec names it (`sys.executable`, symlinks and all: a
-    /// venv is recognised by the path it was started through).
-    pub python: PathBuf,
-    pub binds: Vec<PathBuf>,
-    pub links: Vec<PathBuf>,
-    pub env: Vec<(String, String)>,
-    /// What was narrowed, said plainly.
-    pub notes: Vec<String>,
-}
-
-/// Directories of the host that are never bound whole: each holds far more than code.
-const NEVER_WHOLE: &[&str] =
-    &["/", "/home", "/root", "/tmp", "/var", "/var/tmp", "/srv", "/opt", "/etc", "/run", "/mnt", "/media", "/boot"];
-
-/// What the sandbox must show of a probed interpreter (paths are resolved on this host, as the
-/// caller sees them), or why it refuses to.
+/// What the sandbox must show of a probed interpreter, or why it refuses to.
 pub fn plan(p: &Probe, ctx: &Context) -> Result<Runtime, PythonError> {
-    let mut needed: Vec<(PathBuf, String)> = vec![(p.executable.clone(), "the interpreter".into())];
+    Ok(runtime::plan(&needs(p), ctx)?)
+}
+
+/// The paths a probed interpreter uses, and the variables that give it the same `sys.path`.
+pub fn needs(p: &Probe) -> Needs {
+    let mut paths = vec![Need::new(&p.executable, "the interpreter")];
     for (prefix, role) in [
         (&p.prefix, "sys.prefix"),
         (&p.exec_prefix, "sys.exec_prefix"),
         (&p.base_prefix, "sys.base_prefix, the base installation"),
         (&p.base_exec_prefix, "sys.base_exec_prefix"),
     ] {
-        needed.push((prefix.clone(), role.into()));
+        paths.push(Need::new(prefix, role));
     }
     for entry in &p.path {
-        let role = if Some(entry) == p.user_site.as_ref() {
-            "the user site-packages".to_string()
+        if Some(entry) == p.user_site.as_ref() {
+            paths.push(Need::new(entry, "the user site-packages").alone());
         } else {
-            "a sys.path entry".to_string()
-        };
-        needed.push((entry.clone(), role));
-    }
-
-    let mut reals: Vec<PathBuf> = Vec::new();
-    let mut links: Vec<PathBuf> = Vec::new();
-    let mut notes = Vec::new();
-    for (path, role) in &needed {
-        let (real, hops) = resolve(path)?;
-        refuse_if_not_code(p, ctx, path, &real, role)?;
-        if role == "the user site-packages" {
-            notes.push(format!(
-                "the user site-packages {} is bound by itself, not the home directory around it",
-                real.display()
-            ));
+            paths.push(Need::new(entry, SEARCH_PATH_ENTRY));
         }
-        reals.push(real);
-        links.extend(hops);
-    }
-    let binds = outermost(reals.into_iter().filter(|r| !ctx.covered.iter().any(|c| r.starts_with(c))).collect());
-    // A link is there already if it lies in a bound tree, or is one of the policy's own
-    // targets (`/bin -> usr/bin` on a merged-/usr system, recreated by the policy).
-    let shown =
-        |l: &Path| binds.iter().any(|b| l.starts_with(b) && l != b) || ctx.covered.iter().any(|c| l.starts_with(c));
-    let mut kept_links = Vec::new();
-    for l in links {
-        if !shown(&l) && !kept_links.contains(&l) {
-            kept_links.push(l);
-        }
-    }
-
-    let mut env = Vec::new();
-    let bin = p.executable.parent().map(Path::to_path_buf).unwrap_or_default();
-    if !ctx.policy_path.split(':').any(|d| Path::new(d) == bin) {
-        let path = if ctx.policy_path.is_empty() {
-            bin.display().to_string()
-        } else {
-            format!("{}:{}", bin.display(), ctx.policy_path)
-        };
-        env.push(("PATH".to_string(), path));
     }
     // The same values inside as the interpreter was asked with.
-    env.extend(p.path_variables.iter().cloned());
+    let mut env = p.path_variables.clone();
     if let (Some(_), Some(base)) = (&p.user_site, &p.user_base) {
         // Inside, HOME is the policy's: the user site is found through its base instead.
         env.retain(|(k, _)| k != "PYTHONUSERBASE");
         env.push(("PYTHONUSERBASE".to_string(), base.display().to_string()));
     }
-    Ok(Runtime { python: p.executable.clone(), binds, links: kept_links, env, notes })
-}
-
-fn refuse_if_not_code(p: &Probe, ctx: &Context, path: &Path, real: &Path, role: &str) -> Result<(), PythonError> {
-    let refuse = |why: String, fix: String| {
-        Err(PythonError::Refused {
-            python: p.executable.clone(),
-            path: path.to_path_buf(),
-            role: role.to_string(),
-            why,
-            fix,
-        })
-    };
-    let shown = if real == path { String::new() } else { format!(" (really {})", real.display()) };
-    if NEVER_WHOLE.iter().any(|d| real == Path::new(d)) {
-        return refuse(
-            format!("{}{shown} is a top-level directory of the host", path.display()),
-            "install the interpreter and its packages under a directory of their own (a venv, a conda environment, /opt/<name>)".into(),
-        );
+    Needs {
+        executable: p.executable.clone(),
+        paths,
+        bin_dir: p.executable.parent().map(Path::to_path_buf),
+        env,
+        runtime_dir: p.runtime_dir.clone(),
     }
-    let within = |a: &Path, b: &Path| a.starts_with(b) || b.starts_with(a);
-    if let Some(home) = &ctx.home {
-        if home.starts_with(real) {
-            return refuse(
-                format!("{}{shown} is or holds the home directory {}", path.display(), home.display()),
-                "install Python under a directory of its own (e.g. `python3 -m venv ~/venvs/grading`, a pyenv or conda environment) and give that interpreter; only site-packages directories inside a home are ever bound".into(),
-            );
-        }
-    }
-    if let Some(course) = &ctx.course {
-        if within(real, course) {
-            return refuse(
-                format!(
-                    "{}{shown} is or is inside the course directory {}: a sandbox never sees course files",
-                    path.display(),
-                    course.display()
-                ),
-                if role == "a sys.path entry" {
-                    "take it off PYTHONPATH (or out of the .pth file that adds it), or move the code it holds out of the course directory".into()
-                } else {
-                    "make the environment outside the course directory".into()
-                },
-            );
-        }
-    }
-    if let Some(rt) = &p.runtime_dir {
-        if within(real, rt) {
-            return refuse(
-                format!(
-                    "{}{shown} is or holds the Jupyter runtime directory {}, which has the keys of every live kernel",
-                    path.display(),
-                    rt.display()
-                ),
-                "install the environment somewhere else".into(),
-            );
-        }
-    }
-    Ok(())
-}
-
-/// The real path of `path` and every symlink met on the way (absolute, each in a real
-/// directory), in order: what must exist inside for `path` to resolve as it does outside.
-pub fn resolve(path: &Path) -> Result<(PathBuf, Vec<PathBuf>), PythonError> {
-    let mut todo: Vec<PathBuf> = Vec::new();
-    push_components(&mut todo, path);
-    let mut real = PathBuf::from("/");
-    let mut links = Vec::new();
-    while let Some(c) = todo.pop() {
-        if c.as_os_str() == ".." {
-            real.pop();
-            continue;
-        }
-        let next = real.join(&c);
-        match std::fs::symlink_metadata(&next) {
-            Ok(md) if md.file_type().is_symlink() => {
-                if links.len() >= 40 {
-                    return Err(PythonError::SymlinkLoop { path: path.into() });
-                }
-                let to = std::fs::read_link(&next).map_err(|source| PythonError::Io { path: next.clone(), source })?;
-                links.push(next);
-                if to.is_absolute() {
-                    real = PathBuf::from("/");
-                }
-                push_components(&mut todo, &to);
-            }
-            Ok(_) => real = next,
-            Err(source) => return Err(PythonError::Io { path: next, source }),
-        }
-    }
-    Ok((real, links))
-}
-
-/// Push `p`'s components so that they pop in order (`.` dropped, `..` kept).
-fn push_components(todo: &mut Vec<PathBuf>, p: &Path) {
-    let parts: Vec<PathBuf> = p
-        .components()
-        .filter_map(|c| match c {
-            Component::Normal(n) => Some(PathBuf::from(n)),
-            Component::ParentDir => Some(PathBuf::from("..")),
-            _ => None,
-        })
-        .collect();
-    todo.extend(parts.into_iter().rev());
-}
-
-/// The paths none of the others contains, sorted.
-fn outermost(mut paths: Vec<PathBuf>) -> Vec<PathBuf> {
-    paths.sort();
-    paths.dedup();
-    let mut out: Vec<PathBuf> = Vec::new();
-    for p in paths {
-        if !out.iter().any(|o| p.starts_with(o)) {
-            out.push(p);
-        }
-    }
-    out
 }
 
 /// The Python that runs `nbgrader`: the interpreter in its script's `#!` line.
@@ -378,6 +201,7 @@ pub fn python_of_nbgrader() -> Result<PathBuf, PythonError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::runtime::RuntimeError;
     use std::os::unix::fs::symlink;
 
     fn probe_at(root: &Path) -> Probe {
@@ -413,15 +237,6 @@ mod tests {
     }
 
     #[test]
-    fn symlink_chains_are_followed_and_each_hop_kept() {
-        let d = layout();
-        let r = d.path().canonicalize().unwrap();
-        let (real, hops) = resolve(&r.join("srv/venv/bin/python")).unwrap();
-        assert_eq!(real, r.join("opt/py/bin/python3.11"));
-        assert_eq!(hops, [r.join("srv/venv/bin/python"), r.join("links/py"), r.join("opt/py/bin/python3")]);
-    }
-
-    #[test]
     fn the_real_prefixes_are_bound_and_links_outside_them_recreated() {
         let d = layout();
         let r = d.path().canonicalize().unwrap();
@@ -430,7 +245,7 @@ mod tests {
         assert_eq!(rt.binds, [r.join("opt/py"), r.join("srv/venv")]);
         // the venv's own link and python3 -> python3.11 are inside bound trees; links/py is not
         assert_eq!(rt.links, [r.join("links/py")]);
-        assert_eq!(rt.python, r.join("srv/venv/bin/python"));
+        assert_eq!(rt.executable, r.join("srv/venv/bin/python"));
         assert!(rt.env.contains(&("PATH".into(), format!("{}:/usr/bin:/bin", r.join("srv/venv/bin").display()))));
         // under a policy bind: nothing to add
         let ctx = Context { covered: vec![r.clone()], ..Default::default() };
@@ -447,7 +262,7 @@ mod tests {
         let d = layout();
         let r = d.path().canonicalize().unwrap();
         let refused = |p: &Probe, ctx: &Context| match plan(p, ctx) {
-            Err(PythonError::Refused { path, why, .. }) => (path, why),
+            Err(PythonError::Runtime(RuntimeError::Refused { path, why, .. })) => (path, why),
             other => panic!("not refused: {other:?}"),
         };
         // a prefix that is the home itself (`./configure --prefix=$HOME`)
@@ -498,11 +313,5 @@ mod tests {
         assert!(!rt.binds.iter().any(|b| r.join("home/inst").starts_with(b)), "{rt:?}");
         assert!(rt.env.contains(&("PYTHONUSERBASE".into(), r.join("home/inst/.local").display().to_string())));
         assert!(rt.notes.iter().any(|n| n.contains("user site-packages")));
-    }
-
-    #[test]
-    fn outermost_paths_only() {
-        let o = outermost(vec!["/a/b".into(), "/a".into(), "/c".into(), "/a/b/c".into(), "/ab".into()]);
-        assert_eq!(o, [PathBuf::from("/a"), "/ab".into(), "/c".into()]);
     }
 }
