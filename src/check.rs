@@ -180,18 +180,28 @@ pub fn check(config_path: Option<&Path>, args: &CheckArgs) -> u8 {
     }
 }
 
-/// Can `python` run a kernel in the sandbox? What is bound for it, then a real kernel.
+/// Can `python` run a kernel in the sandbox? What is bound for its `python3` kernel (the one
+/// its Jupyter would start), then a real kernel through a twin made as install makes it.
 fn check_python(python: &Path, policy: &str, config: Option<&Path>, sudo: bool) -> Vec<Item> {
     let item = |name, ok, detail| Item { name, ok, warn: false, detail };
-    let (probe, rt) = match crate::install::kernel_runtime(Some(python), policy, config, None) {
+    let made = crate::install::Launcher::new(sudo, config)
+        .and_then(|l| crate::install::Maker::new(Some(python), policy, config, None, l.kernel(Some(policy))));
+    let twin = made.and_then(|maker| {
+        let specs = maker.specs()?;
+        let spec = maker.find(&specs, "python3").expect("python3 is always found");
+        let twin = maker.twin(&spec, "isolate-grade-check")?;
+        Ok((maker, specs, twin))
+    });
+    let (maker, specs, twin) = match twin {
         Ok(x) => x,
         Err(e) => return vec![item("python", false, e.to_string())],
     };
+    let rt = &twin.runtime;
     let list = |v: &[std::path::PathBuf]| v.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ");
     let mut detail = format!(
         "{} (Python {}): binds {}",
         rt.executable.display(),
-        probe.version,
+        maker.client.version,
         if rt.binds.is_empty() { "none beyond the policy's".into() } else { list(&rt.binds) }
     );
     if !rt.links.is_empty() {
@@ -206,20 +216,19 @@ fn check_python(python: &Path, policy: &str, config: Option<&Path>, sudo: bool) 
     let mut items = vec![item("python", true, detail)];
     let kernel = || -> Result<String, String> {
         let dir = tempfile::Builder::new().prefix("isolate-grade-check.").tempdir().map_err(|e| e.to_string())?;
-        let launcher = crate::install::Launcher::new(sudo, config).map_err(|e| e.to_string())?;
-        let spec = crate::install::kernelspec(launcher.kernel(Some(policy)), &rt, "isolate-grade check");
-        let name = "isolate-grade-check";
-        crate::install::write_kernelspec(&dir.path().join("kernels").join(name), &spec).map_err(|e| e.to_string())?;
-        let req = crate::preflight::Request {
-            kernel_name: name.into(),
-            jupyter_path: Some(dir.path().to_path_buf()),
-            notebooks: vec![],
-            expect_resource_dir: Some(dir.path().join("kernels").join(name)),
-        };
-        let a = crate::preflight::run(&probe.executable, &req, &rt).map_err(|e| e.to_string())?;
+        let started = std::time::Instant::now();
+        crate::install::install_twins(
+            std::slice::from_ref(&twin),
+            &dir.path().join("kernels"),
+            Some(dir.path()),
+            &maker.client.executable,
+            &[],
+            &specs,
+        )
+        .map_err(|e| e.to_string())?;
         Ok(format!(
             "a kernel started in the sandbox (policy {policy}), answered kernel_info and imported ipykernel in {:.1}s",
-            a.seconds
+            started.elapsed().as_secs_f64()
         ))
     };
     match kernel() {

@@ -35,7 +35,7 @@ pub enum Command {
     Run(RunArgs),
     /// Run a Jupyter kernel in the sandbox (used as a kernelspec's argv prefix).
     Kernel(KernelArgs),
-    /// Install the sandboxed kernelspec for a Python, and make a course's nbgrader use it.
+    /// Install sandboxed twins of the kernelspecs, and make a course's nbgrader use them.
     Install(InstallArgs),
     /// Show what this host supports; exit non-zero if the sandbox cannot run here.
     Check(CheckArgs),
@@ -182,18 +182,22 @@ pub struct KernelArgs {
 
 #[derive(Debug, Args)]
 pub struct InstallArgs {
-    /// The Python whose kernel to sandbox (default: the one that runs `nbgrader`).
+    /// The Python that runs `nbgrader` (default: the one on PATH): its Jupyter finds the
+    /// kernelspecs, its `python3` kernel is itself, and the twins go into its prefix.
     #[arg(long, env = "ISOLATE_GRADE_PYTHON")]
     pub python: Option<PathBuf>,
-    /// Add the line to this course's nbgrader_config.py (idempotently); without it, print it.
+    /// Add the block to this course's nbgrader_config.py (idempotently); without it, print it.
     #[arg(long, env = "ISOLATE_GRADE_COURSE")]
     pub course: Option<PathBuf>,
-    /// The kernelspec's name.
-    #[arg(long, env = "ISOLATE_GRADE_KERNEL_NAME", default_value = "isolate-grade-python3")]
-    pub name: String,
-    /// Its display name.
-    #[arg(long)]
-    pub display_name: Option<String>,
+    /// Sandbox this kernelspec (repeatable; default: every kernelspec found).
+    #[arg(long = "kernel", value_name = "NAME")]
+    pub kernels: Vec<String>,
+    /// Sandbox every kernelspec found (the default, said explicitly).
+    #[arg(long, conflicts_with = "kernels")]
+    pub all_kernels: bool,
+    /// The twin of kernelspec K is named PREFIX + K.
+    #[arg(long, env = "ISOLATE_GRADE_TWIN_PREFIX", default_value = "isolate-grade-")]
+    pub twin_prefix: String,
     /// The policy the kernel runs under.
     #[arg(long, env = "ISOLATE_GRADE_POLICY")]
     pub policy: Option<String>,

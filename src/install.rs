@@ -1,13 +1,15 @@
-//! `isolate-grade install`: the sandboxed kernelspec for a Python, and the line that makes
-//! nbgrader use it. Runs as the instructor (no privilege needed); asks the interpreter what it
-//! needs ([`crate::python`]), writes the kernelspec, starts a kernel through it
-//! ([`crate::preflight`]) and only then, with `--course`, the marked block of the course's
-//! `nbgrader_config.py`. The batch builds its private kernelspec with the same functions.
+//! `isolate-grade install`: sandboxed twins of the kernelspecs nbgrader's Jupyter finds, and
+//! the block that makes nbgrader use them. Runs as the instructor (no privilege needed): asks
+//! each kernel's runtime what it needs ([`crate::kernels`]), writes the twins into the prefix of
+//! nbgrader's Python, starts each through its kernelspec ([`crate::preflight`]) and only then,
+//! with `--course`, writes the marked block of the course's `nbgrader_config.py`. The batch
+//! makes its private twins with the same [`Maker`].
 
 use crate::cli::InstallArgs;
+use crate::kernels::{self, KernelsError, Spec, Twin};
 use crate::preflight::PreflightError;
-use crate::python::{self, Context, Probe, PythonError, Runtime};
-use serde_json::json;
+use crate::python::{self, Context, Probe, PythonError};
+use serde_json::Value;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
@@ -16,15 +18,17 @@ pub enum InstallError {
     Invalid(String),
     #[error(transparent)]
     Python(#[from] PythonError),
+    #[error(transparent)]
+    Kernels(#[from] Box<KernelsError>),
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
-    #[error("the kernelspec was not installed, because {0}")]
+    #[error("nothing was installed, because {0}")]
     Preflight(#[from] PreflightError),
 }
 
 impl InstallError {
-    /// 3 when the kernel can't run in the sandbox (as in a batch's preflight), 2 for bad
-    /// input (a --python that does not run, a bad policy).
+    /// 3 when a kernel can't run in the sandbox (as in a batch's preflight), 2 for bad input
+    /// (a --python that does not run, a bad policy, an unknown --kernel).
     pub fn exit_code(&self) -> u8 {
         use PythonError as P;
         match self {
@@ -39,40 +43,135 @@ impl InstallError {
 const BEGIN: &str = "# >>> isolate-grade >>>";
 const END: &str = "# <<< isolate-grade <<<";
 
-/// The kernels' interpreter (given, or the one that runs `nbgrader`), asked where it lives,
-/// and what the sandbox must show of it under `policy`. `course` is never exposed.
-pub fn kernel_runtime(
-    python: Option<&Path>,
-    policy: &str,
-    config: Option<&Path>,
-    course: Option<&Path>,
-) -> Result<(Probe, Runtime), InstallError> {
-    let python = match python {
-        // absolute, not resolved: a venv is known by the path its python is started through
-        Some(p) => std::path::absolute(p).map_err(|source| InstallError::Io { path: p.into(), source })?,
-        None => python::python_of_nbgrader()?,
-    };
-    let probe = python::probe_kernel_python(&python)?;
-    let policy = load_policy(policy, config)?;
-    let path_var = policy.env.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.clone()).unwrap_or_default();
-    let real = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
-    let ctx = Context {
-        home: caller_home().map(|h| real(&h)),
-        course: course.map(real),
-        covered: policy.binds.iter().map(|b| b.target.clone()).collect(),
-        policy_path: path_var,
-    };
-    let runtime = python::plan(&probe, &ctx)?;
-    for p in runtime.binds.iter().chain(&runtime.links) {
-        if p.to_string_lossy().contains(':') {
-            return Err(InstallError::Invalid(format!(
-                "{} (needed by {}) has a ':' in its path, which a --bind can't name: move the environment",
-                p.display(),
-                probe.executable.display()
-            )));
+/// What making twins takes: nbgrader's Python (given, or the one that runs `nbgrader`), asked
+/// where it lives; what must never be bound (the caller's home, the course) and what the
+/// policy binds already; and the launcher, `[sudo -n] isolate-grade kernel [--policy P]`.
+pub struct Maker {
+    pub client: Probe,
+    pub ctx: Context,
+    pub launcher: Vec<String>,
+}
+
+impl Maker {
+    pub fn new(
+        python: Option<&Path>,
+        policy: &str,
+        config: Option<&Path>,
+        course: Option<&Path>,
+        launcher: Vec<String>,
+    ) -> Result<Maker, InstallError> {
+        let python = match python {
+            // absolute, not resolved: a venv is known by the path its python is started through
+            Some(p) => std::path::absolute(p).map_err(|source| InstallError::Io { path: p.into(), source })?,
+            None => python::python_of_nbgrader()?,
+        };
+        let client = python::probe_kernel_python(&python, "jupyter_client")?;
+        let policy = load_policy(policy, config)?;
+        let path_var = policy.env.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.clone()).unwrap_or_default();
+        let real = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+        let ctx = Context {
+            home: caller_home().map(|h| real(&h)),
+            course: course.map(real),
+            covered: policy.binds.iter().map(|b| b.target.clone()).collect(),
+            policy_path: path_var,
+        };
+        Ok(Maker { client, ctx, launcher })
+    }
+
+    /// The kernelspecs nbgrader's Jupyter finds (twins left out).
+    pub fn specs(&self) -> Result<Vec<Spec>, InstallError> {
+        kernels::list(&self.client.executable).map_err(|e| InstallError::Kernels(Box::new(e)))
+    }
+
+    /// The kernelspec `name` names (`python` is `python3`). `python3` is found even when the
+    /// interpreter has no ipykernel, as jupyter_client would start it, so that its twin fails
+    /// saying what is missing.
+    pub fn find(&self, specs: &[Spec], name: &str) -> Option<Spec> {
+        let name = if name == "python" { "python3" } else { name };
+        match specs.iter().find(|s| s.name == name) {
+            Some(s) => Some(s.clone()),
+            None if name == "python3" => Some(kernels::native_python3(&self.client)),
+            None => None,
         }
     }
-    Ok((probe, runtime))
+
+    pub fn twin(&self, spec: &Spec, name: &str) -> Result<Twin, InstallError> {
+        kernels::twin(spec, name, &self.launcher, &self.client, &self.ctx)
+            .map_err(|e| InstallError::Kernels(Box::new(e)))
+    }
+
+    /// The twins of `specs`, named `prefix` + kernel name; every failure is named (exit 3, as
+    /// a failed preflight: the runtimes are as they are).
+    pub fn twins(&self, specs: &[Spec], prefix: &str) -> Result<Vec<Twin>, InstallError> {
+        let mut twins = Vec::new();
+        let mut failed = Vec::new();
+        for spec in specs {
+            match self.twin(spec, &format!("{prefix}{}", spec.name)) {
+                Ok(t) => twins.push(t),
+                Err(e) => failed.push(format!("- {e}")),
+            }
+        }
+        if failed.is_empty() {
+            return Ok(twins);
+        }
+        Err(InstallError::Preflight(PreflightError::Failed(format!(
+            "these kernels can't be sandboxed:\n{}",
+            failed.join("\n")
+        ))))
+    }
+}
+
+/// Write each twin into `dir/<name>` and start it as nbgrader will (with `jupyter_path` first
+/// on `JUPYTER_PATH`), checking what the notebooks routed to it use. If any fails, every
+/// kernelspec written is put back as it was.
+pub fn install_twins(
+    twins: &[Twin],
+    dir: &Path,
+    jupyter_path: Option<&Path>,
+    client: &Path,
+    notebooks: &[(PathBuf, Value)],
+    specs: &[Spec],
+) -> Result<(), InstallError> {
+    let mut before = Vec::new();
+    let mut result = Ok(());
+    for t in twins {
+        let spec_dir = dir.join(&t.name);
+        before.push((spec_dir.clone(), std::fs::read(spec_dir.join("kernel.json")).ok()));
+        if let Err(e) = write_kernelspec(&spec_dir, &t.spec) {
+            result = Err(e);
+            break;
+        }
+        let mine: Vec<PathBuf> = notebooks
+            .iter()
+            .filter(|(_, nb)| kernels::route(nb, specs).is_ok_and(|k| k == t.wraps))
+            .map(|(p, _)| p.clone())
+            .collect();
+        let req = crate::preflight::Request {
+            kernel_name: t.name.clone(),
+            jupyter_path: jupyter_path.map(Path::to_path_buf),
+            notebooks: mine,
+            expect_resource_dir: Some(spec_dir),
+            language: t.language.clone(),
+            check: t.check.clone(),
+        };
+        if let Err(e) = crate::preflight::run(client, &req, &t.runtime) {
+            result = Err(e.into());
+            break;
+        }
+    }
+    if result.is_err() {
+        for (spec_dir, old) in before {
+            match old {
+                Some(old) => {
+                    let _ = std::fs::write(spec_dir.join("kernel.json"), old);
+                }
+                None => {
+                    let _ = std::fs::remove_dir_all(&spec_dir);
+                }
+            }
+        }
+    }
+    result
 }
 
 /// The policy the kernels run under, read as `isolate-grade kernel --policy` will: a path, a
@@ -148,7 +247,7 @@ pub fn write_kernelspec(dir: &Path, spec: &serde_json::Value) -> Result<(), Inst
 }
 
 pub fn execute(config: Option<PathBuf>, a: InstallArgs) -> Result<u8, InstallError> {
-    // Nothing here needs privilege: the interpreter is asked, and the files written, as the
+    // Nothing here needs privilege: the runtimes are asked, and the files written, as the
     // instructor (a no-op when run by root itself).
     let caller = crate::identity::Caller::detect();
     caller.become_caller().map_err(|e| InstallError::Invalid(format!("becoming the caller: {e}")))?;
@@ -156,42 +255,58 @@ pub fn execute(config: Option<PathBuf>, a: InstallArgs) -> Result<u8, InstallErr
         crate::grade::set_home(caller.uid);
     }
     let policy = a.policy.clone().unwrap_or_else(|| "default".into());
-    let (probe, runtime) = kernel_runtime(a.python.as_deref(), &policy, config.as_deref(), a.course.as_deref())?;
-    let prefix = Launcher::new(a.sudo, None)?.kernel(a.policy.as_deref());
-    let display_name = a.display_name.clone().unwrap_or_else(|| format!("Python 3 (isolate-grade {})", a.name));
-    let spec = kernelspec(prefix, &runtime, &display_name);
-    let dir = probe.prefix.join("share/jupyter/kernels").join(&a.name);
-    let kernel_json = dir.join("kernel.json");
-    let before = std::fs::read(&kernel_json).ok();
-    write_kernelspec(&dir, &spec)?;
-    for note in &runtime.notes {
-        println!("note: {note}");
-    }
-    // Start it as nbgrader will; if it can't run, leave things as they were.
-    let notebooks = a.course.as_deref().map(course_notebooks).unwrap_or_default();
-    let req = crate::preflight::Request {
-        kernel_name: a.name.clone(),
-        jupyter_path: None,
-        notebooks,
-        expect_resource_dir: Some(dir.clone()),
-    };
-    if let Err(e) = crate::preflight::run(&probe.executable, &req, &runtime) {
-        match before {
-            Some(old) => {
-                let _ = std::fs::write(&kernel_json, old);
-            }
-            None => {
-                let _ = std::fs::remove_dir_all(&dir);
+    let launcher = Launcher::new(a.sudo, None)?.kernel(a.policy.as_deref());
+    let maker = Maker::new(a.python.as_deref(), &policy, config.as_deref(), a.course.as_deref(), launcher)?;
+    let specs = maker.specs()?;
+    let chosen: Vec<Spec> = if a.kernels.is_empty() && !specs.is_empty() {
+        specs.clone()
+    } else if a.kernels.is_empty() {
+        // none at all: python3's twin says why (no ipykernel)
+        maker.find(&specs, "python3").into_iter().collect()
+    } else {
+        let mut chosen: Vec<Spec> = Vec::new();
+        for k in &a.kernels {
+            match maker.find(&specs, k) {
+                Some(s) if !chosen.contains(&s) => chosen.push(s),
+                Some(_) => {}
+                None => {
+                    let names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
+                    return Err(InstallError::Invalid(format!(
+                        "--kernel {k}: {} finds no kernelspec of that name (it has: {})",
+                        maker.client.executable.display(),
+                        names.join(", ")
+                    )));
+                }
             }
         }
-        return Err(e.into());
+        chosen
+    };
+    let twins = maker.twins(&chosen, &a.twin_prefix)?;
+    let dir = maker.client.prefix.join("share/jupyter/kernels");
+    let notebooks = a.course.as_deref().map(course_notebooks).unwrap_or_default();
+    install_twins(&twins, &dir, None, &maker.client.executable, &notebooks, &specs)?;
+    for t in &twins {
+        println!(
+            "installed {:?}, the sandboxed twin of {:?} ({}), in {} (checked: it starts in the sandbox and answers)",
+            t.name,
+            t.wraps,
+            t.language,
+            dir.join(&t.name).display()
+        );
+        for note in &t.runtime.notes {
+            println!("  note: {note}");
+        }
     }
-    println!(
-        "installed kernelspec {:?} in {} (checked: it starts in the sandbox and imports ipykernel)",
-        a.name,
-        dir.display()
-    );
-    let block = config_block(&a.name);
+    for (path, nb) in &notebooks {
+        match kernels::route(nb, &specs) {
+            Ok(k) if twins.iter().any(|t| t.wraps == k) => {}
+            Ok(k) => {
+                println!("warning: {} uses kernel {k:?}, which was not sandboxed: it will not be run", path.display())
+            }
+            Err(why) => println!("warning: {} will not be run: {why}", path.display()),
+        }
+    }
+    let block = config_block(&twins);
     match &a.course {
         Some(course) => {
             let cfg = course.join("nbgrader_config.py");
@@ -205,7 +320,7 @@ pub fn execute(config: Option<PathBuf>, a: InstallArgs) -> Result<u8, InstallErr
                 std::fs::write(&cfg, &new).map_err(|source| InstallError::Io { path: cfg.clone(), source })?;
                 println!("updated {}", cfg.display());
             } else {
-                println!("{} already uses it", cfg.display());
+                println!("{} already uses them", cfg.display());
             }
         }
         None => println!("add to nbgrader_config.py (the course's, and the one formgrader's server loads):\n{block}"),
@@ -213,8 +328,9 @@ pub fn execute(config: Option<PathBuf>, a: InstallArgs) -> Result<u8, InstallErr
     Ok(0)
 }
 
-/// The source notebooks of every assignment of a course (`source/*/*.ipynb`).
-fn course_notebooks(course: &Path) -> Vec<PathBuf> {
+/// The source notebooks of every assignment of a course (`source/*/*.ipynb`), read (those that
+/// are not JSON left out: nbgrader will say so).
+fn course_notebooks(course: &Path) -> Vec<(PathBuf, Value)> {
     let mut found: Vec<PathBuf> = std::fs::read_dir(course.join("source"))
         .into_iter()
         .flatten()
@@ -222,96 +338,46 @@ fn course_notebooks(course: &Path) -> Vec<PathBuf> {
         .flat_map(|assignment| crate::grade::course::notebooks_in(&assignment.path()))
         .collect();
     found.sort();
-    found
+    read_notebooks(found)
 }
 
-/// The kernelspec: `prefix` (`[sudo -n] isolate-grade kernel [options]`) in front of
-/// ipykernel, with what the interpreter needs bound read-only, its symlinks recreated and the
-/// variables that give it the same `sys.path` inside (see [`crate::python`]).
-pub fn kernelspec(prefix: Vec<String>, rt: &Runtime, display_name: &str) -> serde_json::Value {
-    let mut argv = prefix;
-    for b in &rt.binds {
-        argv.extend(["--bind".into(), b.display().to_string()]);
-    }
-    for l in &rt.links {
-        argv.extend(["--link".into(), l.display().to_string()]);
-    }
-    for (k, v) in &rt.env {
-        argv.extend(["--env".into(), format!("{k}={v}")]);
-    }
-    argv.push("--".into());
-    argv.extend([
-        rt.executable.display().to_string(),
-        "-m".into(),
-        "ipykernel_launcher".into(),
-        // No history database in the sandbox's HOME. (Not `hist_file=:memory:`: nbclient
-        // adds that itself to kernels named python3, and IPython refuses it given twice.)
-        "--HistoryManager.enabled=False".into(),
-        "-f".into(),
-        "{connection_file}".into(),
-    ]);
-    json!({
-        "argv": argv,
-        "display_name": display_name,
-        "language": "python",
-        // Interrupts (nbgrader's cell timeout, and the one jupyter_client sends before every
-        // shutdown) go as interrupt_request on the control channel, in order with the
-        // shutdown_request behind them; ipykernel then signals itself. As SIGINT to this wrapper
-        // they were relayed through the sandbox's init and could land after the shutdown had
-        // begun: ipykernel 7.4 then aborted in libzmq ("pfd.revents & POLLIN", signaler.cpp)
-        // in 5 of 900 kernels; 0 of 600 with messages, 0 of 300 bare (bench/shutdown.py).
-        // Either way about 5% of shutdowns hang until jupyter_client's SIGTERM, bare too.
-        "interrupt_mode": "message",
-        "metadata": { "isolate_grade": { "version": env!("CARGO_PKG_VERSION") } }
-    })
+/// Each notebook with its JSON (unreadable ones left out).
+pub fn read_notebooks(paths: Vec<PathBuf>) -> Vec<(PathBuf, Value)> {
+    paths
+        .into_iter()
+        .filter_map(|p| {
+            let nb = serde_json::from_slice(&std::fs::read(&p).ok()?).ok()?;
+            Some((p, nb))
+        })
+        .collect()
 }
 
 /// The marked block for `nbgrader_config.py`. It does not override the kernel
-/// (`c.Execute.kernel_name` would run every notebook, whatever its language, in this one):
+/// (`c.Execute.kernel_name` would run every notebook, whatever its language, in one kernel):
 /// nbgrader's Execute step is replaced by one that starts each notebook in the sandboxed twin
 /// of the kernel its own metadata names, and fails a notebook whose kernel has no twin rather
-/// than run it unsandboxed. (nbgrader passes its own kernel manager class to Execute, so that
-/// can't be configured; its list of autograde preprocessors can.)
-fn config_block(name: &str) -> String {
-    let twins = format!("{{\"python3\": {name:?}, \"python\": {name:?}}}");
+/// than run it unsandboxed ([`kernels::ROUTE_PY`]). (nbgrader passes its own kernel manager
+/// class to Execute, so that can't be configured; its list of autograde preprocessors can.)
+pub fn config_block(twins: &[Twin]) -> String {
+    let (names, languages) = kernels::tables(twins);
+    let names = serde_json::to_string(&names).expect("json");
+    let languages = serde_json::to_string(&languages).expect("json");
     format!(
         r#"{BEGIN}
 # Autograde in the sandbox (written by `isolate-grade install`; run it again to change this).
 # Each notebook runs in the sandboxed twin of the kernel its own metadata names; a notebook
 # whose kernel has no twin fails with a message, and is never run unsandboxed.
-def _isolate_grade(c, twins):
-    from nbgrader.converters import Autograde
-    from nbgrader.preprocessors import Execute
-
-    class SandboxedExecute(Execute):
-        def preprocess(self, nb, resources, *args, **kwargs):
-            if self.kernel_name:  # chosen explicitly (`isolate-grade ASSIGNMENT` names its own)
-                return super().preprocess(nb, resources, *args, **kwargs)
-            name = nb.metadata.get("kernelspec", {{}}).get("name") or "python3"
-            if name not in twins:
-                raise ValueError(
-                    f"the notebook's kernel {{name!r}} has no sandboxed twin (there are {{sorted(twins)}}), "
-                    "so it is not run: sandbox it with `isolate-grade install`")
-            before, self.kernel_name = self.kernel_name, twins[name]
-            try:
-                return super().preprocess(nb, resources, *args, **kwargs)
-            finally:
-                self.kernel_name = before
-
-    steps = c.Autograde.get("autograde_preprocessors") or Autograde.class_traits()["autograde_preprocessors"].default()
-    if Execute not in steps:
-        raise ValueError(f"nbgrader's Execute step is not among the autograde preprocessors {{steps}}")
-    c.Autograde.autograde_preprocessors = [SandboxedExecute if s is Execute else s for s in steps]
-
+{route}
 
 try:
-    _isolate_grade(c, {twins})
+    _isolate_grade(c, {names}, {languages})
 except Exception as e:  # fail closed: no notebook runs at all, rather than unsandboxed
     import sys
     print(f"isolate-grade: the sandbox could not be set up for nbgrader ({{e!r}}): no notebook will run", file=sys.stderr)
     c.Execute.kernel_name = "isolate-grade-could-not-route-kernels-see-nbgrader_config.py"
 {END}
-"#
+"#,
+        route = kernels::ROUTE_PY.trim_end()
     )
 }
 
@@ -334,16 +400,30 @@ pub fn with_block(old: &str, block: &str) -> String {
 mod tests {
     use super::*;
 
+    fn twin(wraps: &str, name: &str, language: &str) -> Twin {
+        Twin {
+            name: name.into(),
+            wraps: wraps.into(),
+            language: language.into(),
+            runtime: Default::default(),
+            spec: Value::Null,
+            check: kernels::Check::Cell,
+        }
+    }
+
     #[test]
     fn the_config_block_is_added_once_and_replaced() {
-        let block = config_block("ig");
+        let block = config_block(&[twin("python3", "ig-python3", "python"), twin("ir", "ig-ir", "r")]);
         let once = with_block("c = get_config()\nc.CourseDirectory.course_id = 'x'", &block);
         assert!(once.starts_with("c = get_config()\nc.CourseDirectory.course_id = 'x'\n# >>> isolate-grade"));
         assert_eq!(with_block(&once, &block), once);
-        let other = with_block(&once, &config_block("other"));
+        assert!(once.contains(
+            r#"_isolate_grade(c, {"ir":"ig-ir","python":"ig-python3","python3":"ig-python3"}, {"ig-ir":"r","ig-python3":"python"})"#
+        ));
+        let other = with_block(&once, &config_block(&[twin("python3", "other", "python")]));
         assert_eq!(other.matches(BEGIN).count(), 1);
-        assert!(other.contains("_isolate_grade(c, {\"python3\": \"other\", \"python\": \"other\"})"));
-        assert!(!other.contains("\"ig\""));
+        assert!(other.contains(r#"_isolate_grade(c, {"python":"other","python3":"other"}, {"other":"python"})"#));
+        assert!(!other.contains("\"ig-ir\""));
         assert_eq!(with_block("", &block), block);
     }
 }

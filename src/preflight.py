@@ -13,6 +13,7 @@ import ast
 import glob
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -24,11 +25,23 @@ MARK = "ISOLATE_GRADE_PREFLIGHT "
 
 
 @dataclass
+class Check:
+    """What to try in the kernel besides kernel_info (kernels.rs's Check)."""
+
+    check: str  # "python": imports; "r": library(); "cell": an empty cell
+    python: Optional[str] = None  # the kernel's interpreter, to try failed imports outside
+    module: Optional[str] = None  # python -m MODULE
+    r: Optional[str] = None  # the kernel's R, to try failed libraries outside
+
+
+@dataclass
 class Request:
     kernel_name: str
     cwd: str
     report_dir: str
     timeout: float  # seconds, for kernel_info and for the imports (preflight.rs)
+    check: Check
+    language: str = "python"
     jupyter_path: Optional[str] = None
     notebooks: List[str] = field(default_factory=list)
     expect_resource_dir: Optional[str] = None
@@ -56,12 +69,6 @@ class Answer:
     seconds: float = 0.0
 
 
-def is_python(nb: dict) -> bool:
-    md = nb.get("metadata", {})
-    lang = (md.get("kernelspec", {}) or {}).get("language") or (md.get("language_info", {}) or {}).get("name")
-    return lang is None or str(lang).lower() == "python"
-
-
 def top_level_imports(source: str) -> List[str]:
     """Modules a cell imports at its top level (magics and shell lines dropped first)."""
     lines = [l for l in source.splitlines() if not l.lstrip().startswith(("%", "!"))]
@@ -78,23 +85,46 @@ def top_level_imports(source: str) -> List[str]:
     return found
 
 
-def modules_of(notebooks: List[str]) -> List[str]:
-    """ipykernel, then what the notebooks import, minus modules shipped beside them."""
-    local_dirs = sorted({os.path.dirname(p) for p in notebooks})
-    mods = ["ipykernel"]
-    for path in notebooks:
-        try:
-            with open(path, encoding="utf-8") as f:
-                nb = json.load(f)
-        except (OSError, ValueError):
-            continue
-        if not isinstance(nb, dict) or not is_python(nb):
-            continue
-        for cell in nb.get("cells", []):
-            if cell.get("cell_type") != "code":
-                continue
+def code_cells(path: str) -> List[str]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            nb = json.load(f)
+    except (OSError, ValueError):
+        return []
+    if not isinstance(nb, dict):
+        return []
+    out = []
+    for cell in nb.get("cells", []):
+        if isinstance(cell, dict) and cell.get("cell_type") == "code":
             src = cell.get("source", "")
-            for m in top_level_imports("".join(src) if isinstance(src, list) else str(src)):
+            out.append("".join(src) if isinstance(src, list) else str(src))
+    return out
+
+
+R_LIBRARY = re.compile(r"""(?:^|[^\w.])(?:library|require|requireNamespace)\(\s*["']?([A-Za-z][A-Za-z0-9.]*)["']?\s*[,)]""")
+
+
+def libraries_of(notebooks: List[str]) -> List[str]:
+    """The R packages the notebooks attach (library(x), require(x), requireNamespace("x")), IRkernel first."""
+    libs = ["IRkernel"]
+    for path in notebooks:
+        for src in code_cells(path):
+            for line in src.splitlines():
+                if line.lstrip().startswith("#"):
+                    continue
+                for m in R_LIBRARY.findall(line):
+                    if m not in libs:
+                        libs.append(m)
+    return libs[:64]
+
+
+def modules_of(notebooks: List[str], base: List[str]) -> List[str]:
+    """`base`, then what the notebooks import, minus modules shipped beside them."""
+    local_dirs = sorted({os.path.dirname(p) for p in notebooks})
+    mods = list(base)
+    for path in notebooks:
+        for src in code_cells(path):
+            for m in top_level_imports(src):
                 top = m.split(".")[0]
                 local = any(
                     os.path.exists(os.path.join(d, top + ext)) for d in local_dirs for ext in (".py", "", ".so")
@@ -104,7 +134,7 @@ def modules_of(notebooks: List[str]) -> List[str]:
     return mods[:64]
 
 
-CHECK = """
+PYTHON_CHECK = """
 import importlib as _il, json as _js
 _res = {}
 for _m in %r:
@@ -116,12 +146,30 @@ for _m in %r:
 print(%r + _js.dumps(_res))
 """
 
+R_CHECK = """local({
+  res <- list()
+  for (p in %s) res[[p]] <- tryCatch({ if (requireNamespace(p, quietly = TRUE)) "" else "there is no package called it" },
+                                     error = function(e) conditionMessage(e))
+  cat(%s, "{", paste(sprintf('"%%s": "%%s"', names(res), gsub('["\\\\]', "'", unlist(res))), collapse = ", "), "}\\n", sep = "")
+})
+"""
 
-def outside(module: str, cwd: str) -> Tuple[Optional[str], Optional[str]]:
-    """Import `module` with this interpreter outside the sandbox: (error or None, its file)."""
-    code = "import importlib, sys; m = importlib.import_module(sys.argv[1]); print(getattr(m, '__file__', None) or '')"
+
+def r_vector(names: List[str]) -> str:
+    return "c(" + ", ".join(json.dumps(n) for n in names) + ")"
+
+
+def outside(check: Check, module: str, cwd: str) -> Tuple[Optional[str], Optional[str]]:
+    """Import `module` (attach the R package) with the kernel's runtime outside the sandbox:
+    (error or None, its file)."""
+    if check.check == "r":
+        code = 'p <- commandArgs(TRUE)[1]; if (!requireNamespace(p, quietly = TRUE)) stop("there is no package called ", p); cat(find.package(p))'
+        argv = [check.r, "--slave", "--no-save", "--no-restore", "-e", code, "--args", module]
+    else:
+        code = "import importlib, sys; m = importlib.import_module(sys.argv[1]); print(getattr(m, '__file__', None) or '')"
+        argv = [check.python or sys.executable, "-c", code, module]
     try:
-        r = subprocess.run([sys.executable, "-c", code, module], cwd=cwd, capture_output=True, text=True, timeout=120)
+        r = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=120)
     except subprocess.TimeoutExpired:
         return "importing it took longer than 120 s", None
     if r.returncode != 0:
@@ -141,12 +189,28 @@ def kernel_reports(d: str) -> List[dict]:
     return out
 
 
+def kernel_language(kc, timeout: float) -> str:
+    """language_info.name from the kernel's kernel_info_reply, lower case."""
+    msg_id = kc.kernel_info()
+    deadline = time.monotonic() + timeout
+    while True:
+        reply = kc.get_shell_msg(timeout=max(0.1, deadline - time.monotonic()))
+        if reply.get("parent_header", {}).get("msg_id") == msg_id:
+            return str(reply["content"].get("language_info", {}).get("name", "")).lower()
+
+
 def preflight(req: Request) -> Answer:
     t0 = time.monotonic()
     if req.jupyter_path:
         os.environ["JUPYTER_PATH"] = os.pathsep.join(p for p in (req.jupyter_path, os.environ.get("JUPYTER_PATH")) if p)
     os.environ["ISOLATE_GRADE_REPORT_DIR"] = req.report_dir
-    a = Answer(ok=False, stage="kernelspec", modules=modules_of(req.notebooks))
+    if req.check.check == "python":
+        a_modules = modules_of(req.notebooks, ["ipykernel"] if req.check.module in ("ipykernel_launcher", "ipykernel") else [])
+    elif req.check.check == "r":
+        a_modules = libraries_of(req.notebooks)
+    else:
+        a_modules = []
+    a = Answer(ok=False, stage="kernelspec", modules=a_modules)
     from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
     from jupyter_client.manager import KernelManager
 
@@ -171,6 +235,10 @@ def preflight(req: Request) -> Answer:
         kc = km.client()
         kc.start_channels()
         kc.wait_for_ready(timeout=req.timeout)
+        said = kernel_language(kc, req.timeout)
+        if said != req.language.lower():
+            a.error = f"the kernel says it runs {said!r}, but its kernelspec says {req.language!r}"
+            return a
         a.stage = "imports"
         chunks = []
 
@@ -178,7 +246,18 @@ def preflight(req: Request) -> Answer:
             if msg["msg_type"] == "stream":
                 chunks.append(msg["content"].get("text", ""))
 
-        kc.execute_interactive(CHECK % (a.modules, MARK), timeout=req.timeout, output_hook=hook)
+        if req.check.check == "python":
+            code = PYTHON_CHECK % (a.modules, MARK)
+        elif req.check.check == "r":
+            code = R_CHECK % (r_vector(a.modules), json.dumps(MARK))
+        else:
+            reply = kc.execute_interactive("", timeout=req.timeout, output_hook=hook)
+            if reply["content"].get("status") != "ok":
+                a.error = f"an empty cell ended with {reply['content'].get('status')!r}"
+                return a
+            a.stage, a.ok = "done", True
+            return a
+        kc.execute_interactive(code, timeout=req.timeout, output_hook=hook)
         text = "".join(chunks)
         line = [l for l in text.splitlines() if l.startswith(MARK)]
         if not line:
@@ -187,8 +266,8 @@ def preflight(req: Request) -> Answer:
         results: Dict[str, Optional[str]] = json.loads(line[-1][len(MARK):])
         for m in a.modules:
             err = results.get(m)
-            if err is not None:
-                out_err, where = outside(m, req.cwd)
+            if err:
+                out_err, where = outside(req.check, m, req.cwd)
                 a.failed_imports.append(FailedImport(module=m, inside=err, outside=out_err, location=where))
         a.stage = "done"
         a.ok = not a.failed_imports
@@ -214,7 +293,9 @@ def main() -> int:
     # anything printed by the libraries goes to stderr; stdout carries the answer alone
     answer_to = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)
-    req = Request(**json.loads(sys.argv[1]))
+    raw = json.loads(sys.argv[1])
+    raw["check"] = Check(**raw["check"])
+    req = Request(**raw)
     try:
         a = preflight(req)
     except Exception as e:

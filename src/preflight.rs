@@ -5,7 +5,8 @@
 //! (`src/preflight.py`, run by the kernels' own interpreter as the caller). If anything fails,
 //! the message says what was missing inside the sandbox and how to fix it.
 
-use crate::python::Runtime;
+use crate::kernels::Check;
+use crate::runtime::Runtime;
 use serde::Deserialize;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -37,6 +38,10 @@ pub struct Request {
     pub notebooks: Vec<PathBuf>,
     /// The kernelspec must be this one, not another of the same name earlier on the path.
     pub expect_resource_dir: Option<PathBuf>,
+    /// The language the kernel must say it runs (`kernel_info`).
+    pub language: String,
+    /// What else to try in it.
+    pub check: Check,
 }
 
 /// How long the kernel may take to answer `kernel_info`, and then to import the modules.
@@ -119,16 +124,22 @@ pub fn explain(req: &Request, a: &Answer, rt: &Runtime) -> String {
     let mut m = String::new();
     let spec = a.resource_dir.as_deref().unwrap_or("?");
     if !a.failed_imports.is_empty() {
-        let _ =
-            writeln!(m, "the notebooks import modules that the sandboxed kernel {:?} cannot import:", req.kernel_name);
+        let (what, fix) = match &req.check {
+            Check::R { r } => (
+                "attach R packages",
+                format!("install it (`install.packages(...)` with {}, or a Debian r-cran-* package)", r.display()),
+            ),
+            _ => ("import modules", format!("install it (`{} -m pip install ...`)", rt.executable.display())),
+        };
+        let _ = writeln!(m, "the notebooks {what} that the sandboxed kernel {:?} cannot load:", req.kernel_name);
         for f in &a.failed_imports {
             match &f.outside {
                 None => {
                     let at = f.location.as_deref().map(|l| format!(" from {l}")).unwrap_or_default();
                     let _ = writeln!(
                         m,
-                        "  - {}: imports outside the sandbox{at}, but not inside: {}. What it needs there is not \
-                         visible in the sandbox: install it into the interpreter's environment ({}), or bind the \
+                        "  - {}: loads outside the sandbox{at}, but not inside: {}. What it needs there is not \
+                         visible in the sandbox: install it into the kernel's environment ({}), or bind the \
                          path its error names with a policy ([[bind]]), then run `isolate-grade install` again \
                          (a batch works it out on every run).",
                         esc(&f.module),
@@ -139,11 +150,10 @@ pub fn explain(req: &Request, a: &Answer, rt: &Runtime) -> String {
                 Some(err) => {
                     let _ = writeln!(
                         m,
-                        "  - {}: cannot be imported outside the sandbox either: {}. Every notebook that needs it \
-                         would fail, with bare nbgrader too: install it (`{} -m pip install ...`).",
+                        "  - {}: cannot be loaded outside the sandbox either: {}. Every notebook that needs it \
+                         would fail, with bare nbgrader too: {fix}.",
                         esc(&f.module),
                         esc(err),
-                        rt.executable.display()
                     );
                 }
             }
@@ -153,7 +163,7 @@ pub fn explain(req: &Request, a: &Answer, rt: &Runtime) -> String {
             "kernelspec" => "its kernelspec is not usable".to_string(),
             "start" => "the kernel could not be started".to_string(),
             "handshake" => "the kernel did not answer kernel_info (it died, or never came up)".to_string(),
-            "imports" => "the kernel failed while importing ipykernel and the notebooks' modules".to_string(),
+            "imports" => "the kernel failed while loading what the notebooks use".to_string(),
             other => format!("the preflight failed ({other})"),
         };
         let _ = writeln!(m, "the sandboxed kernel {:?} ({spec}) cannot run: {what}", req.kernel_name);
@@ -180,7 +190,7 @@ pub fn explain(req: &Request, a: &Answer, rt: &Runtime) -> String {
             }
         }
     }
-    let _ = writeln!(m, "  the interpreter: {}", rt.executable.display());
+    let _ = writeln!(m, "  the kernel's program: {}", rt.executable.display());
     let binds: Vec<String> = rt.binds.iter().map(|b| b.display().to_string()).collect();
     let _ = writeln!(
         m,
@@ -193,8 +203,8 @@ pub fn explain(req: &Request, a: &Answer, rt: &Runtime) -> String {
     }
     let _ = write!(
         m,
-        "  See what the sandbox gets with `isolate-grade check --python {}`; a policy can bind more ([[bind]] in \
-         policies/*.toml, or --bind in the kernelspec's argv).",
+        "  A policy can bind more ([[bind]] in policies/*.toml, or --bind in the kernelspec's argv); for a Python \
+         kernel, `isolate-grade check --python {}` shows what the sandbox gets.",
         rt.executable.display()
     );
     m

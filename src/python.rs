@@ -22,8 +22,8 @@ pub enum PythonError {
     Failed { python: PathBuf, stderr: String },
     #[error("{python}: unexpected answer ({reason})")]
     Answer { python: PathBuf, reason: String },
-    #[error("{python} has no ipykernel, so no kernel can start: `{python} -m pip install ipykernel`")]
-    NoIpykernel { python: PathBuf },
+    #[error("{python} has no module {module}, so the kernel can't start: `{python} -m pip install {package}`")]
+    NoModule { python: PathBuf, module: String, package: String },
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
     #[error(transparent)]
@@ -48,7 +48,8 @@ pub struct Probe {
     /// The user site-packages, when it is on `sys.path`.
     pub user_site: Option<PathBuf>,
     pub user_base: Option<PathBuf>,
-    pub has_ipykernel: bool,
+    /// Whether the module the kernel is started with (`python -m MODULE`) can be imported.
+    pub has_module: bool,
     pub runtime_dir: Option<PathBuf>,
     /// Those of [`PATH_VARIABLES`] the interpreter was asked with, and their values.
     #[serde(default)]
@@ -86,9 +87,9 @@ print(json.dumps({
     "path": [p for p in sys.path if p and p != os.getcwd() and os.path.exists(p)],
     "user_site": user_site,
     "user_base": site.getuserbase() if user_site else None,
-    "has_ipykernel": found("ipykernel"),
+    "has_module": found(sys.argv[1]),
     "runtime_dir": runtime,
-    "path_variables": [[k, os.environ[k]] for k in sys.argv[1:] if k in os.environ],
+    "path_variables": [[k, os.environ[k]] for k in sys.argv[2:] if k in os.environ],
 }))
 "#;
 
@@ -111,10 +112,11 @@ pub fn scrubbed_env() -> Vec<(String, String)> {
     env
 }
 
-/// Ask `python` where it lives. Runs with our credentials: callers become the instructor first.
-pub fn probe(python: &Path) -> Result<Probe, PythonError> {
+/// Ask `python` where it lives, and whether it has `module`. Runs with our credentials:
+/// callers become the instructor first.
+pub fn probe(python: &Path, module: &str) -> Result<Probe, PythonError> {
     let out = Command::new(python)
-        .args(["-c", PROBE])
+        .args(["-c", PROBE, module])
         .args(PATH_VARIABLES)
         .env_clear()
         .envs(scrubbed_env())
@@ -134,11 +136,15 @@ pub fn probe(python: &Path) -> Result<Probe, PythonError> {
     Ok(p)
 }
 
-/// [`probe`], and the interpreter must have ipykernel.
-pub fn probe_kernel_python(python: &Path) -> Result<Probe, PythonError> {
-    let p = probe(python)?;
-    if !p.has_ipykernel {
-        return Err(PythonError::NoIpykernel { python: p.executable });
+/// [`probe`], and the interpreter must have `module` (`ipykernel_launcher`: ipykernel).
+pub fn probe_kernel_python(python: &Path, module: &str) -> Result<Probe, PythonError> {
+    let p = probe(python, module)?;
+    if !p.has_module {
+        let package = match module {
+            "ipykernel_launcher" | "ipykernel" => "ipykernel".to_string(),
+            m => m.split('.').next().unwrap_or(m).replace('_', "-"),
+        };
+        return Err(PythonError::NoModule { python: p.executable, module: module.into(), package });
     }
     Ok(p)
 }
@@ -215,7 +221,7 @@ mod tests {
             base_prefix: base.clone(),
             base_exec_prefix: base.clone(),
             path: vec![base.join("lib/python3.11"), venv.join("lib/python3.11/site-packages")],
-            has_ipykernel: true,
+            has_module: true,
             ..Default::default()
         }
     }

@@ -530,7 +530,7 @@ fn batch_grading_runs_as_the_caller(fx: &Fixture) {
         &python,
         &format!(
             "#!/bin/sh\necho \"$(id -u) $(id -ru) $(id -g)\" >> {}\n\
-             echo '{{\"executable\": \"/usr/bin/python3\", \"prefix\": \"/usr\", \"has_ipykernel\": true}}'\n",
+             echo '{{\"executable\": \"/usr/bin/python3\", \"prefix\": \"/usr\", \"has_module\": true}}'\n",
             path_str(&record)
         ),
         0o755,

@@ -38,8 +38,8 @@ pub const EXIT_FAULT: u8 = 3;
 /// Stopped by SIGINT, SIGTERM or SIGHUP; what was graded stays graded.
 pub const EXIT_INTERRUPTED: u8 = 130;
 
-/// The kernelspec the workers use, in `.isolate-grade/<assignment>/jupyter`.
-pub const KERNEL_NAME: &str = "isolate-grade-batch";
+/// The batch's twins, in `.isolate-grade/<assignment>/jupyter/kernels`: this + kernel name.
+pub const TWIN_PREFIX: &str = "isolate-grade-batch-";
 
 #[derive(Debug, thiserror::Error)]
 pub enum GradeError {
@@ -148,39 +148,57 @@ pub fn execute(config: Option<PathBuf>, a: GradeArgs) -> Result<u8, GradeError> 
     } else {
         a.policy.clone()
     };
-    // The kernels' interpreter, asked as the instructor where it lives (nothing of the
-    // course may be among what it needs).
+    // nbgrader's Python and each kernel's runtime, asked as the instructor where they live
+    // (nothing of the course may be among what they need).
     let kernel_fault = |message: String| GradeError::Kernel { assignment: assignment.clone(), message };
-    let (probe, runtime) =
-        match crate::install::kernel_runtime(a.python.as_deref(), &policy, config.as_deref(), Some(&layout.course)) {
-            Ok(x) => x,
-            Err(e) if e.exit_code() == crate::report::EXIT_USAGE => return Err(e.into()),
-            Err(e) => return Err(kernel_fault(e.to_string())),
-        };
     let launcher = crate::install::Launcher::new(caller.via == "sudo", config.as_deref())?;
     preflight(&launcher, &policy)?;
+    let made = crate::install::Maker::new(
+        a.python.as_deref(),
+        &policy,
+        config.as_deref(),
+        Some(&layout.course),
+        launcher.kernel(Some(&policy)),
+    );
+    let maker = match made {
+        Ok(m) => m,
+        Err(e) if e.exit_code() == crate::report::EXIT_USAGE => return Err(e.into()),
+        Err(e) => return Err(kernel_fault(e.to_string())),
+    };
+    // The kernels the assignment's notebooks name, each sandboxed.
+    let notebooks = crate::install::read_notebooks(layout.source_notebooks());
+    let (specs, chosen) = batch_kernels(&maker, &notebooks).map_err(kernel_fault)?;
+    let twins = maker.twins(&chosen, TWIN_PREFIX).map_err(|e| kernel_fault(e.to_string()))?;
     // Without it a Ctrl-C would do nothing (the signals stay blocked): refuse to start instead.
     let signals = stop_signals().map_err(GradeError::Signals)?;
 
     let _lock = layout.lock()?;
-    let mut spec =
-        crate::install::kernelspec(launcher.kernel(Some(&policy)), &runtime, "Python 3 (isolate-grade batch)");
-    spec["metadata"]["isolate_grade"]["batch"] = serde_json::json!(assignment);
-    let spec_dir = layout.jupyter_path().join("kernels").join(KERNEL_NAME);
-    crate::install::write_kernelspec(&spec_dir, &spec)?;
-    // A real kernel, started as nbgrader will start each one, must answer and import what the
-    // assignment's notebooks import: else every student would get the same wrong verdict.
-    let notebooks = layout.source_notebooks();
-    let req = crate::preflight::Request {
-        kernel_name: KERNEL_NAME.into(),
-        jupyter_path: Some(layout.jupyter_path()),
-        notebooks,
-        expect_resource_dir: Some(spec_dir),
-    };
-    crate::preflight::run(&probe.executable, &req, &runtime).map_err(|e| kernel_fault(e.to_string()))?;
-    for note in &runtime.notes {
-        tracing::info!(note = %note, "kernel runtime");
+    let twins: Vec<_> = twins
+        .into_iter()
+        .map(|mut t| {
+            t.spec["metadata"]["isolate_grade"]["batch"] = serde_json::json!(assignment);
+            t
+        })
+        .collect();
+    // A real kernel of each, started as nbgrader will start it, must answer and load what the
+    // assignment's notebooks use: else every student would get the same wrong verdict.
+    let jupyter = layout.jupyter_path();
+    crate::install::install_twins(
+        &twins,
+        &jupyter.join("kernels"),
+        Some(&jupyter),
+        &maker.client.executable,
+        &notebooks,
+        &specs,
+    )
+    .map_err(|e| kernel_fault(e.to_string()))?;
+    for t in &twins {
+        tracing::info!(kernel = %t.wraps, twin = %t.name, binds = t.runtime.binds.len(), "sandboxed kernel");
+        for note in &t.runtime.notes {
+            tracing::info!(kernel = %t.wraps, note = %note, "kernel runtime");
+        }
     }
+    let (twin_names, languages) = crate::kernels::tables(&twins);
 
     // Who to grade: named students always; others unless graded before (or --force).
     let started = Instant::now();
@@ -221,13 +239,15 @@ pub fn execute(config: Option<PathBuf>, a: GradeArgs) -> Result<u8, GradeError> 
             course: layout.course.clone(),
             assignment: assignment.clone(),
             submitted: layout.staged_root_rel(),
-            kernel_name: KERNEL_NAME.into(),
+            twins: twin_names,
+            languages,
+            route: crate::kernels::ROUTE_PY.into(),
             jupyter_path: layout.jupyter_path(),
             lock: layout.gradebook_lock(),
             reports: layout.state.join("kernels"),
         },
         layout,
-        python: probe.executable.clone(),
+        python: maker.client.executable.clone(),
         student_timeout,
         limits: TreeLimits::default(),
         stop: AtomicBool::new(false),
@@ -492,6 +512,38 @@ fn nbgrader_error(a: &worker::Answer) -> String {
         .unwrap_or("nbgrader failed without saying why")
         .trim()
         .to_string()
+}
+
+/// The kernelspecs found, and those the notebooks need (`python3` when there are no source
+/// notebooks to read), or why a notebook could not be graded by any.
+fn batch_kernels(
+    maker: &crate::install::Maker,
+    notebooks: &[(PathBuf, serde_json::Value)],
+) -> Result<(Vec<crate::kernels::Spec>, Vec<crate::kernels::Spec>), String> {
+    let mut specs = maker.specs().map_err(|e| e.to_string())?;
+    if let Some(native) = maker.find(&specs, "python3").filter(|_| !specs.iter().any(|s| s.name == "python3")) {
+        specs.push(native); // so that its twin says what is missing (ipykernel)
+    }
+    let mut needed: Vec<String> = Vec::new();
+    for (path, nb) in notebooks {
+        let k = crate::kernels::route(nb, &specs).map_err(|why| {
+            let have: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
+            format!(
+                "{} can't be graded: {why} (kernelspecs here: {}). Install its kernel, or fix the notebook's \
+                 metadata (kernelspec, language_info), then `nbgrader generate_assignment` again",
+                path.display(),
+                have.join(", ")
+            )
+        })?;
+        if !needed.contains(&k) {
+            needed.push(k);
+        }
+    }
+    if needed.is_empty() {
+        needed.push("python3".into());
+    }
+    let chosen = needed.iter().filter_map(|k| specs.iter().find(|s| s.name == *k).cloned()).collect();
+    Ok((specs, chosen))
 }
 
 /// Fail closed before touching anything: one sandbox, started the way the kernels will be

@@ -6,8 +6,10 @@ as `NbGraderAPI.autograde` and formgrader call it), with three changes of config
 of behaviour:
 
 - the submissions are read from the checked copies the orchestrator made (`submitted_directory`);
-- every notebook runs in the sandboxed kernelspec the orchestrator wrote (`Execute.kernel_name`),
-  which writes its verdict to a directory per student and notebook (ISOLATE_GRADE_REPORT_DIR);
+- every notebook runs in the sandboxed twin (one of the kernelspecs the orchestrator wrote) of
+  the kernel its metadata names, routed by the same code `isolate-grade install` puts into
+  nbgrader_config.py (src/route.py), with the batch's twins; the twin writes its verdict to a
+  directory per student and notebook (ISOLATE_GRADE_REPORT_DIR);
 - every use of the gradebook holds an exclusive lock shared by all the workers. nbgrader opens
   the gradebook briefly and often; SQLite lets one writer in at a time, and a reader that wants
   to write while another process writes gets "database is locked" at once, without waiting
@@ -105,8 +107,11 @@ def setup(cfg):
     over = Config()
     over.CourseDirectory.root = cfg["course"]
     over.CourseDirectory.submitted_directory = cfg["submitted"]
-    over.Execute.kernel_name = cfg["kernel_name"]
     app.update_config(over)
+    # Replaces nbgrader's Execute step (or the one of install's block in the course's config).
+    route = {}
+    exec(compile(cfg["route"], "isolate-grade:route.py", "exec"), route)
+    route["_isolate_grade"](app.config, cfg["twins"], cfg["languages"])
     app.coursedir.root = cfg["course"]
     app.coursedir.submitted_directory = cfg["submitted"]
 

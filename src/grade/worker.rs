@@ -48,7 +48,10 @@ pub struct Setup {
     pub assignment: String,
     /// nbgrader's `submitted_directory`: our checked copies.
     pub submitted: PathBuf,
-    pub kernel_name: String,
+    /// The routing of `src/route.py`: kernel name to the batch's twin, twin to language.
+    pub twins: std::collections::BTreeMap<String, String>,
+    pub languages: std::collections::BTreeMap<String, String>,
+    pub route: String,
     pub jupyter_path: PathBuf,
     pub lock: PathBuf,
     pub reports: PathBuf,

@@ -1,0 +1,422 @@
+//! Kernelspecs, and their sandboxed twins.
+//!
+//! nbgrader starts each notebook's kernel through jupyter_client, by the kernelspec name the
+//! notebook names. A twin is a kernelspec of ours whose argv is `isolate-grade kernel [binds]
+//! -- <the original argv>`: the same kernel, started in the sandbox. What a twin binds comes
+//! from the kernel's own runtime, asked as the caller: a Python kernel (`python -m MODULE`:
+//! ipykernel, xeus-python, octave_kernel...) from its interpreter ([`crate::python`]), IRkernel
+//! from R ([`crate::rlang`]); any other program gets its executable only, and whatever else it
+//! needs comes from the policy (`[[bind]]`), which the preflight then proves.
+//!
+//! [`route`] picks a notebook's twin exactly as `src/route.py` does inside nbgrader (that file
+//! is the one nbgrader runs; this is for the batch's preflight, before anything is graded).
+
+use crate::python::{self, PythonError};
+use crate::rlang::{self, RError};
+use crate::runtime::{Context, Need, Runtime, RuntimeError};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// The routing code nbgrader runs (the config block, and the batch's workers).
+pub const ROUTE_PY: &str = include_str!("route.py");
+
+#[derive(Debug, thiserror::Error)]
+pub enum KernelsError {
+    #[error("{python}: {source}")]
+    Start { python: PathBuf, source: std::io::Error },
+    #[error("listing the kernelspecs with {python} failed:\n{stderr}")]
+    List { python: PathBuf, stderr: String },
+    #[error("kernelspec {name:?} ({dir}): {reason}")]
+    Unusable { name: String, dir: PathBuf, reason: String },
+    #[error("kernelspec {name:?}: {source}")]
+    Python { name: String, source: Box<PythonError> },
+    #[error("kernelspec {name:?}: {source}")]
+    R { name: String, source: Box<RError> },
+    #[error("kernelspec {name:?}: {source}")]
+    Runtime { name: String, source: Box<RuntimeError> },
+}
+
+/// A kernelspec as the Jupyter of nbgrader's Python finds it.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct Spec {
+    #[serde(default)]
+    pub name: String,
+    pub resource_dir: PathBuf,
+    pub argv: Vec<String>,
+    #[serde(default)]
+    pub display_name: String,
+    #[serde(default)]
+    pub language: String,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub interrupt_mode: Option<String>,
+    #[serde(default)]
+    pub metadata: Value,
+}
+
+impl Spec {
+    /// One of ours (a twin, or the batch's): never wrapped again.
+    pub fn is_twin(&self) -> bool {
+        self.metadata.get("isolate_grade").is_some()
+    }
+}
+
+const LIST: &str = r#"
+import json
+from jupyter_client.kernelspec import KernelSpecManager
+out = {}
+for name, d in KernelSpecManager().get_all_specs().items():
+    s = dict(d["spec"])
+    s["name"], s["resource_dir"] = name, d["resource_dir"]
+    out[name] = s
+print(json.dumps(out))
+"#;
+
+/// The variables that change where Jupyter finds kernelspecs: the listing sees the caller's.
+const JUPYTER_VARIABLES: &[&str] = &["JUPYTER_PATH", "JUPYTER_DATA_DIR", "JUPYTER_CONFIG_DIR"];
+
+/// Every kernelspec `python`'s Jupyter finds (as nbgrader run by it would), twins left out.
+/// `extra` goes first on `JUPYTER_PATH` (the batch's private kernelspecs).
+pub fn list(python: &Path) -> Result<Vec<Spec>, KernelsError> {
+    let mut env = python::scrubbed_env();
+    env.extend(JUPYTER_VARIABLES.iter().filter_map(|k| std::env::var(k).ok().map(|v| (k.to_string(), v))));
+    let out = std::process::Command::new(python)
+        .args(["-c", LIST])
+        .env_clear()
+        .envs(env)
+        .current_dir("/")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|source| KernelsError::Start { python: python.into(), source })?;
+    let stderr = || crate::escape::text(&String::from_utf8_lossy(&out.stderr));
+    if !out.status.success() {
+        return Err(KernelsError::List { python: python.into(), stderr: stderr() });
+    }
+    let found: BTreeMap<String, Spec> = serde_json::from_slice(&out.stdout)
+        .map_err(|e| KernelsError::List { python: python.into(), stderr: format!("{e}\n{}", stderr()) })?;
+    Ok(found.into_values().filter(|s| !s.is_twin()).collect())
+}
+
+/// The kernel jupyter_client starts for `python3` when no kernelspec says otherwise: the
+/// client's own interpreter with ipykernel.
+pub fn native_python3(client: &python::Probe) -> Spec {
+    Spec {
+        name: "python3".into(),
+        resource_dir: client.prefix.join("share/jupyter/kernels/python3"),
+        argv: ["python", "-m", "ipykernel_launcher", "-f", "{connection_file}"].map(String::from).into(),
+        display_name: "Python 3 (ipykernel)".into(),
+        language: "python".into(),
+        env: BTreeMap::new(),
+        interrupt_mode: None,
+        metadata: Value::Null,
+    }
+}
+
+/// How a kernel is started, read from its argv.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Kind {
+    /// `python -m MODULE ...` (ipykernel_launcher, xpython_launcher, octave_kernel...).
+    Python { module: String },
+    /// IRkernel: `R --slave -e IRkernel::main() --args {connection_file}`.
+    R,
+    /// Anything else: its executable, and what the policy binds.
+    Program,
+}
+
+pub fn kind(argv: &[String]) -> Kind {
+    let base = argv.first().and_then(|a| Path::new(a).file_name()).map(|n| n.to_string_lossy().into_owned());
+    match (base.as_deref(), argv.get(1).map(String::as_str), argv.get(2)) {
+        (_, Some("-m"), Some(module)) => Kind::Python { module: module.clone() },
+        (Some("R"), _, _) if argv.iter().any(|a| a.contains("IRkernel::main")) => Kind::R,
+        _ => Kind::Program,
+    }
+}
+
+/// The program a kernelspec's `argv[0]` names, as jupyter_client will start it: `python`,
+/// `python3` and `python3.X` (the client's version) are the client's own interpreter; a bare
+/// name is looked up on `PATH`; anything else must be absolute.
+pub fn executable(argv0: &str, client: &python::Probe) -> Result<PathBuf, String> {
+    let own = ["python".to_string(), "python3".to_string(), format!("python{}", client.version)];
+    if own.iter().any(|o| o == argv0) {
+        return Ok(client.executable.clone());
+    }
+    if argv0.contains('/') {
+        let p = PathBuf::from(argv0);
+        return if p.is_absolute() { Ok(p) } else { Err(format!("argv[0] {argv0:?} is a relative path")) };
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .filter(|d| d.is_absolute())
+        .map(|d| d.join(argv0))
+        .find(|p| is_executable(p))
+        .ok_or_else(|| format!("argv[0] {argv0:?} is not on PATH"))
+}
+
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+/// What the preflight checks in a started twin, besides its `kernel_info` answer.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(rename_all = "lowercase", tag = "check")]
+pub enum Check {
+    /// Imports (the kernel's module, the notebooks' top-level imports), compared with `python`
+    /// outside the sandbox.
+    Python { python: PathBuf, module: Option<String> },
+    /// `library()`/`require()` of the notebooks, compared with `r` outside.
+    R { r: PathBuf },
+    /// An empty cell runs.
+    Cell,
+}
+
+/// A sandboxed twin: its kernelspec, and what it was made from.
+#[derive(Debug, Clone)]
+pub struct Twin {
+    pub name: String,
+    pub wraps: String,
+    /// Lower case, as notebooks are matched against it.
+    pub language: String,
+    pub runtime: Runtime,
+    pub spec: Value,
+    pub check: Check,
+}
+
+/// The twin of `spec` named `name`: `launcher` is `[sudo -n] isolate-grade kernel [--policy P]`.
+/// `client` is nbgrader's Python (whose interpreter `python3` means), `ctx` what must never be
+/// bound.
+pub fn twin(
+    spec: &Spec,
+    name: &str,
+    launcher: &[String],
+    client: &python::Probe,
+    ctx: &Context,
+) -> Result<Twin, KernelsError> {
+    let unusable =
+        |reason: String| KernelsError::Unusable { name: spec.name.clone(), dir: spec.resource_dir.clone(), reason };
+    let Some(argv0) = spec.argv.first() else { return Err(unusable("its argv is empty".into())) };
+    if !spec.argv.iter().any(|a| a.contains("{connection_file}")) {
+        return Err(unusable("its argv has no {connection_file}".into()));
+    }
+    if let Some((k, _)) = spec.env.iter().find(|(k, v)| v.contains("${") || k.contains('=') || v.contains('\0')) {
+        return Err(unusable(format!("its env {k:?} can't be passed on as it is (a ${{...}} template?)")));
+    }
+    let exe = executable(argv0, client).map_err(&unusable)?;
+    let kind = kind(&spec.argv);
+    let (mut needs, check) = match &kind {
+        Kind::Python { module } => {
+            let wrap = |source| KernelsError::Python { name: spec.name.clone(), source: Box::new(source) };
+            let p = python::probe_kernel_python(&exe, module).map_err(wrap)?;
+            (python::needs(&p), Check::Python { python: p.executable.clone(), module: Some(module.clone()) })
+        }
+        Kind::R => {
+            let p = rlang::probe(&exe).map_err(|e| KernelsError::R { name: spec.name.clone(), source: Box::new(e) })?;
+            (rlang::needs(&p), Check::R { r: exe.clone() })
+        }
+        Kind::Program => (
+            crate::runtime::Needs {
+                executable: exe.clone(),
+                paths: vec![Need::new(&exe, "the kernel's program")],
+                bin_dir: exe.parent().map(Path::to_path_buf),
+                ..Default::default()
+            },
+            Check::Cell,
+        ),
+    };
+    if needs.runtime_dir.is_none() {
+        needs.runtime_dir = client.runtime_dir.clone();
+    }
+    // The kernelspec's own templates, as jupyter_client fills them (but {connection_file}).
+    let resource_dir = spec.resource_dir.display().to_string();
+    let prefix = client.prefix.display().to_string();
+    let mut inner: Vec<String> = spec.argv.clone();
+    inner[0] = needs.executable.display().to_string();
+    for a in inner.iter_mut().skip(1) {
+        if a.contains("{resource_dir}") {
+            *a = a.replace("{resource_dir}", &resource_dir);
+            if !needs.paths.iter().any(|n| n.path == spec.resource_dir) {
+                needs.paths.push(Need::new(&spec.resource_dir, "the kernelspec's resource directory"));
+            }
+        }
+        *a = a.replace("{prefix}", &prefix);
+    }
+    let ipykernel = matches!(&kind, Kind::Python { module } if module == "ipykernel_launcher" || module == "ipykernel");
+    if ipykernel {
+        // No history database in the sandbox's HOME. (Not `hist_file=:memory:`: nbclient adds
+        // that itself to kernels named python3, and IPython refuses it given twice.)
+        inner.insert(3, "--HistoryManager.enabled=False".into());
+    }
+    let runtime = crate::runtime::plan(&needs, ctx)
+        .map_err(|e| KernelsError::Runtime { name: spec.name.clone(), source: Box::new(e) })?;
+    for p in runtime.binds.iter().chain(&runtime.links) {
+        if p.to_string_lossy().contains(':') {
+            return Err(unusable(format!("{} has a ':' in its path, which a --bind can't name", p.display())));
+        }
+    }
+
+    let mut argv: Vec<String> = launcher.to_vec();
+    for b in &runtime.binds {
+        argv.extend(["--bind".into(), b.display().to_string()]);
+    }
+    for l in &runtime.links {
+        argv.extend(["--link".into(), l.display().to_string()]);
+    }
+    // The runtime's variables, then the kernelspec's own (jupyter_client would set those).
+    for (k, v) in runtime.env.iter().map(|(k, v)| (k, v)).chain(spec.env.iter()) {
+        argv.extend(["--env".into(), format!("{k}={v}")]);
+    }
+    argv.push("--".into());
+    argv.extend(inner);
+
+    let mut metadata = match &spec.metadata {
+        Value::Object(m) => Value::Object(m.clone()),
+        _ => json!({}),
+    };
+    metadata["isolate_grade"] = json!({ "version": env!("CARGO_PKG_VERSION"), "wraps": spec.name });
+    let display = if spec.display_name.is_empty() { spec.name.as_str() } else { spec.display_name.as_str() };
+    let mut out = json!({
+        "argv": argv,
+        "display_name": format!("{display} (sandboxed)"),
+        "language": spec.language,
+        "metadata": metadata,
+    });
+    // ipykernel: interrupts (nbgrader's cell timeout, and the one jupyter_client sends before
+    // every shutdown) go as interrupt_request on the control channel, in order with the
+    // shutdown_request behind them; ipykernel then signals itself. As SIGINT to this wrapper they
+    // were relayed through the sandbox's init and could land after the shutdown had begun:
+    // ipykernel 7.4 then aborted in libzmq ("pfd.revents & POLLIN", signaler.cpp) in 5 of 900
+    // kernels; 0 of 600 with messages, 0 of 300 bare (bench/shutdown.py). Other kernels keep
+    // their own mode: SIGINT reaches them through the sandbox's init.
+    if ipykernel {
+        out["interrupt_mode"] = json!("message");
+    } else if let Some(mode) = &spec.interrupt_mode {
+        out["interrupt_mode"] = json!(mode);
+    }
+    Ok(Twin {
+        name: name.to_string(),
+        wraps: spec.name.clone(),
+        language: spec.language.to_lowercase(),
+        runtime,
+        spec: out,
+        check,
+    })
+}
+
+/// The routing tables of [`ROUTE_PY`]: kernel name to twin (`python` is `python3`, as in
+/// jupyter_client), twin to language.
+pub fn tables(twins: &[Twin]) -> (BTreeMap<String, String>, BTreeMap<String, String>) {
+    let mut names: BTreeMap<String, String> = twins.iter().map(|t| (t.wraps.clone(), t.name.clone())).collect();
+    if let Some(t) = names.get("python3").cloned() {
+        names.entry("python".into()).or_insert(t);
+    }
+    let languages = twins.iter().map(|t| (t.name.clone(), t.language.clone())).collect();
+    (names, languages)
+}
+
+/// The kernel a notebook is started with (its kernelspec name, else the only kernelspec of its
+/// language, else `python3`), as [`ROUTE_PY`] decides it; `Err` says why it would not run.
+pub fn route(nb: &Value, specs: &[Spec]) -> Result<String, String> {
+    let md = &nb["metadata"];
+    let lang = md["kernelspec"]["language"]
+        .as_str()
+        .or(md["language_info"]["name"].as_str())
+        .filter(|l| !l.is_empty())
+        .map(str::to_lowercase);
+    let spec_lang = |n: &str| {
+        let n = if n == "python" { "python3" } else { n };
+        specs.iter().find(|s| s.name == n).map(|s| s.language.to_lowercase())
+    };
+    let name = match md["kernelspec"]["name"].as_str().filter(|n| !n.is_empty()) {
+        Some(n) => n.to_string(),
+        None => match &lang {
+            Some(l) if l == "python" && spec_lang("python3").is_some() => "python3".into(),
+            Some(l) => {
+                let found: Vec<&Spec> = specs.iter().filter(|s| s.language.to_lowercase() == *l).collect();
+                match found.as_slice() {
+                    [one] => one.name.clone(),
+                    _ => return Err(format!("it names no kernel, and {} kernelspecs are for {l:?}", found.len())),
+                }
+            }
+            None => "python3".into(),
+        },
+    };
+    match (spec_lang(&name), &lang) {
+        (None, _) => Err(format!("its kernel {name:?} is not a kernelspec here")),
+        (Some(have), Some(want)) if have != *want => {
+            Err(format!("it is in {want:?}, but its kernel {name:?} runs {have:?}"))
+        }
+        _ => Ok(if name == "python" { "python3".into() } else { name }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(name: &str, language: &str, argv: &[&str]) -> Spec {
+        Spec {
+            name: name.into(),
+            resource_dir: format!("/k/{name}").into(),
+            argv: argv.iter().map(|a| a.to_string()).collect(),
+            display_name: name.into(),
+            language: language.into(),
+            env: Default::default(),
+            interrupt_mode: None,
+            metadata: Value::Null,
+        }
+    }
+
+    #[test]
+    fn kernels_are_told_apart_by_how_they_start() {
+        let k = |argv: &[&str]| kind(&argv.iter().map(|a| a.to_string()).collect::<Vec<_>>());
+        assert_eq!(
+            k(&["python", "-m", "ipykernel_launcher", "-f", "{connection_file}"]),
+            Kind::Python { module: "ipykernel_launcher".into() }
+        );
+        assert_eq!(
+            k(&["python3.11", "-m", "xpython_launcher", "-f", "{connection_file}"]),
+            Kind::Python { module: "xpython_launcher".into() }
+        );
+        assert_eq!(k(&["R", "--slave", "-e", "IRkernel::main()", "--args", "{connection_file}"]), Kind::R);
+        assert_eq!(k(&["/usr/lib/R/bin/R", "-e", "IRkernel::main()", "{connection_file}"]), Kind::R);
+        assert_eq!(k(&["R", "-e", "other::main()", "{connection_file}"]), Kind::Program);
+        assert_eq!(k(&["/opt/julia/bin/julia", "-i", "kernel.jl", "{connection_file}"]), Kind::Program);
+    }
+
+    #[test]
+    fn python_names_are_the_clients_interpreter_as_in_jupyter_client() {
+        let client = python::Probe { executable: "/v/bin/python".into(), version: "3.11".into(), ..Default::default() };
+        for own in ["python", "python3", "python3.11"] {
+            assert_eq!(executable(own, &client).unwrap(), Path::new("/v/bin/python"));
+        }
+        assert!(executable("python3.12", &client).map_or(true, |p| p != Path::new("/v/bin/python")));
+        assert!(executable("bin/R", &client).is_err());
+        assert_eq!(executable("/usr/bin/R", &client).unwrap(), Path::new("/usr/bin/R"));
+    }
+
+    #[test]
+    fn notebooks_are_routed_by_name_then_language_never_across_languages() {
+        let specs = [
+            spec("python3", "python", &["python"]),
+            spec("ir", "R", &["R"]),
+            spec("xpython", "python", &["python3.11"]),
+        ];
+        let nb = |ks: Value, li: Value| json!({"metadata": {"kernelspec": ks, "language_info": li}});
+        let r = |n: &Value| route(n, &specs);
+        assert_eq!(r(&nb(json!({"name": "ir", "language": "R"}), Value::Null)).unwrap(), "ir");
+        assert_eq!(r(&nb(json!({"name": "xpython"}), json!({"name": "python"}))).unwrap(), "xpython");
+        assert_eq!(r(&nb(json!({"name": "python"}), Value::Null)).unwrap(), "python3");
+        assert_eq!(r(&nb(Value::Null, json!({"name": "R"}))).unwrap(), "ir");
+        assert_eq!(r(&nb(Value::Null, json!({"name": "python"}))).unwrap(), "python3");
+        assert_eq!(r(&json!({"metadata": {}})).unwrap(), "python3");
+        let e = r(&nb(json!({"name": "python3", "language": "R"}), Value::Null)).unwrap_err();
+        assert!(e.contains("runs \"python\""), "{e}");
+        let e = r(&nb(json!({"name": "julia-1.10"}), Value::Null)).unwrap_err();
+        assert!(e.contains("not a kernelspec"), "{e}");
+        let e = r(&nb(Value::Null, json!({"name": "octave"}))).unwrap_err();
+        assert!(e.contains("0 kernelspecs"), "{e}");
+    }
+}
