@@ -36,8 +36,10 @@ CELLS = ["def squares(n):\n    return [i * i for i in range(1, n + 1)]", "print(
 
 def kernelspec(binary, mode):
     name = f"isolate-grade-shutdown-{mode}"
-    subprocess.run([str(binary), "install", "--python", sys.executable, "--name", name],
+    subprocess.run([str(binary), "install", "--python", sys.executable, "--kernel", "python3", "--twin-prefix",
+                    f"{name}-"],
                    check=True, capture_output=True)
+    name += "-python3"
     spec = Path(sys.prefix) / "share" / "jupyter" / "kernels" / name / "kernel.json"
     k = json.loads(spec.read_text())
     k["interrupt_mode"] = mode

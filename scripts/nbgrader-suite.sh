@@ -2,8 +2,8 @@
 # nbgrader's own autograde tests (shipped in its wheel: nbgrader/tests/apps/
 # test_nbgrader_autograde.py) as the compatibility bar, with every kernel sandboxed, two ways:
 #
-#   python3  the sandboxed kernelspec installed under the name `python3` (what an admin does
-#            to sandbox every Python notebook): `isolate-grade install --name python3`
+#   python3  the sandboxed twin installed under the name `python3` itself (what an admin does
+#            to sandbox every Python notebook): `install --kernel python3 --twin-prefix ""`
 #   config   the default name, `isolate-grade-python3`, chosen by the block `install --course`
 #            writes, here into an nbgrader_config.py on JUPYTER_CONFIG_DIR
 #
@@ -43,12 +43,12 @@ for variant in "${@:-python3 config}"; do
     cfg=$(mktemp -d /tmp/isolate-grade-suite-config.XXXXXX)
     case $v in
       python3)
-        "$ig" install --python "$venv/bin/python" --name python3 >/dev/null
+        "$ig" install --python "$venv/bin/python" --kernel python3 --twin-prefix "" >/dev/null
         ;;
       config)
         # ipykernel's own python3 back, and the sandboxed kernel by name from the config block
         "$venv/bin/python" -m ipykernel install --sys-prefix >/dev/null
-        "$ig" install --python "$venv/bin/python" --course "$cfg" >/dev/null
+        "$ig" install --python "$venv/bin/python" --kernel python3 --course "$cfg" >/dev/null
         ;;
       *) echo "nbgrader-suite: unknown variant $v" >&2; exit 2 ;;
     esac

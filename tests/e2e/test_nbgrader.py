@@ -21,7 +21,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 BIN = ROOT / "target" / "debug" / "isolate-grade"
 COURSE = ROOT / "fixtures" / "course"
-KERNEL = "isolate-grade-e2e"
+KERNEL = "isolate-grade-e2e-python3"
 # Every fixture student: with the sandbox, heidi's 50 MB cell is cut at the output limit
 # and interrupted, and her grades (the cell is not a graded one) are still bare nbgrader's.
 BENIGN = ["alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan", "judy"]
@@ -34,7 +34,8 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0 and os.environ.get("CI") != "t
 def sandbox_env(tmp_path_factory):
     """The kernelspec installed into the venv, and the environment the graders run with."""
     assert os.geteuid() == 0, "the e2e tests run as root (CI=true)"
-    subprocess.run([str(BIN), "install", "--python", sys.executable, "--name", KERNEL], check=True)
+    subprocess.run([str(BIN), "install", "--python", sys.executable, "--kernel", "python3", "--twin-prefix",
+                    "isolate-grade-e2e-"], check=True)
     reports = tmp_path_factory.mktemp("kernel-reports")
     env = dict(os.environ)
     env["ISOLATE_GRADE_CONFIG"] = str(ROOT / "fixtures/config/test.toml")

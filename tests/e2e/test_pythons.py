@@ -22,6 +22,7 @@ working directory; that file must then be in `autograded/` as bare nbgrader leav
 """
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -161,8 +162,10 @@ def test_sandboxed_grades_equal_bare_in_every_environment(name, pythons, tmp_pat
     bare.nbgrader("autograde", "env1")
     assert bare.scores() == EXPECTED, "bare nbgrader itself grades as expected"
 
-    kernel = f"isolate-grade-test-{name}"
-    r = subprocess.run([str(BIN), "install", "--python", str(py.python), "--course", str(plain.root), "--name", kernel],
+    prefix = f"isolate-grade-test-{name}-"
+    kernel = prefix + "python3"
+    r = subprocess.run([str(BIN), "install", "--python", str(py.python), "--course", str(plain.root), "--kernel", "python3",
+                        "--twin-prefix", prefix],
                        env=py.run_env(), capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
     # the batch grades a course whose nbgrader_config.py has install's block too
@@ -235,13 +238,28 @@ def test_an_interpreter_without_ipykernel_is_refused_before_grading(project_pyth
     r = subprocess.run([str(BIN), "env1", "--course", str(c.root), "--python", str(py)], env=env,
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 3, r.stdout + r.stderr
-    assert f"{py} has no ipykernel" in r.stderr and "pip install ipykernel" in r.stderr, r.stderr
+    assert f"{py} has no module jupyter_client" in r.stderr and "pip install jupyter-client" in r.stderr, r.stderr
     nothing_graded(c)
     r = subprocess.run([str(BIN), "install", "--python", str(py)], env=env, capture_output=True, text=True)
-    assert r.returncode == 3 and "has no ipykernel" in r.stderr, r.stdout + r.stderr
+    assert r.returncode == 3 and "has no module jupyter_client" in r.stderr, r.stdout + r.stderr
     assert not (no_ipykernel / "share" / "jupyter" / "kernels").exists()
     r = subprocess.run([str(BIN), "check", "--python", str(py)], env=env, capture_output=True, text=True)
-    assert r.returncode == 1 and "FAIL python" in r.stdout and "has no ipykernel" in r.stdout, r.stdout
+    assert r.returncode == 1 and "FAIL python" in r.stdout and "has no module jupyter_client" in r.stdout, r.stdout
+    # nbgrader's Python has jupyter_client but the kernel's has no ipykernel: a python3
+    # kernelspec naming an interpreter without it
+    with_client = tmp_path / "client-venv"
+    subprocess.run(["/usr/bin/python3.11", "-m", "venv", "--system-site-packages", str(with_client)], check=True)
+    (with_client / "lib/python3.11/site-packages/project.pth").write_text(
+        subprocess.run([sys.executable, "-c", "import jupyter_client, os; print(os.path.dirname(os.path.dirname(jupyter_client.__file__)))"],
+                       capture_output=True, text=True).stdout)
+    spec = with_client / "share/jupyter/kernels/python3"
+    spec.mkdir(parents=True)
+    (spec / "kernel.json").write_text(json.dumps({"argv": [str(py), "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+                                                  "display_name": "no ipykernel", "language": "python"}))
+    r = subprocess.run([str(BIN), "install", "--python", str(with_client / "bin/python"), "--kernel", "python3"], env=env,
+                       capture_output=True, text=True)
+    assert r.returncode == 3 and f"{py} has no module ipykernel_launcher" in r.stderr, r.stdout + r.stderr
+    assert "pip install ipykernel" in r.stderr, r.stderr
 
 
 def test_modules_the_sandboxed_kernel_cannot_import_are_refused_before_grading(project_python, tmp_path):
@@ -259,9 +277,9 @@ def test_modules_the_sandboxed_kernel_cannot_import_are_refused_before_grading(p
     assert r.returncode == 3, r.stdout + r.stderr
     err = r.stderr
     assert "the notebooks import modules that the sandboxed kernel" in err, err
-    assert "reads_host_config: imports outside the sandbox" in err and "but not inside: FileNotFoundError" in err, err
+    assert "reads_host_config: loads outside the sandbox" in err and "but not inside: FileNotFoundError" in err, err
     assert "cannot grade env1, so nothing was graded" in err, err
-    assert "not_installed_anywhere_q7: cannot be imported outside the sandbox either: ModuleNotFoundError" in err, err
+    assert "not_installed_anywhere_q7: cannot be loaded outside the sandbox either: ModuleNotFoundError" in err, err
     nothing_graded(c)
 
 
@@ -285,9 +303,11 @@ def test_a_notebook_whose_kernel_has_no_twin_is_never_run(project_python, tmp_pa
     ]
     c = make_course(tmp_path / "c", project_python, cells, {"alice": "answer <- function() 42"}, kernel="ir",
                     language="R")
-    kernel = "isolate-grade-test-twin"
+    # only Python is sandboxed here (IRkernel may well be installed: the twin is not asked for)
+    kernel = "isolate-grade-test-twin-python3"
     r = subprocess.run([str(BIN), "install", "--python", str(project_python.python), "--course", str(c.root),
-                        "--name", kernel], env=project_python.run_env(), capture_output=True, text=True, timeout=300)
+                        "--kernel", "python3", "--twin-prefix", "isolate-grade-test-twin-"], env=project_python.run_env(),
+                       capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
     try:
         reports = tmp_path / "reports"
