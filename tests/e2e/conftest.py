@@ -75,31 +75,52 @@ class Course:
         return out
 
 
+@dataclass
+class Notebook:
+    """One source notebook of an assignment: its cells and the kernel its metadata names."""
+
+    name: str
+    cells: List
+    kernel: str = "python3"
+    language: str = "python"
+
+
+def make_assignment(root: Path, python: Python, notebooks: List[Notebook], answers: Dict[str, Dict[str, str]],
+                    assignment: str = "env1", config: str = "") -> Course:
+    """A course with one assignment of several notebooks (any kernels). The cell with grade_id
+    `answer` of each is the solution; each student's submission has it replaced by
+    `answers[student][notebook]` (a notebook a student has no answer for keeps the release's)."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "nbgrader_config.py").write_text(
+        "c = get_config()\nc.CourseDirectory.course_id = 'env-course'\n" + config)
+    src = root / "source" / assignment
+    src.mkdir(parents=True)
+    for n in notebooks:
+        nb = nbformat.v4.new_notebook()
+        nb.metadata["kernelspec"] = {"name": n.kernel, "display_name": n.kernel, "language": n.language}
+        nb.cells = n.cells
+        nbformat.write(nb, src / f"{n.name}.ipynb")
+    c = Course(root, assignment, notebooks[0].name, python)
+    c.nbgrader("generate_assignment", assignment, "--force")
+    for student, mine in answers.items():
+        sub = root / "submitted" / student / assignment
+        sub.mkdir(parents=True)
+        for n in notebooks:
+            released = nbformat.read(root / "release" / assignment / f"{n.name}.ipynb", as_version=4)
+            for cell in released.cells:
+                if cell.metadata.get("nbgrader", {}).get("grade_id") == "answer" and n.name in mine:
+                    cell.source = mine[n.name]
+            nbformat.write(released, sub / f"{n.name}.ipynb")
+        (sub / "timestamp.txt").write_text("2026-11-30 09:00:00.000000 UTC")
+    return c
+
+
 def make_course(root: Path, python: Python, cells: List, answers: Dict[str, str], assignment: str = "env1",
                 notebook: str = "env", kernel: str = "python3", language: str = "python") -> Course:
     """`cells` is the source notebook; the cell with grade_id `answer` is the solution, and
     each student's submission has it replaced by `answers[student]`."""
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "nbgrader_config.py").write_text("c = get_config()\nc.CourseDirectory.course_id = 'env-course'\n")
-    nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {"name": kernel, "display_name": kernel, "language": language}
-    nb.cells = cells
-    src = root / "source" / assignment
-    src.mkdir(parents=True)
-    nbformat.write(nb, src / f"{notebook}.ipynb")
-    c = Course(root, assignment, notebook, python)
-    c.nbgrader("generate_assignment", assignment, "--force")
-    released = nbformat.read(root / "release" / assignment / f"{notebook}.ipynb", as_version=4)
-    for student, answer in answers.items():
-        sub = root / "submitted" / student / assignment
-        sub.mkdir(parents=True)
-        mine = nbformat.from_dict(json.loads(json.dumps(released)))
-        for cell in mine.cells:
-            if cell.metadata.get("nbgrader", {}).get("grade_id") == "answer":
-                cell.source = answer
-        nbformat.write(mine, sub / f"{notebook}.ipynb")
-        (sub / "timestamp.txt").write_text("2026-11-30 09:00:00.000000 UTC")
-    return c
+    return make_assignment(root, python, [Notebook(notebook, cells, kernel, language)],
+                           {s: {notebook: a} for s, a in answers.items()}, assignment)
 
 
 def copy_course(c: Course, dst: Path) -> Course:
