@@ -40,6 +40,7 @@ FUZZ_SECONDS=${FUZZ_SECONDS:-60} bash scripts/fuzz.sh
 part "end to end, with real nbgrader (project venv; tests/e2e)"
 bash scripts/venv.sh
 .venv/bin/python -m pip install -q -r scripts/requirements-dev.txt
+bash scripts/kernels.sh # IRkernel (Debian) and xeus-python (PyPI) for tests/e2e/test_kernels.py
 .venv/bin/python -m pytest -q tests/e2e 2>&1 | tee target/e2e-output.txt
 # the adversarial suite's summary (tests/e2e/test_attacks.py writes it)
 cat target/attack-summary.txt
