@@ -210,7 +210,13 @@ pub fn twin(
         Kind::Python { module } => {
             let wrap = |source| KernelsError::Python { name: spec.name.clone(), source: Box::new(source) };
             let p = python::probe_kernel_python(&exe, module).map_err(wrap)?;
-            (python::needs(&p), Check::Python { python: p.executable.clone(), module: Some(module.clone()) })
+            // A Python program may run another language (octave_kernel drives Octave).
+            let check = if spec.language.eq_ignore_ascii_case("python") {
+                Check::Python { python: p.executable.clone(), module: Some(module.clone()) }
+            } else {
+                Check::Cell
+            };
+            (python::needs(&p), check)
         }
         Kind::R => {
             let p = rlang::probe(&exe).map_err(|e| KernelsError::R { name: spec.name.clone(), source: Box::new(e) })?;

@@ -210,7 +210,9 @@ impl Root {
     /// mknod, as Docker does: five syscalls instead of ten mounts), the usual `/dev/fd`
     /// symlinks, no tty, and a size-capped `/dev/shm`. This one mount can't be `nodev`, or its
     /// devices would not work; it is read-only and `noexec`, and the program can't mknod.
-    pub fn dev(&mut self, sys: &impl Sys, shm_size: u64) -> Result<(), MountError> {
+    /// With `ptys > 0`, a devpts instance of the sandbox's own at `/dev/pts` (`newinstance`:
+    /// none of the host's terminals are in it; at most `ptys` of them) and `/dev/ptmx` to it.
+    pub fn dev(&mut self, sys: &impl Sys, shm_size: u64, ptys: u32) -> Result<(), MountError> {
         let dev = Path::new("/dev");
         self.tmpfs(sys, "/dev", 64 << 10, "0755", MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC)?;
         let (parent, name) = self.mount_point(dev, Kind::Dir)?;
@@ -228,6 +230,16 @@ impl Root {
             self.symlink(Path::new(link), Path::new(to))?;
         }
         self.tmpfs(sys, "/dev/shm", shm_size, "1777", NOSUID_NODEV)?;
+        if ptys > 0 {
+            let pts = Path::new("/dev/pts");
+            let (pts_parent, pts_name) = self.mount_point(pts, Kind::Dir)?;
+            let at = reopen(&pts_parent, &pts_name, pts)?;
+            // Slaves belong to whoever opens /dev/ptmx (the sandbox's uid), mode 0600.
+            let data = format!("newinstance,ptmxmode=0666,mode=0600,max={ptys}");
+            sys.mount(Some(Path::new("devpts")), &fd_path(&at), Some("devpts"), MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, Some(&data))
+                .map_err(|source| MountError::Sys { target: pts.into(), source })?;
+            self.symlink(Path::new("/dev/ptmx"), Path::new("pts/ptmx"))?;
+        }
         let at = reopen(&parent, &name, dev)?;
         sys.mount(
             None,

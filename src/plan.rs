@@ -29,6 +29,8 @@ pub struct Plan {
     pub hostname: String,
     pub workdir: PathBuf,
     pub proc: ProcMode,
+    /// Pseudo-terminals in a devpts of the sandbox's own (0: none).
+    pub ptys: u32,
     pub uid: u32,
     pub landlock: LandlockMode,
     pub landlock_rules: LandlockRules,
@@ -133,7 +135,7 @@ pub fn enter_sandbox<S: Sys>(sys: &S, mut p: Plan, ch: Channels) -> Result<Pid, 
     let mut root = Root::create(sys, &p.root_dir).at(RootFs)?;
     // 4. The sandbox's own filesystems before the binds, so binds may target beneath /tmp.
     root.tmpfs(sys, "/tmp", p.limits.tmp_size, "1777", NOSUID_NODEV).at(Tmp)?;
-    root.dev(sys, p.limits.shm_size).at(Dev)?;
+    root.dev(sys, p.limits.shm_size, p.ptys).at(Dev)?;
     // 5. procfs of our own PID namespace: we are PID 1 here, so it shows only the sandbox.
     root.proc(sys, p.proc).at(Proc)?;
     // 6. The policy's binds, parents first, from fds opened as the caller; then those fds are
@@ -245,6 +247,7 @@ mod tests {
             hostname: "sandbox".into(),
             workdir: "/tmp".into(),
             proc: ProcMode::PidsOnly,
+            ptys: 0,
             uid: 60007,
             landlock: LandlockMode::Auto,
             landlock_rules: LandlockRules::default(),
@@ -308,6 +311,28 @@ mod tests {
             calls.iter().any(|c| c == "mount proc /proc proc [nosuid,nodev,noexec] hidepid=2,subset=pid"),
             "{calls:#?}"
         );
+    }
+
+    /// A policy's ptys: a devpts instance of the sandbox's own under the read-only /dev, capped;
+    /// none at all by default.
+    #[test]
+    fn ptys_are_a_devpts_of_the_sandboxs_own() {
+        let devpts = "mount devpts /dev/pts devpts [nosuid,noexec] newinstance,ptmxmode=0666,mode=0600,max=8";
+        for ptys in [0, 8] {
+            let root = tempfile::tempdir().unwrap();
+            let sys = FakeSys { root: Some(root.path().into()), ..Default::default() };
+            let mut p = plan(root.path());
+            p.ptys = ptys;
+            let _ = enter_sandbox(&sys, p, CH);
+            let calls = sys.calls();
+            if ptys == 0 {
+                assert!(!calls.iter().any(|c| c.contains("devpts")), "{calls:#?}");
+                continue;
+            }
+            let at = calls.iter().position(|c| c == devpts).unwrap_or_else(|| panic!("{calls:#?}"));
+            assert!(position(&calls, "mount tmpfs /dev/shm") < at, "{calls:#?}");
+            assert!(at < position(&calls, "mount none /dev - [remount,bind,ro"), "{calls:#?}");
+        }
     }
 
     #[test]

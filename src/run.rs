@@ -122,6 +122,10 @@ pub fn prepare(config_override: Option<PathBuf>, a: &SandboxArgs, command: &[OsS
         .filter(|(d, _, _)| ["null", "zero", "full"].contains(d))
         .map(|(d, _, _)| PathBuf::from(format!("/dev/{d}")))
         .collect();
+    if policy.ptys > 0 {
+        // opening /dev/ptmx (a link to pts/ptmx) and the slaves it makes
+        landlock_rules.write.push("/dev/pts".into());
+    }
     for b in &binds {
         if let Some(source) = caller.open_bind_source(&b.source, b.writable, b.optional, b.symlink)? {
             if b.writable {
@@ -178,6 +182,7 @@ impl Prepared {
             hostname: self.policy.hostname,
             workdir: self.workdir,
             proc: self.policy.proc,
+            ptys: self.policy.ptys,
             uid,
             landlock: self.policy.landlock,
             landlock_rules: self.landlock_rules,

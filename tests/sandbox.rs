@@ -68,7 +68,8 @@ fn probe_sees_only_the_sandbox() {
     assert_eq!(seen["rlimits"]["core"], serde_json::json!([0, 0]));
     assert_eq!(seen["rlimits"]["nofile"], serde_json::json!([256, 256]));
     // every mount nosuid and nodev, but /dev, whose five devices need dev: it is read-only
-    // and noexec instead; the root and the runtime are read-only
+    // and noexec instead; and the sandbox's own devpts (the default policy's 8 ptys), noexec,
+    // a new instance capped at 8; the root and the runtime are read-only
     let has = |opts: &str, o: &str| opts.split(',').any(|x| x == o);
     for m in seen["mounts"].as_array().unwrap() {
         let opts = m["options"].as_str().unwrap();
@@ -76,6 +77,10 @@ fn probe_sees_only_the_sandbox() {
         assert!(has(opts, "nosuid"), "{mp}: {opts}");
         if mp == "/dev" {
             assert!(has(opts, "ro") && has(opts, "noexec"), "{mp}: {opts}");
+        } else if mp == "/dev/pts" {
+            let sup = m["super_options"].as_str().unwrap();
+            assert!(has(opts, "noexec") && m["fstype"] == "devpts", "{mp}: {opts}");
+            assert!(has(sup, "max=8") && has(sup, "ptmxmode=666") && has(sup, "mode=600"), "{mp}: {sup}");
         } else {
             assert!(has(opts, "nodev"), "{mp}: {opts}");
         }

@@ -114,7 +114,14 @@ pub struct Policy {
     pub proc: ProcMode,
     pub landlock: LandlockMode,
     pub seccomp: SeccompAction,
+    /// At most this many pseudo-terminals, in a devpts instance of the sandbox's own (`0`:
+    /// no `/dev/ptmx` at all). Kernels that drive a REPL through a pty need them (pexpect:
+    /// `octave_kernel` and other metakernel kernels). Never the caller's terminal.
+    pub ptys: u32,
 }
+
+/// The most pseudo-terminals a policy may give.
+pub const MAX_PTYS: u32 = 64;
 
 impl Policy {
     /// Parse and validate policy text; `file` is only used in error messages.

@@ -67,6 +67,8 @@ pub struct SandboxFile {
     pub proc: Option<String>,
     pub landlock: Option<String>,
     pub seccomp: Option<String>,
+    /// Pseudo-terminals the program may open, in a devpts of its own (0: none, no /dev/ptmx).
+    pub ptys: Option<u32>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -79,6 +79,11 @@ pub(super) fn validate(file: &str, name: String, raw: schema::PolicyFile) -> Res
         env.push((k.clone(), v.clone()));
     }
 
+    let ptys = s.ptys.unwrap_or(0);
+    if ptys > super::MAX_PTYS {
+        return Err(err("sandbox.ptys", format!("{ptys} is more than {}", super::MAX_PTYS)));
+    }
+
     Ok(Policy {
         name,
         description: raw.description.unwrap_or_default(),
@@ -90,6 +95,7 @@ pub(super) fn validate(file: &str, name: String, raw: schema::PolicyFile) -> Res
         proc,
         landlock,
         seccomp,
+        ptys,
     })
 }
 
@@ -296,6 +302,7 @@ mod tests {
     fn bad_env_and_modes_are_errors() {
         assert!(invalid(&GOOD.replace("PATH = ", "\"A-B\" = ")).starts_with("t.toml: env.A-B: "));
         assert!(invalid(&GOOD.replace("PATH = ", "\"1A\" = ")).starts_with("t.toml: env.1A: "));
+        assert!(invalid(&GOOD.replace("workdir = \"/work\"", "ptys = 65")).contains("sandbox.ptys: 65 is more than 64"));
         assert!(invalid(&GOOD.replace("workdir = \"/work\"", "proc = \"some\""))
             .starts_with("t.toml: sandbox.proc: unknown value"));
         assert!(invalid(&GOOD.replace("workdir = \"/work\"", "landlock = \"yes\""))

@@ -28,7 +28,7 @@ from conftest import BIN, Course, Notebook, copy_course, make_assignment, nb_cel
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 and os.environ.get("CI") != "true", reason="needs root")
 
 # nbgrader's own cell timeout, short: the R infinite loop is interrupted after it
-CONFIG = "c.Execute.timeout = 5\n"
+CONFIG = "c.Execute.timeout = 5\nc.Execute.iopub_timeout = 60\n"
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -36,7 +36,7 @@ def kernels_installed():
     have = subprocess.run([sys.executable, "-m", "jupyter", "kernelspec", "list", "--json"], capture_output=True,
                           text=True, check=True)
     specs = json.loads(have.stdout)["kernelspecs"]
-    missing = [k for k in ("ir", "xpython") if k not in specs]
+    missing = [k for k in ("ir", "xpython", "octave") if k not in specs]
     assert not missing, f"kernelspecs {missing} missing: run `bash scripts/kernels.sh` (scripts/test.sh does)"
 
 
@@ -171,12 +171,14 @@ def test_an_r_assignment_is_graded_in_the_sandboxed_irkernel_as_bare(project_pyt
         add_student(c, "dave", "r", r_probe(c.root))
         # 40 MB a step until the 1 GiB memory limit (never run bare)
         add_student(c, "frank", "r", "hog <- list()\nrepeat hog[[length(hog) + 1]] <- numeric(5e6)")
+        # 40 MB of output: cut at the 16 MB output limit, the cell interrupted, graded on
+        add_student(c, "heidi", "r", 'square <- function(x) x^2\nfor (i in 1:40) cat(strrep("x", 1e6), "\\n")')
 
     verdicts, out = plain_autograde(plain, tmp_path, "isolate-grade-test-r-", "ir")
-    assert sum(v["status"] == "memory-limit" for v in verdicts) == 1, verdicts
+    assert sorted(v["status"] for v in verdicts if v["status"] != "ok") == ["memory-limit", "output-limit"], verdicts
     got = points(plain)
     assert {s: got[s] for s in want} == want, out.stdout + out.stderr
-    assert got["dave"] == 5.0
+    assert got["dave"] == 5.0 and got["heidi"] == 5.0
     assert_sandboxed_probe(plain, "dave")
 
     r, rep = batch(batched, tmp_path)
@@ -184,10 +186,11 @@ def test_an_r_assignment_is_graded_in_the_sandboxed_irkernel_as_bare(project_pyt
     by = {s["student"]: s for s in rep["students"]}
     assert by["frank"]["verdict"] == "memory-limit", by["frank"]
     assert [nb["verdict"] for nb in by["frank"]["notebooks"]] == ["memory-limit"]
-    for s in [*want, "dave"]:
+    for s in [*want, "dave", "heidi"]:
         assert by[s]["verdict"] == "graded", by[s]
+    assert [nb["verdict"] for nb in by["heidi"]["notebooks"]] == ["output-limit"]
     got = points(batched)
-    assert {s: got[s] for s in want} == want
+    assert {s: got[s] for s in want} == want and got["heidi"] == 5.0
     assert_sandboxed_probe(batched, "dave")
     assert "language=R" in (batched.root / "autograded/dave/r1/probe.txt").read_text()
 
@@ -218,6 +221,57 @@ def test_xeus_python_a_kernel_not_built_on_ipykernel_is_graded_as_bare(project_p
     spec = json.loads((batched.root / ".isolate-grade/x1/jupyter/kernels/isolate-grade-batch-xpython/kernel.json")
                       .read_text())
     assert spec["argv"][-4:] == ["-m", "xpython_launcher", "-f", "{connection_file}"], spec
+
+
+def octave_notebook() -> Notebook:
+    return Notebook("m", [
+        nb_cell("code", "function y = square(x)\n  ### BEGIN SOLUTION\n  y = x .^ 2;\n  ### END SOLUTION\nend",
+                grade_id="answer", solution=True),
+        nb_cell("code", "assert(square(3) == 9)", grade_id="test_three", points=2),
+        nb_cell("code", "assert(isequal(square([1 2 3]), [1 4 9]))", grade_id="test_vector", points=3),
+    ], kernel="octave", language="octave")
+
+
+OCTAVE_ANSWERS = {"alice": "function y = square(x)\n  y = x .^ 2;\nend",
+                  "bob": "function y = square(x)\n  y = x * 3;\nend",
+                  "carol": "function y = square(x)\n  error('no');\nend"}
+
+
+def octave_probe(course: Path) -> str:
+    return f"""function y = square(x)
+  y = x .^ 2;
+end
+[~, uid] = system('id -u');
+[~, ifaces] = system('tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d " " | sort | paste -sd,');
+f = fopen('probe.txt', 'w');
+fprintf(f, 'uid=%s\\nifaces=%s\\n', strtrim(uid), strtrim(ifaces));
+fprintf(f, 'gradebook=%d\\nsource=%d\\n', exist('{course}/gradebook.db', 'file') > 0, exist('{course}/source', 'dir') > 0);
+fclose(f);"""
+
+
+def test_octave_a_kernel_that_drives_its_repl_through_a_pty_is_graded_as_bare(project_python, tmp_path):
+    """octave_kernel (metakernel) runs octave-cli through pexpect, on a pty: the default
+    policy's private devpts gives it one (none of the host's terminals)."""
+    config = 'c.ClearSolutions.code_stub = {"octave": "% YOUR CODE HERE"}\n' + CONFIG
+    bare = make_assignment(tmp_path / "bare", project_python, [octave_notebook()],
+                           {s: {"m": a} for s, a in OCTAVE_ANSWERS.items()}, assignment="m1", config=config)
+    plain = copy_course(bare, tmp_path / "plain")
+    batched = copy_course(bare, tmp_path / "batch")
+    bare.nbgrader("autograde", "m1")
+    want = points(bare)
+    assert want == {"alice": 5.0, "bob": 2.0, "carol": 0.0}, "bare nbgrader grades Octave as expected"
+    for c in (plain, batched):
+        add_student(c, "dave", "m", octave_probe(c.root))
+
+    plain_autograde(plain, tmp_path, "isolate-grade-test-m-", "octave")
+    r, rep = batch(batched, tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    for c in (plain, batched):
+        got = points(c)
+        assert {s: got[s] for s in want} == want and got["dave"] == 5.0, (c.root, got)
+        seen = probe_seen(c, "dave")
+        assert seen["gradebook"] == "0" and seen["source"] == "0", seen
+        assert_sandboxed_probe(c, "dave")
 
 
 def test_one_assignment_mixing_python_and_r(project_python, tmp_path):
