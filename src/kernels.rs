@@ -75,21 +75,14 @@ for name, d in KernelSpecManager().get_all_specs().items():
 print(json.dumps(out))
 "#;
 
-/// The variables that change where Jupyter finds kernelspecs: the listing sees the caller's.
+/// The variables that change where Jupyter finds kernelspecs: the listing sees the caller's
+/// (and those that change the interpreter's `sys.path`, as its probe did).
 const JUPYTER_VARIABLES: &[&str] = &["JUPYTER_PATH", "JUPYTER_DATA_DIR", "JUPYTER_CONFIG_DIR"];
 
 /// Every kernelspec `python`'s Jupyter finds (as nbgrader run by it would), twins left out.
-/// `extra` goes first on `JUPYTER_PATH` (the batch's private kernelspecs).
 pub fn list(python: &Path) -> Result<Vec<Spec>, KernelsError> {
-    let mut env = python::scrubbed_env();
-    env.extend(JUPYTER_VARIABLES.iter().filter_map(|k| std::env::var(k).ok().map(|v| (k.to_string(), v))));
-    let out = std::process::Command::new(python)
-        .args(["-c", LIST])
-        .env_clear()
-        .envs(env)
-        .current_dir("/")
-        .stdin(std::process::Stdio::null())
-        .output()
+    let pass: Vec<&str> = JUPYTER_VARIABLES.iter().chain(python::PATH_VARIABLES).copied().collect();
+    let out = crate::runtime::ask(python, &["-c", LIST], &pass)
         .map_err(|source| KernelsError::Start { python: python.into(), source })?;
     let stderr = || crate::escape::text(&String::from_utf8_lossy(&out.stderr));
     if !out.status.success() {

@@ -236,8 +236,14 @@ impl Root {
             let at = reopen(&pts_parent, &pts_name, pts)?;
             // Slaves belong to whoever opens /dev/ptmx (the sandbox's uid), mode 0600.
             let data = format!("newinstance,ptmxmode=0666,mode=0600,max={ptys}");
-            sys.mount(Some(Path::new("devpts")), &fd_path(&at), Some("devpts"), MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, Some(&data))
-                .map_err(|source| MountError::Sys { target: pts.into(), source })?;
+            sys.mount(
+                Some(Path::new("devpts")),
+                &fd_path(&at),
+                Some("devpts"),
+                MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+                Some(&data),
+            )
+            .map_err(|source| MountError::Sys { target: pts.into(), source })?;
             self.symlink(Path::new("/dev/ptmx"), Path::new("pts/ptmx"))?;
         }
         let at = reopen(&parent, &name, dev)?;

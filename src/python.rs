@@ -12,7 +12,6 @@ use crate::runtime::{self, Need, Needs, RuntimeError, SEARCH_PATH_ENTRY};
 pub use crate::runtime::{Context, Runtime};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PythonError {
@@ -97,32 +96,12 @@ print(json.dumps({
 /// the same values (baked into its kernelspec), so it imports what the probe found.
 pub const PATH_VARIABLES: &[&str] = &["PYTHONPATH", "PYTHONHOME", "PYTHONUSERBASE", "PYTHONNOUSERSITE"];
 
-/// The environment the probe (and the bare import check) runs with: nothing of the caller's
-/// but `HOME` (the user site is found through it) and [`PATH_VARIABLES`].
-pub fn scrubbed_env() -> Vec<(String, String)> {
-    let mut env = vec![
-        ("PATH".to_string(), "/usr/local/bin:/usr/bin:/bin".to_string()),
-        ("LANG".to_string(), "C.UTF-8".to_string()),
-    ];
-    for k in std::iter::once("HOME").chain(PATH_VARIABLES.iter().copied()) {
-        if let Ok(v) = std::env::var(k) {
-            env.push((k.to_string(), v));
-        }
-    }
-    env
-}
-
 /// Ask `python` where it lives, and whether it has `module`. Runs with our credentials:
 /// callers become the instructor first.
 pub fn probe(python: &Path, module: &str) -> Result<Probe, PythonError> {
-    let out = Command::new(python)
-        .args(["-c", PROBE, module])
-        .args(PATH_VARIABLES)
-        .env_clear()
-        .envs(scrubbed_env())
-        .current_dir("/")
-        .stdin(std::process::Stdio::null())
-        .output()
+    let mut args = vec!["-c", PROBE, module];
+    args.extend(PATH_VARIABLES);
+    let out = runtime::ask(python, &args, PATH_VARIABLES)
         .map_err(|source| PythonError::Start { python: python.into(), source })?;
     if !out.status.success() {
         let stderr = crate::escape::text(&String::from_utf8_lossy(&out.stderr));

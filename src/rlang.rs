@@ -9,7 +9,6 @@
 
 use crate::runtime::{Need, Needs, SEARCH_PATH_ENTRY};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RError {
@@ -59,17 +58,9 @@ pub struct Probe {
 
 /// Ask the R at `r` (absolute) where it lives. Runs with our credentials (the caller's).
 pub fn probe(r: &Path) -> Result<Probe, RError> {
-    let mut env = crate::python::scrubbed_env();
     let passed: Vec<(String, String)> =
         PATH_VARIABLES.iter().filter_map(|k| std::env::var(k).ok().map(|v| (k.to_string(), v))).collect();
-    env.extend(passed.iter().cloned());
-    let out = Command::new(r)
-        .args(["--slave", "--no-save", "--no-restore", "-e", PROBE])
-        .env_clear()
-        .envs(env)
-        .current_dir("/")
-        .stdin(std::process::Stdio::null())
-        .output()
+    let out = crate::runtime::ask(r, &["--slave", "--no-save", "--no-restore", "-e", PROBE], PATH_VARIABLES)
         .map_err(|source| RError::Start { r: r.into(), source })?;
     if !out.status.success() {
         let stderr = crate::escape::text(&String::from_utf8_lossy(&out.stderr));

@@ -20,6 +20,34 @@ pub enum RuntimeError {
     Refused { runtime: PathBuf, path: PathBuf, role: String, why: String, fix: String },
 }
 
+/// Run `program args` to ask a runtime about itself: with our credentials (callers become the
+/// instructor first), in `/`, stdin empty, and an environment of nothing of the caller's but
+/// `HOME` and the variables named in `pass` (those that change where the runtime looks).
+pub fn ask(program: &Path, args: &[&str], pass: &[&str]) -> std::io::Result<std::process::Output> {
+    std::process::Command::new(program)
+        .args(args)
+        .env_clear()
+        .envs(scrubbed_env(pass))
+        .current_dir("/")
+        .stdin(std::process::Stdio::null())
+        .output()
+}
+
+/// The environment [`ask`] gives: a plain `PATH` and `LANG`, and the caller's `HOME` and
+/// `pass` variables, when set.
+pub fn scrubbed_env(pass: &[&str]) -> Vec<(String, String)> {
+    let mut env = vec![
+        ("PATH".to_string(), "/usr/local/bin:/usr/bin:/bin".to_string()),
+        ("LANG".to_string(), "C.UTF-8".to_string()),
+    ];
+    for k in std::iter::once("HOME").chain(pass.iter().copied()) {
+        if let Ok(v) = std::env::var(k) {
+            env.push((k.to_string(), v));
+        }
+    }
+    env
+}
+
 /// The role of an entry of the runtime's search path (`sys.path`, `.libPaths()`).
 pub const SEARCH_PATH_ENTRY: &str = "a search path entry";
 

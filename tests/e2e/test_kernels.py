@@ -159,12 +159,19 @@ def add_student(c: Course, student: str, notebook: str, answer: str):
     nbformat.write(nb, dst / f"{notebook}.ipynb")
 
 
+def graded_bare(tmp: Path, python, notebooks: List[Notebook], answers: Dict[str, Dict[str, str]], assignment: str,
+                config: str = CONFIG):
+    """The course three times: graded by bare nbgrader, and two ungraded copies (plain, batch)."""
+    bare = make_assignment(tmp / "bare", python, notebooks, answers, assignment=assignment, config=config)
+    plain = copy_course(bare, tmp / "plain")
+    batched = copy_course(bare, tmp / "batch")
+    bare.nbgrader("autograde", assignment)
+    return bare, plain, batched
+
+
 def test_an_r_assignment_is_graded_in_the_sandboxed_irkernel_as_bare(project_python, tmp_path):
-    bare = make_assignment(tmp_path / "bare", project_python, [r_notebook()],
-                           {s: {"r": a} for s, a in R_ANSWERS.items()}, assignment="r1", config=CONFIG)
-    plain = copy_course(bare, tmp_path / "plain")
-    batched = copy_course(bare, tmp_path / "batch")
-    bare.nbgrader("autograde", "r1")
+    bare, plain, batched = graded_bare(tmp_path, project_python, [r_notebook()],
+                                       {s: {"r": a} for s, a in R_ANSWERS.items()}, "r1")
     want = points(bare)
     assert want == {"alice": 5.0, "bob": 2.0, "carol": 0.0, "erin": 5.0}, "bare nbgrader grades R as expected"
     for c in (plain, batched):
@@ -196,11 +203,8 @@ def test_an_r_assignment_is_graded_in_the_sandboxed_irkernel_as_bare(project_pyt
 
 
 def test_xeus_python_a_kernel_not_built_on_ipykernel_is_graded_as_bare(project_python, tmp_path):
-    bare = make_assignment(tmp_path / "bare", project_python, [py_notebook("x", kernel="xpython")],
-                           {s: {"x": a} for s, a in PY_ANSWERS.items()}, assignment="x1")
-    plain = copy_course(bare, tmp_path / "plain")
-    batched = copy_course(bare, tmp_path / "batch")
-    bare.nbgrader("autograde", "x1")
+    bare, plain, batched = graded_bare(tmp_path, project_python, [py_notebook("x", kernel="xpython")],
+                                       {s: {"x": a} for s, a in PY_ANSWERS.items()}, "x1")
     want = points(bare)
     assert want == {"alice": 5.0, "bob": 2.0, "carol": 0.0}
     for c in (plain, batched):
@@ -253,11 +257,8 @@ def test_octave_a_kernel_that_drives_its_repl_through_a_pty_is_graded_as_bare(pr
     """octave_kernel (metakernel) runs octave-cli through pexpect, on a pty: the default
     policy's private devpts gives it one (none of the host's terminals)."""
     config = 'c.ClearSolutions.code_stub = {"octave": "% YOUR CODE HERE"}\n' + CONFIG
-    bare = make_assignment(tmp_path / "bare", project_python, [octave_notebook()],
-                           {s: {"m": a} for s, a in OCTAVE_ANSWERS.items()}, assignment="m1", config=config)
-    plain = copy_course(bare, tmp_path / "plain")
-    batched = copy_course(bare, tmp_path / "batch")
-    bare.nbgrader("autograde", "m1")
+    bare, plain, batched = graded_bare(tmp_path, project_python, [octave_notebook()],
+                                       {s: {"m": a} for s, a in OCTAVE_ANSWERS.items()}, "m1", config)
     want = points(bare)
     assert want == {"alice": 5.0, "bob": 2.0, "carol": 0.0}, "bare nbgrader grades Octave as expected"
     for c in (plain, batched):
@@ -278,11 +279,8 @@ def test_one_assignment_mixing_python_and_r(project_python, tmp_path):
     answers = {"alice": {"py": PY_ANSWERS["alice"], "r": R_ANSWERS["alice"]},
                "bob": {"py": PY_ANSWERS["bob"], "r": R_ANSWERS["alice"]},
                "carol": {"py": PY_ANSWERS["alice"], "r": R_ANSWERS["carol"]}}
-    bare = make_assignment(tmp_path / "bare", project_python, [py_notebook("py"), r_notebook("r")], answers,
-                           assignment="mix1", config=CONFIG)
-    plain = copy_course(bare, tmp_path / "plain")
-    batched = copy_course(bare, tmp_path / "batch")
-    bare.nbgrader("autograde", "mix1")
+    bare, plain, batched = graded_bare(tmp_path, project_python, [py_notebook("py"), r_notebook("r")], answers,
+                                       "mix1")
     want = bare.scores()
     assert want == {"alice": {"py": 5.0, "r": 5.0}, "bob": {"py": 2.0, "r": 5.0}, "carol": {"py": 5.0, "r": 0.0}}
 
