@@ -199,10 +199,39 @@ pub fn twin(
     }
     let exe = executable(argv0, client).map_err(&unusable)?;
     let kind = kind(&spec.argv);
-    let (mut needs, check) = match &kind {
+    let (mut needs, check) = ask_runtime(spec, &kind, &exe)?;
+    if needs.runtime_dir.is_none() {
+        needs.runtime_dir = client.runtime_dir.clone();
+    }
+    let inner = inner_argv(spec, &kind, &mut needs, client);
+    let runtime = crate::runtime::plan(&needs, ctx)
+        .map_err(|e| KernelsError::Runtime { name: spec.name.clone(), source: Box::new(e) })?;
+    for p in runtime.binds.iter().chain(&runtime.links) {
+        if p.to_string_lossy().contains(':') {
+            return Err(unusable(format!("{} has a ':' in its path, which a --bind can't name", p.display())));
+        }
+    }
+    let out = kernelspec(spec, launcher, &runtime, inner, is_ipykernel(&kind));
+    Ok(Twin {
+        name: name.to_string(),
+        wraps: spec.name.clone(),
+        language: spec.language.to_lowercase(),
+        runtime,
+        spec: out,
+        check,
+    })
+}
+
+fn is_ipykernel(kind: &Kind) -> bool {
+    matches!(kind, Kind::Python { module } if module == "ipykernel_launcher" || module == "ipykernel")
+}
+
+/// What the kernel's runtime says it needs, and what the preflight should try in it.
+fn ask_runtime(spec: &Spec, kind: &Kind, exe: &Path) -> Result<(crate::runtime::Needs, Check), KernelsError> {
+    Ok(match kind {
         Kind::Python { module } => {
             let wrap = |source| KernelsError::Python { name: spec.name.clone(), source: Box::new(source) };
-            let p = python::probe_kernel_python(&exe, module).map_err(wrap)?;
+            let p = python::probe_kernel_python(exe, module).map_err(wrap)?;
             // A Python program may run another language (octave_kernel drives Octave).
             let check = if spec.language.eq_ignore_ascii_case("python") {
                 Check::Python { python: p.executable.clone(), module: Some(module.clone()) }
@@ -212,23 +241,25 @@ pub fn twin(
             (python::needs(&p), check)
         }
         Kind::R => {
-            let p = rlang::probe(&exe).map_err(|e| KernelsError::R { name: spec.name.clone(), source: Box::new(e) })?;
-            (rlang::needs(&p), Check::R { r: exe.clone() })
+            let p = rlang::probe(exe).map_err(|e| KernelsError::R { name: spec.name.clone(), source: Box::new(e) })?;
+            (rlang::needs(&p), Check::R { r: exe.to_path_buf() })
         }
         Kind::Program => (
             crate::runtime::Needs {
-                executable: exe.clone(),
-                paths: vec![Need::new(&exe, "the kernel's program")],
+                executable: exe.to_path_buf(),
+                paths: vec![Need::new(exe, "the kernel's program")],
                 bin_dir: exe.parent().map(Path::to_path_buf),
                 ..Default::default()
             },
             Check::Cell,
         ),
-    };
-    if needs.runtime_dir.is_none() {
-        needs.runtime_dir = client.runtime_dir.clone();
-    }
-    // The kernelspec's own templates, as jupyter_client fills them (but {connection_file}).
+    })
+}
+
+/// The wrapped argv: `argv[0]` as the runtime named itself, the kernelspec's templates filled
+/// in as jupyter_client fills them (but `{connection_file}`, which it fills for the twin); a
+/// `{resource_dir}` in use is then needed inside.
+fn inner_argv(spec: &Spec, kind: &Kind, needs: &mut crate::runtime::Needs, client: &python::Probe) -> Vec<String> {
     let resource_dir = spec.resource_dir.display().to_string();
     let prefix = client.prefix.display().to_string();
     let mut inner: Vec<String> = spec.argv.clone();
@@ -242,20 +273,16 @@ pub fn twin(
         }
         *a = a.replace("{prefix}", &prefix);
     }
-    let ipykernel = matches!(&kind, Kind::Python { module } if module == "ipykernel_launcher" || module == "ipykernel");
-    if ipykernel {
+    if is_ipykernel(kind) {
         // No history database in the sandbox's HOME. (Not `hist_file=:memory:`: nbclient adds
         // that itself to kernels named python3, and IPython refuses it given twice.)
         inner.insert(3, "--HistoryManager.enabled=False".into());
     }
-    let runtime = crate::runtime::plan(&needs, ctx)
-        .map_err(|e| KernelsError::Runtime { name: spec.name.clone(), source: Box::new(e) })?;
-    for p in runtime.binds.iter().chain(&runtime.links) {
-        if p.to_string_lossy().contains(':') {
-            return Err(unusable(format!("{} has a ':' in its path, which a --bind can't name", p.display())));
-        }
-    }
+    inner
+}
 
+/// The twin's kernel.json: the launcher, what the runtime needs, then the wrapped argv.
+fn kernelspec(spec: &Spec, launcher: &[String], runtime: &Runtime, inner: Vec<String>, ipykernel: bool) -> Value {
     let mut argv: Vec<String> = launcher.to_vec();
     for b in &runtime.binds {
         argv.extend(["--bind".into(), b.display().to_string()]);
@@ -294,14 +321,7 @@ pub fn twin(
     } else if let Some(mode) = &spec.interrupt_mode {
         out["interrupt_mode"] = json!(mode);
     }
-    Ok(Twin {
-        name: name.to_string(),
-        wraps: spec.name.clone(),
-        language: spec.language.to_lowercase(),
-        runtime,
-        spec: out,
-        check,
-    })
+    out
 }
 
 /// The routing tables of [`ROUTE_PY`]: kernel name to twin (`python` is `python3`, as in
@@ -394,6 +414,44 @@ mod tests {
         assert!(executable("python3.12", &client).map_or(true, |p| p != Path::new("/v/bin/python")));
         assert!(executable("bin/R", &client).is_err());
         assert_eq!(executable("/usr/bin/R", &client).unwrap(), Path::new("/usr/bin/R"));
+    }
+
+    #[test]
+    fn a_program_twin_wraps_its_argv_with_the_kernelspecs_env_and_templates() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().canonicalize().unwrap();
+        let exe = dir.join("opt/k/bin/kernel");
+        std::fs::create_dir_all(exe.parent().unwrap()).unwrap();
+        std::fs::write(&exe, "").unwrap();
+        let res = dir.join("share/kernels/k");
+        std::fs::create_dir_all(&res).unwrap();
+        let exe_s = exe.display().to_string();
+        let mut s = spec("k", "Julia", &[&exe_s, "{resource_dir}/start.jl", "{connection_file}"]);
+        s.resource_dir = res.clone();
+        s.env.insert("JULIA_DEPOT_PATH".into(), "/opt/depot".into());
+        s.interrupt_mode = Some("signal".into());
+        let client = python::Probe::default();
+        let t = twin(&s, "ig-k", &["isolate-grade".into(), "kernel".into()], &client, &Context::default()).unwrap();
+        let argv: Vec<&str> = t.spec["argv"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
+        let res_s = res.display().to_string();
+        let start = format!("{res_s}/start.jl");
+        assert_eq!(argv[..2], ["isolate-grade", "kernel"]);
+        assert!(argv.windows(2).any(|w| w == ["--bind", exe_s.as_str()]), "{argv:?}");
+        assert!(argv.windows(2).any(|w| w == ["--bind", res_s.as_str()]), "{argv:?}");
+        assert!(argv.windows(2).any(|w| w == ["--env", "JULIA_DEPOT_PATH=/opt/depot"]), "{argv:?}");
+        let dashes = argv.iter().position(|a| *a == "--").unwrap();
+        assert_eq!(argv[dashes + 1..], [exe_s.as_str(), start.as_str(), "{connection_file}"]);
+        assert_eq!(t.spec["interrupt_mode"], "signal");
+        assert_eq!(t.spec["metadata"]["isolate_grade"]["wraps"], "k");
+        assert_eq!((t.language.as_str(), &t.check), ("julia", &Check::Cell));
+        // what can't be passed on as it is
+        let mut bad = s.clone();
+        bad.env.insert("X".into(), "${HOME}/x".into());
+        assert!(twin(&bad, "b", &[], &client, &Context::default()).is_err());
+        let mut bad = s.clone();
+        bad.argv.pop();
+        let e = twin(&bad, "b", &[], &client, &Context::default()).unwrap_err().to_string();
+        assert!(e.contains("{connection_file}"), "{e}");
     }
 
     #[test]
