@@ -78,7 +78,7 @@ impl Maker {
         Ok(Maker { client, ctx, launcher })
     }
 
-    /// The kernelspecs nbgrader's Jupyter finds (twins left out).
+    /// The kernelspecs nbgrader's Jupyter finds, twins included ([`Spec::is_twin`]).
     pub fn specs(&self) -> Result<Vec<Spec>, InstallError> {
         kernels::list(&self.client.executable).map_err(|e| InstallError::Kernels(Box::new(e)))
     }
@@ -88,7 +88,7 @@ impl Maker {
     /// saying what is missing.
     pub fn find(&self, specs: &[Spec], name: &str) -> Option<Spec> {
         let name = if name == "python" { "python3" } else { name };
-        match specs.iter().find(|s| s.name == name) {
+        match specs.iter().find(|s| s.name == name && !s.is_twin()) {
             Some(s) => Some(s.clone()),
             None if name == "python3" => Some(kernels::native_python3(&self.client)),
             None => None,
@@ -258,8 +258,9 @@ pub fn execute(config: Option<PathBuf>, a: InstallArgs) -> Result<u8, InstallErr
     let launcher = Launcher::new(a.sudo, None)?.kernel(a.policy.as_deref());
     let maker = Maker::new(a.python.as_deref(), &policy, config.as_deref(), a.course.as_deref(), launcher)?;
     let specs = maker.specs()?;
-    let chosen: Vec<Spec> = if a.kernels.is_empty() && !specs.is_empty() {
-        specs.clone()
+    let kernels: Vec<Spec> = specs.iter().filter(|s| !s.is_twin()).cloned().collect();
+    let chosen: Vec<Spec> = if a.kernels.is_empty() && !kernels.is_empty() {
+        kernels.clone()
     } else if a.kernels.is_empty() {
         // none at all: python3's twin says why (no ipykernel)
         maker.find(&specs, "python3").into_iter().collect()
@@ -270,7 +271,7 @@ pub fn execute(config: Option<PathBuf>, a: InstallArgs) -> Result<u8, InstallErr
                 Some(s) if !chosen.contains(&s) => chosen.push(s),
                 Some(_) => {}
                 None => {
-                    let names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
+                    let names: Vec<&str> = kernels.iter().map(|s| s.name.as_str()).collect();
                     return Err(InstallError::Invalid(format!(
                         "--kernel {k}: {} finds no kernelspec of that name (it has: {})",
                         maker.client.executable.display(),
@@ -306,7 +307,7 @@ pub fn execute(config: Option<PathBuf>, a: InstallArgs) -> Result<u8, InstallErr
             Err(why) => println!("warning: {} will not be run: {why}", path.display()),
         }
     }
-    let block = config_block(&twins);
+    let block = config_block(&twins, &specs);
     match &a.course {
         Some(course) => {
             let cfg = course.join("nbgrader_config.py");
@@ -358,8 +359,8 @@ pub fn read_notebooks(paths: Vec<PathBuf>) -> Vec<(PathBuf, Value)> {
 /// of the kernel its own metadata names, and fails a notebook whose kernel has no twin rather
 /// than run it unsandboxed ([`kernels::ROUTE_PY`]). (nbgrader passes its own kernel manager
 /// class to Execute, so that can't be configured; its list of autograde preprocessors can.)
-pub fn config_block(twins: &[Twin]) -> String {
-    let (names, languages) = kernels::tables(twins);
+pub fn config_block(twins: &[Twin], specs: &[Spec]) -> String {
+    let (names, languages) = kernels::tables(twins, specs);
     let names = serde_json::to_string(&names).expect("json");
     let languages = serde_json::to_string(&languages).expect("json");
     format!(
@@ -413,14 +414,14 @@ mod tests {
 
     #[test]
     fn the_config_block_is_added_once_and_replaced() {
-        let block = config_block(&[twin("python3", "ig-python3", "python"), twin("ir", "ig-ir", "r")]);
+        let block = config_block(&[twin("python3", "ig-python3", "python"), twin("ir", "ig-ir", "r")], &[]);
         let once = with_block("c = get_config()\nc.CourseDirectory.course_id = 'x'", &block);
         assert!(once.starts_with("c = get_config()\nc.CourseDirectory.course_id = 'x'\n# >>> isolate-grade"));
         assert_eq!(with_block(&once, &block), once);
         assert!(once.contains(
             r#"_isolate_grade(c, {"ir":"ig-ir","python":"ig-python3","python3":"ig-python3"}, {"ig-ir":"r","ig-python3":"python"})"#
         ));
-        let other = with_block(&once, &config_block(&[twin("python3", "other", "python")]));
+        let other = with_block(&once, &config_block(&[twin("python3", "other", "python")], &[]));
         assert_eq!(other.matches(BEGIN).count(), 1);
         assert!(other.contains(r#"_isolate_grade(c, {"python":"other","python3":"other"}, {"other":"python"})"#));
         assert!(!other.contains("\"ig-ir\""));

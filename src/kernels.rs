@@ -62,6 +62,11 @@ impl Spec {
     pub fn is_twin(&self) -> bool {
         self.metadata.get("isolate_grade").is_some()
     }
+
+    /// The kernel a twin wraps.
+    pub fn wraps(&self) -> Option<&str> {
+        self.metadata.get("isolate_grade")?.get("wraps")?.as_str()
+    }
 }
 
 const LIST: &str = r#"
@@ -79,7 +84,8 @@ print(json.dumps(out))
 /// (and those that change the interpreter's `sys.path`, as its probe did).
 const JUPYTER_VARIABLES: &[&str] = &["JUPYTER_PATH", "JUPYTER_DATA_DIR", "JUPYTER_CONFIG_DIR"];
 
-/// Every kernelspec `python`'s Jupyter finds (as nbgrader run by it would), twins left out.
+/// Every kernelspec `python`'s Jupyter finds (as nbgrader run by it would), twins included
+/// ([`Spec::is_twin`]: a notebook may name one, written with it selected in JupyterLab).
 pub fn list(python: &Path) -> Result<Vec<Spec>, KernelsError> {
     let pass: Vec<&str> = JUPYTER_VARIABLES.iter().chain(python::PATH_VARIABLES).copied().collect();
     let out = crate::runtime::ask(python, &["-c", LIST], &pass)
@@ -90,7 +96,7 @@ pub fn list(python: &Path) -> Result<Vec<Spec>, KernelsError> {
     }
     let found: BTreeMap<String, Spec> = serde_json::from_slice(&out.stdout)
         .map_err(|e| KernelsError::List { python: python.into(), stderr: format!("{e}\n{}", stderr()) })?;
-    Ok(found.into_values().filter(|s| !s.is_twin()).collect())
+    Ok(found.into_values().collect())
 }
 
 /// The kernel jupyter_client starts for `python3` when no kernelspec says otherwise: the
@@ -325,11 +331,17 @@ fn kernelspec(spec: &Spec, launcher: &[String], runtime: &Runtime, inner: Vec<St
 }
 
 /// The routing tables of [`ROUTE_PY`]: kernel name to twin (`python` is `python3`, as in
-/// jupyter_client), twin to language.
-pub fn tables(twins: &[Twin]) -> (BTreeMap<String, String>, BTreeMap<String, String>) {
+/// jupyter_client; another twin of the same kernel among `specs`, install's when these are the
+/// batch's, is that kernel), twin to language.
+pub fn tables(twins: &[Twin], specs: &[Spec]) -> (BTreeMap<String, String>, BTreeMap<String, String>) {
     let mut names: BTreeMap<String, String> = twins.iter().map(|t| (t.wraps.clone(), t.name.clone())).collect();
     if let Some(t) = names.get("python3").cloned() {
         names.entry("python".into()).or_insert(t);
+    }
+    for s in specs {
+        if let Some(t) = s.wraps().and_then(|k| names.get(k)).cloned() {
+            names.entry(s.name.clone()).or_insert(t);
+        }
     }
     let languages = twins.iter().map(|t| (t.name.clone(), t.language.clone())).collect();
     (names, languages)
@@ -344,16 +356,19 @@ pub fn route(nb: &Value, specs: &[Spec]) -> Result<String, String> {
         .or(md["language_info"]["name"].as_str())
         .filter(|l| !l.is_empty())
         .map(str::to_lowercase);
-    let spec_lang = |n: &str| {
+    let kernel = |n: &str| {
         let n = if n == "python" { "python3" } else { n };
-        specs.iter().find(|s| s.name == n).map(|s| s.language.to_lowercase())
+        specs.iter().find(|s| s.name == n && !s.is_twin())
     };
+    let spec_lang = |n: &str| kernel(n).map(|s| s.language.to_lowercase());
     let name = match md["kernelspec"]["name"].as_str().filter(|n| !n.is_empty()) {
-        Some(n) => n.to_string(),
+        // a twin stands for the kernel it wraps
+        Some(n) => specs.iter().find(|s| s.name == n).and_then(Spec::wraps).unwrap_or(n).to_string(),
         None => match &lang {
             Some(l) if l == "python" && spec_lang("python3").is_some() => "python3".into(),
             Some(l) => {
-                let found: Vec<&Spec> = specs.iter().filter(|s| s.language.to_lowercase() == *l).collect();
+                let found: Vec<&Spec> =
+                    specs.iter().filter(|s| !s.is_twin() && s.language.to_lowercase() == *l).collect();
                 match found.as_slice() {
                     [one] => one.name.clone(),
                     _ => return Err(format!("it names no kernel, and {} kernelspecs are for {l:?}", found.len())),
@@ -456,10 +471,13 @@ mod tests {
 
     #[test]
     fn notebooks_are_routed_by_name_then_language_never_across_languages() {
+        let mut twin_of_ir = spec("isolate-grade-ir", "R", &["isolate-grade"]);
+        twin_of_ir.metadata = json!({"isolate_grade": {"wraps": "ir"}});
         let specs = [
             spec("python3", "python", &["python"]),
             spec("ir", "R", &["R"]),
             spec("xpython", "python", &["python3.11"]),
+            twin_of_ir,
         ];
         let nb = |ks: Value, li: Value| json!({"metadata": {"kernelspec": ks, "language_info": li}});
         let r = |n: &Value| route(n, &specs);
@@ -467,6 +485,8 @@ mod tests {
         assert_eq!(r(&nb(json!({"name": "xpython"}), json!({"name": "python"}))).unwrap(), "xpython");
         assert_eq!(r(&nb(json!({"name": "python"}), Value::Null)).unwrap(), "python3");
         assert_eq!(r(&nb(Value::Null, json!({"name": "R"}))).unwrap(), "ir");
+        // written with install's twin selected: that twin's kernel
+        assert_eq!(r(&nb(json!({"name": "isolate-grade-ir", "language": "R"}), Value::Null)).unwrap(), "ir");
         assert_eq!(r(&nb(Value::Null, json!({"name": "python"}))).unwrap(), "python3");
         assert_eq!(r(&json!({"metadata": {}})).unwrap(), "python3");
         let e = r(&nb(json!({"name": "python3", "language": "R"}), Value::Null)).unwrap_err();

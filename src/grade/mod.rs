@@ -198,7 +198,7 @@ pub fn execute(config: Option<PathBuf>, a: GradeArgs) -> Result<u8, GradeError> 
             tracing::info!(kernel = %t.wraps, note = %note, "kernel runtime");
         }
     }
-    let (twin_names, languages) = crate::kernels::tables(&twins);
+    let (twin_names, languages) = crate::kernels::tables(&twins, &specs);
 
     // Who to grade: named students always; others unless graded before (or --force).
     let started = Instant::now();
@@ -521,13 +521,15 @@ fn batch_kernels(
     notebooks: &[(PathBuf, serde_json::Value)],
 ) -> Result<(Vec<crate::kernels::Spec>, Vec<crate::kernels::Spec>), String> {
     let mut specs = maker.specs().map_err(|e| e.to_string())?;
-    if let Some(native) = maker.find(&specs, "python3").filter(|_| !specs.iter().any(|s| s.name == "python3")) {
+    if let Some(native) =
+        maker.find(&specs, "python3").filter(|_| !specs.iter().any(|s| s.name == "python3" && !s.is_twin()))
+    {
         specs.push(native); // so that its twin says what is missing (ipykernel)
     }
     let mut needed: Vec<String> = Vec::new();
     for (path, nb) in notebooks {
         let k = crate::kernels::route(nb, &specs).map_err(|why| {
-            let have: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
+            let have: Vec<&str> = specs.iter().filter(|s| !s.is_twin()).map(|s| s.name.as_str()).collect();
             format!(
                 "{} can't be graded: {why} (kernelspecs here: {}). Install its kernel, or fix the notebook's \
                  metadata (kernelspec, language_info), then `nbgrader generate_assignment` again",
@@ -542,7 +544,7 @@ fn batch_kernels(
     if needed.is_empty() {
         needed.push("python3".into());
     }
-    let chosen = needed.iter().filter_map(|k| specs.iter().find(|s| s.name == *k).cloned()).collect();
+    let chosen = needed.iter().filter_map(|k| specs.iter().find(|s| s.name == *k && !s.is_twin()).cloned()).collect();
     Ok((specs, chosen))
 }
 

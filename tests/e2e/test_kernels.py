@@ -334,3 +334,25 @@ def test_a_notebook_without_a_sandboxed_kernel_is_never_run(project_python, tmp_
         assert "KernelNotSandboxed" in text and "so it is not run" in text, text
         assert not list(verdicts_dir.iterdir()), "no kernel was started"
         assert plain.scores().get("alice", {}).get(nb.name, 0.0) == 0.0
+
+
+def test_a_notebook_written_with_a_sandboxed_twin_selected_is_graded_by_it(project_python, tmp_path):
+    """An instructor who wrote the assignment with install's twin selected in JupyterLab: the
+    notebook names the twin. Plain nbgrader runs that twin; the batch, its own twin of the
+    same kernel."""
+    prefix = "isolate-grade-test-alias-"
+    c = make_assignment(tmp_path / "c", project_python, [py_notebook("p", kernel=prefix + "python3")],
+                        {s: {"p": a} for s, a in PY_ANSWERS.items()}, assignment="p1")
+    plain = copy_course(c, tmp_path / "plain")
+    r = install(c, prefix, "python3")  # into c's config too; the batch replaces the routing
+    assert r.returncode == 0, r.stdout + r.stderr
+    try:
+        r, rep = batch(c, tmp_path)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert points(c) == {"alice": 5.0, "bob": 2.0, "carol": 0.0}
+        spec = c.root / ".isolate-grade/p1/jupyter/kernels/isolate-grade-batch-python3/kernel.json"
+        assert spec.exists(), "graded by the batch's own twin of python3"
+    finally:
+        uninstall(prefix)
+    plain_autograde(plain, tmp_path, prefix, "python3")
+    assert points(plain) == {"alice": 5.0, "bob": 2.0, "carol": 0.0}
