@@ -152,7 +152,6 @@ pub fn execute(config: Option<PathBuf>, a: GradeArgs) -> Result<u8, GradeError> 
     // (nothing of the course may be among what they need).
     let kernel_fault = |message: String| GradeError::Kernel { assignment: assignment.clone(), message };
     let launcher = crate::install::Launcher::new(caller.via == "sudo", config.as_deref())?;
-    preflight(&launcher, &policy)?;
     let made = crate::install::Maker::new(
         a.python.as_deref(),
         &policy,
@@ -165,6 +164,7 @@ pub fn execute(config: Option<PathBuf>, a: GradeArgs) -> Result<u8, GradeError> 
         Err(e) if e.exit_code() == crate::report::EXIT_USAGE => return Err(e.into()),
         Err(e) => return Err(kernel_fault(e.to_string())),
     };
+    preflight(&launcher, &policy)?;
     // The kernels the assignment's notebooks name, each sandboxed.
     let notebooks = crate::install::read_notebooks(layout.source_notebooks());
     let (specs, chosen) = batch_kernels(&maker, &notebooks).map_err(kernel_fault)?;
