@@ -115,7 +115,7 @@ impl Maker {
             return Ok(twins);
         }
         Err(InstallError::Preflight(PreflightError::Failed(format!(
-            "these kernels can't be sandboxed:\n{}",
+            "these kernels can't be sandboxed:\n{}\n(fix them, or choose the kernels to sandbox with --kernel NAME)",
             failed.join("\n")
         ))))
     }
