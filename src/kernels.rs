@@ -126,12 +126,31 @@ pub enum Kind {
 }
 
 pub fn kind(argv: &[String]) -> Kind {
+    if let Some(i) = module_flag(argv) {
+        if let Some(module) = argv.get(i + 1) {
+            return Kind::Python { module: module.clone() };
+        }
+    }
     let base = argv.first().and_then(|a| Path::new(a).file_name()).map(|n| n.to_string_lossy().into_owned());
-    match (base.as_deref(), argv.get(1).map(String::as_str), argv.get(2)) {
-        (_, Some("-m"), Some(module)) => Kind::Python { module: module.clone() },
-        (Some("R"), _, _) if argv.iter().any(|a| a.contains("IRkernel::main")) => Kind::R,
+    match base.as_deref() {
+        Some("R") if argv.iter().any(|a| a.contains("IRkernel::main")) => Kind::R,
         _ => Kind::Program,
     }
+}
+
+/// Where `-m` is in `python [interpreter options] -m MODULE ...`: `ipykernel install` writes
+/// `python -Xfrozen_modules=off -m ipykernel_launcher` (the debugger wants it on 3.11+).
+fn module_flag(argv: &[String]) -> Option<usize> {
+    let mut i = 1;
+    while let Some(a) = argv.get(i) {
+        match a.as_str() {
+            "-m" => return Some(i),
+            "-X" | "-W" => i += 2, // their value is the next argument
+            a if a.starts_with('-') && a != "-" && a != "-c" => i += 1,
+            _ => return None,
+        }
+    }
+    None
 }
 
 /// The program a kernelspec's `argv[0]` names, as jupyter_client will start it: `python`,
@@ -279,10 +298,10 @@ fn inner_argv(spec: &Spec, kind: &Kind, needs: &mut crate::runtime::Needs, clien
         }
         *a = a.replace("{prefix}", &prefix);
     }
-    if is_ipykernel(kind) {
+    if let (true, Some(m)) = (is_ipykernel(kind), module_flag(&inner)) {
         // No history database in the sandbox's HOME. (Not `hist_file=:memory:`: nbclient adds
         // that itself to kernels named python3, and IPython refuses it given twice.)
-        inner.insert(3, "--HistoryManager.enabled=False".into());
+        inner.insert(m + 2, "--HistoryManager.enabled=False".into());
     }
     inner
 }
@@ -414,6 +433,16 @@ mod tests {
             k(&["python3.11", "-m", "xpython_launcher", "-f", "{connection_file}"]),
             Kind::Python { module: "xpython_launcher".into() }
         );
+        // what `ipykernel install` writes on Python 3.11+
+        assert_eq!(
+            k(&["/v/bin/python", "-Xfrozen_modules=off", "-m", "ipykernel_launcher", "-f", "{connection_file}"]),
+            Kind::Python { module: "ipykernel_launcher".into() }
+        );
+        assert_eq!(
+            k(&["python", "-X", "frozen_modules=off", "-E", "-m", "ipykernel", "-f", "{connection_file}"]),
+            Kind::Python { module: "ipykernel".into() }
+        );
+        assert_eq!(k(&["python", "script.py", "-m", "x", "{connection_file}"]), Kind::Program);
         assert_eq!(k(&["R", "--slave", "-e", "IRkernel::main()", "--args", "{connection_file}"]), Kind::R);
         assert_eq!(k(&["/usr/lib/R/bin/R", "-e", "IRkernel::main()", "{connection_file}"]), Kind::R);
         assert_eq!(k(&["R", "-e", "other::main()", "{connection_file}"]), Kind::Program);
