@@ -8,7 +8,8 @@
 use crate::cli::InstallArgs;
 use crate::kernels::{self, KernelsError, Spec, Twin};
 use crate::preflight::PreflightError;
-use crate::python::{self, Context, Probe, PythonError};
+use crate::python::{self, Probe, PythonError};
+use crate::runtime::Context;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 

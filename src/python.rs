@@ -8,8 +8,7 @@
 //! ([`probe`]); [`needs`] lists those paths and the variables that make `sys.path` the same
 //! inside, and [`crate::runtime::plan`] turns them into binds (or refuses).
 
-use crate::runtime::{self, Need, Needs, RuntimeError, SEARCH_PATH_ENTRY};
-pub use crate::runtime::{Context, Runtime};
+use crate::runtime::{self, Need, Needs, SEARCH_PATH_ENTRY};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -25,8 +24,6 @@ pub enum PythonError {
     NoModule { python: PathBuf, module: String, package: String },
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
-    #[error(transparent)]
-    Runtime(#[from] RuntimeError),
     #[error("nbgrader is not on PATH: give --python")]
     NoNbgrader,
     #[error("{script}: no interpreter line: give --python")]
@@ -128,11 +125,6 @@ pub fn probe_kernel_python(python: &Path, module: &str) -> Result<Probe, PythonE
     Ok(p)
 }
 
-/// What the sandbox must show of a probed interpreter, or why it refuses to.
-pub fn plan(p: &Probe, ctx: &Context) -> Result<Runtime, PythonError> {
-    Ok(runtime::plan(&needs(p), ctx)?)
-}
-
 /// The paths a probed interpreter uses, and the variables that give it the same `sys.path`.
 pub fn needs(p: &Probe) -> Needs {
     let mut paths = vec![Need::new(&p.executable, "the interpreter")];
@@ -186,7 +178,12 @@ pub fn python_of_nbgrader() -> Result<PathBuf, PythonError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runtime::RuntimeError;
+    use crate::runtime::{Context, Runtime, RuntimeError};
+
+    /// What the sandbox must show of a probed interpreter (as kernels.rs plans it).
+    fn plan(p: &Probe, ctx: &Context) -> Result<Runtime, RuntimeError> {
+        runtime::plan(&needs(p), ctx)
+    }
     use std::os::unix::fs::symlink;
 
     fn probe_at(root: &Path) -> Probe {
@@ -247,7 +244,7 @@ mod tests {
         let d = layout();
         let r = d.path().canonicalize().unwrap();
         let refused = |p: &Probe, ctx: &Context| match plan(p, ctx) {
-            Err(PythonError::Runtime(RuntimeError::Refused { path, why, .. })) => (path, why),
+            Err(RuntimeError::Refused { path, why, .. }) => (path, why),
             other => panic!("not refused: {other:?}"),
         };
         // a prefix that is the home itself (`./configure --prefix=$HOME`)
