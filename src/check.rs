@@ -190,9 +190,9 @@ fn check_python(python: &Path, policy: &str, config: Option<&Path>, sudo: bool) 
         let specs = maker.specs()?;
         let spec = maker.find(&specs, "python3").expect("python3 is always found");
         let twin = maker.twin(&spec, "isolate-grade-check")?;
-        Ok((maker, specs, twin))
+        Ok((maker, twin))
     });
-    let (maker, specs, twin) = match twin {
+    let (maker, twin) = match twin {
         Ok(x) => x,
         Err(e) => return vec![item("python", false, e.to_string())],
     };
@@ -223,7 +223,6 @@ fn check_python(python: &Path, policy: &str, config: Option<&Path>, sudo: bool) 
             Some(dir.path()),
             &maker.client.executable,
             &[],
-            &specs,
         )
         .map_err(|e| e.to_string())?;
         Ok(format!(

@@ -123,15 +123,15 @@ impl Maker {
 }
 
 /// Write each twin into `dir/<name>` and start it as nbgrader will (with `jupyter_path` first
-/// on `JUPYTER_PATH`), checking what the notebooks routed to it use. If any fails, every
-/// kernelspec written is put back as it was.
+/// on `JUPYTER_PATH`), checking what the notebooks routed to it use (`routed`: each notebook
+/// and the kernel [`kernels::route`] gave it). If any fails, every kernelspec written is put
+/// back as it was.
 pub fn install_twins(
     twins: &[Twin],
     dir: &Path,
     jupyter_path: Option<&Path>,
     client: &Path,
-    notebooks: &[(PathBuf, Value)],
-    specs: &[Spec],
+    routed: &[(PathBuf, String)],
 ) -> Result<(), InstallError> {
     let mut before = Vec::new();
     let mut result = Ok(());
@@ -142,11 +142,7 @@ pub fn install_twins(
             result = Err(e);
             break;
         }
-        let mine: Vec<PathBuf> = notebooks
-            .iter()
-            .filter(|(_, nb)| kernels::route(nb, specs).is_ok_and(|k| k == t.wraps))
-            .map(|(p, _)| p.clone())
-            .collect();
+        let mine: Vec<PathBuf> = routed.iter().filter(|(_, k)| *k == t.wraps).map(|(p, _)| p.clone()).collect();
         let req = crate::preflight::Request {
             kernel_name: t.name.clone(),
             jupyter_path: jupyter_path.map(Path::to_path_buf),
@@ -286,7 +282,11 @@ pub fn execute(config: Option<PathBuf>, a: InstallArgs) -> Result<u8, InstallErr
     let twins = maker.twins(&chosen, &a.twin_prefix)?;
     let dir = maker.client.prefix.join("share/jupyter/kernels");
     let notebooks = a.course.as_deref().map(course_notebooks).unwrap_or_default();
-    install_twins(&twins, &dir, None, &maker.client.executable, &notebooks, &specs)?;
+    let routes: Vec<(PathBuf, Result<String, String>)> =
+        notebooks.iter().map(|(p, nb)| (p.clone(), kernels::route(nb, &specs))).collect();
+    let routed: Vec<(PathBuf, String)> =
+        routes.iter().filter_map(|(p, k)| Some((p.clone(), k.clone().ok()?))).collect();
+    install_twins(&twins, &dir, None, &maker.client.executable, &routed)?;
     for t in &twins {
         println!(
             "installed {:?}, the sandboxed twin of {:?} ({}), in {} (checked: it starts in the sandbox and answers)",
@@ -299,9 +299,9 @@ pub fn execute(config: Option<PathBuf>, a: InstallArgs) -> Result<u8, InstallErr
             println!("  note: {note}");
         }
     }
-    for (path, nb) in &notebooks {
-        match kernels::route(nb, &specs) {
-            Ok(k) if twins.iter().any(|t| t.wraps == k) => {}
+    for (path, route) in &routes {
+        match route {
+            Ok(k) if twins.iter().any(|t| t.wraps == *k) => {}
             Ok(k) => {
                 println!("warning: {} uses kernel {k:?}, which was not sandboxed: it will not be run", path.display())
             }

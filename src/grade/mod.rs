@@ -167,31 +167,21 @@ pub fn execute(config: Option<PathBuf>, a: GradeArgs) -> Result<u8, GradeError> 
     preflight(&launcher, &policy)?;
     // The kernels the assignment's notebooks name, each sandboxed.
     let notebooks = crate::install::read_notebooks(layout.source_notebooks());
-    let (specs, chosen) = batch_kernels(&maker, &notebooks).map_err(kernel_fault)?;
+    let BatchKernels { specs, chosen, routed } = batch_kernels(&maker, &notebooks).map_err(kernel_fault)?;
     let twins = maker.twins(&chosen, TWIN_PREFIX).map_err(|e| kernel_fault(e.to_string()))?;
     // Without it a Ctrl-C would do nothing (the signals stay blocked): refuse to start instead.
     let signals = stop_signals().map_err(GradeError::Signals)?;
 
     let _lock = layout.lock()?;
-    let twins: Vec<_> = twins
-        .into_iter()
-        .map(|mut t| {
-            t.spec["metadata"]["isolate_grade"]["batch"] = serde_json::json!(assignment);
-            t
-        })
-        .collect();
+    let mut twins = twins;
+    for t in &mut twins {
+        t.spec["metadata"]["isolate_grade"]["batch"] = serde_json::json!(assignment);
+    }
     // A real kernel of each, started as nbgrader will start it, must answer and load what the
     // assignment's notebooks use: else every student would get the same wrong verdict.
     let jupyter = layout.jupyter_path();
-    crate::install::install_twins(
-        &twins,
-        &jupyter.join("kernels"),
-        Some(&jupyter),
-        &maker.client.executable,
-        &notebooks,
-        &specs,
-    )
-    .map_err(|e| kernel_fault(e.to_string()))?;
+    crate::install::install_twins(&twins, &jupyter.join("kernels"), Some(&jupyter), &maker.client.executable, &routed)
+        .map_err(|e| kernel_fault(e.to_string()))?;
     for t in &twins {
         tracing::info!(kernel = %t.wraps, twin = %t.name, binds = t.runtime.binds.len(), "sandboxed kernel");
         for note in &t.runtime.notes {
@@ -514,19 +504,28 @@ fn nbgrader_error(a: &worker::Answer) -> String {
         .to_string()
 }
 
-/// The kernelspecs found, and those the notebooks need (`python3` when there are no source
-/// notebooks to read), or why a notebook could not be graded by any.
+/// The kernels of a batch.
+struct BatchKernels {
+    /// Every kernelspec found (twins included, and `python3` as jupyter_client would start it).
+    specs: Vec<crate::kernels::Spec>,
+    /// Those the notebooks need (`python3` when there are no source notebooks to read).
+    chosen: Vec<crate::kernels::Spec>,
+    /// Each source notebook and the kernel it is routed to.
+    routed: Vec<(PathBuf, String)>,
+}
+
+/// The kernels the notebooks need, or why a notebook could not be graded by any.
 fn batch_kernels(
     maker: &crate::install::Maker,
     notebooks: &[(PathBuf, serde_json::Value)],
-) -> Result<(Vec<crate::kernels::Spec>, Vec<crate::kernels::Spec>), String> {
+) -> Result<BatchKernels, String> {
     let mut specs = maker.specs().map_err(|e| e.to_string())?;
-    if let Some(native) =
-        maker.find(&specs, "python3").filter(|_| !specs.iter().any(|s| s.name == "python3" && !s.is_twin()))
-    {
-        specs.push(native); // so that its twin says what is missing (ipykernel)
+    if !specs.iter().any(|s| s.name == "python3" && !s.is_twin()) {
+        // as jupyter_client would start it, so that its twin says what is missing (ipykernel)
+        specs.push(crate::kernels::native_python3(&maker.client));
     }
     let mut needed: Vec<String> = Vec::new();
+    let mut routed = Vec::new();
     for (path, nb) in notebooks {
         let k = crate::kernels::route(nb, &specs).map_err(|why| {
             let have: Vec<&str> = specs.iter().filter(|s| !s.is_twin()).map(|s| s.name.as_str()).collect();
@@ -538,14 +537,15 @@ fn batch_kernels(
             )
         })?;
         if !needed.contains(&k) {
-            needed.push(k);
+            needed.push(k.clone());
         }
+        routed.push((path.clone(), k));
     }
     if needed.is_empty() {
         needed.push("python3".into());
     }
     let chosen = needed.iter().filter_map(|k| specs.iter().find(|s| s.name == *k && !s.is_twin()).cloned()).collect();
-    Ok((specs, chosen))
+    Ok(BatchKernels { specs, chosen, routed })
 }
 
 /// Fail closed before touching anything: one sandbox, started the way the kernels will be
