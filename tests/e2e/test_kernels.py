@@ -27,8 +27,9 @@ from conftest import BIN, Course, Notebook, copy_course, make_assignment, nb_cel
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 and os.environ.get("CI") != "true", reason="needs root")
 
-# nbgrader's own cell timeout, short: the R infinite loop is interrupted after it
-CONFIG = "c.Execute.timeout = 5\nc.Execute.iopub_timeout = 60\n"
+# nbgrader's own cell timeout, short: the R infinite loop is interrupted after it (long
+# enough for a busy CI machine to reach the memory and output limits first)
+CONFIG = "c.Execute.timeout = 10\nc.Execute.iopub_timeout = 60\n"
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -178,10 +179,11 @@ def test_an_r_assignment_is_graded_in_the_sandboxed_irkernel_as_bare(project_pyt
     for c in (plain, batched):
         add_student(c, "dave", "r", r_probe(c.root))
         # 400 MB a step (zero-filled, so touched) into the 1 GiB memory limit, well within the
-        # 5 s cell timeout even on a busy machine (never run bare)
+        # cell timeout even on a busy machine (never run bare)
         add_student(c, "frank", "r", "hog <- list()\nrepeat hog[[length(hog) + 1]] <- numeric(5e7)")
-        # 40 MB of output: cut at the 16 MB output limit, the cell interrupted, graded on
-        add_student(c, "heidi", "r", 'square <- function(x) x^2\nfor (i in 1:40) cat(strrep("x", 1e6), "\\n")')
+        # 40 MB of output, 10 MB a message: cut at the 16 MB output limit, the cell
+        # interrupted, graded on
+        add_student(c, "heidi", "r", 'square <- function(x) x^2\nfor (i in 1:4) cat(strrep("x", 1e7), "\\n")')
 
     verdicts, out = plain_autograde(plain, tmp_path, "isolate-grade-test-r-", "ir")
     assert sorted(v["status"] for v in verdicts if v["status"] != "ok") == ["memory-limit", "output-limit"], verdicts
