@@ -144,11 +144,15 @@ impl KernelReport {
     /// The status that speaks about the submission. A kernel killed by a signal its client
     /// sent was ended by nbgrader, not by the student's code: jupyter_client escalates to
     /// SIGTERM when a kernel does not shut down within 5 s, which an overloaded machine, or
-    /// ipykernel itself after an interrupt, can make happen. What nbgrader made of the notebook
-    /// then decides the verdict.
+    /// ipykernel itself after an interrupt, can make happen. So was a kernel that exited
+    /// non-zero after its client's SIGINT: jupyter_client interrupts every kernel right before
+    /// asking it to shut down (a SIGINT for a kernel whose interrupt_mode is `signal`), and
+    /// IRkernel then sometimes exits with status 1 (seen in the mixed Python/R batch test). What nbgrader made of
+    /// the notebook then decides the verdict.
     pub fn outcome(&self) -> Status {
         match (&self.status, &self.signal) {
             (Status::Signaled, Some(sig)) if self.relayed_signals.contains(sig) => Status::Ok,
+            (Status::ExitNonzero, _) if self.relayed_signals.iter().any(|s| s == "SIGINT") => Status::Ok,
             (status, _) => *status,
         }
     }
@@ -421,6 +425,19 @@ mod tests {
         assert_eq!(k("SIGTERM", &["SIGINT", "SIGTERM"]).outcome(), Status::Ok);
         // the code killed itself, or died of a signal nobody outside sent
         assert_eq!(k("SIGTERM", &[]).outcome(), Status::Signaled);
+        // IRkernel's exit status 1 after jupyter_client's interrupt before shutdown
+        let exited = |relayed: &[&str]| KernelReport {
+            status: Status::ExitNonzero,
+            signal: None,
+            relayed_signals: relayed.iter().map(|s| s.to_string()).collect(),
+            wall_time: 1.0,
+            cpu_time: 1.0,
+            peak_memory: None,
+            sandbox_error: None,
+        };
+        assert_eq!(exited(&["SIGINT"]).outcome(), Status::Ok);
+        assert_eq!(exited(&[]).outcome(), Status::ExitNonzero);
+        assert_eq!(exited(&["SIGTERM"]).outcome(), Status::ExitNonzero);
         assert_eq!(k("SIGSEGV", &["SIGTERM"]).outcome(), Status::Signaled);
         let mut nb = NotebookResult::default();
         add_kernels(&mut nb, &[k("SIGTERM", &["SIGTERM"])]);
