@@ -151,6 +151,13 @@ pub struct RunArgs {
     /// Write the JSON report here (`-` for stdout); opened as the caller.
     #[arg(long, env = "ISOLATE_GRADE_REPORT")]
     pub report: Option<PathBuf>,
+    /// Stop the program once its stdout and stderr together pass this size (`output-limit`).
+    #[arg(long, env = "ISOLATE_GRADE_OUTPUT_LIMIT", default_value = "64M")]
+    pub output_limit: String,
+    /// Hand the program this process's own stdin, stdout and stderr (a terminal included:
+    /// it can then read what is typed there and write escape sequences to it). Default: pipes.
+    #[arg(long)]
+    pub tty: bool,
     /// The program and its arguments, after `--`.
     #[arg(last = true, required = true, value_name = "PROGRAM [ARGS]...")]
     pub command: Vec<OsString>,

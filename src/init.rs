@@ -27,27 +27,49 @@ extern "C" fn relay(sig: libc::c_int) {
     }
 }
 
-/// The wait status as 8 bytes: kind (1 exited, 2 signaled) and value.
-pub fn encode(status: WaitStatus) -> Option<[u8; 8]> {
+/// What init reports: the size of [`encode`]'s record.
+pub const STATUS_LEN: usize = 16;
+
+/// The wait status and the CPU time of the processes init reaped (the program and the orphans
+/// before it), as counted by the kernel for `RLIMIT_CPU`: kind (1 exited, 2 signaled), value,
+/// microseconds.
+pub fn encode(status: WaitStatus, cpu: std::time::Duration) -> Option<[u8; STATUS_LEN]> {
     let (kind, value): (i32, i32) = match status {
         WaitStatus::Exited(_, code) => (1, code),
         WaitStatus::Signaled(_, sig, _) => (2, sig as i32),
         _ => return None,
     };
-    let mut out = [0u8; 8];
+    let mut out = [0u8; STATUS_LEN];
     out[..4].copy_from_slice(&kind.to_ne_bytes());
-    out[4..].copy_from_slice(&value.to_ne_bytes());
+    out[4..8].copy_from_slice(&value.to_ne_bytes());
+    out[8..].copy_from_slice(&(cpu.as_micros().min(u64::MAX as u128) as u64).to_ne_bytes());
     Some(out)
 }
 
-pub fn decode(bytes: &[u8]) -> Option<crate::report::Ended> {
-    let b: [u8; 8] = bytes.try_into().ok()?;
+pub fn decode(bytes: &[u8]) -> Option<(crate::report::Ended, std::time::Duration)> {
+    let b: [u8; STATUS_LEN] = bytes.try_into().ok()?;
     let kind = i32::from_ne_bytes(b[..4].try_into().ok()?);
-    let value = i32::from_ne_bytes(b[4..].try_into().ok()?);
+    let value = i32::from_ne_bytes(b[4..8].try_into().ok()?);
+    let cpu = std::time::Duration::from_micros(u64::from_ne_bytes(b[8..].try_into().ok()?));
     match kind {
-        1 => Some(crate::report::Ended::Exited(value)),
-        2 => Some(crate::report::Ended::Signaled(value)),
+        1 => Some((crate::report::Ended::Exited(value), cpu)),
+        2 => Some((crate::report::Ended::Signaled(value), cpu)),
         _ => None,
+    }
+}
+
+/// CPU time (user and system) of the children this process has reaped.
+fn reaped_cpu() -> std::time::Duration {
+    use nix::sys::resource::{getrusage, UsageWho};
+    match getrusage(UsageWho::RUSAGE_CHILDREN) {
+        Ok(u) => {
+            let t = |tv: nix::sys::time::TimeVal| {
+                std::time::Duration::from_secs(tv.tv_sec().max(0) as u64)
+                    + std::time::Duration::from_micros(tv.tv_usec().max(0) as u64)
+            };
+            t(u.user_time()) + t(u.system_time())
+        }
+        Err(_) => std::time::Duration::ZERO,
     }
 }
 
@@ -66,7 +88,7 @@ pub fn run(program: Pid, status_fd: i32) -> ! {
     loop {
         match waitpid(None, None) {
             Ok(status) if status.pid() == Some(program) => {
-                if let Some(bytes) = encode(status) {
+                if let Some(bytes) = encode(status, reaped_cpu()) {
                     crate::sys::raw::write_fd(status_fd, &bytes);
                 }
                 crate::sys::raw::exit_now(0);
@@ -86,10 +108,11 @@ mod tests {
     #[test]
     fn status_round_trips() {
         let p = Pid::from_raw(5);
-        assert_eq!(decode(&encode(WaitStatus::Exited(p, 3)).unwrap()), Some(Ended::Exited(3)));
+        let cpu = std::time::Duration::from_micros(61_000_123);
+        assert_eq!(decode(&encode(WaitStatus::Exited(p, 3), cpu).unwrap()), Some((Ended::Exited(3), cpu)));
         assert_eq!(
-            decode(&encode(WaitStatus::Signaled(p, Signal::SIGSYS, false)).unwrap()),
-            Some(Ended::Signaled(libc::SIGSYS))
+            decode(&encode(WaitStatus::Signaled(p, Signal::SIGSYS, false), cpu).unwrap()),
+            Some((Ended::Signaled(libc::SIGSYS), cpu))
         );
         assert_eq!(decode(&[1, 2, 3]), None);
     }

@@ -10,8 +10,10 @@ use std::process::ExitCode;
 fn main() -> ExitCode {
     // Before anything else: nothing the caller left open reaches the sandbox, and nobody of
     // the caller's uid may ptrace or read the memory of this (possibly setuid) process.
-    if let Err(e) =
-        isolate_grade::sys::raw::cloexec_inherited_fds().and_then(|_| isolate_grade::sys::raw::set_non_dumpable())
+    // And fds 0-2 are open, so that no fd we open later is taken for one of them.
+    if let Err(e) = isolate_grade::stdio::ensure_standard_fds()
+        .and_then(|_| isolate_grade::sys::raw::cloexec_inherited_fds())
+        .and_then(|_| isolate_grade::sys::raw::set_non_dumpable())
     {
         eprintln!("isolate-grade: sanitizing the process: {e}");
         return ExitCode::from(3);

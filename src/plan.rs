@@ -40,6 +40,9 @@ pub struct Plan {
     pub search_path: Vec<PathBuf>,
     pub argv: Vec<CString>,
     pub env: Vec<CString>,
+    /// The program's fds 0, 1, 2: the supervisor's pipes ([`crate::stdio`]); `None` only for
+    /// `run --tty`, which hands over the caller's.
+    pub stdio: Option<[std::os::fd::OwnedFd; 3]>,
 }
 
 /// Pipes to the supervisor that survive setup.
@@ -70,6 +73,7 @@ pub enum Step {
     Hostname,
     Loopback,
     Rlimits,
+    Stdio,
     CloseFds,
     Capabilities,
     Identity,
@@ -161,10 +165,18 @@ pub fn enter_sandbox<S: Sys>(sys: &S, mut p: Plan, ch: Channels) -> Result<Pid, 
     sys.sethostname(&p.hostname).at(Hostname)?;
     sys.loopback_up().at(Loopback)?;
     // 11. rlimits while we are still root (hard limits can only be lowered afterwards).
-    for (resource, value) in rlimits(&p.limits) {
-        sys.setrlimit(resource, value, value).at(Rlimits)?;
+    for (resource, soft, hard) in rlimits(&p.limits) {
+        sys.setrlimit(resource, soft, hard).at(Rlimits)?;
     }
-    // 12. Close every fd but stdio and our pipes (cgroup dir, slot lock, report file...).
+    // 12. stdio: the supervisor's pipes, never the caller's terminal or files, then close every
+    //     other fd but our pipes (the pipes' originals, cgroup dir, slot lock, report file...).
+    if let Some(stdio) = p.stdio.take() {
+        sys.set_stdio(std::array::from_fn(|i| std::os::fd::AsRawFd::as_raw_fd(&stdio[i]))).at(Stdio)?;
+        for original in stdio {
+            // closed by the step below, not twice
+            let _ = std::os::fd::IntoRawFd::into_raw_fd(original);
+        }
+    }
     sys.close_fds_except(&[ch.alive, ch.status, ch.error]).at(CloseFds)?;
     // 13. Empty the bounding, ambient and inheritable sets: needs CAP_SETPCAP, so before the
     //     uid change, which then clears the permitted and effective sets.
@@ -200,18 +212,34 @@ pub fn enter_sandbox<S: Sys>(sys: &S, mut p: Plan, ch: Channels) -> Result<Pid, 
     Err(sys.execve(&program, &p.argv, &p.env)).at(Exec)
 }
 
-/// rlimits for the program. NPROC counts per uid, and the uid is the slot's own: a second
-/// fence for fork bombs, one above the pids cgroup so that the cgroup (which the report
-/// can see) is the one that fires.
-fn rlimits(l: &Limits) -> Vec<(Resource, u64)> {
+/// rlimits for the program, every one of them (soft, hard): none of the caller's carries in,
+/// raised or lowered (an nbgrader worker's address-space cap would starve the kernel). NPROC
+/// counts per uid, and the uid is the slot's own: a second fence for fork bombs, one above the
+/// pids cgroup so that the cgroup (which the report can see) is the one that fires. Memory is
+/// the memory cgroup's to limit, so the address space itself is not.
+fn rlimits(l: &Limits) -> Vec<(Resource, u64, u64)> {
+    let same = |r, v| (r, v, v);
+    const INFINITY: u64 = libc::RLIM_INFINITY;
     vec![
-        (Resource::RLIMIT_CORE, 0),
-        (Resource::RLIMIT_FSIZE, l.file_size),
-        (Resource::RLIMIT_NOFILE, l.open_files),
-        (Resource::RLIMIT_STACK, l.stack),
-        (Resource::RLIMIT_NPROC, l.pids + 1),
-        // per process, a second fence behind the supervisor's cgroup-wide CPU accounting
-        (Resource::RLIMIT_CPU, l.cpu_time.as_secs() + 1),
+        same(Resource::RLIMIT_CORE, 0),
+        same(Resource::RLIMIT_FSIZE, l.file_size),
+        same(Resource::RLIMIT_NOFILE, l.open_files),
+        same(Resource::RLIMIT_STACK, l.stack),
+        same(Resource::RLIMIT_NPROC, l.pids + 1),
+        // Per process, a fence behind the supervisor's cgroup-wide CPU accounting: SIGXCPU a
+        // second past the limit, SIGKILL a second later. Either way the verdict is
+        // `timeout-cpu` (init reports the CPU its processes used, see report::classify).
+        (Resource::RLIMIT_CPU, l.cpu_time.as_secs() + 1, l.cpu_time.as_secs() + 2),
+        same(Resource::RLIMIT_AS, INFINITY),
+        same(Resource::RLIMIT_DATA, INFINITY),
+        same(Resource::RLIMIT_RSS, INFINITY),
+        same(Resource::RLIMIT_LOCKS, INFINITY),
+        same(Resource::RLIMIT_MEMLOCK, 8 << 20),
+        same(Resource::RLIMIT_MSGQUEUE, 819_200),
+        same(Resource::RLIMIT_SIGPENDING, 16_384),
+        same(Resource::RLIMIT_NICE, 0),
+        same(Resource::RLIMIT_RTPRIO, 0),
+        same(Resource::RLIMIT_RTTIME, INFINITY),
     ]
 }
 
@@ -256,6 +284,7 @@ mod tests {
             search_path: vec![],
             argv: vec![CString::new("true").unwrap()],
             env: vec![],
+            stdio: None,
         }
     }
 
@@ -273,9 +302,32 @@ mod tests {
         let mut p = plan(root.path());
         let tasks = tempfile::NamedTempFile::new().unwrap();
         p.cgroup_join = vec![std::fs::File::open(tasks.path()).unwrap().into()];
+        let pipes = crate::stdio::pipes().unwrap();
+        p.stdio = Some(pipes.sandbox);
         let err = enter_sandbox(&sys, p, CH).unwrap_err();
         assert_eq!(err.step, Step::Exec, "{err}");
         let calls = sys.calls();
+        // every rlimit is the sandbox's own, none of the caller's
+        for r in [
+            "CORE",
+            "FSIZE",
+            "NOFILE",
+            "STACK",
+            "NPROC",
+            "CPU",
+            "AS",
+            "DATA",
+            "RSS",
+            "LOCKS",
+            "MEMLOCK",
+            "MSGQUEUE",
+            "SIGPENDING",
+            "NICE",
+            "RTPRIO",
+            "RTTIME",
+        ] {
+            assert!(calls.iter().any(|c| c.starts_with(&format!("setrlimit RLIMIT_{r} "))), "RLIMIT_{r}: {calls:#?}");
+        }
         let order = [
             ("join cgroup", "unshare CLONE_NEWCGROUP"),
             ("unshare CLONE_NEWCGROUP", "mount none / - [rec,private]"),
@@ -287,6 +339,8 @@ mod tests {
             ("pivot_root", "loopback up"),
             ("loopback up", "setrlimit"),
             ("setrlimit RLIMIT_NPROC", "setresuid"),
+            ("setrlimit", "dup2 stdio"),
+            ("dup2 stdio", "close fds"),
             ("close fds", "setresuid"),
             ("drop bounding", "setgroups"),
             ("setgroups", "setresgid"),

@@ -103,16 +103,29 @@ pub struct Facts {
     pub killed_for_output: bool,
     /// Signals the supervisor received from its caller and passed on to the program, in order.
     pub relayed: Vec<i32>,
-    /// A kernel's output bytes (iopub), when it ran behind the relay.
+    /// Output bytes: stdout and stderr through the supervisor's pipes, and a kernel's iopub.
     pub output_bytes: Option<u64>,
     pub usage: Usage,
+    /// CPU time of the processes the sandbox's init reaped (the program among them), as the
+    /// kernel counts it for `RLIMIT_CPU`: that limit may fire before the cgroup's count, read
+    /// by the supervisor, shows the limit reached.
+    pub reaped_cpu: Duration,
     pub wall: Duration,
+}
+
+impl Facts {
+    /// The CPU time the sandbox used: the larger of the two counts (the cgroup's covers every
+    /// process, also those still unreaped; the reaped processes' is the one `RLIMIT_CPU` acts on).
+    pub fn cpu(&self) -> Duration {
+        self.usage.cpu.max(self.reaped_cpu)
+    }
 }
 
 /// Which limit explains the end of the run. Causes before symptoms: a fork bomb ends in a
 /// wall-clock kill, but the report says `pids-limit`. A limit that was only brushed (pids
 /// refused once, and handled) with a clean exit is `ok`, and listed in `limits_hit`.
 pub fn classify(f: &Facts, limits: &Limits) -> Status {
+    let cpu = f.cpu();
     let clean_exit = f.ended == Some(Ended::Exited(0));
     if f.usage.oom_kills > 0 {
         Status::MemoryLimit
@@ -120,8 +133,9 @@ pub fn classify(f: &Facts, limits: &Limits) -> Status {
         Status::PidsLimit
     } else if f.killed_for_output {
         Status::OutputLimit
-    } else if f.killed_for_cpu || f.usage.cpu >= limits.cpu_time {
-        // Over budget is over budget, even if it ended between two of the supervisor's checks.
+    } else if f.killed_for_cpu || cpu >= limits.cpu_time {
+        // Over budget is over budget, even if it ended between two of the supervisor's checks,
+        // or by the per-process `RLIMIT_CPU` (SIGXCPU, then SIGKILL) before either count.
         Status::TimeoutCpu
     } else if f.killed_for_wall {
         Status::TimeoutWall
@@ -165,7 +179,8 @@ pub struct Report {
     #[serde(serialize_with = "secs")]
     pub cpu_time: Duration,
     pub peak_memory: Option<u64>,
-    /// Bytes of output a kernel sent (its iopub channel); only for `isolate-grade kernel`.
+    /// Bytes of output: stdout and stderr, and for a kernel its iopub channel (all counted,
+    /// also past the limit, where they were dropped). Absent for `run --tty`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub output_bytes: Option<u64>,
     pub limits: Limits,
@@ -203,7 +218,7 @@ impl Report {
         if f.usage.pids_limit_hits > 0 {
             hit.push("pids");
         }
-        if f.killed_for_cpu || f.usage.cpu >= limits.cpu_time {
+        if f.killed_for_cpu || f.cpu() >= limits.cpu_time {
             hit.push("cpu_time");
         }
         if f.killed_for_wall {
@@ -224,7 +239,7 @@ impl Report {
                 _ => None,
             },
             wall_time: f.wall,
-            cpu_time: f.usage.cpu,
+            cpu_time: f.cpu(),
             peak_memory: f.usage.peak_memory,
             output_bytes: f.output_bytes,
             limits: limits.clone(),
@@ -318,6 +333,20 @@ mod tests {
         assert_eq!(classify(&f, &l), Status::Ok);
         let r = Report::from_facts(&f, &l, SandboxInfo::default());
         assert_eq!(r.limits_hit, ["pids"]);
+        // RLIMIT_CPU fired (SIGXCPU, or its SIGKILL) before the cgroup's count showed the limit:
+        // what the processes used decides, not which count was read first
+        for sig in [libc::SIGXCPU, libc::SIGKILL] {
+            let mut f = facts(Some(Ended::Signaled(sig)));
+            f.usage.cpu = l.cpu_time.mul_f64(0.95);
+            f.reaped_cpu = l.cpu_time + Duration::from_secs(1);
+            assert_eq!(classify(&f, &l), Status::TimeoutCpu);
+            let r = Report::from_facts(&f, &l, SandboxInfo::default());
+            assert_eq!((r.limits_hit.as_slice(), r.cpu_time), (&["cpu_time"][..], f.reaped_cpu));
+        }
+        // a program that sent itself SIGXCPU well inside its budget was just signaled
+        let mut f = facts(Some(Ended::Signaled(libc::SIGXCPU)));
+        f.reaped_cpu = Duration::from_secs(1);
+        assert_eq!(classify(&f, &l), Status::Signaled);
         // but CPU over the limit is a timeout even if the program exited cleanly in time
         let mut f = facts(Some(Ended::Exited(0)));
         f.usage.cpu = l.cpu_time;

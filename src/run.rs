@@ -191,6 +191,7 @@ impl Prepared {
             search_path: self.search_path,
             argv: self.argv,
             env: self.env.iter().map(|(k, v)| CString::new(format!("{k}={v}")).expect("validated: no NUL")).collect(),
+            stdio: None, // the supervisor's pipes, made just before the clone
         }
     }
 }
@@ -204,7 +205,8 @@ pub fn execute(config_override: Option<PathBuf>, a: RunArgs) -> Result<u8, RunEr
         Some(p) if p.as_os_str() == "-" => Some(Sink::Stdout),
         Some(p) => Some(Sink::File(prepared.caller.create_report(p)?)),
     };
-    let report = run_prepared(prepared, |plan| plan, None);
+    let stdio = stdio_spec(&a)?;
+    let report = run_prepared(prepared, |plan| plan, None, stdio);
     emit(&report, sink)?;
     Ok(report.status.exit_code())
 }
@@ -216,6 +218,7 @@ pub fn run_prepared(
     prepared: Prepared,
     adjust: impl FnOnce(Plan) -> Plan,
     relay: Option<crate::relay::RelaySpec>,
+    stdio: crate::stdio::Spec,
 ) -> Report {
     let mut prepared = prepared;
     let watch = prepared.watch.take();
@@ -224,7 +227,7 @@ pub fn run_prepared(
     let config = prepared.config.clone();
     let started = Instant::now();
     let plan = |root_dir, uid, join| adjust(prepared.into_plan(root_dir, uid, join));
-    match in_slot(&config, &limits, &mut info, plan, relay, watch) {
+    match in_slot(&config, &limits, &mut info, plan, relay, watch, stdio) {
         Ok(outcome) => match outcome.setup_failure {
             Some(f) => Report::fault(&f.step, f.message, &limits, info, outcome.facts.wall),
             None => Report::from_facts(&outcome.facts, &limits, info),
@@ -241,6 +244,7 @@ fn in_slot(
     plan: impl FnOnce(PathBuf, u32, Vec<std::os::fd::OwnedFd>) -> Plan,
     relay: Option<crate::relay::RelaySpec>,
     watch: Option<std::os::fd::OwnedFd>,
+    stdio: crate::stdio::Spec,
 ) -> Result<supervisor::Outcome, (&'static str, String)> {
     let root_dir = identity::prepare_state_dir(&config.state_dir).map_err(|e| ("state-dir", e.to_string()))?;
     let slot = identity::acquire_slot(&config.state_dir, config.slots).map_err(|e| ("slot", e.to_string()))?;
@@ -266,10 +270,30 @@ fn in_slot(
         limits.cpu_quota_millicores,
         relay,
         watch,
+        stdio,
     )
     .map_err(|e| ("supervisor", e.to_string()))?;
     drop(slot);
     Ok(outcome)
+}
+
+/// `run`'s stdio: pipes, its stdin the caller's unless that is a terminal; `--tty` hands the
+/// caller's fds over as they are.
+fn stdio_spec(a: &RunArgs) -> Result<crate::stdio::Spec, RunError> {
+    use crate::stdio::{Escape, OnLimit, Spec, Stdin};
+    if a.tty {
+        return Ok(Spec::Inherit);
+    }
+    let output_limit =
+        units::parse_size(&a.output_limit).map_err(|e| RunError::Invalid(format!("--output-limit: {e}")))?;
+    let stdin = if nix::unistd::isatty(std::io::stdin()).unwrap_or(false) {
+        // What the instructor types is theirs: the program reads end-of-file.
+        eprintln!("isolate-grade: stdin is a terminal; the program gets an empty stdin (--tty hands it the terminal)");
+        Stdin::Empty
+    } else {
+        Stdin::Caller
+    };
+    Ok(Spec::Piped { stdin, output_limit, on_limit: OnLimit::Kill, escape: Escape::OnTerminal })
 }
 
 fn emit(report: &Report, sink: Option<Sink>) -> Result<(), RunError> {

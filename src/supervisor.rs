@@ -53,15 +53,26 @@ pub const NAMESPACES: u64 =
 /// The report lists the first signals relayed; a caller signalling in a loop can't grow it.
 const MAX_RELAYED_RECORDED: usize = 16;
 
+#[allow(clippy::too_many_arguments)] // until the host side is one typed request (#14)
 pub fn supervise(
-    plan: Plan,
+    mut plan: Plan,
     cgroup: RunCgroup,
     wall_limit: Duration,
     cpu_limit: Duration,
     millicores: u64,
     relay: Option<crate::relay::RelaySpec>,
     watch: Option<OwnedFd>,
+    stdio: crate::stdio::Spec,
 ) -> Result<Outcome, SupervisorError> {
+    // The sandbox's fds 0-2: pipes of ours, never the caller's (unless `run --tty`).
+    let stdio_ends = match stdio {
+        crate::stdio::Spec::Piped { .. } => {
+            let pipes = crate::stdio::pipes().map_err(sys("pipe2"))?;
+            plan.stdio = Some(pipes.sandbox);
+            Some(pipes.host)
+        }
+        crate::stdio::Spec::Inherit => None,
+    };
     let (alive_r, alive_w) = pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(sys("pipe2"))?;
     let (status_r, status_w) = pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(sys("pipe2"))?;
     let (error_r, error_w) = pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(sys("pipe2"))?;
@@ -87,7 +98,7 @@ pub fn supervise(
     };
     drop((alive_r, status_w, error_w));
     tracing::debug!(pid = pid.as_raw(), "sandbox cloned");
-    drop(plan); // our copies of the bind source fds
+    drop(plan); // our copies of the bind source fds and of the sandbox's stdio ends
 
     // From here on, an early return (an error of ours) must not leave the sandbox running.
     let mut sandbox = Sandbox { pid, pidfd, reaped: false };
@@ -97,6 +108,13 @@ pub fn supervise(
         Some(spec) => Some(crate::relay::start(spec, sandbox.pidfd.as_raw_fd()).map_err(|e| SupervisorError::Sys {
             what: "relay",
             errno: Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
+        })?),
+        None => None,
+    };
+    // stdout and stderr passed on and counted, stdin copied in: threads too, from here on.
+    let pumps = match stdio_ends {
+        Some(ends) => Some(crate::stdio::start(stdio, ends, sandbox.pidfd.as_raw_fd()).map_err(|e| {
+            SupervisorError::Sys { what: "stdio", errno: Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)) }
         })?),
         None => None,
     };
@@ -186,16 +204,28 @@ pub fn supervise(
         }
     }
     facts.wall = started.elapsed();
+    // Every process of the sandbox is gone, so its stdout and stderr are at end-of-file: the
+    // last of them is passed on before the verdict.
+    if let Some(pumps) = pumps {
+        let (bytes, exceeded) = pumps.finish();
+        facts.output_bytes = Some(facts.output_bytes.unwrap_or(0) + bytes);
+        facts.killed_for_output |= exceeded;
+    }
     // The rest of a setup error, if the child wrote one and died before we read it all.
     let mut buf = [0u8; 4096];
     while let Ok(n @ 1..) = read(&error_r, &mut buf) {
         error_text.extend_from_slice(&buf[..n]);
     }
-    let mut status = [0u8; 8];
-    if let Ok(8) = read(&status_r, &mut status) {
-        facts.ended = crate::init::decode(&status);
+    let mut status = [0u8; crate::init::STATUS_LEN];
+    if let Ok(crate::init::STATUS_LEN) = read(&status_r, &mut status) {
+        if let Some((ended, cpu)) = crate::init::decode(&status) {
+            facts.ended = Some(ended);
+            facts.reaped_cpu = cpu;
+        }
     }
-    if facts.ended.is_none() && (facts.killed_for_wall || facts.killed_for_cpu || facts.client_gone) {
+    if facts.ended.is_none()
+        && (facts.killed_for_wall || facts.killed_for_cpu || facts.client_gone || facts.killed_for_output)
+    {
         facts.ended = Some(crate::report::Ended::Signaled(libc::SIGKILL)); // by us, through init
     }
     drop(alive_w);

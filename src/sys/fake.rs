@@ -134,6 +134,9 @@ impl Sys for FakeSys {
     fn setrlimit(&self, resource: Resource, soft: u64, hard: u64) -> Result<(), SysError> {
         self.rec("setrlimit", format!("setrlimit {resource:?} {soft} {hard}"))
     }
+    fn set_stdio(&self, _fds: [std::os::fd::RawFd; 3]) -> Result<(), SysError> {
+        self.rec("dup2", "dup2 stdio from the supervisor's pipes".into())
+    }
     fn close_fds_except(&self, keep: &[i32]) -> Result<(), SysError> {
         self.rec("close_range", format!("close fds except {}", keep.len()))
     }

@@ -141,6 +141,19 @@ impl Sys for LinuxSys {
             .map_err(|e| SysError::new("setrlimit", format!("{resource:?}={soft}"), e))
     }
 
+    fn set_stdio(&self, fds: [std::os::fd::RawFd; 3]) -> Result<(), SysError> {
+        for (target, fd) in fds.into_iter().enumerate() {
+            if fd <= 2 {
+                // main keeps 0-2 open, so no pipe of ours can be one of them
+                return Err(SysError::new("dup2", format!("{fd} onto {target}"), Errno::EBADF));
+            }
+            // SAFETY: dup2 only changes this process's fd table; `target` (0-2) is replaced.
+            check(unsafe { libc::dup2(fd, target as libc::c_int) }.into())
+                .map_err(|e| SysError::new("dup2", format!("{fd} onto {target}"), e))?;
+        }
+        Ok(())
+    }
+
     fn close_fds_except(&self, keep: &[i32]) -> Result<(), SysError> {
         let mut keep: Vec<u32> = keep.iter().filter(|&&fd| fd > 2).map(|&fd| fd as u32).collect();
         keep.sort_unstable();

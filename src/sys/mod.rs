@@ -86,6 +86,8 @@ pub trait Sys {
     fn sethostname(&self, name: &str) -> Result<(), SysError>;
     fn loopback_up(&self) -> Result<(), SysError>;
     fn setrlimit(&self, resource: Resource, soft: u64, hard: u64) -> Result<(), SysError>;
+    /// `dup2` each of `fds` onto 0, 1 and 2 (all of `fds` are above 2).
+    fn set_stdio(&self, fds: [std::os::fd::RawFd; 3]) -> Result<(), SysError>;
     /// Close every fd from 3 up except `keep`.
     fn close_fds_except(&self, keep: &[i32]) -> Result<(), SysError>;
     /// Empty the bounding, ambient and inheritable sets (needs `CAP_SETPCAP`).

@@ -1,0 +1,309 @@
+//! The sandbox's fds 0, 1 and 2: never anything the caller opened.
+//!
+//! A program inherits its parent's stdio. Handed the caller's, sandboxed code holds the
+//! instructor's terminal (it could read what is typed there, a sudo password included, turn
+//! echo off, or write escape sequences and fake lines), a host log file (`ftruncate` it, forge
+//! it) or a pipe (write past every output limit). "No controlling terminal" does not help:
+//! the fd *is* the terminal. So the sandbox gets three pipes of the supervisor's instead:
+//!
+//! - **stdin**: empty for a kernel (the write end is closed before the program starts). For
+//!   `run`, the caller's stdin, copied in by a thread (a pipe, a file: test input is a real
+//!   use), never writable from inside; a terminal is never copied (the program gets an empty
+//!   stdin) unless `run --tty` hands the caller's fds over as they are.
+//! - **stdout, stderr**: read by a thread each, counted against the output limit together,
+//!   and written to the caller's fd 1 and 2 as data. Past the limit the rest is read and
+//!   dropped, and the sandbox is stopped (`run`: killed) or interrupted (a kernel: SIGINT, as
+//!   for its cell output); the report says `output-limit`. Text is escaped
+//!   ([`crate::escape`]) where it would reach a person: always for a kernel (its stdout and
+//!   stderr end in the client's log), and for `run` when the caller's fd is a terminal; to a
+//!   pipe or a file, `run`'s output passes byte for byte.
+//!
+//! The threads start after the sandbox was cloned (this process never forks again) and the
+//! output threads end when every process of the sandbox is gone, which closes the pipes.
+
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
+use nix::unistd::{isatty, pipe2};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+/// Where the sandbox's stdin comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stdin {
+    /// End-of-file at once.
+    Empty,
+    /// The caller's stdin, copied in (refused by the caller's side when it is a terminal).
+    Caller,
+}
+
+/// What to do to the sandbox when its stdout and stderr pass the output limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnLimit {
+    /// `run`: the program has produced all it may.
+    Kill,
+    /// A kernel: interrupt what it is doing (the cell), as for its cell output.
+    Interrupt,
+}
+
+/// When the output is escaped on its way to the caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Escape {
+    Always,
+    OnTerminal,
+}
+
+/// How the sandbox's fds 0-2 are connected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Spec {
+    /// Pipes of the supervisor's (the default, and the only way for a kernel).
+    Piped { stdin: Stdin, output_limit: u64, on_limit: OnLimit, escape: Escape },
+    /// `run --tty`: the caller's fds 0-2, as they are (the README says what that exposes).
+    Inherit,
+}
+
+/// The three pipes: the sandbox's ends (its fds 0, 1, 2) and ours.
+pub struct Pipes {
+    pub sandbox: [OwnedFd; 3],
+    pub host: HostEnds,
+}
+
+/// Our ends of the pipes.
+pub struct HostEnds {
+    stdin_w: OwnedFd,
+    stdout_r: OwnedFd,
+    stderr_r: OwnedFd,
+}
+
+/// Close-on-exec pipes, made before the clone. The sandbox `dup2`s its ends onto 0-2 (plan
+/// step 12), which clears close-on-exec on those copies only.
+pub fn pipes() -> Result<Pipes, Errno> {
+    let (stdin_r, stdin_w) = pipe2(OFlag::O_CLOEXEC)?;
+    let (stdout_r, stdout_w) = pipe2(OFlag::O_CLOEXEC)?;
+    let (stderr_r, stderr_w) = pipe2(OFlag::O_CLOEXEC)?;
+    Ok(Pipes { sandbox: [stdin_r, stdout_w, stderr_w], host: HostEnds { stdin_w, stdout_r, stderr_r } })
+}
+
+/// The threads copying between the caller's stdio and the sandbox's pipes.
+pub struct Pumps {
+    output: Vec<JoinHandle<()>>,
+    bytes: Arc<AtomicU64>,
+    exceeded: Arc<AtomicBool>,
+}
+
+struct Counter {
+    bytes: Arc<AtomicU64>,
+    exceeded: Arc<AtomicBool>,
+    limit: u64,
+    on_limit: OnLimit,
+    pidfd: RawFd,
+}
+
+/// Start copying for the sandbox behind `pidfd` (its init), which should outlive
+/// [`Pumps::finish`]. The sandbox's ends must be closed in this process already.
+pub fn start(spec: Spec, ends: HostEnds, pidfd: RawFd) -> std::io::Result<Pumps> {
+    let Spec::Piped { stdin, output_limit, on_limit, escape } = spec else {
+        return Err(std::io::Error::other("the caller's stdio is handed over: nothing to copy"));
+    };
+    let HostEnds { stdin_w, stdout_r, stderr_r } = ends;
+    match stdin {
+        // Dropping the write end: the sandbox reads end-of-file.
+        Stdin::Empty => drop(stdin_w),
+        Stdin::Caller => {
+            // Not joined: it may wait on the caller's stdin for ever, and owns nothing else.
+            std::thread::Builder::new().name("stdin".into()).spawn(move || copy_stdin(stdin_w))?;
+        }
+    }
+    let bytes = Arc::new(AtomicU64::new(0));
+    let exceeded = Arc::new(AtomicBool::new(false));
+    let mut output = Vec::new();
+    for (name, from, to) in [("stdout", stdout_r, 1), ("stderr", stderr_r, 2)] {
+        let counter =
+            Counter { bytes: bytes.clone(), exceeded: exceeded.clone(), limit: output_limit, on_limit, pidfd };
+        // SAFETY: fds 1 and 2 are open for the life of the process (main makes sure of it).
+        let escaped = escape == Escape::Always || isatty(unsafe { BorrowedFd::borrow_raw(to) }).unwrap_or(false);
+        output.push(std::thread::Builder::new().name(name.into()).spawn(move || pump(from, to, escaped, counter))?);
+    }
+    Ok(Pumps { output, bytes, exceeded })
+}
+
+impl Pumps {
+    /// Wait until the sandbox's output is all passed on (every process of it must be gone);
+    /// returns (output bytes, whether the limit was passed).
+    pub fn finish(self) -> (u64, bool) {
+        for t in self.output {
+            let _ = t.join();
+        }
+        (self.bytes.load(Ordering::Relaxed), self.exceeded.load(Ordering::Relaxed))
+    }
+}
+
+fn copy_stdin(to: OwnedFd) {
+    let mut buf = vec![0u8; 64 * 1024];
+    // SAFETY: fd 0 is open for the life of the process (main makes sure of it).
+    let from = unsafe { BorrowedFd::borrow_raw(0) };
+    loop {
+        let n = match nix::unistd::read(from, &mut buf) {
+            Ok(0) => return,
+            Ok(n) => n,
+            Err(Errno::EINTR) => continue,
+            Err(_) => return,
+        };
+        if write_all(to.as_fd(), &buf[..n]).is_err() {
+            return; // the program closed its stdin, or ended
+        }
+    }
+}
+
+fn pump(from: OwnedFd, to: RawFd, escaped: bool, c: Counter) {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut text = escaped.then(Utf8Escaper::default);
+    let mut out = Vec::new();
+    // SAFETY: fds 1 and 2 are open for the life of the process (main makes sure of it).
+    let to = unsafe { BorrowedFd::borrow_raw(to) };
+    let mut writable = true;
+    loop {
+        let n = match nix::unistd::read(&from, &mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(Errno::EINTR) => continue,
+            Err(_) => break,
+        };
+        let before = c.bytes.fetch_add(n as u64, Ordering::Relaxed);
+        let allowed = c.limit.saturating_sub(before).min(n as u64) as usize;
+        if allowed < n && !c.exceeded.swap(true, Ordering::Relaxed) {
+            let signal = match c.on_limit {
+                OnLimit::Kill => libc::SIGKILL,
+                OnLimit::Interrupt => libc::SIGINT,
+            };
+            tracing::info!(limit = c.limit, signal, "output limit: stdout/stderr cut");
+            let _ = crate::sys::raw::pidfd_send_signal(c.pidfd, signal);
+        }
+        // Past the limit (or once the caller stopped reading) the rest is read and dropped,
+        // so the sandbox never blocks on a full pipe.
+        if allowed == 0 || !writable {
+            continue;
+        }
+        let data = match text.as_mut() {
+            None => &buf[..allowed],
+            Some(e) => {
+                out.clear();
+                e.feed(&buf[..allowed], &mut out);
+                &out[..]
+            }
+        };
+        writable = write_all(to, data).is_ok();
+    }
+    if let (Some(e), true) = (text.as_mut(), writable) {
+        out.clear();
+        e.finish(&mut out);
+        let _ = write_all(to, &out);
+    }
+}
+
+fn write_all(fd: BorrowedFd<'_>, mut data: &[u8]) -> Result<(), Errno> {
+    while !data.is_empty() {
+        match nix::unistd::write(fd, data) {
+            Ok(0) => return Err(Errno::EPIPE),
+            Ok(n) => data = &data[n..],
+            Err(Errno::EINTR) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// [`crate::escape::text`] over a byte stream: UTF-8 split across reads is put back together,
+/// and bytes that are not UTF-8 are shown as `\xNN`.
+#[derive(Default)]
+pub struct Utf8Escaper {
+    pending: Vec<u8>,
+}
+
+impl Utf8Escaper {
+    pub fn feed(&mut self, bytes: &[u8], out: &mut Vec<u8>) {
+        self.pending.extend_from_slice(bytes);
+        let mut rest: &[u8] = &self.pending;
+        loop {
+            match std::str::from_utf8(rest) {
+                Ok(s) => {
+                    out.extend_from_slice(crate::escape::text(s).as_bytes());
+                    rest = &[];
+                    break;
+                }
+                Err(e) => {
+                    let (good, bad) = rest.split_at(e.valid_up_to());
+                    // SAFETY-free: `good` was just validated as UTF-8.
+                    out.extend_from_slice(crate::escape::text(std::str::from_utf8(good).expect("valid")).as_bytes());
+                    match e.error_len() {
+                        // Incomplete at the end: wait for the rest of the character.
+                        None => {
+                            rest = bad;
+                            break;
+                        }
+                        Some(len) => {
+                            for b in &bad[..len] {
+                                out.extend_from_slice(format!("\\x{b:02x}").as_bytes());
+                            }
+                            rest = &bad[len..];
+                        }
+                    }
+                }
+            }
+        }
+        self.pending = rest.to_vec();
+    }
+
+    /// The stream ended: what is left is not UTF-8.
+    pub fn finish(&mut self, out: &mut Vec<u8>) {
+        for b in std::mem::take(&mut self.pending) {
+            out.extend_from_slice(format!("\\x{b:02x}").as_bytes());
+        }
+    }
+}
+
+/// Make sure fds 0, 1 and 2 are open (on `/dev/null` if the caller closed them), so that
+/// nothing we open later lands on them and is taken for stdio.
+pub fn ensure_standard_fds() -> Result<(), Errno> {
+    for fd in 0..3 {
+        // SAFETY: F_GETFD only asks whether the fd number is open.
+        if unsafe { libc::fcntl(fd, libc::F_GETFD) } == -1 {
+            let null = nix::fcntl::open("/dev/null", OFlag::O_RDWR, nix::sys::stat::Mode::empty())?;
+            // The lowest free number: the one that was closed. Kept open for the process's life.
+            if std::os::fd::IntoRawFd::into_raw_fd(null) != fd {
+                return Err(Errno::EBADF);
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn escaped(chunks: &[&[u8]]) -> String {
+        let mut e = Utf8Escaper::default();
+        let mut out = Vec::new();
+        for c in chunks {
+            e.feed(c, &mut out);
+        }
+        e.finish(&mut out);
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn a_stream_is_escaped_whatever_its_chunks() {
+        let text = "ok\n\x1b]0;pwned\x07\x1b[2J\r\u{202e}ü€\n";
+        let whole = escaped(&[text.as_bytes()]);
+        assert_eq!(whole, "ok\n\\x1b]0;pwned\\x07\\x1b[2J\\x0d\\u{202e}ü€\n");
+        // split inside every multi-byte character: the same text
+        let bytes = text.as_bytes();
+        for cut in 0..bytes.len() {
+            assert_eq!(escaped(&[&bytes[..cut], &bytes[cut..]]), whole, "cut at {cut}");
+        }
+        // not UTF-8: shown as bytes, and the C1 control CSI (U+009B) too
+        assert_eq!(escaped(&[b"a\xff\xc3", b"(b\xc2\x9b[", b"\xe2\x82"]), "a\\xff\\xc3(b\\u{009b}[\\xe2\\x82");
+    }
+}
