@@ -186,6 +186,10 @@ pub struct Report {
     pub limits: Limits,
     /// Limits the run ran into, even when they are not the reason it ended.
     pub limits_hit: Vec<&'static str>,
+    /// Why the supervisor ended the sandbox, if it did (`wall_time`, `cpu_time`, `output`,
+    /// `client-gone`: a kernel's client ended first). A SIGKILL with none of these came from
+    /// the kernel (the OOM killer, `RLIMIT_CPU`) or the program itself.
+    pub stopped_by: Option<&'static str>,
     /// Signals the caller sent that were passed on to the program (a `signaled` status with
     /// one of these was the caller's doing: Ctrl-C, or jupyter_client ending a kernel).
     pub relayed_signals: Vec<String>,
@@ -244,6 +248,17 @@ impl Report {
             output_bytes: f.output_bytes,
             limits: limits.clone(),
             limits_hit: hit,
+            stopped_by: if f.killed_for_cpu {
+                Some("cpu_time")
+            } else if f.killed_for_wall {
+                Some("wall_time")
+            } else if f.client_gone {
+                Some("client-gone")
+            } else if f.killed_for_output && f.ended == Some(Ended::Signaled(libc::SIGKILL)) {
+                Some("output")
+            } else {
+                None
+            },
             relayed_signals: f.relayed.iter().map(|&s| signal_name(s)).collect(),
             sandbox_error: (status == Status::SandboxError).then(|| SandboxFault {
                 step: "init".into(),
@@ -266,6 +281,7 @@ impl Report {
             output_bytes: None,
             limits: limits.clone(),
             limits_hit: vec![],
+            stopped_by: None,
             relayed_signals: vec![],
             sandbox_error: Some(SandboxFault { step: step.to_string(), message }),
             sandbox,
@@ -315,6 +331,9 @@ mod tests {
         let mut f = facts(Some(Ended::Signaled(libc::SIGKILL)));
         f.killed_for_wall = true;
         assert_eq!(classify(&f, &l), Status::TimeoutWall);
+        assert_eq!(Report::from_facts(&f, &l, SandboxInfo::default()).stopped_by, Some("wall_time"));
+        let gone = Facts { client_gone: true, ..facts(Some(Ended::Signaled(libc::SIGKILL))) };
+        assert_eq!(Report::from_facts(&gone, &l, SandboxInfo::default()).stopped_by, Some("client-gone"));
         f.usage.pids_limit_hits = 100;
         assert_eq!(classify(&f, &l), Status::PidsLimit);
         f.usage.oom_kills = 1;
@@ -392,5 +411,6 @@ mod tests {
         assert_eq!(v["limits"]["memory"], 1u64 << 30);
         assert_eq!(v["limits"]["wall_time"], 120.0);
         assert!(v["sandbox_error"].is_null());
+        assert!(v["stopped_by"].is_null(), "a SIGKILL the supervisor did not send");
     }
 }
