@@ -40,7 +40,7 @@ import nbformat
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-BIN = ROOT / "target" / "debug" / "isolate-grade"
+BIN = Path(os.environ.get("ISOLATE_GRADE_TEST_BIN", ROOT / "target" / "debug" / "isolate-grade"))
 ATTACKS = ROOT / "fixtures" / "attacks"
 sys.path.insert(0, str(ROOT / "fixtures" / "course"))
 import course_tools  # noqa: E402
@@ -141,8 +141,14 @@ class Secrets:
         self.unix = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.unix.bind("\0" + self.abstract_name)
         self.unix.listen(16)
+        # a root-only Unix socket by path, as a host daemon's (the relay's symlink target)
+        self.unix_path = root_only / "host-daemon.sock"
+        self.unix_file = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.unix_file.bind(str(self.unix_path))
+        os.chmod(self.unix_path, 0o600)
+        self.unix_file.listen(16)
         self.connections = 0
-        for s in (self.tcp, self.unix):
+        for s in (self.tcp, self.unix, self.unix_file):
             threading.Thread(target=self._serve, args=(s,), daemon=True).start()
 
     def _serve(self, s):
@@ -157,11 +163,12 @@ class Secrets:
 
     def targets(self):
         return {"files": self.files, "dirs": self.dirs, "ports": [self.port], "abstract": [self.abstract_name],
-                "victims": VICTIM["pids"]}
+                "unix_paths": [str(self.unix_path)], "victims": VICTIM["pids"]}
 
     def close(self):
         self.tcp.close()
         self.unix.close()
+        self.unix_file.close()
         self.home_secret.unlink(missing_ok=True)
 
 
@@ -384,6 +391,128 @@ def test_attack_through_the_batch(name, attack_course):
         texts.append(log.read_text(errors="replace"))
     assert_contained(texts, name)
     RESULTS[("batch", name)] = True
+
+
+def test_the_stdio_flood_never_reached_the_logs(attack_course):
+    """stdio_fds.py writes 256 MiB to each of its fds 1 and 2: the kernel's stdout and stderr
+    are the supervisor's pipes, capped by the output limit (16 MB), not the worker's log."""
+    course, _, _, _ = attack_course
+    logs = course / ".isolate-grade" / "ps1" / "logs"
+    sizes = {p.name: p.stat().st_size for p in logs.iterdir() if p.is_file()}
+    assert sum(sizes.values()) < 48 << 20, sizes
+
+
+TERMINAL_ATTACK = r"""
+import os, select, stat, termios
+ttys = [fd for fd in map(int, os.listdir("/proc/self/fd")) if os.isatty(fd)]
+for fd in ttys:
+    try:
+        attrs = termios.tcgetattr(fd)
+        attrs[3] &= ~termios.ECHO
+        termios.tcsetattr(fd, termios.TCSANOW, attrs)
+        print(f"ACHIEVED echo turned off on fd {fd}", flush=True)
+    except termios.error:
+        pass
+# a window title, a cleared screen, a forged line over the last one
+os.write(1, b"\x1b]0;PWNED-TITLE\x07\x1b[2J\r\x1b[2Kattack-x graded 100/100\n")
+os.write(2, b"\x1b[8mHIDDEN-TEXT\x1b]0;PWNED-TITLE\x07\n")
+# what the instructor types while grading runs
+readable = sorted(set(ttys) | {0})
+got = b""
+end = __import__("time").time() + 6
+while __import__("time").time() < end:
+    r, _, _ = select.select(readable, [], [], 0.5)
+    for fd in r:
+        try:
+            data = os.read(fd, 1000)
+        except OSError:
+            data = b""
+        if not data:
+            readable.remove(fd)
+        got += data
+    if b"TYPED" in got or not readable:
+        break
+if got:
+    print(f"ACHIEVED read what was typed: {got!r}", flush=True)
+print("terminal attack done", flush=True)
+"""
+
+KERNEL_CLIENT = r"""
+import sys
+from jupyter_client.manager import start_new_kernel
+km, kc = start_new_kernel(kernel_name=sys.argv[1], startup_timeout=60)
+out = []
+def hook(msg):
+    if msg["msg_type"] == "stream":
+        out.append(msg["content"]["text"])
+    elif msg["msg_type"] == "error":
+        out.append("\n".join(msg["content"]["traceback"]))
+kc.execute_interactive(open(sys.argv[2]).read(), timeout=60, output_hook=hook)
+open(sys.argv[3], "w").write("".join(out))
+kc.stop_channels()
+km.shutdown_kernel(now=True)
+"""
+
+
+@pytest.fixture(scope="module")
+def attack_twin():
+    """A sandboxed twin of the venv's python3 kernel, as `install` makes them."""
+    name = "isolate-grade-attack-python3"
+    subprocess.run([str(BIN), "install", "--python", sys.executable, "--kernel", "python3", "--twin-prefix",
+                    "isolate-grade-attack-"], env=env(), check=True, capture_output=True)
+    return name
+
+
+@pytest.mark.parametrize("how", ["run", "kernel"])
+def test_the_callers_terminal_is_out_of_reach(how, tmp_path, attack_twin):
+    """Started on a terminal (nbgrader autograde in a shell, `run` by hand): the sandboxed code
+    finds no terminal among its fds, reads nothing the instructor types, can't turn echo off,
+    and what it writes reaches the terminal escaped."""
+    import pty
+    import termios
+
+    RESULTS[(how, "terminal")] = False
+    os.chmod(tmp_path, 0o755)
+    attack = tmp_path / "attack.py"
+    attack.write_text(TERMINAL_ATTACK)
+    os.chmod(attack, 0o644)
+    result = tmp_path / "kernel-output.txt"
+    if how == "run":
+        cmd = [str(BIN), "run", "--wall-time", "30s", "--bind", f"{attack}:/attack.py", "--", "python3", "/attack.py"]
+    else:
+        client = tmp_path / "client.py"
+        client.write_text(KERNEL_CLIENT)
+        cmd = [sys.executable, str(client), attack_twin, str(attack), str(result)]
+    master, slave = pty.openpty()
+    p = subprocess.Popen(cmd, env=env(), stdin=slave, stdout=slave, stderr=slave, start_new_session=True)
+    os.close(slave)
+    seen = bytearray()
+
+    def read():
+        while True:
+            try:
+                data = os.read(master, 65536)
+            except OSError:
+                return
+            if not data:
+                return
+            seen.extend(data)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    threading.Event().wait(4 if how == "kernel" else 1.5)
+    os.write(master, b"hunter2-TYPED\n")  # the instructor types (a sudo password, say)
+    p.wait(timeout=120)
+    attrs = termios.tcgetattr(master)
+    reader.join(timeout=5)
+    os.close(master)
+    output = seen.decode(errors="replace") + (result.read_text() if result.exists() else "")
+    assert "terminal attack done" in output, output
+    assert_contained([output], f"terminal ({how})")
+    assert b"\\x1b]0;PWNED-TITLE" in seen, seen  # it came through, escaped
+    assert b"\x1b]0;PWNED" not in seen and b"\x1b[8m" not in seen and b"\x1b[2J" not in seen, seen
+    assert attrs[3] & termios.ECHO, "echo was turned off"
+    RESULTS[(how, "terminal")] = True
 
 
 def test_what_the_kernel_leaves_comes_out_safely(attack_course):
