@@ -251,8 +251,9 @@ def test_attack_through_run(name, planted, tmp_path):
     os.chmod(script, 0o644)
     before, scratch = mounts(), host_scratch()
     report = tmp_path / "report.json"
-    # stdout and stderr go to files, as a batch job's would (the file size limit applies to
-    # them); stdin is a pipe kept open and silent
+    # stdout and stderr go to files, as a batch job's would (the sandbox writes to pipes of
+    # the supervisor's, which passes them on, up to --output-limit); stdin is a pipe kept
+    # open and silent
     out, err = tmp_path / "stdout", tmp_path / "stderr"
     stdin_r, stdin_w = os.pipe()
     try:
@@ -568,6 +569,12 @@ def test_nothing_of_the_batch_is_left_on_the_host(attack_course, planted):
         assert not (p.name in ("sitecustomize.py", "zz-pwn.pth", "00-pwn.py") or
                     (p.name == "nbgrader_config.py" and p.parent != course)), p
     assert "pwn" not in (course / "nbgrader_config.py").read_text()
+
+
+def test_no_listener_on_the_host_was_reached(attack_course, planted):
+    """The harness's loopback port, abstract socket and root-only path socket: network.py
+    reaches for them directly, relay_deputy.py through the relay (symlinks in the runtime dir
+    where the relay once resolved the kernel's sockets)."""
     assert planted.connections == 0, "a listener on the host was reached"
 
 
