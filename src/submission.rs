@@ -159,7 +159,7 @@ impl std::fmt::Display for Problem {
             Problem::TooManyEntries { max } => write!(f, "the submission has more than {max} entries"),
             Problem::TooDeep { max } => write!(f, "nested more than {max} directories deep"),
             Problem::Unreadable(e) => write!(f, "cannot be examined: {e}"),
-            Problem::NotANotebook(why) => write!(f, "not a notebook: {why}"),
+            Problem::NotANotebook(why) => write!(f, "not a notebook's JSON: {why}"),
             Problem::NameNotUtf8 => write!(f, "a name that is not UTF-8 (rename it)"),
             Problem::NameControl => write!(f, "a name with control characters (rename it)"),
             Problem::Notebook { bound: NotebookBound::Depth, max, .. } => write!(
