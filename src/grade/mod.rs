@@ -422,10 +422,9 @@ fn grade_one(
     let answer = w.grade(student, ctx.student_timeout, &ctx.worker_limits, &ctx.stop);
     let mut r = match answer {
         Ok(answer) => {
-            let _ = std::fs::write(
-                l.log(student),
-                format!("{}{}", answer.log, answer.error.as_deref().unwrap_or_default()),
-            );
+            // nbgrader's log quotes names and messages the student chose: escaped, as on a terminal
+            let log = format!("{}{}", answer.log, answer.error.as_deref().unwrap_or_default());
+            let _ = std::fs::write(l.log(student), crate::escape::text(&log));
             from_answer(l, &notebooks, answer)
         }
         Err(e) => {

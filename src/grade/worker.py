@@ -30,6 +30,7 @@ and whether it is ours (this file's own steps, or reading the scores) rather tha
 """
 
 import fcntl
+import io
 import json
 import os
 import sys
@@ -42,6 +43,31 @@ PROTOCOL = None
 
 # How much of an exception's first line an answer carries.
 SUMMARY_CHARS = 200
+
+# What the log shows escaped, as src/escape.rs does: C0 but newline and tab, DEL, C1, and the
+# invisible format characters (bidi overrides and isolates, zero-width ones, separators...).
+UNSAFE = {c: f"\\x{c:02x}" for c in [*range(0x20), 0x7F] if c not in (0x09, 0x0A)}
+UNSAFE.update({c: f"\\u{{{c:04x}}}" for c in [*range(0x80, 0xA0), 0xAD, 0x61C, 0x180E, *range(0x200B, 0x2010),
+                                              *range(0x2028, 0x202F), *range(0x2060, 0x2070), 0xFEFF,
+                                              *range(0xFFF9, 0xFFFC), *range(0xE0000, 0xE0080)]})
+
+
+class EscapingStream(io.TextIOBase):
+    """The log (stderr) with every unsafe character escaped: nbgrader logs file names and
+    messages a student chose, and the instructor reads the log in a terminal."""
+
+    def __init__(self, raw: io.TextIOBase):
+        self.raw = raw
+
+    def write(self, s: str) -> int:
+        self.raw.write(s.translate(UNSAFE))
+        return len(s)
+
+    def flush(self) -> None:
+        self.raw.flush()
+
+    def writable(self) -> bool:
+        return True
 
 
 def utf8(value: Any) -> Any:
@@ -279,6 +305,7 @@ def main() -> int:
     global PROTOCOL
     PROTOCOL = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)
+    sys.stderr = EscapingStream(sys.stderr)
     sys.stdout = sys.stderr
     cfg = json.loads(sys.stdin.readline())
     try:

@@ -260,7 +260,7 @@ impl Worker {
     /// log, which is the instructor's.
     fn protocol(&self, e: &serde_json::Error, line: &str) -> WorkerError {
         let cut: String = line.chars().take(100_000).collect();
-        let note = format!("\n[isolate-grade] unreadable answer ({e}):\n{cut}\n");
+        let note = format!("\n[isolate-grade] unreadable answer ({e}):\n{}\n", crate::escape::text(&cut));
         let _ = std::fs::File::options().append(true).open(&self.log).and_then(|mut f| f.write_all(note.as_bytes()));
         WorkerError::Protocol(format!("{e} (the answer is in {})", self.log.display()))
     }
