@@ -142,6 +142,26 @@ pub struct GradeArgs {
     /// Give up on one student's submission after this long (`30m`); it is retried next time.
     #[arg(long, env = "ISOLATE_GRADE_STUDENT_TIMEOUT", default_value = "30m")]
     pub student_timeout: String,
+    /// Refuse a submitted notebook larger than this, before nbgrader reads it (`32M`).
+    #[arg(long, env = "ISOLATE_GRADE_NOTEBOOK_MAX_SIZE", default_value = "32M")]
+    pub notebook_max_size: String,
+    /// Refuse a submitted notebook of more cells than this.
+    #[arg(long, env = "ISOLATE_GRADE_NOTEBOOK_MAX_CELLS", default_value = "2000")]
+    pub notebook_max_cells: String,
+    /// Refuse a submitted notebook of more outputs than this, all cells together.
+    #[arg(long, env = "ISOLATE_GRADE_NOTEBOOK_MAX_OUTPUTS", default_value = "10000")]
+    pub notebook_max_outputs: String,
+    /// Refuse a submitted notebook whose JSON nests deeper than this (at most 120).
+    #[arg(long, env = "ISOLATE_GRADE_NOTEBOOK_MAX_DEPTH", default_value = "64")]
+    pub notebook_max_depth: String,
+    /// Memory (resident) one grading worker, nbgrader itself, may use for one submission
+    /// (`2G`); past it the worker is killed and the student gets `error`. Kernels are apart.
+    #[arg(long, env = "ISOLATE_GRADE_WORKER_MEMORY", default_value = "2G")]
+    pub worker_memory: String,
+    /// CPU time one grading worker, nbgrader itself, may use for one submission (`5m`); past
+    /// it the worker is killed and the student gets `error`. Kernels are apart.
+    #[arg(long, env = "ISOLATE_GRADE_WORKER_CPU_TIME", default_value = "5m")]
+    pub worker_cpu_time: String,
 }
 
 #[derive(Debug, Args)]

@@ -10,6 +10,16 @@
 //! and so is a tree too large (per file, in total, in entries, in depth), with the path and the
 //! reason of each problem.
 //!
+//! Names nbgrader can't be trusted with are refused too: one that is not UTF-8 (Python's
+//! surrogate escapes then fail somewhere in nbgrader, or in what reports on it) or that holds a
+//! control character (shown to the instructor, it could rewrite their terminal).
+//!
+//! Notebooks (`*.ipynb`) are read as they are copied and refused past [`NotebookLimits`]
+//! (size, cells, outputs, nesting depth) before nbgrader parses them: nbgrader runs outside
+//! the sandbox, and one notebook of millions of tiny outputs costs it gigabytes; a deeply
+//! nested one, Python's recursion limit. Counting needs no tree in memory: a scan for the
+//! depth, then serde with [`serde::de::IgnoredAny`] for everything but the counts.
+//!
 //! [`stage`] does the same walk and copies each regular file, opened `O_NOFOLLOW` and checked
 //! again on its fd, into a fresh directory: nbgrader then grades the copy, so a file swapped
 //! for a symlink after the check is never read (there is no second look to race with).
@@ -19,7 +29,7 @@ use nix::errno::Errno;
 use nix::fcntl::{openat, AtFlags, OFlag};
 use nix::sys::stat::{fstatat, Mode, SFlag};
 use std::fs::File;
-use std::io::Read;
+use std::io::{Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -30,12 +40,69 @@ pub struct TreeLimits {
     pub max_total: u64,
     pub max_entries: u64,
     pub max_depth: usize,
+    pub notebook: NotebookLimits,
 }
 
 impl Default for TreeLimits {
     /// Generous for notebooks and data files; a submission is not a dataset.
     fn default() -> TreeLimits {
-        TreeLimits { max_file: 100 << 20, max_total: 500 << 20, max_entries: 10_000, max_depth: 16 }
+        TreeLimits {
+            max_file: 100 << 20,
+            max_total: 500 << 20,
+            max_entries: 10_000,
+            max_depth: 16,
+            notebook: NotebookLimits::default(),
+        }
+    }
+}
+
+/// What a notebook may be, checked before nbgrader reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NotebookLimits {
+    pub max_size: u64,
+    pub max_cells: u64,
+    pub max_outputs: u64,
+    pub max_depth: usize,
+}
+
+/// serde_json refuses documents nested deeper than 128; a limit at most this keeps our own
+/// depth check the one that speaks.
+pub const MAX_NOTEBOOK_DEPTH: usize = 120;
+
+impl Default for NotebookLimits {
+    /// Far above what a course's notebooks hold (a few MB, hundreds of cells, a few outputs
+    /// each), far below what makes nbgrader's memory explode: 1.9 M tiny outputs (95 MB) made
+    /// a worker peak at 5.2 GB.
+    fn default() -> NotebookLimits {
+        NotebookLimits { max_size: 32 << 20, max_cells: 2_000, max_outputs: 10_000, max_depth: 64 }
+    }
+}
+
+/// Which notebook bound was passed: the option that raises it is in the message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotebookBound {
+    Size,
+    Cells,
+    Outputs,
+    Depth,
+}
+
+impl NotebookBound {
+    pub fn option(self) -> &'static str {
+        match self {
+            NotebookBound::Size => "--notebook-max-size",
+            NotebookBound::Cells => "--notebook-max-cells",
+            NotebookBound::Outputs => "--notebook-max-outputs",
+            NotebookBound::Depth => "--notebook-max-depth",
+        }
+    }
+    fn what(self) -> &'static str {
+        match self {
+            NotebookBound::Size => "bytes",
+            NotebookBound::Cells => "cells",
+            NotebookBound::Outputs => "outputs",
+            NotebookBound::Depth => "levels of nesting",
+        }
     }
 }
 
@@ -46,12 +113,37 @@ pub enum Problem {
     Fifo,
     Socket,
     Device,
-    HardLink { links: u64 },
-    TooLarge { size: u64, max: u64 },
-    TotalTooLarge { max: u64 },
-    TooManyEntries { max: u64 },
-    TooDeep { max: usize },
+    HardLink {
+        links: u64,
+    },
+    TooLarge {
+        size: u64,
+        max: u64,
+    },
+    TotalTooLarge {
+        max: u64,
+    },
+    TooManyEntries {
+        max: u64,
+    },
+    TooDeep {
+        max: usize,
+    },
     Unreadable(Errno),
+    /// Its name is not UTF-8.
+    NameNotUtf8,
+    /// Its name holds a control character.
+    NameControl,
+    /// A notebook past one of [`NotebookLimits`] (for the depth, `found` is `max + 1`).
+    Notebook {
+        bound: NotebookBound,
+        found: u64,
+        max: u64,
+    },
+    /// A notebook that can't be read as one (not JSON as serde reads it, duplicate keys,
+    /// `cells` not a list...): refused rather than handed to a parser that may read it
+    /// differently.
+    NotANotebook(String),
 }
 
 impl std::fmt::Display for Problem {
@@ -67,6 +159,20 @@ impl std::fmt::Display for Problem {
             Problem::TooManyEntries { max } => write!(f, "the submission has more than {max} entries"),
             Problem::TooDeep { max } => write!(f, "nested more than {max} directories deep"),
             Problem::Unreadable(e) => write!(f, "cannot be examined: {e}"),
+            Problem::NotANotebook(why) => write!(f, "not a notebook's JSON: {why}"),
+            Problem::NameNotUtf8 => write!(f, "a name that is not UTF-8 (rename it)"),
+            Problem::NameControl => write!(f, "a name with control characters (rename it)"),
+            Problem::Notebook { bound: NotebookBound::Depth, max, .. } => write!(
+                f,
+                "a notebook nested more than {max} levels deep (the instructor's {} raises the bound)",
+                NotebookBound::Depth.option()
+            ),
+            Problem::Notebook { bound, found, max } => write!(
+                f,
+                "a notebook of {found} {}, more than {max} (the instructor's {} raises the bound)",
+                bound.what(),
+                bound.option()
+            ),
         }
     }
 }
@@ -169,6 +275,10 @@ fn walk(
             }
             return Ok(());
         }
+        if let Some(p) = name_problem(&name) {
+            out.problems.push((path, p));
+            continue;
+        }
         let st = match fstatat(dir.as_fd(), name.as_os_str(), AtFlags::AT_SYMLINK_NOFOLLOW) {
             Ok(st) => st,
             Err(e) => {
@@ -220,6 +330,20 @@ fn walk(
         out.problems.push((PathBuf::new(), Problem::TotalTooLarge { max: limits.max_total }));
     }
     Ok(())
+}
+
+/// A name nbgrader (or the instructor's terminal) can't be trusted with.
+fn name_problem(name: &std::ffi::OsStr) -> Option<Problem> {
+    match name.to_str() {
+        None => Some(Problem::NameNotUtf8),
+        Some(n) if n.chars().any(char::is_control) => Some(Problem::NameControl),
+        Some(_) => None,
+    }
+}
+
+fn is_notebook(name: &std::ffi::OsStr) -> bool {
+    let n = name.as_bytes();
+    n.len() >= 6 && n[n.len() - 6..].eq_ignore_ascii_case(b".ipynb")
 }
 
 fn is_dir(mode: u32) -> bool {
@@ -278,14 +402,177 @@ fn copy_file(
         return Ok(Some(p));
     }
     let fail = |errno| StageError { path: dest_path.clone(), errno };
+    let io_fail = |e: std::io::Error| fail(Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)));
+    let mut src = File::from(src);
+    // A notebook is read whole (it is small, or refused unread), checked, then written.
+    let notebook = if is_notebook(name) {
+        let nb = &limits.notebook;
+        if st.st_size as u64 > nb.max_size {
+            return Ok(Some(notebook_size(st.st_size as u64, nb)));
+        }
+        let mut text = Vec::new();
+        (&mut src).take(nb.max_size + 1).read_to_end(&mut text).map_err(io_fail)?;
+        if let Some(p) = check_notebook(&text, nb) {
+            return Ok(Some(p));
+        }
+        Some(text)
+    } else {
+        None
+    };
     let perm = if mode & 0o100 != 0 { 0o755 } else { 0o644 };
     let wflags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
     let dst = openat(dest.as_fd(), name, wflags, Mode::from_bits_truncate(perm)).map_err(fail)?;
-    let mut reader = File::from(src).take(limits.max_file + 1);
-    let copied = std::io::copy(&mut reader, &mut File::from(dst))
-        .map_err(|e| fail(Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))))?;
+    let copied = match notebook {
+        Some(text) => File::from(dst).write_all(&text).map(|_| text.len() as u64).map_err(io_fail)?,
+        None => std::io::copy(&mut src.take(limits.max_file + 1), &mut File::from(dst)).map_err(io_fail)?,
+    };
     // grown since the fstat: what was copied is cut off, and the file is refused
     Ok((copied > limits.max_file).then_some(Problem::TooLarge { size: copied, max: limits.max_file }))
+}
+
+fn notebook_size(size: u64, limits: &NotebookLimits) -> Problem {
+    Problem::Notebook { bound: NotebookBound::Size, found: size, max: limits.max_size }
+}
+
+/// What is wrong with a notebook's text, if anything: its size, nesting depth, cells and
+/// outputs (v4's `cells`, v3's `worksheets[].cells`, each cell's `outputs`), or that it can't
+/// be read as a notebook at all.
+pub fn check_notebook(text: &[u8], limits: &NotebookLimits) -> Option<Problem> {
+    if text.len() as u64 > limits.max_size {
+        return Some(notebook_size(text.len() as u64, limits));
+    }
+    let max_depth = limits.max_depth.min(MAX_NOTEBOOK_DEPTH);
+    if json_depth_exceeds(text, max_depth) {
+        let found = max_depth as u64 + 1;
+        return Some(Problem::Notebook { bound: NotebookBound::Depth, found, max: max_depth as u64 });
+    }
+    let shape: shape::Notebook = match serde_json::from_slice(text) {
+        Ok(s) => s,
+        Err(e) => return Some(Problem::NotANotebook(e.to_string())),
+    };
+    let (cells, outputs) =
+        (shape.cells.0.cells + shape.worksheets.0.cells, shape.cells.0.outputs + shape.worksheets.0.outputs);
+    if cells > limits.max_cells {
+        Some(Problem::Notebook { bound: NotebookBound::Cells, found: cells, max: limits.max_cells })
+    } else if outputs > limits.max_outputs {
+        Some(Problem::Notebook { bound: NotebookBound::Outputs, found: outputs, max: limits.max_outputs })
+    } else {
+        None
+    }
+}
+
+/// Whether JSON text nests (arrays and objects) deeper than `max`; stops at the first level
+/// past it. Strings are skipped (with their escapes); anything else is left to the parser.
+fn json_depth_exceeds(text: &[u8], max: usize) -> bool {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &b in text {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
+}
+
+/// A notebook's shape as serde reads it: counts of cells and outputs, nothing else kept (every
+/// other value is skipped with `IgnoredAny`, which builds nothing).
+mod shape {
+    use serde::de::{Deserializer, IgnoredAny, SeqAccess, Visitor};
+    use serde::Deserialize;
+
+    #[derive(Debug, Default, Clone, Copy)]
+    pub struct Counts {
+        pub cells: u64,
+        pub outputs: u64,
+    }
+
+    /// `{"cells": [...], "worksheets": [{"cells": [...]}]}`; other keys skipped.
+    #[derive(Deserialize)]
+    pub struct Notebook {
+        #[serde(default)]
+        pub cells: Sum<Cell>,
+        #[serde(default)]
+        pub worksheets: Sum<Worksheet>,
+    }
+
+    #[derive(Deserialize)]
+    pub struct Worksheet {
+        #[serde(default)]
+        cells: Sum<Cell>,
+    }
+
+    #[derive(Deserialize)]
+    pub struct Cell {
+        #[serde(default)]
+        outputs: Sum<IgnoredAny>,
+    }
+
+    /// What one element of a list adds to the counts.
+    pub trait Count {
+        fn counts(&self) -> Counts;
+    }
+    impl Count for IgnoredAny {
+        fn counts(&self) -> Counts {
+            Counts { cells: 0, outputs: 1 }
+        }
+    }
+    impl Count for Cell {
+        fn counts(&self) -> Counts {
+            Counts { cells: 1, outputs: self.outputs.0.outputs }
+        }
+    }
+    impl Count for Worksheet {
+        fn counts(&self) -> Counts {
+            self.cells.0
+        }
+    }
+
+    /// A list, summed element by element as it is read: never held.
+    pub struct Sum<T>(pub Counts, std::marker::PhantomData<T>);
+
+    impl<T> Default for Sum<T> {
+        fn default() -> Self {
+            Sum(Counts::default(), std::marker::PhantomData)
+        }
+    }
+
+    impl<'de, T: Deserialize<'de> + Count> Deserialize<'de> for Sum<T> {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V<T>(std::marker::PhantomData<T>);
+            impl<'de, T: Deserialize<'de> + Count> Visitor<'de> for V<T> {
+                type Value = Sum<T>;
+                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                    f.write_str("a list")
+                }
+                fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Sum<T>, A::Error> {
+                    let mut sum = Sum::default();
+                    while let Some(x) = seq.next_element::<T>()? {
+                        let c = x.counts();
+                        sum.0.cells += c.cells;
+                        sum.0.outputs += c.outputs;
+                    }
+                    Ok(sum)
+                }
+            }
+            d.deserialize_seq(V(std::marker::PhantomData))
+        }
+    }
 }
 
 #[cfg(test)]
@@ -351,14 +638,23 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let f = std::fs::File::create(d.path().join("big")).unwrap();
         f.set_len(2048).unwrap(); // sparse: nothing written
-        let limits = TreeLimits { max_file: 1024, max_total: 100_000, max_entries: 100, max_depth: 2 };
+        let limits =
+            TreeLimits { max_file: 1024, max_total: 100_000, max_entries: 100, max_depth: 2, ..TreeLimits::default() };
         assert_eq!(problems(&check(d.path(), limits)), [("big".into(), "TooLarge { size: 2048, max: 1024 }".into())]);
-        let limits = TreeLimits { max_file: 1 << 20, max_total: 1000, max_entries: 100, max_depth: 2 };
+        let limits =
+            TreeLimits { max_file: 1 << 20, max_total: 1000, max_entries: 100, max_depth: 2, ..TreeLimits::default() };
         assert_eq!(problems(&check(d.path(), limits)), [("".into(), "TotalTooLarge { max: 1000 }".into())]);
         std::fs::create_dir_all(d.path().join("a/b/c/d")).unwrap();
-        let limits = TreeLimits { max_file: 1 << 20, max_total: 1 << 20, max_entries: 100, max_depth: 2 };
+        let limits = TreeLimits {
+            max_file: 1 << 20,
+            max_total: 1 << 20,
+            max_entries: 100,
+            max_depth: 2,
+            ..TreeLimits::default()
+        };
         assert_eq!(problems(&check(d.path(), limits)), [("a/b/c".into(), "TooDeep { max: 2 }".into())]);
-        let limits = TreeLimits { max_file: 1 << 20, max_total: 1 << 20, max_entries: 3, max_depth: 8 };
+        let limits =
+            TreeLimits { max_file: 1 << 20, max_total: 1 << 20, max_entries: 3, max_depth: 8, ..TreeLimits::default() };
         assert_eq!(problems(&check(d.path(), limits)), [("".into(), "TooManyEntries { max: 3 }".into())]);
     }
 
@@ -429,5 +725,96 @@ mod tests {
         let small = TreeLimits { max_file: 10, ..TreeLimits::default() };
         let p = copy_file(&sfd, &dfd, name, dst.join("notes.txt"), 0o644, &small).unwrap();
         assert_eq!(p, Some(Problem::TooLarge { size: 100, max: 10 }));
+    }
+
+    fn notebook(cells: usize, outputs_each: usize) -> String {
+        let cell = serde_json::json!({"cell_type": "code", "source": "print(1)", "metadata": {},
+            "outputs": vec![serde_json::json!({"output_type": "stream", "name": "stdout", "text": "1"}); outputs_each]});
+        serde_json::json!({"nbformat": 4, "nbformat_minor": 5, "metadata": {}, "cells": vec![cell; cells]}).to_string()
+    }
+
+    #[test]
+    fn notebooks_within_bounds_pass_and_past_them_are_refused_naming_the_bound() {
+        let l = NotebookLimits { max_size: 1 << 20, max_cells: 10, max_outputs: 20, max_depth: 8 };
+        assert_eq!(check_notebook(notebook(10, 2).as_bytes(), &l), None);
+        let p = check_notebook(notebook(11, 0).as_bytes(), &l).unwrap();
+        assert_eq!(p, Problem::Notebook { bound: NotebookBound::Cells, found: 11, max: 10 });
+        assert!(p.to_string().contains("--notebook-max-cells"), "{p}");
+        // many tiny outputs: the finding's 1.9 M, in small
+        let p = check_notebook(notebook(3, 7).as_bytes(), &l).unwrap();
+        assert_eq!(p, Problem::Notebook { bound: NotebookBound::Outputs, found: 21, max: 20 });
+        assert!(p.to_string().contains("--notebook-max-outputs"), "{p}");
+        let big = notebook(1, 0).replace("print(1)", &"x".repeat(2 << 20));
+        let p = check_notebook(big.as_bytes(), &l).unwrap();
+        assert!(
+            matches!(p, Problem::Notebook { bound: NotebookBound::Size, .. })
+                && p.to_string().contains("--notebook-max-size")
+        );
+        // nbformat 3: cells in worksheets count the same
+        let sheet = serde_json::json!({"cells": vec![serde_json::json!({"outputs": [1, 2, 3]}); 4]});
+        let v3 = serde_json::json!({"nbformat": 3, "worksheets": [sheet.clone(), sheet]}).to_string();
+        assert_eq!(
+            check_notebook(v3.as_bytes(), &l).unwrap(),
+            Problem::Notebook { bound: NotebookBound::Outputs, found: 24, max: 20 }
+        );
+    }
+
+    #[test]
+    fn a_deeply_nested_notebook_is_a_clean_refusal_not_a_recursion_error() {
+        let l = NotebookLimits::default();
+        let deep =
+            format!("{{\"cells\": [], \"metadata\": {{\"x\": {}1{}}}}}", "[".repeat(100_000), "]".repeat(100_000));
+        let p = check_notebook(deep.as_bytes(), &l).unwrap();
+        assert_eq!(p, Problem::Notebook { bound: NotebookBound::Depth, found: 65, max: 64 });
+        assert!(p.to_string().contains("--notebook-max-depth"), "{p}");
+        // brackets inside strings (escaped quotes included) are not nesting
+        let s = format!("{{\"cells\": [], \"metadata\": {{\"x\": \"\\\"{}\"}}}}", "[".repeat(1000));
+        assert_eq!(check_notebook(s.as_bytes(), &l), None);
+        // a limit above serde_json's own is capped below it, so ours still speaks
+        let high = NotebookLimits { max_depth: 10_000, ..l };
+        let p = check_notebook(deep.as_bytes(), &high).unwrap();
+        assert!(matches!(p, Problem::Notebook { bound: NotebookBound::Depth, .. }), "{p:?}");
+    }
+
+    #[test]
+    fn what_another_parser_could_read_differently_is_refused() {
+        let l = NotebookLimits::default();
+        let huge = format!("[{}]", vec!["{}"; 20_000].join(","));
+        // a second "cells" key (Python's json keeps the last), NaN (Python reads it), not JSON
+        for text in [
+            format!("{{\"cells\": [], \"cells\": {huge}}}"),
+            format!("{{\"cells\": {huge}, \"x\": NaN}}"),
+            "{ this is not a notebook".to_string(),
+            "{\"cells\": {}}".to_string(),
+        ] {
+            assert!(matches!(check_notebook(text.as_bytes(), &l), Some(Problem::NotANotebook(_))), "{text:.40}");
+        }
+    }
+
+    #[test]
+    fn notebooks_are_checked_when_staged_and_names_nbgrader_cant_take_are_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let sub = d.path().join("sub");
+        std::fs::create_dir(&sub).unwrap();
+        std::fs::write(sub.join("problem1.ipynb"), notebook(1, 20_000)).unwrap();
+        std::fs::write(sub.join("ok.IPYNB"), notebook(1, 1)).unwrap();
+        std::fs::write(sub.join(std::ffi::OsStr::from_bytes(b"caf\xe9.txt")), "x").unwrap();
+        std::fs::write(sub.join("x\x1b]0;t\x07\r\x1b[2K eve graded 10"), "x").unwrap();
+        std::fs::write(sub.join("=HYPERLINK(x).txt"), "x").unwrap();
+        let dest = d.path().join("copy");
+        let c = stage(&sub, &dest, TreeLimits::default()).unwrap();
+        let got: Vec<(Vec<u8>, String)> =
+            c.problems.iter().map(|(p, why)| (p.as_os_str().as_bytes().to_vec(), format!("{why:?}"))).collect();
+        assert_eq!(
+            got,
+            [
+                (b"caf\xe9.txt".to_vec(), "NameNotUtf8".to_string()),
+                (b"problem1.ipynb".to_vec(), "Notebook { bound: Outputs, found: 20000, max: 10000 }".into()),
+                (b"x\x1b]0;t\x07\r\x1b[2K eve graded 10".to_vec(), "NameControl".into()),
+            ]
+        );
+        assert!(!dest.join("problem1.ipynb").exists(), "a refused notebook is not copied");
+        assert_eq!(std::fs::read_to_string(dest.join("ok.IPYNB")).unwrap(), notebook(1, 1));
+        assert!(dest.join("=HYPERLINK(x).txt").exists(), "a plain name is a plain name");
     }
 }

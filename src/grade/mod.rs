@@ -97,7 +97,36 @@ struct Context {
     setup: worker::Setup,
     student_timeout: Duration,
     limits: TreeLimits,
+    worker_limits: worker::Limits,
     stop: AtomicBool,
+}
+
+/// The smallest `--worker-memory`: a worker with nbgrader imported is resident at about
+/// 150 MB before it reads any submission.
+const MIN_WORKER_MEMORY: u64 = 256 << 20;
+
+/// The submission check's bounds and the workers' limits, from the options, validated.
+fn batch_limits(a: &GradeArgs) -> Result<(TreeLimits, worker::Limits), GradeError> {
+    let bad = |flag: &str, e: units::UnitError| GradeError::Invalid(format!("{flag}: {e}"));
+    let notebook = submission::NotebookLimits {
+        max_size: units::parse_size(&a.notebook_max_size).map_err(|e| bad("--notebook-max-size", e))?,
+        max_cells: units::parse_count(&a.notebook_max_cells, 100_000_000)
+            .map_err(|e| bad("--notebook-max-cells", e))?,
+        max_outputs: units::parse_count(&a.notebook_max_outputs, 100_000_000)
+            .map_err(|e| bad("--notebook-max-outputs", e))?,
+        max_depth: units::parse_count(&a.notebook_max_depth, submission::MAX_NOTEBOOK_DEPTH as u64)
+            .map_err(|e| bad("--notebook-max-depth", e))? as usize,
+    };
+    let memory = units::parse_size(&a.worker_memory).map_err(|e| bad("--worker-memory", e))?;
+    if memory < MIN_WORKER_MEMORY {
+        return Err(GradeError::Invalid(format!(
+            "--worker-memory: {} is less than nbgrader itself needs (at least {})",
+            units::format_size(memory),
+            units::format_size(MIN_WORKER_MEMORY)
+        )));
+    }
+    let cpu_time = units::parse_duration(&a.worker_cpu_time).map_err(|e| bad("--worker-cpu-time", e))?;
+    Ok((TreeLimits { notebook, ..TreeLimits::default() }, worker::Limits { memory, cpu_time }))
 }
 
 enum Event {
@@ -119,6 +148,7 @@ pub fn execute(config: Option<PathBuf>, a: GradeArgs) -> Result<u8, GradeError> 
     };
     let student_timeout = units::parse_duration(&a.student_timeout)
         .map_err(|e| GradeError::Invalid(format!("--student-timeout: {e}")))?;
+    let (limits, worker_limits) = batch_limits(&a)?;
     for s in &a.students {
         course::check_id("--student", s).map_err(GradeError::Invalid)?;
     }
@@ -239,7 +269,8 @@ pub fn execute(config: Option<PathBuf>, a: GradeArgs) -> Result<u8, GradeError> 
         layout,
         python: maker.client.executable.clone(),
         student_timeout,
-        limits: TreeLimits::default(),
+        limits,
+        worker_limits,
         stop: AtomicBool::new(false),
     });
     let workers = jobs.min(queue.len());
@@ -388,13 +419,12 @@ fn grade_one(
     }
     let (w, ready) = slot.as_mut().expect("started");
     let notebooks = ready.notebooks.clone();
-    let answer = w.grade(student, ctx.student_timeout, &ctx.stop);
+    let answer = w.grade(student, ctx.student_timeout, &ctx.worker_limits, &ctx.stop);
     let mut r = match answer {
         Ok(answer) => {
-            let _ = std::fs::write(
-                l.log(student),
-                format!("{}{}", answer.log, answer.error.as_deref().unwrap_or_default()),
-            );
+            // nbgrader's log quotes names and messages the student chose: escaped, as on a terminal
+            let log = format!("{}{}", answer.log, answer.error.as_deref().unwrap_or_default());
+            let _ = std::fs::write(l.log(student), crate::escape::text(&log));
             from_answer(l, &notebooks, answer)
         }
         Err(e) => {
@@ -409,10 +439,20 @@ fn grade_one(
                     Verdict::Timeout,
                     format!("not graded within --student-timeout ({}s)", t.as_secs()),
                 ),
+                WorkerError::OverLimit(over) => {
+                    StudentResult::without_grades(student, Verdict::Error, over.to_string())
+                }
                 e => fault(e.to_string()),
             }
         }
     };
+    // A worker grown past half its limit between submissions (nbgrader may keep things) is
+    // replaced, so that no student is blamed for what others left.
+    let grown = slot.as_ref().and_then(|(w, _)| worker::Usage::read(std::path::Path::new("/proc"), w.pid()));
+    if grown.is_some_and(|u| u.rss > ctx.worker_limits.memory / 2) {
+        tracing::info!(worker = i, rss = grown.map(|u| u.rss), "replacing a grown grading worker");
+        drop(slot.take());
+    }
     r.wall = started.elapsed().as_secs_f64();
     r.submission_timestamp = timestamp;
     if r.verdict.is_graded() {
@@ -429,7 +469,13 @@ fn rejection(problems: &[(PathBuf, submission::Problem)]) -> String {
         .iter()
         .take(5)
         .map(|(p, why)| {
-            let p = if p.as_os_str().is_empty() { ".".to_string() } else { p.display().to_string() };
+            // a name that is not UTF-8 is shown with its bytes escaped, the rest as it is (the
+            // terminal and the CSV escape it; the JSON keeps it)
+            let p = match p.to_str() {
+                Some("") => ".".to_string(),
+                Some(p) => p.to_string(),
+                None => crate::escape::path(p),
+            };
             format!("{p}: {why}")
         })
         .collect();
@@ -464,7 +510,10 @@ fn from_answer(l: &Layout, notebooks: &[String], a: worker::Answer) -> StudentRe
     {
         (Verdict::Kernel(st), Some(format!("{}: its kernel ended with {}", nb.notebook, st.as_str())))
     } else {
-        (Verdict::Error, Some(nbgrader_error(&a)))
+        match failure_message(&a, &l.log(&a.student)) {
+            (Cause::Submission, message) => (Verdict::Error, Some(message)),
+            (Cause::Grader, message) => (Verdict::SandboxError, Some(message)),
+        }
     };
     let graded = verdict.is_graded();
     let sum = |f: fn(&NotebookResult) -> Option<f64>| -> Option<f64> {
@@ -484,24 +533,56 @@ fn from_answer(l: &Layout, notebooks: &[String], a: worker::Answer) -> StudentRe
     }
 }
 
-/// The line that says what went wrong: the last exception line in nbgrader's log (its own
-/// error only says "see the traceback above"), else the traceback's last line.
-fn nbgrader_error(a: &worker::Answer) -> String {
-    // `module.SomeError: message`, as a traceback ends (nbgrader's log indents tracebacks)
-    let is_exception = |l: &&str| {
-        let Some((name, _)) = l.trim().split_once(": ") else { return false };
-        !name.contains(' ')
-            && (name.ends_with("Error") || name.ends_with("Exception"))
-            && !name.ends_with("NbGraderException")
+/// Who made nbgrader fail on a submission.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cause {
+    /// The submission: the student's `error` (the default: nbgrader only reads what the
+    /// student sent, checked and copied, and the course the instructor set up).
+    Submission,
+    /// This tool or the host, positively: a step of the worker's own, the gradebook's
+    /// database, the disk. A fault (exit 3).
+    Grader,
+}
+
+/// How many characters of an exception's summary a message quotes.
+const SUMMARY_CHARS: usize = 200;
+
+/// Classify nbgrader's failure. Only what is positively ours or the host's is a fault.
+pub fn classify(f: &worker::Failure) -> Cause {
+    use nix::errno::Errno;
+    let host_errno = f.errno.is_some_and(|e| {
+        [Errno::ENOSPC, Errno::EDQUOT, Errno::EIO, Errno::EROFS, Errno::ENOMEM].contains(&Errno::from_raw(e))
+    });
+    if f.ours || host_errno || f.kind.starts_with("sqlalchemy.exc.") {
+        Cause::Grader
+    } else {
+        Cause::Submission
+    }
+}
+
+/// One short line for a failure: the notebook, the exception's type and the start of its
+/// message (never nbgrader's log: it quotes the notebook, hidden tests included), and where
+/// the instructor finds the rest.
+fn failure_message(a: &worker::Answer, log: &std::path::Path) -> (Cause, String) {
+    let fallback;
+    let f = match &a.failure {
+        Some(f) => f,
+        None => {
+            // No step raised (nbgrader failed before or after them): the exception that left
+            // nbgrader, from the traceback's last line.
+            let last = a.error.as_deref().and_then(|e| e.lines().rev().find(|l| !l.trim().is_empty()));
+            let (kind, summary) = last.and_then(|l| l.trim().split_once(": ")).unwrap_or(("nbgrader failed", ""));
+            fallback = worker::Failure { kind: kind.into(), summary: summary.into(), ..Default::default() };
+            &fallback
+        }
     };
-    a.log
-        .lines()
-        .rev()
-        .find(is_exception)
-        .or_else(|| a.error.as_deref().and_then(|e| e.lines().rev().find(|l| !l.trim().is_empty())))
-        .unwrap_or("nbgrader failed without saying why")
-        .trim()
-        .to_string()
+    let mut summary: String = f.summary.lines().next().unwrap_or("").chars().take(SUMMARY_CHARS).collect();
+    if summary.chars().count() == SUMMARY_CHARS {
+        summary.push('…');
+    }
+    let what = if summary.is_empty() { f.kind.clone() } else { format!("{}: {summary}", f.kind) };
+    let at = f.notebook.as_deref().map(|n| format!("{n}: ")).unwrap_or_default();
+    (classify(f), format!("{at}{what} (nbgrader's log: {})", log.display()))
 }
 
 /// The kernels of a batch.
@@ -597,27 +678,118 @@ pub(crate) fn set_home(uid: u32) {
 mod tests {
     use super::*;
 
-    #[test]
-    fn nbgrader_errors_are_found_in_its_log() {
-        let answer = |log: &str, error: &str| worker::Answer {
+    fn answer(failure: Option<worker::Failure>, error: &str) -> worker::Answer {
+        worker::Answer {
             student: "s".into(),
             success: false,
             wall: 0.0,
             notebook_wall: Default::default(),
-            log: log.into(),
+            log: "[DEBUG] hidden test: assert answer() == 42\n".into(),
             error: Some(error.into()),
             notebooks: None,
             seconds_late: None,
+            failure,
+        }
+    }
+
+    fn failed(kind: &str, errno: Option<i32>, ours: bool) -> worker::Failure {
+        worker::Failure { kind: kind.into(), errno, ours, ..Default::default() }
+    }
+
+    #[test]
+    fn failures_are_the_students_unless_positively_ours() {
+        // whatever nbgrader raises on a submission is the submission's
+        for kind in [
+            "nbformat.reader.NotJSONError",
+            "UnicodeDecodeError",
+            "RecursionError",
+            "MemoryError",
+            "KeyError",
+            "nbgrader.preprocessors.execute.UnresponsiveKernelError",
+            "nbclient.exceptions.DeadKernelError",
+            "jsonschema.exceptions.ValidationError",
+            "nbgrader.converters.base.NbGraderException",
+        ] {
+            assert_eq!(classify(&failed(kind, None, false)), Cause::Submission, "{kind}");
+        }
+        assert_eq!(classify(&failed("FileNotFoundError", Some(libc::ENOENT), false)), Cause::Submission);
+        // ours: the worker's own steps, the gradebook, the disk
+        assert_eq!(classify(&failed("PermissionError", Some(libc::EACCES), true)), Cause::Grader);
+        assert_eq!(classify(&failed("sqlalchemy.exc.OperationalError", None, false)), Cause::Grader);
+        assert_eq!(classify(&failed("OSError", Some(libc::ENOSPC), false)), Cause::Grader);
+    }
+
+    #[test]
+    fn a_failure_is_one_short_line_that_never_quotes_the_log_or_the_notebook() {
+        let log = std::path::Path::new("/c/.isolate-grade/ps1/logs/s.log");
+        let f = worker::Failure {
+            kind: "nbclient.exceptions.CellExecutionError".into(),
+            notebook: Some("problem1".into()),
+            summary: format!("An error occurred while executing the following cell:\n{}", "x".repeat(5000)),
+            ..Default::default()
         };
-        let log =
-            "[ERROR] There was an error processing assignment: x\n[ERROR] Traceback (most recent call last):\n    \
-                   json.decoder.JSONDecodeError: Expecting property name\n    raise NotJSONError(message) from e\n    \
-                   nbformat.reader.NotJSONError: Notebook does not appear to be JSON: '{ x'\n[ERROR] Please see the \
-                   above traceback\nnbgrader.converters.base.NbGraderException: Please see the above traceback\n";
-        let a = answer(log, "Traceback...\nnbgrader.converters.base.NbGraderException: Please see");
-        assert_eq!(nbgrader_error(&a), "nbformat.reader.NotJSONError: Notebook does not appear to be JSON: '{ x'");
-        let a = answer("[INFO] nothing useful\n", "Traceback\n  File x\nKeyError: 'y'\n");
-        assert_eq!(nbgrader_error(&a), "KeyError: 'y'");
-        assert_eq!(nbgrader_error(&answer("", "")), "nbgrader failed without saying why");
+        let (cause, m) = failure_message(&answer(Some(f), ""), log);
+        assert_eq!(cause, Cause::Submission);
+        assert_eq!(
+            m,
+            "problem1: nbclient.exceptions.CellExecutionError: An error occurred while executing the following \
+             cell: (nbgrader's log: /c/.isolate-grade/ps1/logs/s.log)"
+        );
+        let long = worker::Failure { kind: "KeyError".into(), summary: "y".repeat(1000), ..Default::default() };
+        let (_, m) = failure_message(&answer(Some(long), ""), log);
+        assert!(m.len() < 300 && m.contains('…'), "{m}");
+        // no step raised: the traceback's last line, not the log
+        let tb = "Traceback (most recent call last):\n  File \"x\", line 1\n    assert answer() == 42\n\
+                  nbgrader.converters.base.NbGraderException: Please see the above traceback\n";
+        let (cause, m) = failure_message(&answer(None, tb), log);
+        assert_eq!(cause, Cause::Submission);
+        assert!(m.starts_with("nbgrader.converters.base.NbGraderException: Please see the above traceback"), "{m}");
+        assert!(!m.contains("assert answer()") && !m.contains("hidden"), "{m}");
+        let (_, m) = failure_message(&answer(None, ""), log);
+        assert!(m.starts_with("nbgrader failed (nbgrader's log:"), "{m}");
+    }
+
+    fn args(extra: &[&str]) -> GradeArgs {
+        use clap::Parser;
+        match crate::cli::Cli::try_parse_from(["isolate-grade", "grade", "ps1"].iter().chain(extra)).unwrap().command {
+            crate::cli::Command::Grade(g) => g,
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn the_bounds_and_worker_limits_are_validated() {
+        let (tree, w) = batch_limits(&args(&[])).unwrap();
+        assert_eq!(tree.notebook, submission::NotebookLimits::default());
+        assert_eq!(tree.max_file, TreeLimits::default().max_file);
+        assert_eq!(w, worker::Limits { memory: 2 << 30, cpu_time: Duration::from_secs(300) });
+        let (tree, w) = batch_limits(&args(&[
+            "--notebook-max-size=100M",
+            "--notebook-max-cells=5000",
+            "--notebook-max-outputs=1000000",
+            "--notebook-max-depth=100",
+            "--worker-memory=8G",
+            "--worker-cpu-time=1h",
+        ]))
+        .unwrap();
+        let want =
+            submission::NotebookLimits { max_size: 100 << 20, max_cells: 5000, max_outputs: 1_000_000, max_depth: 100 };
+        assert_eq!(tree.notebook, want);
+        assert_eq!(w, worker::Limits { memory: 8 << 30, cpu_time: Duration::from_secs(3600) });
+        for bad in [
+            "--notebook-max-size=0",
+            "--notebook-max-size=lots",
+            "--notebook-max-cells=-1",
+            "--notebook-max-outputs=1.5",
+            "--notebook-max-depth=1000",
+            "--worker-memory=100M",
+            "--worker-memory=0",
+            "--worker-cpu-time=0",
+            "--worker-cpu-time=soon",
+        ] {
+            let e = batch_limits(&args(&[bad])).unwrap_err();
+            let flag = bad.split('=').next().unwrap();
+            assert!(e.to_string().starts_with(flag) && e.exit_code() == crate::report::EXIT_USAGE, "{bad}: {e}");
+        }
     }
 }

@@ -1,5 +1,9 @@
 //! Progress on stderr: on a terminal an indicatif bar with the count of each verdict and an
 //! ETA; otherwise (batch jobs, logs) one plain line per finished student.
+//!
+//! Every line goes out through [`Progress::print`], which escapes it ([`crate::escape::line`]):
+//! a message quotes what a student controls (file names, nbgrader's exception text), and it
+//! must not be able to move the cursor, clear the screen or print a line that looks like ours.
 
 use super::report::StudentResult;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -27,6 +31,12 @@ impl Progress {
     }
 
     pub fn note(&self, line: &str) {
+        self.print(line);
+    }
+
+    /// The one way out to the terminal: one line, escaped.
+    fn print(&self, line: &str) {
+        let line = crate::escape::line(line);
         match &self.bar {
             Some(bar) => bar.println(line),
             None => eprintln!("{line}"),
@@ -53,16 +63,13 @@ impl Progress {
             r.wall,
             w = self.total.to_string().len()
         );
-        match &self.bar {
-            Some(bar) => {
-                if !r.verdict.is_graded() {
-                    bar.println(line);
-                }
-                bar.inc(1);
-                let counts: Vec<String> = self.counts.iter().map(|(v, n)| format!("{n} {v}")).collect();
-                bar.set_message(counts.join(", "));
-            }
-            None => eprintln!("{line}"),
+        if self.bar.is_none() || !r.verdict.is_graded() {
+            self.print(&line);
+        }
+        if let Some(bar) = &self.bar {
+            bar.inc(1);
+            let counts: Vec<String> = self.counts.iter().map(|(v, n)| format!("{n} {v}")).collect();
+            bar.set_message(counts.join(", "));
         }
     }
 

