@@ -84,7 +84,8 @@ const ARCH: TargetArch = TargetArch::aarch64;
 /// for a syscall it does not have, and what glibc, Python and other runtimes take as "use the
 /// older call instead" (clone3, statx, faccessat2, close_range, rseq, pidfd_*, epoll_pwait2...
 /// are all probed that way). `EPERM` reads as "you may not" and breaks those fallbacks: glibc
-/// 2.33's faccessat2 under Docker's EPERM seccomp profile made `access` fail for everyone.
+/// 2.33 falls back from faccessat2 on ENOSYS only, so container profiles that answered EPERM
+/// made its `access`/`faccessat` checks fail instead.
 /// A kill would end a kernel for a probe it would have survived. Under `log` the kernel
 /// lets the call through and logs it (audit type 1326): that mode exists to find what a
 /// library needs before the list is changed.
