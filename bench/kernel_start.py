@@ -25,16 +25,21 @@ from jupyter_client.kernelspec import KernelSpecManager
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def install(binary: Path, specs: Path) -> None:
+def install(binary: Path, specs: Path, baseline: Path = None) -> list:
     venv = Path(sys.prefix)
     tail = [sys.executable, "-m", "ipykernel_launcher", "--HistoryManager.hist_file=:memory:", "-f", "{connection_file}"]
-    for name, argv in [
+    kernels = [
         ("bench-bare", tail),
         ("bench-sandboxed", [str(binary), "--config", "/dev/null", "kernel", "--bind", str(venv), "--"] + tail),
-    ]:
+    ]
+    if baseline:
+        kernels.append(("bench-baseline", [str(baseline), "--config", "/dev/null", "kernel", "--bind", str(venv), "--"]
+                        + tail))
+    for name, argv in kernels:
         d = specs / name
         d.mkdir(parents=True, exist_ok=True)
         (d / "kernel.json").write_text(json.dumps({"argv": argv, "display_name": name, "language": "python"}))
+    return [name for name, _ in kernels]
 
 
 def once(name: str, ksm: KernelSpecManager, cwd: str) -> tuple[float, float]:
@@ -56,14 +61,15 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=40)
     ap.add_argument("--binary", type=Path, default=ROOT / "target/release/isolate-grade")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--baseline", type=Path, help="another isolate-grade binary, as the kernel `bench-baseline` "
+                    "(before/after a change)")
     args = ap.parse_args()
     random.seed(args.seed)
     specs = Path(tempfile.mkdtemp(prefix="ig-bench-specs-"))
-    install(args.binary, specs)
+    names = install(args.binary, specs, args.baseline)
     ksm = KernelSpecManager()
     ksm.kernel_dirs.insert(0, str(specs))
     cwd = tempfile.mkdtemp(prefix="ig-bench-cwd-")
-    names = ["bench-bare", "bench-sandboxed"]
     for n in names:  # warm-up
         once(n, ksm, cwd)
     ready = {n: [] for n in names}

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-ALL_VARIANTS = ["bare", "unshare", "bwrap", "isolate-grade"]
+ALL_VARIANTS = ["bare", "unshare", "bwrap", "isolate-grade", "baseline"]
 ALL_PAYLOADS = ["true", "python"]
 
 
@@ -35,6 +35,8 @@ def parse_args():
     p.add_argument("--variants", default=",".join(ALL_VARIANTS), help="comma-separated subset")
     p.add_argument("--payloads", default=",".join(ALL_PAYLOADS), help="comma-separated subset of true,python")
     p.add_argument("--binary", default=str(ROOT / "target/release/isolate-grade"), help="isolate-grade binary")
+    p.add_argument("--baseline", help="another isolate-grade binary, run as the variant `baseline` (before/after a "
+                   "change: build the old commit's release binary elsewhere and pass it here)")
     p.add_argument("--isolate-args", default="", help="extra args inserted after `run` (shlex-split)")
     p.add_argument("--parallel", type=int, default=2, help="worker threads for the throughput test")
     p.add_argument("--throughput-seconds", type=float, default=5.0, help="0 disables the throughput test")
@@ -88,6 +90,11 @@ def build_jobs(args):
                                          "--policy", "default", "--"]
         else:
             print(f"SKIP isolate-grade: {args.binary} does not exist or is not executable", file=sys.stderr)
+    if "baseline" in args.variants and args.baseline:
+        if os.access(args.baseline, os.X_OK):
+            prefixes["baseline"] = [args.baseline, "run", *shlex.split(args.isolate_args), "--policy", "default", "--"]
+        else:
+            print(f"SKIP baseline: {args.baseline} does not exist or is not executable", file=sys.stderr)
     jobs = {}
     for pl in args.payloads:
         for var in args.variants:
@@ -198,7 +205,7 @@ def bench(args):
               f"| {s['min_ms']:.2f} | {s['n']} | {extra} |")
 
     tput = {}
-    tput_keys = [k for k in (("true", "bare"), ("true", "isolate-grade")) if k in jobs]
+    tput_keys = [k for k in (("true", "bare"), ("true", "isolate-grade"), ("true", "baseline")) if k in jobs]
     if args.throughput_seconds > 0 and tput_keys:
         print(f"\nThroughput (`/bin/true`, {args.parallel} parallel workers, {args.throughput_seconds:g} s):\n")
         print("| variant | runs | runs/s |\n|---|--:|--:|")

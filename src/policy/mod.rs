@@ -62,6 +62,9 @@ pub enum SeccompAction {
     Kill,
     /// A denied syscall fails with `EPERM` (for debugging a policy).
     Errno,
+    /// As `kill` for the deny list, but a syscall outside the allow list is let through and
+    /// logged by the kernel (audit type 1326, `dmesg`): for finding what a new library needs.
+    Log,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]

@@ -59,7 +59,8 @@ pub(super) fn validate(file: &str, name: String, raw: schema::PolicyFile) -> Res
     let seccomp = match s.seccomp.as_deref().unwrap_or("kill") {
         "kill" => SeccompAction::Kill,
         "errno" => SeccompAction::Errno,
-        o => return Err(err("sandbox.seccomp", format!("unknown value {o:?} (use \"kill\" or \"errno\")"))),
+        "log" => SeccompAction::Log,
+        o => return Err(err("sandbox.seccomp", format!("unknown value {o:?} (use \"kill\", \"errno\" or \"log\")"))),
     };
 
     let mut binds = Vec::new();
@@ -243,6 +244,16 @@ mod tests {
     }
 
     #[test]
+    fn every_seccomp_mode_parses() {
+        for (text, mode) in
+            [("kill", SeccompAction::Kill), ("errno", SeccompAction::Errno), ("log", SeccompAction::Log)]
+        {
+            let p = parse(&GOOD.replace("workdir = \"/work\"", &format!("seccomp = \"{text}\""))).unwrap();
+            assert_eq!(p.seccomp, mode, "{text}");
+        }
+    }
+
+    #[test]
     fn builtin_policies_validate() {
         for (name, _) in super::super::BUILTIN {
             Policy::builtin(name).unwrap();
@@ -309,6 +320,9 @@ mod tests {
             .starts_with("t.toml: sandbox.landlock:"));
         assert!(invalid(&GOOD.replace("workdir = \"/work\"", "seccomp = \"allow\""))
             .starts_with("t.toml: sandbox.seccomp:"));
+        assert!(
+            invalid(&GOOD.replace("workdir = \"/work\"", "seccomp = \"Log\"")).starts_with("t.toml: sandbox.seccomp:")
+        );
         assert!(invalid(&GOOD.replace("workdir = \"/work\"", "hostname = \"a b\""))
             .starts_with("t.toml: sandbox.hostname:"));
     }
