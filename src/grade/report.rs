@@ -374,14 +374,8 @@ mod tests {
         assert!(Verdict::try_from("bogus".to_string()).is_err());
     }
 
-    #[test]
-    fn json_and_csv_carry_every_notebook() {
-        let d = tempfile::tempdir().unwrap();
-        let students = vec![
-            graded("alice"),
-            StudentResult::without_grades("eve", Verdict::Rejected, "notes.txt: a symlink\nmore".into()),
-        ];
-        let r = BatchReport {
+    fn batch(students: Vec<StudentResult>) -> BatchReport {
+        BatchReport {
             schema: SCHEMA,
             course: "/c".into(),
             assignment: "ps1".into(),
@@ -391,7 +385,17 @@ mod tests {
             policy: "default".into(),
             counts: BatchReport::count(&students),
             students,
-        };
+        }
+    }
+
+    #[test]
+    fn json_and_csv_carry_every_notebook() {
+        let d = tempfile::tempdir().unwrap();
+        let students = vec![
+            graded("alice"),
+            StudentResult::without_grades("eve", Verdict::Rejected, "notes.txt: a symlink\nmore".into()),
+        ];
+        let r = batch(students);
         let csv_path = r.write(&d.path().join("report.json")).unwrap();
         let csv = std::fs::read_to_string(csv_path).unwrap();
         let lines: Vec<&str> = csv.lines().collect();
@@ -416,17 +420,7 @@ mod tests {
             StudentResult::without_grades("mallory", Verdict::Rejected, forged.into()),
             StudentResult::without_grades("trudy", Verdict::Error, "-1+1: \tx".into()),
         ];
-        let r = BatchReport {
-            schema: SCHEMA,
-            course: "/c".into(),
-            assignment: "ps1".into(),
-            started: "now".into(),
-            wall: 1.0,
-            jobs: 1,
-            policy: "default".into(),
-            counts: BatchReport::count(&students),
-            students,
-        };
+        let r = batch(students);
         let table = r.table();
         assert!(!table.chars().any(|c| c.is_control() && c != '\n'), "{table:?}");
         assert!(!table.contains('\u{202e}'), "{table:?}");
