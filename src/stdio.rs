@@ -88,9 +88,16 @@ pub fn pipes() -> Result<Pipes, Errno> {
 /// The threads copying between the caller's stdio and the sandbox's pipes.
 pub struct Pumps {
     output: Vec<JoinHandle<()>>,
+    /// One message per output thread that has passed everything on.
+    done: std::sync::mpsc::Receiver<()>,
     bytes: Arc<AtomicU64>,
     exceeded: Arc<AtomicBool>,
 }
+
+/// How long [`Pumps::finish`] waits, once the sandbox is gone, for the caller to take the
+/// rest of its output: a caller that stops reading its own stdout must not hang the
+/// supervisor (and with it, the report).
+const DRAIN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 struct Counter {
     bytes: Arc<AtomicU64>,
@@ -118,22 +125,40 @@ pub fn start(spec: Spec, ends: HostEnds, pidfd: RawFd) -> std::io::Result<Pumps>
     let bytes = Arc::new(AtomicU64::new(0));
     let exceeded = Arc::new(AtomicBool::new(false));
     let mut output = Vec::new();
+    let (done_tx, done) = std::sync::mpsc::channel();
     for (name, from, to) in [("stdout", stdout_r, 1), ("stderr", stderr_r, 2)] {
+        let done_tx = done_tx.clone();
         let counter =
             Counter { bytes: bytes.clone(), exceeded: exceeded.clone(), limit: output_limit, on_limit, pidfd };
         // SAFETY: fds 1 and 2 are open for the life of the process (main makes sure of it).
         let escaped = escape == Escape::Always || isatty(unsafe { BorrowedFd::borrow_raw(to) }).unwrap_or(false);
-        output.push(std::thread::Builder::new().name(name.into()).spawn(move || pump(from, to, escaped, counter))?);
+        output.push(std::thread::Builder::new().name(name.into()).spawn(move || {
+            pump(from, to, escaped, counter);
+            let _ = done_tx.send(());
+        })?);
     }
-    Ok(Pumps { output, bytes, exceeded })
+    Ok(Pumps { output, done, bytes, exceeded })
 }
 
 impl Pumps {
     /// Wait until the sandbox's output is all passed on (every process of it must be gone);
     /// returns (output bytes, whether the limit was passed).
     pub fn finish(self) -> (u64, bool) {
-        for t in self.output {
-            let _ = t.join();
+        let deadline = std::time::Instant::now() + DRAIN_GRACE;
+        let mut finished = 0;
+        while finished < self.output.len() {
+            match self.done.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now())) {
+                Ok(()) => finished += 1,
+                Err(_) => {
+                    tracing::warn!("the caller is not reading the program's output: the rest is dropped");
+                    break;
+                }
+            }
+        }
+        if finished == self.output.len() {
+            for t in self.output {
+                let _ = t.join();
+            }
         }
         (self.bytes.load(Ordering::Relaxed), self.exceeded.load(Ordering::Relaxed))
     }

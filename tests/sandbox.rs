@@ -247,3 +247,69 @@ fn a_kernel_ends_when_its_client_is_killed() {
     let report: serde_json::Value = serde_json::from_str(&report).unwrap();
     assert_eq!(report["signal"], "SIGKILL", "{report}");
 }
+
+/// `run`'s stdio: its input copied in byte for byte (a pipe, a file), its output passed on
+/// byte for byte to a pipe, capped at --output-limit (killed: output-limit), and a caller
+/// that never reads its output does not hang the supervisor or lose the report.
+#[test]
+fn stdio_is_the_supervisors_pipes_with_the_callers_data() {
+    if !require_root() {
+        return;
+    }
+    use std::io::Write;
+    // input from a pipe, output binary-exact (an escape sequence is data to a pipe)
+    let data = b"line 1\n\x1b[2J\xff\x00binary\n";
+    let r = run_with(&[], &["/bin/sh", "-c", "cat; ls -l /proc/self/fd/ >&2"], |c| {
+        c.stdin(std::process::Stdio::piped());
+    });
+    // (run_with gives no way to write into the pipe: the program reads end-of-file)
+    assert_eq!((r.status(), r.stdout.as_str()), ("ok", ""), "{r:?}");
+    for fd in 0..3 {
+        assert!(r.stderr.lines().any(|l| l.contains(&format!(" {fd} -> pipe:["))), "fd {fd}: {}", r.stderr);
+    }
+    let mut input = tempfile::NamedTempFile::new().unwrap();
+    input.write_all(data).unwrap();
+    let file = std::fs::File::open(input.path()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().join("report.json");
+    let out = std::process::Command::new(bin())
+        .env("ISOLATE_GRADE_CONFIG", test_config())
+        .args(["run", "--report", report.to_str().unwrap(), "--", "/bin/cat"])
+        .stdin(file)
+        .output()
+        .unwrap();
+    assert_eq!(out.stdout, data, "a file's bytes, in and out unchanged");
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!((v["status"].as_str(), v["output_bytes"].as_u64()), (Some("ok"), Some(data.len() as u64)));
+
+    // past --output-limit: cut there and killed
+    let r = run(&["--output-limit", "1M"], &["/bin/sh", "-c", "yes | head -c 50000000"]);
+    assert_eq!((r.status(), r.code, r.report["stopped_by"].as_str()), ("output-limit", 10, Some("output")), "{r:?}");
+    assert_eq!(r.stdout.len(), 1 << 20);
+    assert!(r.report["output_bytes"].as_u64().unwrap() > 1 << 20);
+
+    // a caller that never reads: the run ends at its wall time and reports, soon after
+    let started = std::time::Instant::now();
+    let mut child = std::process::Command::new(bin())
+        .env("ISOLATE_GRADE_CONFIG", test_config())
+        .args(["run", "--wall-time", "2s", "--report", report.to_str().unwrap(), "--", "/usr/bin/yes"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > std::time::Duration::from_secs(30) {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            panic!("the supervisor hung on a caller that does not read its output");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert_eq!(status.code(), Some(5));
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!(v["status"], "timeout-wall");
+}
