@@ -576,7 +576,12 @@ fn failure_message(a: &worker::Answer, log: &std::path::Path) -> (Cause, String)
             &fallback
         }
     };
-    let mut summary: String = f.summary.lines().next().unwrap_or("").chars().take(SUMMARY_CHARS).collect();
+    // Validation errors quote the offending part of the notebook (a cell, its source) as a
+    // Python mapping: the message stops where the quote begins.
+    let first = f.summary.lines().next().unwrap_or("");
+    let quote = ["{'", "{\"", "['", "[\""].iter().filter_map(|q| first.find(q)).min();
+    let first = quote.map_or(first, |at| first[..at].trim_end_matches([' ', ':']));
+    let mut summary: String = first.chars().take(SUMMARY_CHARS).collect();
     if summary.chars().count() == SUMMARY_CHARS {
         summary.push('…');
     }
@@ -747,6 +752,28 @@ mod tests {
         assert!(!m.contains("assert answer()") && !m.contains("hidden"), "{m}");
         let (_, m) = failure_message(&answer(None, ""), log);
         assert!(m.starts_with("nbgrader failed (nbgrader's log:"), "{m}");
+        // a validation error quotes the cell it rejects (found by trying hostile notebooks)
+        let quoted = worker::Failure {
+            kind: "nbformat.validator.NotebookValidationError".into(),
+            notebook: Some("problem1".into()),
+            summary: "{'cell_type': 'weird', 'source': 'assert answer() == 42'} is not valid under any schema".into(),
+            ..Default::default()
+        };
+        let (cause, m) = failure_message(&answer(Some(quoted), ""), log);
+        assert_eq!(cause, Cause::Submission);
+        assert!(m.starts_with("problem1: nbformat.validator.NotebookValidationError (nbgrader's log:"), "{m}");
+        let listed =
+            worker::Failure { kind: "KeyError".into(), summary: "cells: ['assert x']".into(), ..Default::default() };
+        assert!(failure_message(&answer(Some(listed), ""), log).1.starts_with("KeyError: cells ("));
+        // an errno's brackets are not a quote
+        let errno = worker::Failure {
+            kind: "IsADirectoryError".into(),
+            summary: "[Errno 21] Is a directory".into(),
+            ..Default::default()
+        };
+        assert!(failure_message(&answer(Some(errno), ""), log)
+            .1
+            .starts_with("IsADirectoryError: [Errno 21] Is a directory ("));
     }
 
     fn args(extra: &[&str]) -> GradeArgs {

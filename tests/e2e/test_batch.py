@@ -291,8 +291,12 @@ def _hostile_submissions(student):
     # a notebook nbgrader reads and fails on, with terminal escapes in its exception's text:
     # the student's error, in one line, without the log, escaped wherever it is shown
     _write_json(student("quentin") / "problem1.ipynb", {**nb, "nbformat": "\x1b[2J\x1b]0;pwned\x07 99"})
+    # a cell nbformat's validator rejects: its exception quotes the cell, source and all
+    weird = json.loads(json.dumps(nb))
+    weird["cells"][0].update(cell_type="weird", source="QUOTED-CELL-SOURCE")
+    _write_json(student("rachel") / "problem1.ipynb", weird)
     return {"ursula": "rejected", "yvonne": "rejected", "zelda": "error", "xavier": "rejected",
-            "yusuf": "rejected", "wendy": "rejected", "quentin": "error"}
+            "yusuf": "rejected", "wendy": "rejected", "quentin": "error", "rachel": "error"}
 
 
 def _check_hostile(course, by, out):
@@ -305,6 +309,8 @@ def _check_hostile(course, by, out):
     q = by["quentin"]["message"]
     assert q.startswith("problem1: nbformat.NBFormatError: ") and "logs/quentin.log" in q and len(q) < 400, q
     assert "\x1b[2J" in q, "the JSON report keeps the data"
+    r = by["rachel"]["message"]
+    assert r.startswith("problem1: nbformat.validator.NotebookValidationError") and "QUOTED-CELL" not in r, r
     logs = course / ".isolate-grade" / "ps1" / "logs"
     assert "pwned" in (logs / "quentin.log").read_text()
     for log in logs.iterdir():
