@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The fuzz targets (fuzz/fuzz_targets: policy, cli, kernel_protocol), each for FUZZ_SECONDS
+# The fuzz targets (fuzz/fuzz_targets: policy, cli, kernel_protocol, notebook), each for FUZZ_SECONDS
 # (default 60), starting from the corpus kept in fuzz/corpus/. Any crash fails; its input is
 # left in fuzz/artifacts/. With a nightly toolchain the targets are built with AddressSanitizer;
 # without one, with the stable toolchain and no sanitizer (`-s none`: panics, aborts and
@@ -23,7 +23,7 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
 fi
 seconds=${FUZZ_SECONDS:-60}
 targets=("$@")
-[[ ${#targets[@]} -gt 0 ]] || targets=(policy cli kernel_protocol)
+[[ ${#targets[@]} -gt 0 ]] || targets=(policy cli kernel_protocol notebook)
 for t in "${targets[@]}"; do
   mkdir -p "fuzz/corpus/$t"
   echo "== fuzz $t for ${seconds}s (corpus: $(ls "fuzz/corpus/$t" | wc -l) inputs)"

@@ -446,6 +446,11 @@ pub fn check_notebook(text: &[u8], limits: &NotebookLimits) -> Option<Problem> {
         let found = max_depth as u64 + 1;
         return Some(Problem::Notebook { bound: NotebookBound::Depth, found, max: max_depth as u64 });
     }
+    // serde skips what it ignores without checking its UTF-8; Python's reader would refuse it
+    // (found by fuzz/fuzz_targets/notebook.rs)
+    if let Err(e) = std::str::from_utf8(text) {
+        return Some(Problem::NotANotebook(format!("not UTF-8 (byte {})", e.valid_up_to())));
+    }
     let shape: shape::Notebook = match serde_json::from_slice(text) {
         Ok(s) => s,
         Err(e) => return Some(Problem::NotANotebook(e.to_string())),
@@ -789,6 +794,10 @@ mod tests {
         ] {
             assert!(matches!(check_notebook(text.as_bytes(), &l), Some(Problem::NotANotebook(_))), "{text:.40}");
         }
+        // bytes that aren't UTF-8 inside a string serde would only skip (the fuzzer's find)
+        let text = b"{\"cells\": [], \"metadata\": {\"x\": \"caf\xe9\"}}";
+        let p = check_notebook(text, &l).unwrap();
+        assert!(matches!(&p, Problem::NotANotebook(m) if m.contains("not UTF-8")), "{p:?}");
     }
 
     #[test]
