@@ -34,7 +34,7 @@ part "Rust tests"
 # duration); tests within a binary run in parallel, each sandbox in its own slot.
 cargo test --no-fail-fast 2>&1 | tee target/test-output.txt
 
-part "fuzz, CI-sized (scripts/fuzz.sh: policy, cli, kernel_protocol)"
+part "fuzz, CI-sized (scripts/fuzz.sh: policy, cli, kernel_protocol, notebook)"
 FUZZ_SECONDS=${FUZZ_SECONDS:-60} bash scripts/fuzz.sh
 
 part "end to end, with real nbgrader (project venv; tests/e2e)"
