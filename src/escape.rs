@@ -55,9 +55,18 @@ fn is_format(c: char) -> bool {
 
 /// A path as one escaped line: bytes that are not UTF-8 as `\xNN`, the rest as [`line`].
 pub fn path(p: &std::path::Path) -> String {
+    escape_bytes(p.as_os_str().as_bytes(), false)
+}
+
+/// Bytes as [`text`] (multi-line): those that are not UTF-8 as `\xNN`.
+pub fn bytes(b: &[u8]) -> String {
+    escape_bytes(b, true)
+}
+
+fn escape_bytes(b: &[u8], keep_newlines: bool) -> String {
     let mut out = String::new();
-    for chunk in p.as_os_str().as_bytes().utf8_chunks() {
-        out += &line(chunk.valid());
+    for chunk in b.utf8_chunks() {
+        out += &escape(chunk.valid(), keep_newlines);
         for b in chunk.invalid() {
             out += &format!("\\x{b:02x}");
         }

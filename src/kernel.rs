@@ -229,12 +229,12 @@ pub fn execute(config_override: Option<PathBuf>, a: KernelArgs) -> Result<u8, Ru
         Some(RelaySpec { channels, output_limit }),
         // Its stdin is empty; its stdout and stderr (which end in the client's log) are
         // escaped and count towards its output limit.
-        crate::stdio::Spec::Piped {
+        crate::stdio::Spec::Piped(crate::stdio::Piped {
             stdin: crate::stdio::Stdin::Empty,
             output_limit,
             on_limit: crate::stdio::OnLimit::Interrupt,
             escape: crate::stdio::Escape::Always,
-        },
+        }),
     );
     let copied_out = if report.sandbox_error.is_none() {
         match crate::copyout::copy_out(&kept, &cwd, &caller, crate::copyout::LIMITS) {

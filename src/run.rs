@@ -280,7 +280,7 @@ fn in_slot(
 /// `run`'s stdio: pipes, its stdin the caller's unless that is a terminal; `--tty` hands the
 /// caller's fds over as they are.
 fn stdio_spec(a: &RunArgs) -> Result<crate::stdio::Spec, RunError> {
-    use crate::stdio::{Escape, OnLimit, Spec, Stdin};
+    use crate::stdio::{Escape, OnLimit, Piped, Spec, Stdin};
     if a.tty {
         return Ok(Spec::Inherit);
     }
@@ -293,7 +293,7 @@ fn stdio_spec(a: &RunArgs) -> Result<crate::stdio::Spec, RunError> {
     } else {
         Stdin::Caller
     };
-    Ok(Spec::Piped { stdin, output_limit, on_limit: OnLimit::Kill, escape: Escape::OnTerminal })
+    Ok(Spec::Piped(Piped { stdin, output_limit, on_limit: OnLimit::Kill, escape: Escape::OnTerminal }))
 }
 
 fn emit(report: &Report, sink: Option<Sink>) -> Result<(), RunError> {

@@ -58,9 +58,18 @@ pub enum Escape {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Spec {
     /// Pipes of the supervisor's (the default, and the only way for a kernel).
-    Piped { stdin: Stdin, output_limit: u64, on_limit: OnLimit, escape: Escape },
+    Piped(Piped),
     /// `run --tty`: the caller's fds 0-2, as they are (the README says what that exposes).
     Inherit,
+}
+
+/// What goes through the pipes, and how.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Piped {
+    pub stdin: Stdin,
+    pub output_limit: u64,
+    pub on_limit: OnLimit,
+    pub escape: Escape,
 }
 
 /// The three pipes: the sandbox's ends (its fds 0, 1, 2) and ours.
@@ -109,10 +118,8 @@ struct Counter {
 
 /// Start copying for the sandbox behind `pidfd` (its init), which should outlive
 /// [`Pumps::finish`]. The sandbox's ends must be closed in this process already.
-pub fn start(spec: Spec, ends: HostEnds, pidfd: RawFd) -> std::io::Result<Pumps> {
-    let Spec::Piped { stdin, output_limit, on_limit, escape } = spec else {
-        return Err(std::io::Error::other("the caller's stdio is handed over: nothing to copy"));
-    };
+pub fn start(spec: Piped, ends: HostEnds, pidfd: RawFd) -> std::io::Result<Pumps> {
+    let Piped { stdin, output_limit, on_limit, escape } = spec;
     let HostEnds { stdin_w, stdout_r, stderr_r } = ends;
     match stdin {
         // Dropping the write end: the sandbox reads end-of-file.
@@ -126,18 +133,27 @@ pub fn start(spec: Spec, ends: HostEnds, pidfd: RawFd) -> std::io::Result<Pumps>
     let exceeded = Arc::new(AtomicBool::new(false));
     let mut output = Vec::new();
     let (done_tx, done) = std::sync::mpsc::channel();
-    for (name, from, to) in [("stdout", stdout_r, 1), ("stderr", stderr_r, 2)] {
-        let done_tx = done_tx.clone();
-        let counter =
-            Counter { bytes: bytes.clone(), exceeded: exceeded.clone(), limit: output_limit, on_limit, pidfd };
-        // SAFETY: fds 1 and 2 are open for the life of the process (main makes sure of it).
-        let escaped = escape == Escape::Always || isatty(unsafe { BorrowedFd::borrow_raw(to) }).unwrap_or(false);
-        output.push(std::thread::Builder::new().name(name.into()).spawn(move || {
-            pump(from, to, escaped, counter);
-            let _ = done_tx.send(());
-        })?);
-    }
+    let counter = || Counter { bytes: bytes.clone(), exceeded: exceeded.clone(), limit: output_limit, on_limit, pidfd };
+    output.push(spawn_pump("stdout", stdout_r, std::io::stdout(), escape, counter(), done_tx.clone())?);
+    output.push(spawn_pump("stderr", stderr_r, std::io::stderr(), escape, counter(), done_tx)?);
     Ok(Pumps { output, done, bytes, exceeded })
+}
+
+/// A thread passing `from` on to `to` (our own stdout or stderr); it says on `done` when all
+/// of it is passed on.
+fn spawn_pump(
+    name: &str,
+    from: OwnedFd,
+    to: impl AsFd + Send + 'static,
+    escape: Escape,
+    counter: Counter,
+    done: std::sync::mpsc::Sender<()>,
+) -> std::io::Result<JoinHandle<()>> {
+    let escaped = escape == Escape::Always || isatty(to.as_fd()).unwrap_or(false);
+    std::thread::Builder::new().name(name.into()).spawn(move || {
+        pump(from, to.as_fd(), escaped, counter);
+        let _ = done.send(());
+    })
 }
 
 impl Pumps {
@@ -166,10 +182,9 @@ impl Pumps {
 
 fn copy_stdin(to: OwnedFd) {
     let mut buf = vec![0u8; 64 * 1024];
-    // SAFETY: fd 0 is open for the life of the process (main makes sure of it).
-    let from = unsafe { BorrowedFd::borrow_raw(0) };
+    let stdin = std::io::stdin();
     loop {
-        let n = match nix::unistd::read(from, &mut buf) {
+        let n = match nix::unistd::read(stdin.as_fd(), &mut buf) {
             Ok(0) => return,
             Ok(n) => n,
             Err(Errno::EINTR) => continue,
@@ -181,12 +196,10 @@ fn copy_stdin(to: OwnedFd) {
     }
 }
 
-fn pump(from: OwnedFd, to: RawFd, escaped: bool, c: Counter) {
+fn pump(from: OwnedFd, to: BorrowedFd<'_>, escaped: bool, c: Counter) {
     let mut buf = vec![0u8; 64 * 1024];
     let mut text = escaped.then(Utf8Escaper::default);
     let mut out = Vec::new();
-    // SAFETY: fds 1 and 2 are open for the life of the process (main makes sure of it).
-    let to = unsafe { BorrowedFd::borrow_raw(to) };
     let mut writable = true;
     loop {
         let n = match nix::unistd::read(&from, &mut buf) {
@@ -239,8 +252,8 @@ fn write_all(fd: BorrowedFd<'_>, mut data: &[u8]) -> Result<(), Errno> {
     Ok(())
 }
 
-/// [`crate::escape::text`] over a byte stream: UTF-8 split across reads is put back together,
-/// and bytes that are not UTF-8 are shown as `\xNN`.
+/// [`crate::escape::bytes`] over a byte stream: a UTF-8 character split across reads is
+/// held back until its last byte arrives.
 #[derive(Default)]
 pub struct Utf8Escaper {
     pending: Vec<u8>,
@@ -249,43 +262,33 @@ pub struct Utf8Escaper {
 impl Utf8Escaper {
     pub fn feed(&mut self, bytes: &[u8], out: &mut Vec<u8>) {
         self.pending.extend_from_slice(bytes);
-        let mut rest: &[u8] = &self.pending;
-        loop {
-            match std::str::from_utf8(rest) {
-                Ok(s) => {
-                    out.extend_from_slice(crate::escape::text(s).as_bytes());
-                    rest = &[];
-                    break;
-                }
-                Err(e) => {
-                    let (good, bad) = rest.split_at(e.valid_up_to());
-                    // SAFETY-free: `good` was just validated as UTF-8.
-                    out.extend_from_slice(crate::escape::text(std::str::from_utf8(good).expect("valid")).as_bytes());
-                    match e.error_len() {
-                        // Incomplete at the end: wait for the rest of the character.
-                        None => {
-                            rest = bad;
-                            break;
-                        }
-                        Some(len) => {
-                            for b in &bad[..len] {
-                                out.extend_from_slice(format!("\\x{b:02x}").as_bytes());
-                            }
-                            rest = &bad[len..];
-                        }
-                    }
-                }
-            }
-        }
-        self.pending = rest.to_vec();
+        let complete = self.pending.len() - incomplete_tail(&self.pending);
+        out.extend_from_slice(crate::escape::bytes(&self.pending[..complete]).as_bytes());
+        self.pending.drain(..complete);
     }
 
-    /// The stream ended: what is left is not UTF-8.
+    /// The stream ended: what is held back is not UTF-8.
     pub fn finish(&mut self, out: &mut Vec<u8>) {
-        for b in std::mem::take(&mut self.pending) {
-            out.extend_from_slice(format!("\\x{b:02x}").as_bytes());
-        }
+        out.extend_from_slice(crate::escape::bytes(&std::mem::take(&mut self.pending)).as_bytes());
     }
+}
+
+/// How many bytes at the end of `b` begin a UTF-8 character that needs more bytes.
+fn incomplete_tail(b: &[u8]) -> usize {
+    for i in 1..=b.len().min(3) {
+        let byte = b[b.len() - i];
+        if byte & 0xC0 == 0x80 {
+            continue; // a continuation byte: its lead is further back
+        }
+        let needs = match byte {
+            0xC0..=0xDF => 2,
+            0xE0..=0xEF => 3,
+            0xF0..=0xF7 => 4,
+            _ => 1,
+        };
+        return if needs > i { i } else { 0 };
+    }
+    0
 }
 
 /// Make sure fds 0, 1 and 2 are open (on `/dev/null` if the caller closed them), so that

@@ -448,10 +448,11 @@ pub fn check_notebook(text: &[u8], limits: &NotebookLimits) -> Option<Problem> {
     }
     // serde skips what it ignores without checking its UTF-8; Python's reader would refuse it
     // (found by fuzz/fuzz_targets/notebook.rs)
-    if let Err(e) = std::str::from_utf8(text) {
-        return Some(Problem::NotANotebook(format!("not UTF-8 (byte {})", e.valid_up_to())));
-    }
-    let shape: shape::Notebook = match serde_json::from_slice(text) {
+    let text = match std::str::from_utf8(text) {
+        Ok(t) => t,
+        Err(e) => return Some(Problem::NotANotebook(format!("not UTF-8 (byte {})", e.valid_up_to()))),
+    };
+    let shape: shape::Notebook = match serde_json::from_str(text) {
         Ok(s) => s,
         Err(e) => return Some(Problem::NotANotebook(e.to_string())),
     };

@@ -65,11 +65,11 @@ pub fn supervise(
     stdio: crate::stdio::Spec,
 ) -> Result<Outcome, SupervisorError> {
     // The sandbox's fds 0-2: pipes of ours, never the caller's (unless `run --tty`).
-    let stdio_ends = match stdio {
-        crate::stdio::Spec::Piped { .. } => {
+    let piped = match stdio {
+        crate::stdio::Spec::Piped(piped) => {
             let pipes = crate::stdio::pipes().map_err(sys("pipe2"))?;
             plan.stdio = Some(pipes.sandbox);
-            Some(pipes.host)
+            Some((piped, pipes.host))
         }
         crate::stdio::Spec::Inherit => None,
     };
@@ -112,8 +112,8 @@ pub fn supervise(
         None => None,
     };
     // stdout and stderr passed on and counted, stdin copied in: threads too, from here on.
-    let pumps = match stdio_ends {
-        Some(ends) => Some(crate::stdio::start(stdio, ends, sandbox.pidfd.as_raw_fd()).map_err(|e| {
+    let pumps = match piped {
+        Some((piped, ends)) => Some(crate::stdio::start(piped, ends, sandbox.pidfd.as_raw_fd()).map_err(|e| {
             SupervisorError::Sys { what: "stdio", errno: Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)) }
         })?),
         None => None,

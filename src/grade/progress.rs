@@ -1,7 +1,7 @@
 //! Progress on stderr: on a terminal an indicatif bar with the count of each verdict and an
 //! ETA; otherwise (batch jobs, logs) one plain line per finished student.
 //!
-//! Every line goes out through [`Progress::print`], which escapes it ([`crate::escape::line`]):
+//! Every line goes out through [`Progress::note`], which escapes it ([`crate::escape::line`]):
 //! a message quotes what a student controls (file names, nbgrader's exception text), and it
 //! must not be able to move the cursor, clear the screen or print a line that looks like ours.
 
@@ -30,12 +30,8 @@ impl Progress {
         Progress { bar, total, done: 0, counts: BTreeMap::new() }
     }
 
-    pub fn note(&self, line: &str) {
-        self.print(line);
-    }
-
     /// The one way out to the terminal: one line, escaped.
-    fn print(&self, line: &str) {
+    pub fn note(&self, line: &str) {
         let line = crate::escape::line(line);
         match &self.bar {
             Some(bar) => bar.println(line),
@@ -64,7 +60,7 @@ impl Progress {
             w = self.total.to_string().len()
         );
         if self.bar.is_none() || !r.verdict.is_graded() {
-            self.print(&line);
+            self.note(&line);
         }
         if let Some(bar) = &self.bar {
             bar.inc(1);
