@@ -39,6 +39,8 @@ pub enum Command {
     Install(InstallArgs),
     /// Show what this host supports; exit non-zero if the sandbox cannot run here.
     Check(CheckArgs),
+    /// Check one submission and copy what passed (what formgrader's path runs; JSON on stdout).
+    Stage(StageArgs),
 }
 
 /// `isolate-grade [GLOBAL OPTIONS] X ...` with X not a subcommand (an assignment, or a grading
@@ -142,6 +144,21 @@ pub struct GradeArgs {
     /// Give up on one student's submission after this long (`30m`); it is retried next time.
     #[arg(long, env = "ISOLATE_GRADE_STUDENT_TIMEOUT", default_value = "30m")]
     pub student_timeout: String,
+    #[command(flatten)]
+    pub notebook: NotebookLimitArgs,
+    /// Memory (resident) one grading worker, nbgrader itself, may use for one submission
+    /// (`2G`); past it the worker is killed and the student gets `error`. Kernels are apart.
+    #[arg(long, env = "ISOLATE_GRADE_WORKER_MEMORY", default_value = "2G")]
+    pub worker_memory: String,
+    /// CPU time one grading worker, nbgrader itself, may use for one submission (`5m`); past
+    /// it the worker is killed and the student gets `error`. Kernels are apart.
+    #[arg(long, env = "ISOLATE_GRADE_WORKER_CPU_TIME", default_value = "5m")]
+    pub worker_cpu_time: String,
+}
+
+/// The bounds a submitted notebook is checked against before nbgrader reads it.
+#[derive(Debug, Args)]
+pub struct NotebookLimitArgs {
     /// Refuse a submitted notebook larger than this, before nbgrader reads it (`32M`).
     #[arg(long, env = "ISOLATE_GRADE_NOTEBOOK_MAX_SIZE", default_value = "32M")]
     pub notebook_max_size: String,
@@ -154,14 +171,23 @@ pub struct GradeArgs {
     /// Refuse a submitted notebook whose JSON nests deeper than this (at most 120).
     #[arg(long, env = "ISOLATE_GRADE_NOTEBOOK_MAX_DEPTH", default_value = "64")]
     pub notebook_max_depth: String,
-    /// Memory (resident) one grading worker, nbgrader itself, may use for one submission
-    /// (`2G`); past it the worker is killed and the student gets `error`. Kernels are apart.
-    #[arg(long, env = "ISOLATE_GRADE_WORKER_MEMORY", default_value = "2G")]
-    pub worker_memory: String,
-    /// CPU time one grading worker, nbgrader itself, may use for one submission (`5m`); past
-    /// it the worker is killed and the student gets `error`. Kernels are apart.
-    #[arg(long, env = "ISOLATE_GRADE_WORKER_CPU_TIME", default_value = "5m")]
-    pub worker_cpu_time: String,
+}
+
+/// `isolate-grade stage`: check a submission and copy what passed, as the batch does before
+/// nbgrader sees it. The block `install` writes runs it for formgrader and `nbgrader autograde`.
+#[derive(Debug, Args)]
+pub struct StageArgs {
+    /// The submission directory, relative to --course (`submitted/STUDENT/ASSIGNMENT`): no
+    /// component beneath the course may be a symlink.
+    pub submission: PathBuf,
+    /// The course directory (trusted: the instructor's).
+    #[arg(long, env = "ISOLATE_GRADE_COURSE", default_value = ".")]
+    pub course: PathBuf,
+    /// Where the checked copy goes: a directory that does not exist yet, in one that does.
+    #[arg(long)]
+    pub into: PathBuf,
+    #[command(flatten)]
+    pub notebook: NotebookLimitArgs,
 }
 
 #[derive(Debug, Args)]

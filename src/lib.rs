@@ -29,6 +29,7 @@ pub mod rlang;
 pub mod run;
 pub mod runtime;
 pub mod seccomp;
+pub mod stage;
 pub mod stdio;
 pub mod submission;
 pub mod supervisor;

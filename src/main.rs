@@ -55,6 +55,7 @@ fn real_main(cli: Cli) -> Result<u8, (u8, anyhow::Error)> {
             isolate_grade::install::execute(cli.config, args).map_err(|e| (e.exit_code(), e.into()))
         }
         Command::Check(args) => Ok(isolate_grade::check::check(cli.config.as_deref(), &args)),
+        Command::Stage(args) => isolate_grade::stage::execute(args).map_err(|e| (e.exit_code(), e.into())),
     }
     .map_err(|(code, e): (u8, anyhow::Error)| (if code == 0 { EXIT_USAGE } else { code }, e))
 }

@@ -78,6 +78,21 @@ impl Default for NotebookLimits {
     }
 }
 
+/// The notebook bounds from the command line, validated (`--notebook-max-size: ...` on error).
+pub fn notebook_limits(a: &crate::cli::NotebookLimitArgs) -> Result<NotebookLimits, String> {
+    use crate::units;
+    let bad = |flag: &str, e: units::UnitError| format!("{flag}: {e}");
+    Ok(NotebookLimits {
+        max_size: units::parse_size(&a.notebook_max_size).map_err(|e| bad("--notebook-max-size", e))?,
+        max_cells: units::parse_count(&a.notebook_max_cells, 100_000_000)
+            .map_err(|e| bad("--notebook-max-cells", e))?,
+        max_outputs: units::parse_count(&a.notebook_max_outputs, 100_000_000)
+            .map_err(|e| bad("--notebook-max-outputs", e))?,
+        max_depth: units::parse_count(&a.notebook_max_depth, MAX_NOTEBOOK_DEPTH as u64)
+            .map_err(|e| bad("--notebook-max-depth", e))? as usize,
+    })
+}
+
 /// Which notebook bound was passed: the option that raises it is in the message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NotebookBound {
@@ -191,6 +206,28 @@ impl Checked {
     }
 }
 
+/// What is wrong, in one line: the first five problems (`path: why`), then how many more.
+/// `escape_all`: every path escaped (the line goes where nothing else escapes it: nbgrader's
+/// log); otherwise only a name that isn't UTF-8 (the terminal and the CSV escape the rest).
+pub fn describe(problems: &[(PathBuf, Problem)], escape_all: bool) -> String {
+    let mut parts: Vec<String> = problems
+        .iter()
+        .take(5)
+        .map(|(p, why)| {
+            let p = match p.to_str() {
+                Some("") => ".".to_string(),
+                Some(p) if !escape_all => p.to_string(),
+                _ => crate::escape::path(p),
+            };
+            format!("{p}: {why}")
+        })
+        .collect();
+    if problems.len() > 5 {
+        parts.push(format!("and {} more", problems.len() - 5));
+    }
+    parts.join("; ")
+}
+
 /// Writing the copy failed: a fault of the host (disk full, say), not of the submission.
 #[derive(Debug, thiserror::Error)]
 #[error("{path}: {errno}")]
@@ -223,6 +260,40 @@ pub fn stage(root: &Path, dest: &Path, limits: TreeLimits) -> Result<Checked, St
         Ok(fd) => walk(fd, Some((dest_fd, dest)), PathBuf::new(), 0, &limits, &mut out)?,
         Err(e) => out.problems.push((PathBuf::new(), root_problem(e))),
     }
+    Ok(out)
+}
+
+/// Open the directory `rel` beneath `root` one component at a time, following no symlink:
+/// `root` is the instructor's (the course), everything beneath may be the student's. A
+/// component that is a symlink, or not a directory, is the problem of that prefix.
+pub fn open_beneath(root: &Path, rel: &Path) -> Result<OwnedFd, (PathBuf, Problem)> {
+    let mut fd = nix::fcntl::open(root, DIR_FLAGS.difference(OFlag::O_NOFOLLOW), Mode::empty())
+        .map_err(|e| (PathBuf::new(), Problem::Unreadable(e)))?;
+    let mut at = PathBuf::new();
+    for part in rel.components() {
+        let std::path::Component::Normal(name) = part else {
+            return Err((rel.to_path_buf(), Problem::Unreadable(Errno::EINVAL)));
+        };
+        at.push(name);
+        fd = match openat(fd.as_fd(), name, DIR_FLAGS, Mode::empty()) {
+            Ok(next) => next,
+            Err(e) => {
+                let link = fstatat(fd.as_fd(), name, AtFlags::AT_SYMLINK_NOFOLLOW)
+                    .is_ok_and(|st| SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFLNK);
+                return Err((at, if link { Problem::Symlink } else { Problem::Unreadable(e) }));
+            }
+        };
+    }
+    Ok(fd)
+}
+
+/// [`stage`] from a directory already opened (by [`open_beneath`]).
+pub fn stage_from(root: OwnedFd, dest: &Path, limits: TreeLimits) -> Result<Checked, StageError> {
+    let mut out = Checked::default();
+    let fail = |errno| StageError { path: dest.to_path_buf(), errno };
+    nix::unistd::mkdir(dest, Mode::from_bits_truncate(0o755)).map_err(fail)?;
+    let dest_fd = nix::fcntl::open(dest, DIR_FLAGS, Mode::empty()).map_err(fail)?;
+    walk(root, Some((dest_fd, dest)), PathBuf::new(), 0, &limits, &mut out)?;
     Ok(out)
 }
 

@@ -108,15 +108,7 @@ const MIN_WORKER_MEMORY: u64 = 256 << 20;
 /// The submission check's bounds and the workers' limits, from the options, validated.
 fn batch_limits(a: &GradeArgs) -> Result<(TreeLimits, worker::Limits), GradeError> {
     let bad = |flag: &str, e: units::UnitError| GradeError::Invalid(format!("{flag}: {e}"));
-    let notebook = submission::NotebookLimits {
-        max_size: units::parse_size(&a.notebook_max_size).map_err(|e| bad("--notebook-max-size", e))?,
-        max_cells: units::parse_count(&a.notebook_max_cells, 100_000_000)
-            .map_err(|e| bad("--notebook-max-cells", e))?,
-        max_outputs: units::parse_count(&a.notebook_max_outputs, 100_000_000)
-            .map_err(|e| bad("--notebook-max-outputs", e))?,
-        max_depth: units::parse_count(&a.notebook_max_depth, submission::MAX_NOTEBOOK_DEPTH as u64)
-            .map_err(|e| bad("--notebook-max-depth", e))? as usize,
-    };
+    let notebook = submission::notebook_limits(&a.notebook).map_err(GradeError::Invalid)?;
     let memory = units::parse_size(&a.worker_memory).map_err(|e| bad("--worker-memory", e))?;
     if memory < MIN_WORKER_MEMORY {
         return Err(GradeError::Invalid(format!(
@@ -403,7 +395,7 @@ fn grade_one(
     };
     if !checked.ok() {
         let _ = course::remove_tree(&staged);
-        let mut r = StudentResult::without_grades(student, Verdict::Rejected, rejection(&checked.problems));
+        let mut r = StudentResult::without_grades(student, Verdict::Rejected, submission::describe(&checked.problems, false));
         r.wall = started.elapsed().as_secs_f64();
         return Ok(r);
     }
@@ -462,27 +454,6 @@ fn grade_one(
     }
     let _ = course::remove_tree(&staged);
     Ok(r)
-}
-
-fn rejection(problems: &[(PathBuf, submission::Problem)]) -> String {
-    let mut parts: Vec<String> = problems
-        .iter()
-        .take(5)
-        .map(|(p, why)| {
-            // a name that is not UTF-8 is shown with its bytes escaped, the rest as it is (the
-            // terminal and the CSV escape it; the JSON keeps it)
-            let p = match p.to_str() {
-                Some("") => ".".to_string(),
-                Some(p) => p.to_string(),
-                None => crate::escape::path(p),
-            };
-            format!("{p}: {why}")
-        })
-        .collect();
-    if problems.len() > 5 {
-        parts.push(format!("and {} more", problems.len() - 5));
-    }
-    parts.join("; ")
 }
 
 /// The student's result from nbgrader's answer and the kernels' reports.
