@@ -308,7 +308,7 @@ pub fn execute(config: Option<PathBuf>, a: InstallArgs) -> Result<u8, InstallErr
             Err(why) => println!("warning: {} will not be run: {why}", path.display()),
         }
     }
-    let block = config_block(&twins, &specs);
+    let block = config_block(&twins, &specs, stage_binary(&maker.launcher));
     match &a.course {
         Some(course) => {
             let cfg = course.join("nbgrader_config.py");
@@ -360,27 +360,42 @@ pub fn read_notebooks(paths: Vec<PathBuf>) -> Vec<(PathBuf, Value)> {
 /// of the kernel its own metadata names, and fails a notebook whose kernel has no twin rather
 /// than run it unsandboxed ([`kernels::ROUTE_PY`]). (nbgrader passes its own kernel manager
 /// class to Execute, so that can't be configured; its list of autograde preprocessors can.)
-pub fn config_block(twins: &[Twin], specs: &[Spec]) -> String {
+///
+/// The block also guards nbgrader's Autograde converter as the batch does (`binary stage`
+/// checks and copies each submission first; the batch's locks): `_isolate_grade_guard`.
+pub fn config_block(twins: &[Twin], specs: &[Spec], binary: &str) -> String {
     let (names, languages) = kernels::tables(twins, specs);
     let names = serde_json::to_string(&names).expect("json");
     let languages = serde_json::to_string(&languages).expect("json");
+    let binary = serde_json::to_string(binary).expect("json");
     format!(
         r#"{BEGIN}
 # Autograde in the sandbox (written by `isolate-grade install`; run it again to change this).
 # Each notebook runs in the sandboxed twin of the kernel its own metadata names; a notebook
-# whose kernel has no twin fails with a message, and is never run unsandboxed.
+# whose kernel has no twin fails with a message, and is never run unsandboxed. Each
+# submission is checked and copied by `isolate-grade stage` before nbgrader reads it.
+# After removing this block, restart the Jupyter server (formgrader keeps it until then).
 {route}
 
 try:
     _isolate_grade(c, {names}, {languages})
+    _isolate_grade_guard(c, {binary})
 except Exception as e:  # fail closed: no notebook runs at all, rather than unsandboxed
     import sys
     print(f"isolate-grade: the sandbox could not be set up for nbgrader ({{e!r}}): no notebook will run", file=sys.stderr)
     c.Execute.kernel_name = "isolate-grade-could-not-route-kernels-see-nbgrader_config.py"
+    # and nbgrader finds no submission to copy files from
+    c.CourseDirectory.submitted_directory = "isolate-grade-could-not-set-up-see-nbgrader_config.py"
 {END}
 "#,
         route = kernels::ROUTE_PY.trim_end()
     )
+}
+
+/// The binary in a launcher (`[sudo -n] BINARY kernel ...`): `stage` runs it as the caller.
+fn stage_binary(launcher: &[String]) -> &str {
+    let at = launcher.iter().position(|a| a == "kernel").expect("a kernel launcher");
+    &launcher[at - 1]
 }
 
 /// Put `block` into a config file's text, replacing an earlier one: idempotent.
@@ -415,14 +430,21 @@ mod tests {
 
     #[test]
     fn the_config_block_is_added_once_and_replaced() {
-        let block = config_block(&[twin("python3", "ig-python3", "python"), twin("ir", "ig-ir", "r")], &[]);
+        let block = config_block(
+            &[twin("python3", "ig-python3", "python"), twin("ir", "ig-ir", "r")],
+            &[],
+            "/usr/local/bin/isolate-grade",
+        );
         let once = with_block("c = get_config()\nc.CourseDirectory.course_id = 'x'", &block);
         assert!(once.starts_with("c = get_config()\nc.CourseDirectory.course_id = 'x'\n# >>> isolate-grade"));
         assert_eq!(with_block(&once, &block), once);
         assert!(once.contains(
             r#"_isolate_grade(c, {"ir":"ig-ir","python":"ig-python3","python3":"ig-python3"}, {"ig-ir":"r","ig-python3":"python"})"#
         ));
-        let other = with_block(&once, &config_block(&[twin("python3", "other", "python")], &[]));
+        let other = with_block(
+            &once,
+            &config_block(&[twin("python3", "other", "python")], &[], "/usr/local/bin/isolate-grade"),
+        );
         assert_eq!(other.matches(BEGIN).count(), 1);
         assert!(other.contains(r#"_isolate_grade(c, {"python":"other","python3":"other"}, {"other":"python"})"#));
         assert!(!other.contains("\"ig-ir\""));

@@ -269,11 +269,30 @@ pub fn execute(config_override: Option<PathBuf>, a: KernelArgs) -> Result<u8, Ru
     if let Some(mut f) = sink {
         f.write_all((report.to_json() + "\n").as_bytes()).map_err(RunError::Report)?;
     }
-    if report.status != crate::report::Status::Ok {
-        eprintln!("isolate-grade kernel: {}", report.status.as_str());
+    // Into nbgrader's log and formgrader's modal: who, and what happened, in words. Not an
+    // end its client asked for (jupyter_client's SIGTERM to a kernel slow to shut down).
+    if let Some(why) = report.explanation.as_ref().filter(|w| w.cause != crate::report::Cause::Caller) {
+        eprintln!("isolate-grade kernel{}: {}: {}", label(), report.status.as_str(), why.sentence(None));
     }
     Ok(report.status.exit_code())
 }
+
+/// ` (student alice, notebook problem1 of ps1)`: what the grader set in ISOLATE_GRADE_LABEL
+/// for this kernel (src/route.py), escaped and cut short; empty if unset. Never passed into
+/// the sandbox.
+fn label() -> String {
+    match std::env::var_os(LABEL_VAR) {
+        Some(l) if !l.is_empty() => {
+            let l = crate::escape::line(&l.to_string_lossy());
+            let cut: String = l.chars().take(200).collect();
+            format!(" ({cut})")
+        }
+        _ => String::new(),
+    }
+}
+
+/// The variable the grader names a kernel's student and notebook in.
+pub const LABEL_VAR: &str = "ISOLATE_GRADE_LABEL";
 
 /// The notebooks (and their checkpoints) in the working directory, read as the caller.
 fn notebooks(caller: &crate::identity::Caller, dir: &Path) -> Result<Vec<String>, RunError> {

@@ -158,6 +158,104 @@ pub struct SandboxFault {
     pub message: String,
 }
 
+/// Whose doing an end was, so that nobody is blamed for another's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Cause {
+    /// A limit of the policy: the sandbox stopped the program.
+    Limit,
+    /// The program itself: it crashed or exited with an error.
+    Program,
+    /// The caller ended it (a signal relayed from jupyter_client or Ctrl-C).
+    Caller,
+    /// Ours or the host's: never the student's.
+    SandboxFault,
+}
+
+/// An end in words: `words` completes "the code ..." (`used more than 1 GiB of memory`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Explanation {
+    pub cause: Cause,
+    pub words: String,
+}
+
+impl Explanation {
+    /// One sentence: "the code used more than 1 GiB of memory; the sandbox stopped it".
+    /// `place` ("in cell 4 of problem1") goes after the words when known.
+    pub fn sentence(&self, place: Option<&str>) -> String {
+        let at = place.map(|p| format!(" {p}")).unwrap_or_default();
+        match self.cause {
+            Cause::Limit => format!("the code {}{at}; the sandbox stopped it", self.words),
+            Cause::Program => format!("the code {}{at}", self.words),
+            Cause::Caller => format!("the kernel {}{at}", self.words),
+            Cause::SandboxFault => {
+                format!("sandbox fault{at}: {}; not the student's doing (tell the course's admin)", self.words)
+            }
+        }
+    }
+}
+
+/// Bytes as people say them: `1 GiB`, `1.5 GiB`, `512 MiB`, `4096 bytes`.
+pub fn human_size(bytes: u64) -> String {
+    for (unit, shift) in [("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)] {
+        if bytes >= 1 << shift {
+            let v = bytes as f64 / (1u64 << shift) as f64;
+            return if (v - v.round()).abs() < 0.05 {
+                format!("{} {unit}", v.round())
+            } else {
+                format!("{v:.1} {unit}")
+            };
+        }
+    }
+    format!("{bytes} bytes")
+}
+
+/// A duration as people say it: `60 seconds`, `5 minutes`, `1.5 hours`, `250 ms`.
+pub fn human_duration(d: Duration) -> String {
+    let s = d.as_secs_f64();
+    let (v, unit) = match s {
+        s if s < 1.0 => return format!("{} ms", d.as_millis()),
+        s if s < 120.0 => (s, "seconds"),
+        s if s < 7200.0 => (s / 60.0, "minutes"),
+        s => (s / 3600.0, "hours"),
+    };
+    if (v - v.round()).abs() < 0.05 {
+        format!("{} {unit}", v.round())
+    } else {
+        format!("{v:.1} {unit}")
+    }
+}
+
+/// What a status means, in words, with the limit it ran into.
+pub fn explain(
+    status: Status,
+    limits: &Limits,
+    signal: Option<&str>,
+    exit_code: Option<i32>,
+    relayed: bool,
+    fault: Option<&SandboxFault>,
+) -> Option<Explanation> {
+    let (cause, words) = match status {
+        Status::Ok => return None,
+        Status::MemoryLimit => (Cause::Limit, format!("used more than {} of memory", human_size(limits.memory))),
+        Status::TimeoutCpu => (Cause::Limit, format!("used more than {} of CPU time", human_duration(limits.cpu_time))),
+        Status::TimeoutWall => (Cause::Limit, format!("ran longer than {}", human_duration(limits.wall_time))),
+        Status::PidsLimit => (Cause::Limit, format!("started more than {} processes and threads at once", limits.pids)),
+        Status::SeccompViolation => (Cause::Limit, "made a system call the sandbox does not allow".to_string()),
+        Status::OutputLimit => (Cause::Limit, "printed more output than the limit allows".to_string()),
+        Status::Signaled if relayed => {
+            (Cause::Caller, format!("was ended by its client ({})", signal.unwrap_or("a signal")))
+        }
+        Status::Signaled => (Cause::Program, format!("crashed ({})", signal.unwrap_or("a signal"))),
+        Status::ExitNonzero => (Cause::Program, format!("exited with code {}", exit_code.unwrap_or(-1))),
+        Status::SandboxError => (
+            Cause::SandboxFault,
+            fault.map(|f| format!("{}: {}", f.step, f.message)).unwrap_or_else(|| "unknown".to_string()),
+        ),
+    };
+    Some(Explanation { cause, words })
+}
+
 #[derive(Debug, Clone, Serialize, Default)]
 pub struct SandboxInfo {
     pub policy: String,
@@ -194,6 +292,8 @@ pub struct Report {
     /// one of these was the caller's doing: Ctrl-C, or jupyter_client ending a kernel).
     pub relayed_signals: Vec<String>,
     pub sandbox_error: Option<SandboxFault>,
+    /// The end in words, for the people reading nbgrader's log and formgrader's modal.
+    pub explanation: Option<Explanation>,
     pub sandbox: SandboxInfo,
     /// For `isolate-grade kernel`: its connection and output.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -231,7 +331,7 @@ impl Report {
         if f.killed_for_output {
             hit.push("output");
         }
-        Report {
+        let mut r = Report {
             schema: SCHEMA,
             status,
             exit_code: match f.ended {
@@ -264,9 +364,19 @@ impl Report {
                 step: "init".into(),
                 message: "the sandbox's init ended without reporting the program's status".into(),
             }),
+            explanation: None,
             sandbox,
             kernel: None,
-        }
+        };
+        r.explanation = explain(
+            r.status,
+            limits,
+            r.signal.as_deref(),
+            r.exit_code,
+            r.signal.as_ref().is_some_and(|s| r.relayed_signals.contains(s)),
+            r.sandbox_error.as_ref(),
+        );
+        r
     }
 
     pub fn fault(step: &str, message: String, limits: &Limits, sandbox: SandboxInfo, wall: Duration) -> Report {
@@ -283,6 +393,7 @@ impl Report {
             limits_hit: vec![],
             stopped_by: None,
             relayed_signals: vec![],
+            explanation: Some(Explanation { cause: Cause::SandboxFault, words: format!("{step}: {message}") }),
             sandbox_error: Some(SandboxFault { step: step.to_string(), message }),
             sandbox,
             kernel: None,

@@ -9,11 +9,18 @@ def _isolate_grade(c, twins, languages):
     (isolate-grade's src/route.py: written into nbgrader_config.py by `isolate-grade install`,
     and used by the batch with its own twins.)
     """
+    import os
+    import shutil
+    import tempfile
+
     from nbgrader.converters import Autograde
     from nbgrader.preprocessors import Execute
 
     class KernelNotSandboxed(Exception):
         pass
+
+    class KernelStopped(Exception):
+        """The sandboxed kernel ended in a cell: a limit, a crash, or a sandbox fault, in words."""
 
     def route(nb, explicit):
         ks = nb.metadata.get("kernelspec") or {}
@@ -48,16 +55,293 @@ def _isolate_grade(c, twins, languages):
         return twin
 
     class SandboxedExecute(Execute):
+        def preprocess_cell(self, cell, resources, index):
+            self._isolate_grade_cell = (index, cell)
+            return super().preprocess_cell(cell, resources, index)
+
         def preprocess(self, nb, resources, *args, **kwargs):
             before = self.kernel_name
             self.kernel_name = route(nb, before)
+            who = resources.get("nbgrader") or {}
+            notebook = who.get("notebook") or resources.get("unique_key") or "the notebook"
+            label = f"student {who.get('student', '?')}, notebook {notebook} of {who.get('assignment', '?')}"
+            own = None if os.environ.get("ISOLATE_GRADE_REPORT_DIR") else tempfile.mkdtemp(prefix="isolate-grade-kernels-")
+            saved = {k: os.environ.get(k) for k in ("ISOLATE_GRADE_REPORT_DIR", "ISOLATE_GRADE_LABEL")}
+            reports = own or os.environ["ISOLATE_GRADE_REPORT_DIR"]
+            os.environ["ISOLATE_GRADE_REPORT_DIR"] = reports
+            os.environ["ISOLATE_GRADE_LABEL"] = label
+            earlier = set(os.listdir(reports))
+            self._isolate_grade_cell = None
             try:
                 return super().preprocess(nb, resources, *args, **kwargs)
+            except Exception as e:
+                why = _kernel_ended(reports, earlier)
+                if why is None:
+                    raise
+                place = f"of {notebook}"
+                if self._isolate_grade_cell is not None:
+                    index, cell = self._isolate_grade_cell
+                    grade_id = (cell.get("metadata", {}).get("nbgrader") or {}).get("grade_id")
+                    place = f"in cell {index + 1}{f' ({grade_id})' if grade_id else ''} of {notebook}"
+                message = f"{who.get('student', '?')}: {_sentence(why, place)}"
+                self.log.error("isolate-grade: %s", message)
+                raise KernelStopped(message) from e
             finally:
+                for k, v in saved.items():
+                    if v is None:
+                        os.environ.pop(k, None)
+                    else:
+                        os.environ[k] = v
                 self.kernel_name = before
+                if own:
+                    shutil.rmtree(own, ignore_errors=True)
 
     steps = c.Autograde.get("autograde_preprocessors") or Autograde.class_traits()["autograde_preprocessors"].default()
     if not any(isinstance(s, type) and issubclass(s, Execute) for s in steps):
         raise ValueError(f"nbgrader's Execute step is not among the autograde preprocessors {steps}")
     c.Autograde.autograde_preprocessors = [
         SandboxedExecute if isinstance(s, type) and issubclass(s, Execute) else s for s in steps]
+
+
+def _kernel_ended(reports, earlier):
+    """The explanation of the first kernel report in `reports` (not in `earlier`) that did
+    not end `ok`, or None: {"cause": "limit"|"program"|"caller"|"sandbox-fault", "words": ...}."""
+    import json
+    import os
+
+    for name in sorted(set(os.listdir(reports)) - earlier):
+        try:
+            with open(os.path.join(reports, name), encoding="utf-8") as f:
+                why = json.load(f).get("explanation")
+        except (OSError, ValueError):
+            continue
+        if why:
+            return why
+    return None
+
+
+def _sentence(why, place):
+    """As src/report.rs Explanation::sentence words it."""
+    words, cause = why["words"], why["cause"]
+    if cause == "limit":
+        return f"the code {words} {place}; the sandbox stopped it"
+    if cause == "program":
+        return f"the code {words} {place}"
+    if cause == "caller":
+        return f"the kernel {words} {place}"
+    return f"sandbox fault {place}: {words}; not the student's doing (tell the course's admin)"
+
+
+class _GradebookLock:
+    """An flock held while any Gradebook of this process is open (they nest): SQLite lets one
+    writer in at a time, and nbgrader's writes fail at once with "database is locked" while
+    another process writes (nbgrader#174). The batch's workers and the formgrader/plain path
+    take the same file, `<course>/.isolate-grade/gradebook.lock`."""
+
+    def __init__(self, path):
+        import os
+
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        self.depth = 0
+        self.waited = 0.0
+
+    def acquire(self):
+        import fcntl
+        import time
+
+        if self.depth == 0:
+            t = time.monotonic()
+            fcntl.flock(self.fd, fcntl.LOCK_EX)
+            self.waited += time.monotonic() - t
+        self.depth += 1
+
+    def release(self):
+        import fcntl
+
+        self.depth -= 1
+        if self.depth == 0:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+
+    def reset(self):
+        """After a submission: a Gradebook nbgrader left open must not keep the lock."""
+        import fcntl
+
+        leaked = self.depth
+        if self.depth:
+            self.depth = 0
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+        return leaked
+
+    def close(self):
+        import os
+
+        self.reset()
+        os.close(self.fd)
+
+
+def _lock_gradebooks(lock_for):
+    """Every Gradebook opened while `lock_for()` returns a lock holds it until closed. Patched
+    once per process; a later call only changes `lock_for`."""
+    from nbgrader import api
+
+    gb = api.Gradebook
+    if getattr(gb, "_isolate_grade_lock_for", None) is None:
+        init, close = gb.__init__, gb.close
+
+        def locked_init(self, *args, **kwargs):
+            lock = gb._isolate_grade_lock_for()
+            if lock is not None:
+                lock.acquire()
+            self._isolate_grade_lock = lock
+            try:
+                init(self, *args, **kwargs)
+            except BaseException:
+                self._isolate_grade_lock = None
+                if lock is not None:
+                    lock.release()
+                raise
+
+        def unlocking_close(self):
+            try:
+                close(self)
+            finally:
+                lock = getattr(self, "_isolate_grade_lock", None)
+                if lock is not None:
+                    self._isolate_grade_lock = None
+                    lock.release()
+
+        gb.__init__, gb.close = locked_init, unlocking_close
+    gb._isolate_grade_lock_for = lock_for
+
+
+def _isolate_grade_guard(c, binary):
+    """What the batch does around nbgrader, for formgrader's button, `nbgrader autograde` and
+    NbGraderAPI.autograde (all run nbgrader's Autograde converter, which is patched here, once
+    per process; re-running the block, as formgrader does on every request, changes nothing):
+
+    - before nbgrader looks at a submission, `isolate-grade stage` checks it and copies what
+      passed into `<course>/.isolate-grade/staged-XXXX/`, and nbgrader reads only that copy
+      (its submitted_directory, for this run): a symlink, FIFO, hard link, oversized or
+      malformed notebook is never followed, copied or run. A rejected submission fails in
+      nbgrader's way (its log and formgrader's modal say `rejected:` with paths and reasons);
+    - each student is graded holding `<course>/.isolate-grade/<assignment>/students/<id>.lock`,
+      and every gradebook use holding `<course>/.isolate-grade/gradebook.lock`, the locks a
+      running batch takes: a click during a batch waits for that student, and loses nothing.
+    Not in the batch's own workers (they do both themselves): ISOLATE_GRADE_BATCH_WORKER.
+    """
+    import fcntl
+    import glob
+    import json
+    import os
+    import re
+    import shutil
+    import subprocess
+    import tempfile
+
+    from nbgrader.converters import Autograde
+    from nbgrader.converters.base import NbGraderException
+    from nbgrader.utils import temp_attrs
+
+    if os.environ.get("ISOLATE_GRADE_BATCH_WORKER"):
+        return
+    state = Autograde.__dict__.get("_isolate_grade_state")
+    if state is not None:
+        state["binary"] = binary
+        return
+    state = {"binary": binary, "lock": None}
+    Autograde._isolate_grade_state = state
+    _lock_gradebooks(lambda: state["lock"])
+
+    class SubmissionRejected(NbGraderException):
+        pass
+
+    def stage_all(self, course, staged_rel):
+        """Check and copy every submission this run would grade; {(assignment, student): why}."""
+        rejected, staged = {}, 0
+        pattern = self._format_source(self.coursedir.assignment_id, self.coursedir.student_id)
+        regexp = self._format_source("(?P<assignment_id>.*)", "(?P<student_id>.*)", escape=True)
+        excluded = set(filter(None, (self.coursedir.student_id_exclude or "").split(",")))
+        for path in sorted(glob.glob(pattern)):
+            m = re.match(regexp, path)
+            if m is None or m.group("student_id") in excluded:
+                continue
+            a, s = m.group("assignment_id"), m.group("student_id")
+            dest = self.coursedir.format_path(staged_rel, s, a)
+            os.makedirs(os.path.dirname(dest), exist_ok=True)
+            r = subprocess.run([state["binary"], "stage", os.path.relpath(path, course), "--course", course,
+                                "--into", dest], capture_output=True, text=True, stdin=subprocess.DEVNULL)
+            if r.returncode == 0:
+                staged += 1
+            elif r.returncode == 1:
+                rejected[(a, s)] = json.loads(r.stdout)["message"]
+            elif r.returncode == 2:
+                rejected[(a, s)] = "rejected: " + r.stderr.strip().removeprefix("isolate-grade: ")
+            else:
+                raise NbGraderException(
+                    f"isolate-grade could not check the submission {path} (a sandbox fault, not the student's "
+                    f"doing: {r.stderr.strip()}); nothing was graded")
+        return rejected, staged
+
+    def student_lock(course, assignment, student):
+        d = os.path.join(course, ".isolate-grade", assignment, "students")
+        os.makedirs(d, exist_ok=True)
+        fd = os.open(os.path.join(d, f"{student}.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            # a batch is grading this student right now: wait for it
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        return fd
+
+    def release_student(guard):
+        if guard.get("student_fd") is not None:
+            os.close(guard.pop("student_fd"))
+
+    start, init_notebooks, init_destination = Autograde.start, Autograde.init_notebooks, Autograde.init_destination
+
+    def guarded_start(self):
+        course = os.path.abspath(self.coursedir.root)
+        base = os.path.join(course, ".isolate-grade")
+        os.makedirs(base, exist_ok=True)
+        staged = tempfile.mkdtemp(prefix="staged-", dir=base)
+        lock = _GradebookLock(os.path.join(base, "gradebook.lock"))
+        guard = {"course": course}
+        try:
+            guard["rejected"], guard["staged"] = stage_all(self, course, os.path.relpath(staged, course))
+            self._isolate_grade = guard
+            state["lock"] = lock
+            with temp_attrs(self.coursedir, submitted_directory=os.path.relpath(staged, course)):
+                return start(self)
+        finally:
+            state["lock"] = None
+            self._isolate_grade = None
+            release_student(guard)
+            lock.close()
+            shutil.rmtree(staged, ignore_errors=True)
+
+    def guarded_init_notebooks(self):
+        guard = getattr(self, "_isolate_grade", None)
+        if guard is None:
+            return init_notebooks(self)
+        if guard["staged"]:
+            init_notebooks(self)
+        else:
+            self.assignments, self.notebooks = {}, []
+        for a, s in guard["rejected"]:
+            self.assignments[self._format_source(a, s)] = []
+
+    def guarded_init_destination(self, assignment_id, student_id):
+        guard = getattr(self, "_isolate_grade", None)
+        if guard is None:
+            return init_destination(self, assignment_id, student_id)
+        release_student(guard)
+        why = guard["rejected"].get((assignment_id, student_id))
+        if why is not None:
+            self.log.error("isolate-grade: %s of %s: %s", student_id, assignment_id, why)
+            raise SubmissionRejected(f"{student_id} of {assignment_id}: {why}")
+        guard["student_fd"] = student_lock(guard["course"], assignment_id, student_id)
+        return init_destination(self, assignment_id, student_id)
+
+    Autograde.start = guarded_start
+    Autograde.init_notebooks = guarded_init_notebooks
+    Autograde.init_destination = guarded_init_destination

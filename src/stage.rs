@@ -69,7 +69,10 @@ pub struct Answer {
 }
 
 pub fn execute(a: StageArgs) -> Result<u8, StageError> {
-    let limits = TreeLimits { notebook: submission::notebook_limits(&a.notebook).map_err(StageError::Invalid)?, ..TreeLimits::default() };
+    let limits = TreeLimits {
+        notebook: submission::notebook_limits(&a.notebook).map_err(StageError::Invalid)?,
+        ..TreeLimits::default()
+    };
     let rel = checked_relative(&a.submission)?;
     let answer = stage(&a.course, &rel, &a.into, limits)?;
     println!("{}", serde_json::to_string(&answer).expect("serializes"));
@@ -82,7 +85,8 @@ fn checked_relative(p: &Path) -> Result<PathBuf, StageError> {
     for c in p.components() {
         match c {
             std::path::Component::Normal(n) => {
-                let name = n.to_str().ok_or_else(|| StageError::Invalid(format!("{}: not UTF-8", crate::escape::path(p))))?;
+                let name =
+                    n.to_str().ok_or_else(|| StageError::Invalid(format!("{}: not UTF-8", crate::escape::path(p))))?;
                 crate::grade::course::check_id("submission path component", name).map_err(StageError::Invalid)?;
                 out.push(n);
             }

@@ -4,6 +4,7 @@
 //! ```text
 //! .isolate-grade/gradebook.lock                 held by a worker while it uses the gradebook
 //! .isolate-grade/<assignment>/batch.lock        one batch per assignment at a time
+//! .isolate-grade/<assignment>/students/<id>.lock held while that student is graded (batch or formgrader)
 //!                            /submitted/<student>/<assignment>/   the checked copies nbgrader grades
 //!                            /kernels/<student>/<notebook>/<id>.json   the kernels' verdicts
 //!                            /graded/<student>.json   written last, atomically: this student is done
@@ -113,6 +114,15 @@ impl Layout {
     }
     pub fn log(&self, name: &str) -> PathBuf {
         self.state.join("logs").join(format!("{name}.log"))
+    }
+    /// Held while a student is graded, by the batch and by formgrader's path (src/route.py):
+    /// a click on a student the batch is grading waits for it.
+    pub fn student_lock(&self, student: &str) -> Result<Flock<File>, CourseError> {
+        let dir = self.state.join("students");
+        std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+        let path = dir.join(format!("{student}.lock"));
+        let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(io(&path))?;
+        Flock::lock(f, FlockArg::LockExclusive).map_err(|(_, e)| CourseError::Io { path, source: e.into() })
     }
     pub fn gradebook_lock(&self) -> PathBuf {
         self.course.join(".isolate-grade").join("gradebook.lock")

@@ -377,6 +377,11 @@ fn grade_one(
         r
     };
     let l = &ctx.layout;
+    // A formgrader click grading this student (src/route.py) finishes first.
+    let _graded_by_us = match l.student_lock(student) {
+        Ok(lock) => lock,
+        Err(e) => return Ok(fault(e.to_string())),
+    };
     // Forget the earlier result first: from here on, a kill leaves this student ungraded.
     if let Err(e) = l.unmark(student) {
         return Ok(fault(e.to_string()));
@@ -395,7 +400,8 @@ fn grade_one(
     };
     if !checked.ok() {
         let _ = course::remove_tree(&staged);
-        let mut r = StudentResult::without_grades(student, Verdict::Rejected, submission::describe(&checked.problems, false));
+        let mut r =
+            StudentResult::without_grades(student, Verdict::Rejected, submission::describe(&checked.problems, false));
         r.wall = started.elapsed().as_secs_f64();
         return Ok(r);
     }

@@ -29,7 +29,6 @@ its message (cut short: the rest of a message can quote the notebook, hidden tes
 and whether it is ours (this file's own steps, or reading the scores) rather than nbgrader's.
 """
 
-import fcntl
 import io
 import json
 import os
@@ -124,64 +123,11 @@ def recording(method: Callable, seen: List[Dict[str, Any]], per_notebook: bool) 
     return wrapper
 
 
-class GradebookLock:
-    """An flock held while any Gradebook of this process is open (they nest)."""
-
-    def __init__(self, path):
-        self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        self.depth = 0
-        self.waited = 0.0
-
-    def acquire(self):
-        if self.depth == 0:
-            t = time.monotonic()
-            fcntl.flock(self.fd, fcntl.LOCK_EX)
-            self.waited += time.monotonic() - t
-        self.depth += 1
-
-    def release(self):
-        self.depth -= 1
-        if self.depth == 0:
-            fcntl.flock(self.fd, fcntl.LOCK_UN)
-
-    def reset(self):
-        """After a submission: a Gradebook nbgrader left open must not keep the lock."""
-        leaked = self.depth
-        if self.depth:
-            self.depth = 0
-            fcntl.flock(self.fd, fcntl.LOCK_UN)
-        return leaked
-
-
-def lock_the_gradebook(lock: GradebookLock) -> None:
-    from nbgrader import api
-
-    init, close = api.Gradebook.__init__, api.Gradebook.close
-
-    def locked_init(self, *args, **kwargs):
-        lock.acquire()
-        self._isolate_grade_locked = True
-        try:
-            init(self, *args, **kwargs)
-        except BaseException:
-            self._isolate_grade_locked = False
-            lock.release()
-            raise
-
-    def unlocking_close(self):
-        try:
-            close(self)
-        finally:
-            if getattr(self, "_isolate_grade_locked", False):
-                self._isolate_grade_locked = False
-                lock.release()
-
-    api.Gradebook.__init__ = locked_init
-    api.Gradebook.close = unlocking_close
-
-
 def setup(cfg: Dict[str, Any]):
     os.chdir(cfg["course"])
+    # the block `isolate-grade install` writes into nbgrader_config.py stages and locks for
+    # formgrader and plain nbgrader; here the batch does both itself
+    os.environ["ISOLATE_GRADE_BATCH_WORKER"] = "1"
     os.environ["JUPYTER_PATH"] = os.pathsep.join(p for p in (cfg["jupyter_path"], os.environ.get("JUPYTER_PATH")) if p)
     # nbgrader runs `alembic` from PATH when it creates a gradebook
     os.environ["PATH"] = os.pathsep.join((os.path.dirname(sys.executable), os.environ.get("PATH", "")))
@@ -204,8 +150,9 @@ def setup(cfg: Dict[str, Any]):
     app.coursedir.root = cfg["course"]
     app.coursedir.submitted_directory = cfg["submitted"]
 
-    lock = GradebookLock(cfg["lock"])
-    lock_the_gradebook(lock)
+    # every gradebook use holds the course's gradebook lock (src/route.py)
+    lock = route["_GradebookLock"](cfg["lock"])
+    route["_lock_gradebooks"](lambda: lock)
 
     from nbgrader.api import Gradebook, MissingEntry
 
