@@ -19,7 +19,6 @@
 """
 
 import csv
-import importlib.util
 import json
 import os
 import shutil
@@ -331,22 +330,17 @@ def _check_hostile(course, by, out):
     assert all(len(s["message"] or "") < 600 for s in by.values())
 
 
-def _load_worker():
-    spec = importlib.util.spec_from_file_location("isolate_grade_worker", ROOT / "src/grade/worker.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 HOLDER = r"""
 import sys, time
 sys.path.insert(0, sys.argv[1])
-from test_batch import _load_worker
 from nbgrader.api import Gradebook, Student
 locked, db, lock, who, hold = sys.argv[2] == "1", sys.argv[3], sys.argv[4], sys.argv[5], float(sys.argv[6])
 if locked:
-    w = _load_worker()
-    w.lock_the_gradebook(w.GradebookLock(lock))
+    # the lock the batch's workers and the install block's guard take (src/route.py)
+    route = {}
+    exec(open(sys.argv[7]).read(), route)
+    held = route["_GradebookLock"](lock)
+    route["_lock_gradebooks"](lambda: held)
 with Gradebook(db) as gb:
     gb.db.add(Student(id=who))
     gb.db.flush()          # a write in an open transaction: SQLite's write lock is held
@@ -365,7 +359,7 @@ def test_a_long_gradebook_writer_makes_others_wait_not_fail(tmp_path, locked):
     Gradebook(db).close()  # create it
     run = lambda who, hold: subprocess.Popen(  # noqa: E731
         [sys.executable, "-c", HOLDER, str(Path(__file__).parent), "1" if locked else "0", db,
-         str(tmp_path / "gradebook.lock"), who, str(hold)],
+         str(tmp_path / "gradebook.lock"), who, str(hold), str(ROOT / "src" / "route.py")],
         env=course_tools.nbgrader_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     first = run("first", 10.0)  # longer than SQLite's 5 s busy timeout
     assert first.stdout.readline() == "holding\n"

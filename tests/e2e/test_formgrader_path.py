@@ -1,0 +1,240 @@
+"""Formgrader's button, plain `nbgrader autograde` and NbGraderAPI.autograde after a one-time
+`isolate-grade install --course`: the batch's guarantees (issue #12).
+
+- a submission with a symlinked file, a symlinked directory, a FIFO or a hard link is rejected
+  before nbgrader copies anything: the log says `rejected:` with the path and why, the
+  target's marker is nowhere under autograded/ or in the gradebook, the student has no
+  submission in the gradebook, and nothing of the student's was run;
+- a memory bomb and a busy loop end with the limit in words, the cell and the notebook, in
+  nbgrader's log (what formgrader's modal shows) and on the wrapper's stderr, without ANSI
+  colour (stderr is a pipe);
+- a click during a running 4-worker batch waits for the batch's locks and loses no grade.
+
+Run as root with the project venv (scripts/test.sh does).
+"""
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from conftest import BIN, ROOT
+
+sys.path.insert(0, str(ROOT / "fixtures" / "course"))
+import course_tools  # noqa: E402
+import make_course  # noqa: E402
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0 and os.environ.get("CI") != "true", reason="needs root")
+
+PREFIX = "isolate-grade-fgp-"
+# Small limits, so the verdicts come in seconds: the policy the twins run under.
+POLICY = """
+[limits]
+memory = "256M"
+cpu_time = "5s"
+wall_time = "60s"
+pids = 256
+cpu_quota = 1.0
+open_files = 1024
+file_size = "64M"
+stack = "8M"
+tmp_size = "64M"
+shm_size = "64M"
+"""
+
+
+def env(**extra: str) -> dict:
+    e = course_tools.nbgrader_env()
+    e["ISOLATE_GRADE_CONFIG"] = str(ROOT / "fixtures/config/test.toml")
+    e["ISOLATE_GRADE_PYTHON"] = sys.executable
+    e.update(extra)
+    return e
+
+
+def policy_file(dst: Path) -> Path:
+    """The default policy with POLICY's limits."""
+    text = (ROOT / "policies" / "default.toml").read_text()
+    start = text.index("\n[limits]\n")
+    end = text.index("\n[", start + 1)
+    p = dst / "small.toml"
+    p.write_text(text[:start] + "\n" + POLICY.strip() + "\n" + text[end:])
+    return p
+
+
+@pytest.fixture(scope="module")
+def course(tmp_path_factory):
+    """The fixture course, installed for: the block in its nbgrader_config.py, the twins
+    (PREFIX) under a small policy, and hostile students beside the fixture's."""
+    root = tmp_path_factory.mktemp("fgp")
+    c = course_tools.prepare(root / "course")
+    subprocess.run([str(BIN), "install", "--python", sys.executable, "--kernel", "python3", "--twin-prefix", PREFIX,
+                    "--policy", str(policy_file(root)), "--course", str(c)], env=env(), check=True,
+                   capture_output=True)
+    return c
+
+
+def marker_file(course: Path, name: str) -> str:
+    """A file of the instructor's outside any submission, holding a unique marker."""
+    marker = f"MARKER-{name}-{uuid.uuid4().hex}"
+    d = course / "secrets" / name
+    d.mkdir(parents=True)
+    (d / "secret.txt").write_text(marker)
+    return marker
+
+
+def submission(course: Path, student: str, like: str = "carol") -> Path:
+    sub = course / "submitted" / student / "ps1"
+    sub.parent.mkdir(parents=True)
+    subprocess.run(["cp", "-a", str(course / "submitted" / like / "ps1"), str(sub)], check=True)
+    return sub
+
+
+def with_solution(sub: Path, notebook: str, grade_id: str, source: str) -> None:
+    p = sub / f"{notebook}.ipynb"
+    nb = json.loads(p.read_text())
+    cell = next(c for c in nb["cells"] if (c["metadata"].get("nbgrader") or {}).get("grade_id") == grade_id)
+    cell["source"] = source
+    p.write_text(json.dumps(nb))
+
+
+HOSTILE = {
+    # student: how the submission points at the instructor's file
+    "link-file": lambda sub, secret: (sub / "notes.txt").symlink_to(secret / "secret.txt"),
+    "link-dir": lambda sub, secret: (sub / "data").symlink_to(secret),
+    "fifo": lambda sub, secret: os.mkfifo(sub / "input.txt"),
+    "hard-link": lambda sub, secret: os.link(secret / "secret.txt", sub / "notes.txt"),
+}
+WHY = {"link-file": "a symlink", "link-dir": "a symlink", "fifo": "a FIFO", "hard-link": "a hard link"}
+
+
+def autograde_api(course: Path, student: str) -> dict:
+    """What formgrader's AutogradeHandler does, in a process of its own (the block patches
+    nbgrader's classes once per process, as in a Jupyter server)."""
+    code = (
+        "import json, sys\n"
+        "from nbgrader.apps import NbGraderAPI\n"
+        "from nbgrader.coursedir import CourseDirectory\n"
+        "from nbgrader.apps.baseapp import NbGrader\n"
+        "app = NbGrader(); app.load_config_file()\n"
+        "api = NbGraderAPI(CourseDirectory(config=app.config), config=app.config)\n"
+        "print(json.dumps(api.autograde('ps1', sys.argv[1])))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code, student], cwd=course, env=env(), capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    out["stderr"] = r.stderr
+    return out
+
+
+def autograde_plain(course: Path, student: str) -> dict:
+    r = subprocess.run([sys.executable, "-m", "nbgrader", "autograde", "ps1", "--student", student], cwd=course,
+                       env=env(), capture_output=True, text=True, timeout=600)
+    return {"success": r.returncode == 0, "log": r.stdout + r.stderr, "stderr": r.stderr}
+
+
+WAYS = {"api": autograde_api, "plain": autograde_plain}
+
+
+def submissions_in_gradebook(course: Path) -> set:
+    from nbgrader.api import Gradebook
+
+    with Gradebook(f"sqlite:///{course / 'gradebook.db'}", course_tools.course_id(course)) as gb:
+        return {s.student_id for s in gb.assignment_submissions("ps1")}
+
+
+@pytest.mark.parametrize("way", sorted(WAYS))
+@pytest.mark.parametrize("kind", sorted(HOSTILE))
+def test_a_hostile_submission_is_rejected_and_nothing_is_copied_or_run(course, kind, way):
+    student = f"{kind}-{way}"
+    marker = marker_file(course, student)
+    sub = submission(course, student)
+    # a cell that would show it ran: it writes a file next to the notebook
+    with_solution(sub, "problem1", "squares", "open('ran.txt', 'w').write('ran')\n"
+                  "def squares(n):\n    return [i * i for i in range(1, n + 1)]\n")
+    HOSTILE[kind](sub, course / "secrets" / student)
+    result = WAYS[way](course, student)
+    assert not result["success"], result["log"][-2000:]
+    log = result["log"]
+    assert "rejected:" in log and WHY[kind] in log, log[-3000:]
+    assert f"submitted/{student}/ps1/" in log
+    graded = course / "autograded" / student
+    assert not graded.exists(), sorted(graded.rglob("*"))
+    for p in (course / "autograded").rglob("*"):
+        if p.is_file():
+            assert marker not in p.read_text(errors="replace"), p
+    assert marker.encode() not in (course / "gradebook.db").read_bytes()
+    assert student not in submissions_in_gradebook(course)
+    # the copy is gone too
+    assert not list((course / ".isolate-grade").glob("staged-*"))
+
+
+@pytest.mark.parametrize("way", sorted(WAYS))
+def test_a_clean_submission_is_graded_from_the_checked_copy(course, way):
+    student = f"clean-{way}"
+    submission(course, student, like="alice")
+    result = WAYS[way](course, student)
+    assert result["success"], result["log"][-3000:]
+    from nbgrader.api import Gradebook
+
+    with Gradebook(f"sqlite:///{course / 'gradebook.db'}", course_tools.course_id(course)) as gb:
+        sub = gb.find_submission("ps1", student)
+        assert sub.score == sub.max_score > 0
+    assert not list((course / ".isolate-grade").glob("staged-*"))
+
+
+LIMITS = {
+    # student: (the solution, the words expected in the log)
+    "bomb": ("x = []\nwhile True:\n    x.append(bytearray(32 << 20))\n", "the code used more than 256 MiB of memory"),
+    "spinner": ("while True:\n    pass\n", "the code used more than 5 seconds of CPU time"),
+}
+
+
+@pytest.mark.parametrize("way", sorted(WAYS))
+@pytest.mark.parametrize("kind", sorted(LIMITS))
+def test_a_limit_is_named_in_words_with_the_cell(course, kind, way):
+    student = f"{kind}-{way}"
+    sub = submission(course, student)
+    source, words = LIMITS[kind]
+    with_solution(sub, "problem1", "squares", source)
+    result = WAYS[way](course, student)
+    assert not result["success"]
+    log = result["log"]
+    # the cell: problem1's second cell (the solution `squares`); the sandbox, not the student's crash
+    expected = f"{student}: {words} in cell 2 (squares) of problem1; the sandbox stopped it"
+    assert expected in log, log[-3000:]
+    # the wrapper's own line names the student and the notebook, without colour codes
+    assert f"isolate-grade kernel (student {student}, notebook problem1 of ps1): " in result["stderr"], result["stderr"]
+    assert "\x1b[" not in result["stderr"]
+
+
+def test_a_click_during_a_four_worker_batch_loses_no_grade(tmp_path):
+    c = course_tools.prepare(tmp_path / "course", copies=2)
+    subprocess.run([str(BIN), "install", "--python", sys.executable, "--kernel", "python3", "--twin-prefix", PREFIX,
+                    "--course", str(c)], env=env(), check=True, capture_output=True)
+    report = tmp_path / "report.json"
+    batch = subprocess.Popen([str(BIN), "ps1", "--course", str(c), "--jobs", "4", "--report", str(report)],
+                             env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        # clicks while the batch runs: the same students it grades
+        clicks = [autograde_api(c, s) for s in ("alice", "bob-2", "carol")]
+        out, err = batch.communicate(timeout=1200)
+    finally:
+        if batch.poll() is None:
+            batch.kill()
+            batch.wait()
+    assert batch.returncode in (0, 1), out + err  # 1: the fixture's students the batch rejects on purpose
+    for click in clicks:
+        assert click["success"], click["log"][-3000:]
+    assert "database is locked" not in out + err
+    graded = course_tools.gradebook(c, "ps1")
+    expected = {s: per for s, per in make_course.EXPECTED.items() if "ps1" in per}
+    for student, per in expected.items():
+        for name in (student, f"{student}-2"):
+            assert name in graded, name
+            got = {nb: v["score"] for nb, v in graded[name]["notebooks"].items()}
+            assert got == per["ps1"], (name, got, per["ps1"])
