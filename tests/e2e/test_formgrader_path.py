@@ -13,8 +13,10 @@
 Run as root with the project venv (scripts/test.sh does).
 """
 
+import fcntl
 import json
 import os
+import time
 import subprocess
 import sys
 import uuid
@@ -111,19 +113,21 @@ HOSTILE = {
 WHY = {"link-file": "a symlink", "link-dir": "a symlink", "fifo": "a FIFO", "hard-link": "a hard link"}
 
 
+CLICK = (
+    "import json, sys\n"
+    "from nbgrader.apps import NbGraderAPI\n"
+    "from nbgrader.coursedir import CourseDirectory\n"
+    "from nbgrader.apps.baseapp import NbGrader\n"
+    "app = NbGrader(); app.load_config_file()\n"
+    "api = NbGraderAPI(CourseDirectory(config=app.config), config=app.config)\n"
+    "print(json.dumps(api.autograde('ps1', sys.argv[1])))\n"
+)
+
+
 def autograde_api(course: Path, student: str) -> dict:
     """What formgrader's AutogradeHandler does, in a process of its own (the block patches
     nbgrader's classes once per process, as in a Jupyter server)."""
-    code = (
-        "import json, sys\n"
-        "from nbgrader.apps import NbGraderAPI\n"
-        "from nbgrader.coursedir import CourseDirectory\n"
-        "from nbgrader.apps.baseapp import NbGrader\n"
-        "app = NbGrader(); app.load_config_file()\n"
-        "api = NbGraderAPI(CourseDirectory(config=app.config), config=app.config)\n"
-        "print(json.dumps(api.autograde('ps1', sys.argv[1])))\n"
-    )
-    r = subprocess.run([sys.executable, "-c", code, student], cwd=course, env=env(), capture_output=True, text=True,
+    r = subprocess.run([sys.executable, "-c", CLICK, student], cwd=course, env=env(), capture_output=True, text=True,
                        timeout=600)
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout.strip().splitlines()[-1])
@@ -212,7 +216,59 @@ def test_a_limit_is_named_in_words_with_the_cell(course, kind, way):
     assert "\x1b[" not in result["stderr"]
 
 
+def held(lock: Path) -> int:
+    """Take LOCK as the other side would (an flock); the fd, to close when done."""
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
+
+
+@pytest.mark.parametrize("lock", ["student", "gradebook"])
+def test_a_click_waits_for_the_batchs_locks(course, lock):
+    """While the batch grades a student (its student lock), or writes the gradebook (the
+    gradebook lock), a click on that student does not touch the gradebook or autograded/."""
+    student = f"waiter-{lock}"
+    submission(course, student, like="alice")
+    path = (course / ".isolate-grade" / "ps1" / "students" / f"{student}.lock" if lock == "student"
+            else course / ".isolate-grade" / "gradebook.lock")
+    fd = held(path)
+    click = subprocess.Popen([sys.executable, "-c", CLICK, student], cwd=course, env=env(),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(8)
+        assert click.poll() is None, click.communicate()
+        assert student not in submissions_in_gradebook(course)
+        if lock == "student":  # (waiting for the gradebook, nbgrader has copied the data files)
+            assert not (course / "autograded" / student).exists()
+    finally:
+        os.close(fd)
+    out, err = click.communicate(timeout=300)
+    assert json.loads(out.strip().splitlines()[-1])["success"], err[-3000:]
+    assert student in submissions_in_gradebook(course)
+
+
+def test_the_batch_waits_for_a_click_on_the_same_student(tmp_path):
+    c = course_tools.prepare(tmp_path / "course")
+    fd = held(c / ".isolate-grade" / "ps1" / "students" / "alice.lock")
+    report = tmp_path / "report.json"
+    batch = subprocess.Popen([str(BIN), "ps1", "--course", str(c), "--student", "alice", "--report", str(report)],
+                             env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(8)
+        assert batch.poll() is None, batch.communicate()
+        assert not (c / "autograded" / "alice").exists()
+        assert not (c / ".isolate-grade" / "ps1" / "graded" / "alice.json").exists()
+    finally:
+        os.close(fd)
+    out, err = batch.communicate(timeout=600)
+    assert batch.returncode == 0, out + err
+    assert (c / ".isolate-grade" / "ps1" / "graded" / "alice.json").exists()
+
+
 def test_a_click_during_a_four_worker_batch_loses_no_grade(tmp_path):
+    """The scenario end to end (no deadlock between the two locks, no "database is locked",
+    every grade as bare nbgrader's); the tests above attack each lock."""
     c = course_tools.prepare(tmp_path / "course", copies=2)
     subprocess.run([str(BIN), "install", "--python", sys.executable, "--kernel", "python3", "--twin-prefix", PREFIX,
                     "--course", str(c)], env=env(), check=True, capture_output=True)
