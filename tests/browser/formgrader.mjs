@@ -5,7 +5,7 @@
 //   node tests/browser/formgrader.mjs '{"url": "http://127.0.0.1:8888", "token": "...",
 //       "assignment": "ps1", "students": ["alice", "probe"], "view": ["probe"],
 //       "notebook": "problem1", "screenshots": "target/browser", "timeout_ms": 60000,
-//       "deadline_ms": 150000}'
+//       "deadline_ms": 120000}'
 //
 // The way in is the lab UI, not formgrader's page opened by itself: /lab, the "Nbgrader"
 // menu, "Formgrader" (which opens formgrader in an iframe in the main area), then the
@@ -38,7 +38,7 @@ const opts = JSON.parse(process.argv[2] ?? "{}");
 const t0 = Date.now();
 // each autograde may take timeout_ms; the whole run stops at deadline_ms (from its start), and
 // still reports what it saw, so the caller's own time limit is never the one that fires
-const deadline = t0 + (opts.deadline_ms ?? 150000);
+const deadline = t0 + (opts.deadline_ms ?? 120000);
 const waitMs = () => {
   const left = deadline - Date.now();
   if (left <= 0) throw new Error(`not tried: the run's deadline (${opts.deadline_ms} ms) had passed`);

@@ -44,12 +44,13 @@ STUDENTS = ["alice", "probe", "linker", "bomb"]
 SCRIPT = ROOT / "tests" / "browser" / "formgrader.mjs"
 CHROMIUM = Path("/usr/bin/chromium")
 SCREENSHOTS = ROOT / "target" / "browser"
-# Time limits, generous (the whole test takes about 40 s here) but bounded: each autograde,
-# then the browser's whole run (open the lab, four autogrades, one submission view), which
-# stops itself and reports; the browser is killed only if it doesn't.
+# Time limits, generous (the whole test takes 30-45 s here, each autograde 3-5 s) but bounded,
+# so that with the server's start (60 s at most, conftest.jupyter_lab) it ends within 4 min:
+# each autograde, then the browser's whole run (open the lab, four autogrades, one submission
+# view), which stops itself and reports; the browser is killed only if it doesn't.
 AUTOGRADE_MS = 60_000
-BROWSER_DEADLINE_MS = 150_000
-BROWSER_KILL_AFTER = BROWSER_DEADLINE_MS / 1000 + 45
+BROWSER_DEADLINE_MS = 120_000
+BROWSER_KILL_AFTER = BROWSER_DEADLINE_MS / 1000 + 30
 
 PROBE = '''import json, os, socket
 print("PROBE " + json.dumps({"uid": os.getuid(), "hostname": socket.gethostname(),
