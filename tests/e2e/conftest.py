@@ -2,12 +2,17 @@
 
 import json
 import os
+import secrets
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 import nbformat
 import pytest
@@ -132,3 +137,112 @@ def copy_course(c: Course, dst: Path) -> Course:
 def project_python() -> Python:
     """The project venv (Debian's /usr/bin/python3.11, scripts/venv.sh): the tests' own."""
     return Python("debian", Path(sys.executable))
+
+
+FIXTURE_COURSE = ROOT / "fixtures" / "course"
+
+
+def copy_fixture_course(dst: Path) -> Path:
+    """The bundled fixture course (fixtures/course) copied to `dst`, without what grading
+    leaves behind (release/, autograded/, the gradebook)."""
+    shutil.copytree(FIXTURE_COURSE, dst, ignore=shutil.ignore_patterns(
+        "release", "autograded", "feedback", "gradebook.db", "__pycache__"))
+    return dst
+
+
+@pytest.fixture(scope="module")
+def install_twin(project_python: Python):
+    """`isolate-grade install --course` for the project venv's python3: the sandboxed twin
+    (named by the prefix given) and the block in the course's nbgrader_config.py. Returns
+    the twin's name; the twins are removed when the module's tests are done."""
+    prefixes: List[str] = []
+
+    def install(course: Path, prefix: str) -> str:
+        prefixes.append(prefix)
+        r = subprocess.run([str(BIN), "install", "--python", str(project_python.python), "--course", str(course),
+                            "--kernel", "python3", "--twin-prefix", prefix], env=project_python.run_env(),
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stdout + r.stderr
+        return prefix + "python3"
+
+    yield install
+    for prefix in prefixes:
+        for d in (Path(sys.prefix) / "share" / "jupyter" / "kernels").glob(prefix + "*"):
+            shutil.rmtree(d, ignore_errors=True)
+
+
+@dataclass
+class JupyterServer:
+    """A `jupyter lab` started by a test: where it listens, its token, its log."""
+
+    url: str
+    token: str
+    process: subprocess.Popen
+    log: Path
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError as e:
+            return f"(no log: {e})"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def jupyter_lab(project_python: Python, tmp_path_factory):
+    """Starts `jupyter lab` servers of the project venv, as an instructor runs formgrader:
+    `start(root_dir, course, args=(...), **env)` gives it a Jupyter config directory of its own (the
+    user's is never read) whose nbgrader_config.py points CourseDirectory.root at the course,
+    waits until it answers, and returns it. Each is stopped (by its PID) at teardown."""
+    started: List[JupyterServer] = []
+
+    def start(root_dir: Path, course: Path, args: Sequence[str] = (), timeout: float = 60, **env: str) -> JupyterServer:
+        home = tmp_path_factory.mktemp("jupyter")
+        config = home / "config"
+        (config / "labconfig").mkdir(parents=True)
+        (config / "nbgrader_config.py").write_text(
+            f"c = get_config()  # noqa: F821\nc.CourseDirectory.root = {str(course)!r}\n")
+        # no "get notified about Jupyter news?" toast over the page
+        (config / "labconfig" / "page_config.json").write_text(
+            json.dumps({"disabledExtensions": {"@jupyterlab/apputils-extension:announcements": True}}))
+        port, token = free_port(), secrets.token_hex(16)
+        log = home / "server.log"
+        run_env = project_python.run_env(JUPYTER_CONFIG_DIR=str(config), JUPYTER_DATA_DIR=str(home / "data"),
+                                         JUPYTER_RUNTIME_DIR=str(home / "runtime"), **env)
+        with open(log, "wb") as out:
+            process = subprocess.Popen(
+                [str(project_python.python), "-m", "jupyter", "lab", "--no-browser", "--allow-root",
+                 "--ip=127.0.0.1", f"--port={port}", f"--ServerApp.token={token}",
+                 f"--ServerApp.root_dir={root_dir}", *args],
+                cwd=root_dir, env=run_env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        server = JupyterServer(f"http://127.0.0.1:{port}", token, process, log)
+        started.append(server)
+        deadline = time.monotonic() + timeout
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"jupyter lab exited with {process.returncode} before answering:\n{server.log_tail()}")
+            try:
+                req = urllib.request.Request(f"{server.url}/api/status", headers={"Authorization": f"token {token}"})
+                with urllib.request.urlopen(req, timeout=5) as r:
+                    if r.status == 200:
+                        return server
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"jupyter lab did not answer on {server.url} within {timeout:.0f}s:\n{server.log_tail()}")
+            time.sleep(0.5)
+
+    yield start
+    for server in started:
+        if server.process.poll() is None:
+            server.process.send_signal(signal.SIGTERM)  # the server shuts its kernels down
+            try:
+                server.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                server.process.kill()
+                server.process.wait()
