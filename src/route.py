@@ -240,7 +240,6 @@ def _isolate_grade_guard(c, binary):
 
     from nbgrader.converters import Autograde
     from nbgrader.converters.base import NbGraderException
-    from nbgrader.utils import temp_attrs
 
     if os.environ.get("ISOLATE_GRADE_BATCH_WORKER"):
         return
@@ -310,9 +309,14 @@ def _isolate_grade_guard(c, binary):
             guard["rejected"], guard["staged"] = stage_all(self, course, os.path.relpath(staged, course))
             self._isolate_grade = guard
             state["lock"] = lock
-            with temp_attrs(self.coursedir, submitted_directory=os.path.relpath(staged, course)):
-                return start(self)
+            # (not nbgrader's temp_attrs: it does not restore when the block raises, and a
+            # rejection raises)
+            guard["submitted"] = self.coursedir.submitted_directory
+            self.coursedir.submitted_directory = os.path.relpath(staged, course)
+            return start(self)
         finally:
+            if "submitted" in guard:
+                self.coursedir.submitted_directory = guard["submitted"]
             state["lock"] = None
             self._isolate_grade = None
             release_student(guard)

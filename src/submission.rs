@@ -164,7 +164,7 @@ pub enum Problem {
 impl std::fmt::Display for Problem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Problem::Symlink => write!(f, "a symlink (its target is never followed)"),
+            Problem::Symlink => write!(f, "a symbolic link (its target is never followed)"),
             Problem::Fifo => write!(f, "a FIFO"),
             Problem::Socket => write!(f, "a socket"),
             Problem::Device => write!(f, "a device node"),

@@ -235,7 +235,7 @@ def test_bad_submissions_get_their_verdicts_and_nobody_else_is_affected(tmp_path
     want = {"mallory": "rejected", "oscar": "rejected", "peggy": "rejected", "trent": "rejected",
             "sybil": "rejected", "victor": "rejected", "walter": "memory-limit", **hostile}
     assert {s: by[s]["verdict"] for s in want} == want, out
-    assert "notes.txt: a symlink" in by["mallory"]["message"]
+    assert "notes.txt: a symbolic link" in by["mallory"]["message"]
     assert "pipe: a FIFO" in by["oscar"]["message"]
     assert "a hard link" in by["peggy"]["message"]
     assert "big.bin" in by["trent"]["message"] and "more than" in by["trent"]["message"]

@@ -110,7 +110,7 @@ HOSTILE = {
     "fifo": lambda sub, secret: os.mkfifo(sub / "input.txt"),
     "hard-link": lambda sub, secret: os.link(secret / "secret.txt", sub / "notes.txt"),
 }
-WHY = {"link-file": "a symlink", "link-dir": "a symlink", "fifo": "a FIFO", "hard-link": "a hard link"}
+WHY = {"link-file": "a symbolic link", "link-dir": "a symbolic link", "fifo": "a FIFO", "hard-link": "a hard link"}
 
 
 CLICK = (
@@ -120,14 +120,16 @@ CLICK = (
     "from nbgrader.apps.baseapp import NbGrader\n"
     "app = NbGrader(); app.load_config_file()\n"
     "api = NbGraderAPI(CourseDirectory(config=app.config), config=app.config)\n"
-    "print(json.dumps(api.autograde('ps1', sys.argv[1])))\n"
+    "for student in sys.argv[1:]:\n"
+    "    print(json.dumps(api.autograde('ps1', student)))\n"
 )
 
 
-def autograde_api(course: Path, student: str) -> dict:
+def autograde_api(course: Path, *students: str) -> dict:
     """What formgrader's AutogradeHandler does, in a process of its own (the block patches
-    nbgrader's classes once per process, as in a Jupyter server)."""
-    r = subprocess.run([sys.executable, "-c", CLICK, student], cwd=course, env=env(), capture_output=True, text=True,
+    nbgrader's classes once per process, as in a Jupyter server); several students: one
+    click after the other in that process, the last one's result."""
+    r = subprocess.run([sys.executable, "-c", CLICK, *students], cwd=course, env=env(), capture_output=True, text=True,
                        timeout=600)
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout.strip().splitlines()[-1])
@@ -175,6 +177,18 @@ def test_a_hostile_submission_is_rejected_and_nothing_is_copied_or_run(course, k
     assert student not in submissions_in_gradebook(course)
     # the copy is gone too
     assert not list((course / ".isolate-grade").glob("staged-*"))
+
+
+def test_a_rejection_leaves_the_next_click_unaffected(course):
+    """In one server, a click on a rejected submission, then one on a clean one: the second
+    is graded (nbgrader's temp_attrs would have left the first click's staged copy as the
+    submitted directory: the second click found nothing and said "Success")."""
+    submission(course, "first-rejected")
+    HOSTILE["fifo"](course / "submitted" / "first-rejected" / "ps1", None)
+    submission(course, "then-clean", like="alice")
+    result = autograde_api(course, "first-rejected", "then-clean")
+    assert result["success"] and "Autograding" in result["log"], result["log"][-2000:]
+    assert "then-clean" in submissions_in_gradebook(course)
 
 
 @pytest.mark.parametrize("way", sorted(WAYS))
