@@ -231,6 +231,10 @@ pub struct InstallArgs {
     /// Start it through `sudo -n` (for instructors allowed by a sudo rule).
     #[arg(long)]
     pub sudo: bool,
+    /// The isolate-grade the kernelspecs start (default: this one, its real path): an
+    /// absolute path to an executable of this same version, e.g. the installed copy.
+    #[arg(long, env = "ISOLATE_GRADE_BINARY", value_name = "PATH")]
+    pub binary: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -13,6 +13,8 @@ use crate::runtime::Context;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 
+mod binary;
+
 #[derive(Debug, thiserror::Error)]
 pub enum InstallError {
     #[error("{0}")]
@@ -208,11 +210,17 @@ pub struct Launcher {
 impl Launcher {
     /// `config` is made absolute: a kernel starts in the submission's directory.
     pub fn new(sudo: bool, config: Option<&Path>) -> Result<Launcher, InstallError> {
+        let exe =
+            std::env::current_exe().map_err(|source| InstallError::Io { path: "/proc/self/exe".into(), source })?;
+        Launcher::with_binary(sudo, config, &exe)
+    }
+
+    /// The same, starting `exe` (the binary install records).
+    pub fn with_binary(sudo: bool, config: Option<&Path>, exe: &Path) -> Result<Launcher, InstallError> {
         let io = |path: &Path| {
             let path = path.to_path_buf();
             move |source| InstallError::Io { path, source }
         };
-        let exe = std::env::current_exe().map_err(io(Path::new("/proc/self/exe")))?;
         let mut head = Vec::new();
         if sudo {
             head.extend(["sudo".to_string(), "-n".to_string()]);
@@ -251,8 +259,10 @@ pub fn execute(config: Option<PathBuf>, a: InstallArgs) -> Result<u8, InstallErr
     if caller.via == "sudo" {
         crate::grade::set_home(caller.uid);
     }
+    // the binary the kernelspecs start, checked before anything is written
+    let exe = binary::recorded(a.binary.as_deref())?;
     let policy = a.policy.clone().unwrap_or_else(|| "default".into());
-    let launcher = Launcher::new(a.sudo, None)?.kernel(a.policy.as_deref());
+    let launcher = Launcher::with_binary(a.sudo, None, &exe)?.kernel(a.policy.as_deref());
     let maker = Maker::new(a.python.as_deref(), &policy, config.as_deref(), a.course.as_deref(), launcher)?;
     let specs = maker.specs()?;
     let kernels: Vec<Spec> = specs.iter().filter(|s| !s.is_twin()).cloned().collect();
@@ -326,6 +336,10 @@ pub fn execute(config: Option<PathBuf>, a: InstallArgs) -> Result<u8, InstallErr
             }
         }
         None => println!("add to nbgrader_config.py (the course's, and the one formgrader's server loads):\n{block}"),
+    }
+    let real = std::fs::canonicalize(&exe).unwrap_or_else(|_| exe.clone());
+    if let Some(dir) = binary::cargo_build_dir(&real) {
+        eprintln!("isolate-grade: {}", binary::build_dir_warning(&exe, dir));
     }
     Ok(0)
 }
