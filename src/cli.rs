@@ -257,6 +257,16 @@ pub struct InstallArgs {
     /// Start it through `sudo -n` (for instructors allowed by a sudo rule).
     #[arg(long)]
     pub sudo: bool,
+    /// The isolate-grade the kernelspecs start (default: this one, its real path): an
+    /// absolute path to an executable of this same version, e.g. the installed copy.
+    #[arg(long, env = "ISOLATE_GRADE_BINARY", value_name = "PATH")]
+    pub binary: Option<PathBuf>,
+    /// Remove what install added instead: the twins named with --twin-prefix from nbgrader's
+    /// Python, and with --course the block from the course's nbgrader_config.py.
+    // (not in conflict with the flags that have an environment twin: one set for install
+    // must not make uninstall fail)
+    #[arg(long, conflicts_with_all = ["kernels", "all_kernels", "sudo"])]
+    pub uninstall: bool,
 }
 
 #[derive(Debug, Args)]

@@ -3,7 +3,7 @@
 //! each kernel's runtime what it needs ([`crate::kernels`]), writes the twins into the prefix of
 //! nbgrader's Python, starts each through its kernelspec ([`crate::preflight`]) and only then,
 //! with `--course`, writes the marked block of the course's `nbgrader_config.py`. The batch
-//! makes its private twins with the same [`Maker`].
+//! makes its private twins with the same [`Maker`]. `--uninstall` removes both again.
 
 use crate::cli::InstallArgs;
 use crate::kernels::{self, KernelsError, Spec, Twin};
@@ -12,6 +12,9 @@ use crate::python::{self, Probe, PythonError};
 use crate::runtime::Context;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
+
+mod binary;
+mod uninstall;
 
 #[derive(Debug, thiserror::Error)]
 pub enum InstallError {
@@ -208,11 +211,17 @@ pub struct Launcher {
 impl Launcher {
     /// `config` is made absolute: a kernel starts in the submission's directory.
     pub fn new(sudo: bool, config: Option<&Path>) -> Result<Launcher, InstallError> {
+        let exe =
+            std::env::current_exe().map_err(|source| InstallError::Io { path: "/proc/self/exe".into(), source })?;
+        Launcher::with_binary(sudo, config, &exe)
+    }
+
+    /// The same, starting `exe` (the binary install records).
+    pub fn with_binary(sudo: bool, config: Option<&Path>, exe: &Path) -> Result<Launcher, InstallError> {
         let io = |path: &Path| {
             let path = path.to_path_buf();
             move |source| InstallError::Io { path, source }
         };
-        let exe = std::env::current_exe().map_err(io(Path::new("/proc/self/exe")))?;
         let mut head = Vec::new();
         if sudo {
             head.extend(["sudo".to_string(), "-n".to_string()]);
@@ -251,8 +260,13 @@ pub fn execute(config: Option<PathBuf>, a: InstallArgs) -> Result<u8, InstallErr
     if caller.via == "sudo" {
         crate::grade::set_home(caller.uid);
     }
+    if a.uninstall {
+        return uninstall::execute(&a);
+    }
+    // the binary the kernelspecs start, checked before anything is written
+    let exe = binary::recorded(a.binary.as_deref())?;
     let policy = a.policy.clone().unwrap_or_else(|| "default".into());
-    let launcher = Launcher::new(a.sudo, None)?.kernel(a.policy.as_deref());
+    let launcher = Launcher::with_binary(a.sudo, None, &exe)?.kernel(a.policy.as_deref());
     let maker = Maker::new(a.python.as_deref(), &policy, config.as_deref(), a.course.as_deref(), launcher)?;
     let specs = maker.specs()?;
     let kernels: Vec<Spec> = specs.iter().filter(|s| !s.is_twin()).cloned().collect();
@@ -326,6 +340,14 @@ pub fn execute(config: Option<PathBuf>, a: InstallArgs) -> Result<u8, InstallErr
             }
         }
         None => println!("add to nbgrader_config.py (the course's, and the one formgrader's server loads):\n{block}"),
+    }
+    println!(
+        "a running Jupyter server (formgrader) keeps the configuration it started with: restart it to pick up \
+         this change"
+    );
+    let real = std::fs::canonicalize(&exe).unwrap_or_else(|_| exe.clone());
+    if let Some(dir) = binary::cargo_build_dir(&real) {
+        eprintln!("isolate-grade: {}", binary::build_dir_warning(&exe, dir));
     }
     Ok(0)
 }
@@ -411,6 +433,25 @@ pub fn with_block(old: &str, block: &str) -> String {
     }
     let sep = if old.is_empty() || old.ends_with('\n') { "" } else { "\n" };
     format!("{old}{sep}{block}")
+}
+
+/// A config file's text without the blocks [`with_block`] put in (each with the newline after
+/// its end marker); the rest stays byte for byte. A begin marker with no end marker after it
+/// is left as it is.
+pub fn without_block(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(a) = rest.find(BEGIN) {
+        let Some(b) = rest[a..].find(END) else { break };
+        let mut end = a + b + END.len();
+        if rest[end..].starts_with('\n') {
+            end += 1;
+        }
+        out.push_str(&rest[..a]);
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 #[cfg(test)]

@@ -60,13 +60,16 @@ fn real_main(cli: Cli) -> Result<u8, (u8, anyhow::Error)> {
     .map_err(|(code, e): (u8, anyhow::Error)| (if code == 0 { EXIT_USAGE } else { code }, e))
 }
 
-/// Plain stderr logging; no background thread (tracing-subscriber's fmt writes inline).
+/// Plain stderr logging; no background thread (tracing-subscriber's fmt writes inline). No
+/// colour codes unless stderr is a terminal: a pipe is read by nbgrader, Jupyter or a log file.
 fn init_tracing(filter: &str) {
+    use std::io::IsTerminal;
     let filter =
         tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .with_timer(tracing_subscriber::fmt::time::uptime())
         .init();
