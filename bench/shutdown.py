@@ -40,7 +40,8 @@ def kernelspec(binary, mode):
                     f"{name}-"],
                    check=True, capture_output=True)
     name += "-python3"
-    spec = Path(sys.prefix) / "share" / "jupyter" / "kernels" / name / "kernel.json"
+    # (install keeps twins off the Jupyter path: main() puts their home on it)
+    spec = Path(sys.prefix) / "share" / "isolate-grade" / "jupyter" / "kernels" / name / "kernel.json"
     k = json.loads(spec.read_text())
     k["interrupt_mode"] = mode
     spec.write_text(json.dumps(k))
@@ -69,6 +70,7 @@ def main():
     if os.geteuid() != 0:
         sys.exit("run as root (the kernels are sandboxed)")
     os.environ.setdefault("ISOLATE_GRADE_CONFIG", str(ROOT / "fixtures" / "config" / "test.toml"))
+    os.environ["JUPYTER_PATH"] = str(Path(sys.prefix) / "share" / "isolate-grade" / "jupyter")
     print(f"{a.kernels} kernels per mode, two loops side by side, {os.cpu_count()} CPUs\n")
     print("| interrupt_mode | ok | signaled SIGTERM | signaled SIGABRT | other |")
     print("|---|--:|--:|--:|--:|")

@@ -44,8 +44,11 @@ for variant in "${@:-python3 config}"; do
     case $v in
       python3)
         "$ig" install --python "$venv/bin/python" --kernel python3 --twin-prefix "" >/dev/null
+        # the twin named python3 is kept off the Jupyter path: put its home first on it
+        twin_path=$venv/share/isolate-grade/jupyter
         ;;
       config)
+        twin_path=
         # ipykernel's own python3 back, and the sandboxed kernel by name from the config block
         "$venv/bin/python" -m ipykernel install --sys-prefix >/dev/null
         "$ig" install --python "$venv/bin/python" --kernel python3 --course "$cfg" >/dev/null
@@ -55,7 +58,7 @@ for variant in "${@:-python3 config}"; do
     echo "== nbgrader's autograde tests, sandboxed kernel as $v"
     # every kernel leaves its verdict here: proof that the tests ran sandboxed, not bare
     reports=$(mktemp -d /tmp/isolate-grade-suite-reports.XXXXXX)
-    (cd "$dir" && JUPYTER_CONFIG_DIR=$cfg ISOLATE_GRADE_REPORT_DIR=$reports "$venv/bin/python" -m pytest -q -p no:cacheprovider -n "${SUITE_JOBS:-3}" "$tests" \
+    (cd "$dir" && JUPYTER_PATH=$twin_path JUPYTER_CONFIG_DIR=$cfg ISOLATE_GRADE_REPORT_DIR=$reports "$venv/bin/python" -m pytest -q -p no:cacheprovider -n "${SUITE_JOBS:-3}" "$tests" \
       2>&1 | tee "$dir/$v.txt" | tail -n 25) || status=1
     kernels=$(find "$reports" -name '*.json' | wc -l)
     unsandboxed=$(grep -L '"uid": 6[0-9][0-9][0-9][0-9]' "$reports"/*.json 2>/dev/null | wc -l)

@@ -294,13 +294,22 @@ pub fn execute(config: Option<PathBuf>, a: InstallArgs) -> Result<u8, InstallErr
         chosen
     };
     let twins = maker.twins(&chosen, &a.twin_prefix)?;
-    let dir = maker.client.prefix.join("share/jupyter/kernels");
+    let home = twin_home(&maker.client.prefix);
+    let dir = home.join("kernels");
     let notebooks = a.course.as_deref().map(course_notebooks).unwrap_or_default();
     let routes: Vec<(PathBuf, Result<String, String>)> =
         notebooks.iter().map(|(p, nb)| (p.clone(), kernels::route(nb, &specs))).collect();
     let routed: Vec<(PathBuf, String)> =
         routes.iter().filter_map(|(p, k)| Some((p.clone(), k.clone().ok()?))).collect();
-    install_twins(&twins, &dir, None, &maker.client.executable, &routed)?;
+    install_twins(&twins, &dir, Some(&home), &maker.client.executable, &routed)?;
+    // Twins an earlier version put on the Jupyter path (into every Launcher): gone.
+    let names: Vec<&str> = twins.iter().map(|t| t.name.as_str()).collect();
+    for (name, old) in uninstall::twins_in(&maker.client.prefix.join("share/jupyter/kernels"), &a.twin_prefix)? {
+        if names.contains(&name.as_str()) {
+            std::fs::remove_dir_all(&old).map_err(|source| InstallError::Io { path: old.clone(), source })?;
+            println!("removed the earlier twin {name:?} from {} (JupyterLab's Launcher showed it)", old.display());
+        }
+    }
     for t in &twins {
         println!(
             "installed {:?}, the sandboxed twin of {:?} ({}), in {} (checked: it starts in the sandbox and answers)",
@@ -322,7 +331,12 @@ pub fn execute(config: Option<PathBuf>, a: InstallArgs) -> Result<u8, InstallErr
             Err(why) => println!("warning: {} will not be run: {why}", path.display()),
         }
     }
-    let block = config_block(&twins, &specs, stage_binary(&maker.launcher));
+    println!(
+        "the twins are not on the Jupyter path (JupyterLab's Launcher doesn't offer them); nbgrader finds them \
+         through the block below. To start one by name: JUPYTER_PATH={}",
+        home.display()
+    );
+    let block = config_block(&twins, &specs, stage_binary(&maker.launcher), &dir);
     match &a.course {
         Some(course) => {
             let cfg = course.join("nbgrader_config.py");
@@ -385,11 +399,13 @@ pub fn read_notebooks(paths: Vec<PathBuf>) -> Vec<(PathBuf, Value)> {
 ///
 /// The block also guards nbgrader's Autograde converter as the batch does (`binary stage`
 /// checks and copies each submission first; the batch's locks): `_isolate_grade_guard`.
-pub fn config_block(twins: &[Twin], specs: &[Spec], binary: &str) -> String {
+/// `kernels` is the directory the twins are in (not on the Jupyter path: [`twin_home`]).
+pub fn config_block(twins: &[Twin], specs: &[Spec], binary: &str, kernels: &Path) -> String {
     let (names, languages) = kernels::tables(twins, specs);
     let names = serde_json::to_string(&names).expect("json");
     let languages = serde_json::to_string(&languages).expect("json");
     let binary = serde_json::to_string(binary).expect("json");
+    let kernels = serde_json::to_string(&kernels.to_string_lossy()).expect("json");
     format!(
         r#"{BEGIN}
 # Autograde in the sandbox (written by `isolate-grade install`; run it again to change this).
@@ -400,7 +416,7 @@ pub fn config_block(twins: &[Twin], specs: &[Spec], binary: &str) -> String {
 {route}
 
 try:
-    _isolate_grade(c, {names}, {languages})
+    _isolate_grade(c, {names}, {languages}, {kernels})
     _isolate_grade_guard(c, {binary})
 except Exception as e:  # fail closed: no notebook runs at all, rather than unsandboxed
     import sys
@@ -412,6 +428,14 @@ except Exception as e:  # fail closed: no notebook runs at all, rather than unsa
 "#,
         route = kernels::ROUTE_PY.trim_end()
     )
+}
+
+/// Where `install` puts the twins of a Python's kernels: a Jupyter data directory of its own
+/// in that Python's prefix (`kernels/<twin>/kernel.json`), not on the Jupyter path, so that
+/// JupyterLab's Launcher and kernel picker never offer a sandboxed kernel for everyday work.
+/// nbgrader reaches them through the block (`_isolate_grade`'s `kernels`).
+pub fn twin_home(prefix: &Path) -> PathBuf {
+    prefix.join("share/isolate-grade/jupyter")
 }
 
 /// The binary in a launcher (`[sudo -n] BINARY kernel ...`): `stage` runs it as the caller.
@@ -475,19 +499,21 @@ mod tests {
             &[twin("python3", "ig-python3", "python"), twin("ir", "ig-ir", "r")],
             &[],
             "/usr/local/bin/isolate-grade",
+            Path::new("/k"),
         );
+        assert!(block.contains(r#"_isolate_grade_guard(c, "/usr/local/bin/isolate-grade")"#));
         let once = with_block("c = get_config()\nc.CourseDirectory.course_id = 'x'", &block);
         assert!(once.starts_with("c = get_config()\nc.CourseDirectory.course_id = 'x'\n# >>> isolate-grade"));
         assert_eq!(with_block(&once, &block), once);
         assert!(once.contains(
-            r#"_isolate_grade(c, {"ir":"ig-ir","python":"ig-python3","python3":"ig-python3"}, {"ig-ir":"r","ig-python3":"python"})"#
+            r#"_isolate_grade(c, {"ir":"ig-ir","python":"ig-python3","python3":"ig-python3"}, {"ig-ir":"r","ig-python3":"python"}, "/k")"#
         ));
         let other = with_block(
             &once,
-            &config_block(&[twin("python3", "other", "python")], &[], "/usr/local/bin/isolate-grade"),
+            &config_block(&[twin("python3", "other", "python")], &[], "/usr/local/bin/isolate-grade", Path::new("/k")),
         );
         assert_eq!(other.matches(BEGIN).count(), 1);
-        assert!(other.contains(r#"_isolate_grade(c, {"python":"other","python3":"other"}, {"other":"python"})"#));
+        assert!(other.contains(r#"_isolate_grade(c, {"python":"other","python3":"other"}, {"other":"python"}, "/k")"#));
         assert!(!other.contains("\"ig-ir\""));
         assert_eq!(with_block("", &block), block);
     }

@@ -1,7 +1,9 @@
-def _isolate_grade(c, twins, languages):
+def _isolate_grade(c, twins, languages, kernels=None):
     """Route every notebook nbgrader autogrades to the sandboxed twin of its own kernel.
 
-    `twins` maps a kernelspec name to its twin's name, `languages` each twin to its language.
+    `twins` maps a kernelspec name to its twin's name, `languages` each twin to its language,
+    `kernels` is the directory the twins are in (`isolate-grade install` keeps them off the
+    Jupyter path, out of JupyterLab's Launcher; None: found on the Jupyter path, as the batch's).
     nbgrader's Execute step is replaced by one that picks the twin the way nbclient picks a
     kernel (the notebook's `kernelspec.name`, or an explicit `Execute.kernel_name`), or, for a
     notebook that names no kernel, by its language (`kernelspec.language`, `language_info.name`).
@@ -55,6 +57,15 @@ def _isolate_grade(c, twins, languages):
         return twin
 
     class SandboxedExecute(Execute):
+        def create_kernel_manager(self):
+            km = super().create_kernel_manager()
+            if kernels is not None:
+                from jupyter_client.kernelspec import KernelSpecManager
+
+                # the twin's kernelspec, from where install put it (and only there)
+                km.kernel_spec_manager = KernelSpecManager(kernel_dirs=[kernels], ensure_native_kernel=False)
+            return km
+
         def preprocess_cell(self, cell, resources, index):
             self._isolate_grade_cell = (index, cell)
             return super().preprocess_cell(cell, resources, index)

@@ -15,8 +15,13 @@ pub fn execute(a: &InstallArgs) -> Result<u8, InstallError> {
         None => python::python_of_nbgrader()?,
     };
     let client = python::probe_kernel_python(&python, "jupyter_client")?;
-    let dir = client.prefix.join("share/jupyter/kernels");
-    let twins = twins_in(&dir, &a.twin_prefix)?;
+    // where install puts them, and where earlier versions did (on the Jupyter path)
+    let dirs = [super::twin_home(&client.prefix).join("kernels"), client.prefix.join("share/jupyter/kernels")];
+    let mut twins = Vec::new();
+    for dir in &dirs {
+        twins.extend(twins_in(dir, &a.twin_prefix)?);
+    }
+    let dir = &dirs[0];
     let mut removed = !twins.is_empty();
     for (name, spec_dir) in &twins {
         std::fs::remove_dir_all(spec_dir).map_err(|source| InstallError::Io { path: spec_dir.clone(), source })?;
@@ -57,7 +62,7 @@ pub fn execute(a: &InstallArgs) -> Result<u8, InstallError> {
 /// The twins with `prefix` in the kernelspec directory `dir`, by name: each a directory (not
 /// a link) `prefix + K` whose `kernel.json` has `metadata.isolate_grade.wraps` K. (So the
 /// twins of a longer prefix that starts with this one are not among them.)
-fn twins_in(dir: &Path, prefix: &str) -> Result<Vec<(String, PathBuf)>, InstallError> {
+pub(super) fn twins_in(dir: &Path, prefix: &str) -> Result<Vec<(String, PathBuf)>, InstallError> {
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),

@@ -21,6 +21,9 @@ ROOT = Path(__file__).resolve().parents[2]
 # ISOLATE_GRADE_TEST_BIN: run the suites against another build (to show a test fails without a fix)
 BIN = Path(os.environ.get("ISOLATE_GRADE_TEST_BIN", ROOT / "target" / "debug" / "isolate-grade"))
 TEST_CONFIG = ROOT / "fixtures" / "config" / "test.toml"
+# Where `install` puts the twins of this venv's kernels: off the Jupyter path (out of
+# JupyterLab's Launcher); JUPYTER_PATH=TWIN_HOME starts one by name.
+TWIN_HOME = Path(sys.prefix) / "share" / "isolate-grade" / "jupyter"
 
 
 @dataclass(frozen=True)
@@ -167,7 +170,7 @@ def install_twin(project_python: Python):
 
     yield install
     for prefix in prefixes:
-        for d in (Path(sys.prefix) / "share" / "jupyter" / "kernels").glob(prefix + "*"):
+        for d in (TWIN_HOME / "kernels").glob(prefix + "*"):
             shutil.rmtree(d, ignore_errors=True)
 
 

@@ -44,6 +44,7 @@ BIN = Path(os.environ.get("ISOLATE_GRADE_TEST_BIN", ROOT / "target" / "debug" / 
 ATTACKS = ROOT / "fixtures" / "attacks"
 sys.path.insert(0, str(ROOT / "fixtures" / "course"))
 import course_tools  # noqa: E402
+from conftest import TWIN_HOME  # noqa: E402
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 and os.environ.get("CI") != "true", reason="needs root")
 
@@ -485,7 +486,9 @@ def test_the_callers_terminal_is_out_of_reach(how, tmp_path, attack_twin):
         client.write_text(KERNEL_CLIENT)
         cmd = [sys.executable, str(client), attack_twin, str(attack), str(result)]
     master, slave = pty.openpty()
-    p = subprocess.Popen(cmd, env=env(), stdin=slave, stdout=slave, stderr=slave, start_new_session=True)
+    # (the twin by name: install keeps it off the Jupyter path)
+    p = subprocess.Popen(cmd, env={**env(), "JUPYTER_PATH": str(TWIN_HOME)}, stdin=slave, stdout=slave, stderr=slave,
+                         start_new_session=True)
     os.close(slave)
     seen = bytearray()
 

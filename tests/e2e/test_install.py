@@ -22,17 +22,19 @@ from typing import Dict
 
 import pytest
 
-from conftest import BIN, ROOT, TEST_CONFIG
+from conftest import BIN, ROOT, TEST_CONFIG, TWIN_HOME
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 and os.environ.get("CI") != "true", reason="needs root")
 
-KERNELS = Path(sys.prefix) / "share" / "jupyter" / "kernels"
+# the twins' own place, and the Jupyter path's (JupyterLab's Launcher lists what is there)
+KERNELS = TWIN_HOME / "kernels"
+JUPYTER_KERNELS = Path(sys.prefix) / "share" / "jupyter" / "kernels"
 PREFIX = "isolate-grade-test-install-"
 BUILD_WARNING = "cargo build directory"
 
 
 def remove_test_kernelspecs():
-    for d in KERNELS.glob(PREFIX + "*"):
+    for d in [*KERNELS.glob(PREFIX + "*"), *JUPYTER_KERNELS.glob(PREFIX + "*")]:
         shutil.rmtree(d)
 
 
@@ -61,8 +63,9 @@ def install(*args: str, binary: Path = BIN, **env: str) -> subprocess.CompletedP
 
 
 def kernelspecs() -> Dict[str, bytes]:
-    """Every kernelspec in the venv: name -> its kernel.json."""
-    return {d.name: (d / "kernel.json").read_bytes() for d in KERNELS.iterdir()}
+    """Every kernelspec in the venv, the twins' and the Jupyter path's: path -> its kernel.json."""
+    return {str(d): (d / "kernel.json").read_bytes() for k in (KERNELS, JUPYTER_KERNELS) if k.is_dir()
+            for d in k.iterdir()}
 
 
 def twin_argv(name: str) -> list:
@@ -127,22 +130,27 @@ def test_uninstall_removes_exactly_the_twins_of_the_prefix_and_the_block(course)
     # kernelspec that isn't a twin named with the prefix, the instructor's edit after the block
     r = install("--twin-prefix", PREFIX + "other-", "--kernel", "python3")
     assert r.returncode == 0, r.stdout + r.stderr
-    plain = KERNELS / (PREFIX + "plain")
+    plain = JUPYTER_KERNELS / (PREFIX + "plain")
     plain.mkdir()
     (plain / "kernel.json").write_text(json.dumps({"argv": ["python3", "-m", "ipykernel_launcher", "-f",
                                                             "{connection_file}"], "display_name": "plain",
                                                    "language": "python"}))
     with cfg.open("ab") as f:
         f.write(b"c.Execute.timeout = 20  # edited after install\n")
+    # and a twin where an earlier version put them, on the Jupyter path
+    shutil.copytree(KERNELS / (PREFIX + "python3"), JUPYTER_KERNELS / (PREFIX + "python3"))
     before = kernelspecs()
-    assert PREFIX + "python3" in before and PREFIX + "other-python3" in before and "python3" in before
+    for k in (KERNELS / (PREFIX + "python3"), KERNELS / (PREFIX + "other-python3"), JUPYTER_KERNELS / "python3",
+              JUPYTER_KERNELS / (PREFIX + "python3")):
+        assert str(k) in before, k
 
     r = install("--uninstall", "--course", str(course), "--twin-prefix", PREFIX)
     assert r.returncode == 0, r.stdout + r.stderr
     assert f'removed the kernelspec "{PREFIX}python3"' in r.stdout, r.stdout
     assert f"removed the isolate-grade block from {cfg}" in r.stdout, r.stdout
     assert "keeps the old configuration until it is restarted" in r.stdout, r.stdout
-    del before[PREFIX + "python3"]
+    del before[str(KERNELS / (PREFIX + "python3"))]
+    del before[str(JUPYTER_KERNELS / (PREFIX + "python3"))]
     assert kernelspecs() == before
     assert cfg.read_bytes() == original + b"c.Execute.timeout = 20  # edited after install\n"
 
@@ -152,3 +160,20 @@ def test_uninstall_removes_exactly_the_twins_of_the_prefix_and_the_block(course)
     assert "no kernelspec to remove" in r.stdout and "has no isolate-grade block" in r.stdout, r.stdout
     assert kernelspecs() == before
     assert cfg.read_bytes() == original + b"c.Execute.timeout = 20  # edited after install\n"
+
+
+def test_the_twins_stay_out_of_jupyterlabs_launcher(course):
+    """JupyterLab's Launcher and kernel picker offer what the server's KernelSpecManager finds
+    on the Jupyter path: never a twin. A twin an earlier version left there is moved."""
+    shutil.copytree(ROOT / "fixtures", JUPYTER_KERNELS / (PREFIX + "python3"), ignore=lambda d, names: names)
+    (JUPYTER_KERNELS / (PREFIX + "python3") / "kernel.json").write_text(json.dumps(
+        {"argv": ["x", "{connection_file}"], "display_name": "old twin", "language": "python",
+         "metadata": {"isolate_grade": {"wraps": "python3"}}}))
+    r = install("--course", str(course), "--twin-prefix", PREFIX, "--kernel", "python3")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "removed the earlier twin" in r.stdout, r.stdout
+    listed = subprocess.run([sys.executable, "-c", "from jupyter_client.kernelspec import KernelSpecManager as K; "
+                             "print(sorted(K().find_kernel_specs()))"], capture_output=True, text=True,
+                            env={k: v for k, v in os.environ.items() if not k.startswith("JUPYTER")})
+    assert "python3" in listed.stdout and PREFIX not in listed.stdout, listed.stdout + listed.stderr
+    assert (KERNELS / (PREFIX + "python3") / "kernel.json").exists()

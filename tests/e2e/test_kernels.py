@@ -23,7 +23,7 @@ from typing import Dict, List
 
 import pytest
 
-from conftest import BIN, Course, Notebook, copy_course, make_assignment, nb_cell
+from conftest import BIN, TWIN_HOME, Course, Notebook, copy_course, make_assignment, nb_cell
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 and os.environ.get("CI") != "true", reason="needs root")
 
@@ -113,7 +113,7 @@ def install(c: Course, prefix: str, *kernels: str) -> subprocess.CompletedProces
 
 
 def uninstall(prefix: str):
-    for d in (Path(sys.prefix) / "share" / "jupyter" / "kernels").glob(prefix + "*"):
+    for d in (TWIN_HOME / "kernels").glob(prefix + "*"):
         shutil.rmtree(d, ignore_errors=True)
 
 

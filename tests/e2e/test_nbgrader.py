@@ -17,6 +17,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from conftest import TWIN_HOME
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = ROOT / "target" / "debug" / "isolate-grade"
@@ -41,6 +42,8 @@ def sandbox_env(tmp_path_factory):
     env["ISOLATE_GRADE_CONFIG"] = str(ROOT / "fixtures/config/test.toml")
     env["ISOLATE_GRADE_REPORT_DIR"] = str(reports)
     env["JUPYTERHUB_API_TOKEN"] = SECRET_TOKEN
+    # the twin by name (install keeps it off the Jupyter path)
+    env["JUPYTER_PATH"] = str(TWIN_HOME)
     # nbgrader runs `alembic` from PATH when it opens a gradebook
     env["PATH"] = f"{Path(sys.prefix) / 'bin'}{os.pathsep}{env.get('PATH', '')}"
     return env, reports

@@ -178,7 +178,7 @@ def test_sandboxed_grades_equal_bare_in_every_environment(name, pythons, tmp_pat
     finally:
         prefix = subprocess.run([str(py.python), "-c", "import sys; print(sys.prefix)"], capture_output=True,
                                 text=True, env=py.run_env()).stdout.strip()
-        shutil.rmtree(Path(prefix) / "share" / "jupyter" / "kernels" / kernel, ignore_errors=True)
+        shutil.rmtree(Path(prefix) / "share" / "isolate-grade" / "jupyter" / "kernels" / kernel, ignore_errors=True)
     verdicts = [p.read_text() for p in reports.glob("*.json")]
     assert len(verdicts) == 2 and all('"uid": 6' in v for v in verdicts), "both kernels ran sandboxed"
     assert plain.scores() == bare.scores()
@@ -243,6 +243,7 @@ def test_an_interpreter_without_ipykernel_is_refused_before_grading(project_pyth
     r = subprocess.run([str(BIN), "install", "--python", str(py)], env=env, capture_output=True, text=True)
     assert r.returncode == 3 and "has no module jupyter_client" in r.stderr, r.stdout + r.stderr
     assert not (no_ipykernel / "share" / "jupyter" / "kernels").exists()
+    assert not (no_ipykernel / "share" / "isolate-grade").exists()
     r = subprocess.run([str(BIN), "check", "--python", str(py)], env=env, capture_output=True, text=True)
     assert r.returncode == 1 and "FAIL python" in r.stdout and "has no module jupyter_client" in r.stdout, r.stdout
     # nbgrader's Python has jupyter_client but the kernel's has no ipykernel: a python3
@@ -314,7 +315,7 @@ def test_a_notebook_whose_kernel_has_no_twin_is_never_run(project_python, tmp_pa
         reports.mkdir()
         r = c.nbgrader("autograde", "env1", check=False, ISOLATE_GRADE_REPORT_DIR=str(reports))
     finally:
-        shutil.rmtree(Path(sys.prefix) / "share" / "jupyter" / "kernels" / kernel, ignore_errors=True)
+        shutil.rmtree(Path(sys.prefix) / "share" / "isolate-grade" / "jupyter" / "kernels" / kernel, ignore_errors=True)
     assert r.returncode != 0
     out = r.stdout + r.stderr
     assert "the notebook's kernel 'ir' has no sandboxed twin" in out, out
