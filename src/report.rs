@@ -427,6 +427,47 @@ mod tests {
     }
 
     #[test]
+    fn sizes_and_durations_are_said_as_people_say_them() {
+        assert_eq!(human_size(1 << 30), "1 GiB");
+        assert_eq!(human_size(3 << 29), "1.5 GiB");
+        assert_eq!(human_size(256 << 20), "256 MiB");
+        assert_eq!(human_size(4096), "4 KiB");
+        assert_eq!(human_size(1000), "1000 bytes");
+        assert_eq!(human_duration(Duration::from_secs(60)), "60 seconds");
+        assert_eq!(human_duration(Duration::from_secs(300)), "5 minutes");
+        assert_eq!(human_duration(Duration::from_secs(5400)), "90 minutes");
+        assert_eq!(human_duration(Duration::from_secs(9000)), "2.5 hours");
+        assert_eq!(human_duration(Duration::from_millis(250)), "250 ms");
+    }
+
+    #[test]
+    fn every_end_is_explained_and_blames_the_right_one() {
+        let l = limits();
+        let mut oom = facts(Some(Ended::Signaled(libc::SIGKILL)));
+        oom.usage.oom_kills = 1;
+        let why = Report::from_facts(&oom, &l, SandboxInfo::default()).explanation.unwrap();
+        assert_eq!(why.cause, Cause::Limit);
+        assert_eq!(
+            why.sentence(Some("in cell 4 of problem1")),
+            "the code used more than 1 GiB of memory in cell 4 of problem1; the sandbox stopped it"
+        );
+        let cpu = Facts { killed_for_cpu: true, ..facts(Some(Ended::Signaled(libc::SIGKILL))) };
+        let why = Report::from_facts(&cpu, &l, SandboxInfo::default()).explanation.unwrap();
+        assert_eq!(why.words, "used more than 60 seconds of CPU time");
+        let segv = Report::from_facts(&facts(Some(Ended::Signaled(libc::SIGSEGV))), &l, SandboxInfo::default());
+        assert_eq!(segv.explanation.unwrap().sentence(None), "the code crashed (SIGSEGV)");
+        // the client's SIGTERM is the client's doing, not the student's
+        let term = Facts { relayed: vec![libc::SIGTERM], ..facts(Some(Ended::Signaled(libc::SIGTERM))) };
+        assert_eq!(Report::from_facts(&term, &l, SandboxInfo::default()).explanation.unwrap().cause, Cause::Caller);
+        assert!(Report::from_facts(&facts(Some(Ended::Exited(0))), &l, SandboxInfo::default()).explanation.is_none());
+        // a fault never blames the student
+        let fault = Report::fault("cgroup", "EBUSY".into(), &l, SandboxInfo::default(), Duration::ZERO);
+        let said = fault.explanation.unwrap().sentence(Some("in cell 2 of p"));
+        assert!(said.starts_with("sandbox fault in cell 2 of p: cgroup: EBUSY"), "{said}");
+        assert!(said.contains("not the student's doing") && !said.contains("the code"), "{said}");
+    }
+
+    #[test]
     fn program_outcomes() {
         let l = limits();
         assert_eq!(classify(&facts(Some(Ended::Exited(0))), &l), Status::Ok);

@@ -138,3 +138,47 @@ pub fn stage(course: &Path, rel: &Path, into: &Path, limits: TreeLimits) -> Resu
             .collect(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_submission_path_is_plain_names_beneath_the_course() {
+        assert_eq!(checked_relative(Path::new("submitted/alice/ps1")).unwrap(), Path::new("submitted/alice/ps1"));
+        assert_eq!(checked_relative(Path::new("./submitted/alice/ps1")).unwrap(), Path::new("submitted/alice/ps1"));
+        for bad in ["../x/ps1", "/srv/course/submitted/a/ps1", "submitted/*/ps1", "submitted/a\nb/ps1", ""] {
+            assert!(matches!(checked_relative(Path::new(bad)), Err(StageError::Invalid(_))), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_symlink_on_the_way_or_inside_rejects_the_submission_and_leaves_no_copy() {
+        let d = tempfile::tempdir().unwrap();
+        let course = d.path().join("course");
+        std::fs::create_dir_all(course.join("submitted/alice/ps1")).unwrap();
+        std::fs::write(course.join("submitted/alice/ps1/p.ipynb"), r#"{"cells": [], "metadata": {}}"#).unwrap();
+        std::fs::write(course.join("secret"), "x").unwrap();
+        let into = d.path().join("staged");
+        let ok = stage(&course, Path::new("submitted/alice/ps1"), &into, TreeLimits::default()).unwrap();
+        assert_eq!(ok.status, Outcome::Staged);
+        assert!(into.join("p.ipynb").is_file());
+
+        std::os::unix::fs::symlink("../../../secret", course.join("submitted/alice/ps1/notes.txt")).unwrap();
+        let into = d.path().join("staged2");
+        let r = stage(&course, Path::new("submitted/alice/ps1"), &into, TreeLimits::default()).unwrap();
+        assert_eq!(r.status, Outcome::Rejected);
+        assert_eq!(r.problems[0].path, "submitted/alice/ps1/notes.txt");
+        assert!(r.message.unwrap().starts_with("rejected: submitted/alice/ps1/notes.txt: a symbolic link"));
+        assert!(!into.exists());
+
+        // the student's directory itself a link, to another student's submission
+        std::fs::create_dir_all(course.join("submitted/bob/ps1")).unwrap();
+        std::os::unix::fs::symlink("bob", course.join("submitted/mallory")).unwrap();
+        let into = d.path().join("staged3");
+        let r = stage(&course, Path::new("submitted/mallory/ps1"), &into, TreeLimits::default()).unwrap();
+        assert_eq!(r.status, Outcome::Rejected);
+        assert_eq!(r.problems[0].path, "submitted/mallory");
+        assert!(!into.exists());
+    }
+}
