@@ -70,13 +70,17 @@ impl Spec {
 }
 
 const LIST: &str = r#"
-import json
+import json, os, sys
 from jupyter_client.kernelspec import KernelSpecManager
 out = {}
-for name, d in KernelSpecManager().get_all_specs().items():
-    s = dict(d["spec"])
-    s["name"], s["resource_dir"] = name, d["resource_dir"]
-    out[name] = s
+# the Jupyter path's, then the twins `isolate-grade install` keeps off it (install::twin_home)
+twins = os.path.join(sys.prefix, "share", "isolate-grade", "jupyter", "kernels")
+for ksm in (KernelSpecManager(), KernelSpecManager(kernel_dirs=[twins], ensure_native_kernel=False)):
+    for name, d in ksm.get_all_specs().items():
+        if name not in out:
+            s = dict(d["spec"])
+            s["name"], s["resource_dir"] = name, d["resource_dir"]
+            out[name] = s
 print(json.dumps(out))
 "#;
 
@@ -84,8 +88,10 @@ print(json.dumps(out))
 /// (and those that change the interpreter's `sys.path`, as its probe did).
 const JUPYTER_VARIABLES: &[&str] = &["JUPYTER_PATH", "JUPYTER_DATA_DIR", "JUPYTER_CONFIG_DIR"];
 
-/// Every kernelspec `python`'s Jupyter finds (as nbgrader run by it would), twins included
-/// ([`Spec::is_twin`]: a notebook may name one, written with it selected in JupyterLab).
+/// Every kernelspec `python`'s Jupyter finds (as nbgrader run by it would), and the twins
+/// `install` made for it ([`Spec::is_twin`]: a notebook may name one, written with it
+/// selected in JupyterLab when an earlier version put twins on the Jupyter path, or with
+/// `JUPYTER_PATH` pointing at them).
 pub fn list(python: &Path) -> Result<Vec<Spec>, KernelsError> {
     let pass: Vec<&str> = JUPYTER_VARIABLES.iter().chain(python::PATH_VARIABLES).copied().collect();
     let out = crate::runtime::ask(python, &["-c", LIST], &pass)

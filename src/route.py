@@ -75,7 +75,8 @@ def _isolate_grade(c, twins, languages, kernels=None):
             self.kernel_name = route(nb, before)
             who = resources.get("nbgrader") or {}
             notebook = who.get("notebook") or resources.get("unique_key") or "the notebook"
-            label = f"student {who.get('student', '?')}, notebook {notebook} of {who.get('assignment', '?')}"
+            label = (f"student {who.get('student', '?')}, notebook {notebook} of {who.get('assignment', '?')}, "
+                     f"kernel {self.kernel_name}")
             own = None if os.environ.get("ISOLATE_GRADE_REPORT_DIR") else tempfile.mkdtemp(prefix="isolate-grade-kernels-")
             saved = {k: os.environ.get(k) for k in ("ISOLATE_GRADE_REPORT_DIR", "ISOLATE_GRADE_LABEL")}
             reports = own or os.environ["ISOLATE_GRADE_REPORT_DIR"]
@@ -292,10 +293,26 @@ def _isolate_grade_guard(c, binary):
                     f"doing: {r.stderr.strip()}); nothing was graded")
         return rejected, staged
 
+    def shared(path, mode=0o2770):
+        """In a course nbgrader shares with a group (CourseDirectory.groupshared), what we
+        make is the group's too, so that another instructor's click or batch can take the
+        locks; elsewhere it stays the instructor's own."""
+        if groupshared["on"]:
+            try:
+                os.chmod(path, mode)
+            except PermissionError:
+                pass  # another instructor's: they made it shared
+
+    groupshared = {"on": False}
+
     def student_lock(course, assignment, student):
         d = os.path.join(course, ".isolate-grade", assignment, "students")
         os.makedirs(d, exist_ok=True)
-        fd = os.open(os.path.join(d, f"{student}.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        for p in (os.path.dirname(d), d):
+            shared(p)
+        path = os.path.join(d, f"{student}.lock")
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        shared(path, 0o660)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -311,10 +328,13 @@ def _isolate_grade_guard(c, binary):
 
     def guarded_start(self):
         course = os.path.abspath(self.coursedir.root)
+        groupshared["on"] = bool(getattr(self.coursedir, "groupshared", False))
         base = os.path.join(course, ".isolate-grade")
         os.makedirs(base, exist_ok=True)
+        shared(base)
         staged = tempfile.mkdtemp(prefix="staged-", dir=base)
         lock = _GradebookLock(os.path.join(base, "gradebook.lock"))
+        shared(os.path.join(base, "gradebook.lock"), 0o660)
         guard = {"course": course}
         try:
             guard["rejected"], guard["staged"] = stage_all(self, course, os.path.relpath(staged, course))

@@ -226,7 +226,8 @@ def test_a_limit_is_named_in_words_with_the_cell(course, kind, way):
     expected = f"{student}: {words} in cell 2 (squares) of problem1; the sandbox stopped it"
     assert expected in log, log[-3000:]
     # the wrapper's own line names the student and the notebook, without colour codes
-    assert f"isolate-grade kernel (student {student}, notebook problem1 of ps1): " in result["stderr"], result["stderr"]
+    line = f"isolate-grade kernel (student {student}, notebook problem1 of ps1, kernel {PREFIX}python3): "
+    assert line in result["stderr"], result["stderr"]
     assert "\x1b[" not in result["stderr"]
 
 
