@@ -358,7 +358,8 @@ def _isolate_grade_guard(c, binary):
         guard = getattr(self, "_isolate_grade", None)
         if guard is None:
             return init_notebooks(self)
-        if guard["staged"]:
+        if guard["staged"] or not guard["rejected"]:
+            # (nothing at all: nbgrader's own "No notebooks were matched" error)
             init_notebooks(self)
         else:
             self.assignments, self.notebooks = {}, []

@@ -179,6 +179,15 @@ def test_a_hostile_submission_is_rejected_and_nothing_is_copied_or_run(course, k
     assert not list((course / ".isolate-grade").glob("staged-*"))
 
 
+@pytest.mark.parametrize("way", sorted(WAYS))
+def test_no_submission_is_still_nbgraders_error(course, way):
+    """A student with no submission: nbgrader's own failure, as bare (nbgrader's suite has it:
+    test_missing_assignment), not a quiet success."""
+    result = WAYS[way](course, "nobody-submitted")
+    assert not result["success"]
+    assert "No notebooks were matched" in result["log"] + result.get("error", ""), result["log"][-2000:]
+
+
 def test_a_rejection_leaves_the_next_click_unaffected(course):
     """In one server, a click on a rejected submission, then one on a clean one: the second
     is graded (nbgrader's temp_attrs would have left the first click's staged copy as the
