@@ -68,12 +68,14 @@ pub struct Answer {
     pub message: Option<String>,
 }
 
+/// The arguments, validated: the submission path and the bounds (nothing is read yet).
+pub fn validate(a: &StageArgs) -> Result<(PathBuf, TreeLimits), StageError> {
+    let notebook = submission::notebook_limits(&a.notebook).map_err(StageError::Invalid)?;
+    Ok((checked_relative(&a.submission)?, TreeLimits { notebook, ..TreeLimits::default() }))
+}
+
 pub fn execute(a: StageArgs) -> Result<u8, StageError> {
-    let limits = TreeLimits {
-        notebook: submission::notebook_limits(&a.notebook).map_err(StageError::Invalid)?,
-        ..TreeLimits::default()
-    };
-    let rel = checked_relative(&a.submission)?;
+    let (rel, limits) = validate(&a)?;
     let answer = stage(&a.course, &rel, &a.into, limits)?;
     println!("{}", serde_json::to_string(&answer).expect("serializes"));
     Ok(answer.status.exit_code())

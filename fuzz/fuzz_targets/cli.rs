@@ -5,7 +5,7 @@
 
 use clap::{CommandFactory, Parser};
 use isolate_grade::cli::{with_default_command, Cli, Command, SandboxArgs};
-use isolate_grade::{grade, run, units};
+use isolate_grade::{grade, run, stage, units};
 use libfuzzer_sys::fuzz_target;
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStringExt;
@@ -48,6 +48,9 @@ fuzz_target!(|data: &[u8]| {
                 let _ = units::parse_count(j, 256);
             }
             let _ = units::parse_duration(&g.student_timeout);
+        }
+        Command::Stage(a) => {
+            let _ = stage::validate(&a);
         }
         Command::Install(_) | Command::Check(_) => {}
     }
