@@ -48,13 +48,30 @@ pub struct Relay {
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     exceeded: Arc<AtomicBool>,
     output: Arc<AtomicU64>,
+    shutdown: Arc<AtomicBool>,
+}
+
+/// What the relay saw, once stopped.
+#[derive(Debug, Clone, Copy)]
+pub struct Seen {
+    /// Output bytes (iopub), all counted.
+    pub output: u64,
+    /// The output limit was passed.
+    pub exceeded: bool,
+    /// The client sent the kernel a `shutdown_request` (on the control channel, from the
+    /// client's side: nothing in the sandbox can send it).
+    pub shutdown_requested: bool,
 }
 
 impl Relay {
-    /// Stop relaying; returns (output bytes seen, whether the limit was passed).
-    pub fn stop(mut self) -> (u64, bool) {
+    /// Stop relaying; what it saw.
+    pub fn stop(mut self) -> Seen {
         self.shut_down();
-        (self.output.load(Ordering::Relaxed), self.exceeded.load(Ordering::Relaxed))
+        Seen {
+            output: self.output.load(Ordering::Relaxed),
+            exceeded: self.exceeded.load(Ordering::Relaxed),
+            shutdown_requested: self.shutdown.load(Ordering::Relaxed),
+        }
     }
 
     fn shut_down(&mut self) {
@@ -78,6 +95,32 @@ struct Shared {
     limit: u64,
     output: Arc<AtomicU64>,
     exceeded: Arc<AtomicBool>,
+    shutdown: Arc<AtomicBool>,
+}
+
+/// Finds `shutdown_request` in a byte stream fed in pieces (a message type split across two
+/// reads included). Only for the client's side of the control channel: the client is
+/// jupyter_client, the instructor's, so a plain scan is enough.
+#[derive(Debug, Default)]
+pub struct ShutdownWatch {
+    tail: Vec<u8>,
+    pub seen: bool,
+}
+
+const SHUTDOWN_REQUEST: &[u8] = b"shutdown_request";
+
+impl ShutdownWatch {
+    pub fn feed(&mut self, bytes: &[u8]) -> bool {
+        if !self.seen {
+            self.tail.extend_from_slice(bytes);
+            self.seen = self.tail.windows(SHUTDOWN_REQUEST.len()).any(|w| w == SHUTDOWN_REQUEST);
+            let keep = SHUTDOWN_REQUEST.len() - 1;
+            if self.tail.len() > keep {
+                self.tail.drain(..self.tail.len() - keep);
+            }
+        }
+        self.seen
+    }
 }
 
 /// Start relaying for the sandbox behind `pidfd` (its init), interrupting it through `pidfd`
@@ -86,8 +129,14 @@ pub fn start(spec: RelaySpec, pidfd: RawFd) -> std::io::Result<Relay> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     let exceeded = Arc::new(AtomicBool::new(false));
     let output = Arc::new(AtomicU64::new(0));
-    let shared =
-        Arc::new(Shared { pidfd, limit: spec.output_limit, output: output.clone(), exceeded: exceeded.clone() });
+    let shutdown = Arc::new(AtomicBool::new(false));
+    let shared = Arc::new(Shared {
+        pidfd,
+        limit: spec.output_limit,
+        output: output.clone(),
+        exceeded: exceeded.clone(),
+        shutdown: shutdown.clone(),
+    });
     let runtime = tokio::runtime::Builder::new_current_thread().enable_io().enable_time().build()?;
     let mut listeners = Vec::new();
     for ch in spec.channels {
@@ -122,7 +171,7 @@ pub fn start(spec: RelaySpec, pidfd: RawFd) -> std::io::Result<Relay> {
         let _ = thread.join();
         return Err(std::io::Error::from_raw_os_error(errno as i32));
     }
-    Ok(Relay { thread: Some(thread), stop: Some(tx), exceeded, output })
+    Ok(Relay { thread: Some(thread), stop: Some(tx), exceeded, output, shutdown })
 }
 
 async fn serve(listener: TcpListener, name: &'static str, inside_port: u16, is_output: bool, shared: Arc<Shared>) {
@@ -157,7 +206,25 @@ async fn pipe(tcp: TcpStream, inside_port: u16, name: &'static str, is_output: b
     let (mut client_r, mut client_w) = tcp.into_split();
     let (mut kernel_r, mut kernel_w) = kernel.into_split();
     let to_kernel = async {
-        let _ = tokio::io::copy(&mut client_r, &mut kernel_w).await;
+        if name == "control" {
+            // the client's shutdown request: a kernel that dies after it was ending anyway
+            let mut watch = ShutdownWatch::default();
+            let mut buf = vec![0u8; 16 * 1024];
+            loop {
+                let n = match client_r.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                };
+                if watch.feed(&buf[..n]) {
+                    shared.shutdown.store(true, Ordering::Relaxed);
+                }
+                if kernel_w.write_all(&buf[..n]).await.is_err() {
+                    break;
+                }
+            }
+        } else {
+            let _ = tokio::io::copy(&mut client_r, &mut kernel_w).await;
+        }
         let _ = kernel_w.shutdown().await;
     };
     let to_client = async {
@@ -192,4 +259,24 @@ async fn pipe(tcp: TcpStream, inside_port: u16, name: &'static str, is_output: b
         let _ = client_w.shutdown().await;
     };
     tokio::join!(to_kernel, to_client);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ShutdownWatch;
+
+    #[test]
+    fn a_shutdown_request_is_seen_whole_or_split_across_reads() {
+        let msg = br#"<IDS|MSG>...{"msg_type": "shutdown_request", "session": "x"}..."#;
+        for cut in 0..msg.len() {
+            let mut w = ShutdownWatch::default();
+            let first = w.feed(&msg[..cut]);
+            assert!(w.feed(&msg[cut..]), "cut at {cut}");
+            assert!(!first || cut >= msg.windows(16).position(|x| x == b"shutdown_request").unwrap() + 16);
+        }
+        let mut w = ShutdownWatch::default();
+        for piece in [&b"{\"msg_type\": \"interrupt_request\"}"[..], b"shutdown_re", b"ply", b"kernel_info_request"] {
+            assert!(!w.feed(piece));
+        }
+    }
 }

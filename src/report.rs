@@ -101,6 +101,8 @@ pub struct Facts {
     pub client_gone: bool,
     /// A kernel cell's output passed the limit: the rest was dropped, the cell interrupted.
     pub killed_for_output: bool,
+    /// A kernel's client had asked it to shut down (its `shutdown_request`, seen by the relay).
+    pub shutdown_requested: bool,
     /// Signals the supervisor received from its caller and passed on to the program, in order.
     pub relayed: Vec<i32>,
     /// Output bytes: stdout and stderr through the supervisor's pipes, and a kernel's iopub.
@@ -244,7 +246,7 @@ pub fn explain(
         Status::SeccompViolation => (Cause::Limit, "made a system call the sandbox does not allow".to_string()),
         Status::OutputLimit => (Cause::Limit, "printed more output than the limit allows".to_string()),
         Status::Signaled if relayed => {
-            (Cause::Caller, format!("was ended by its client ({})", signal.unwrap_or("a signal")))
+            (Cause::Caller, format!("ended at its client's request ({})", signal.unwrap_or("a signal")))
         }
         Status::Signaled => (Cause::Program, format!("crashed ({})", signal.unwrap_or("a signal"))),
         Status::ExitNonzero => (Cause::Program, format!("exited with code {}", exit_code.unwrap_or(-1))),
@@ -291,6 +293,9 @@ pub struct Report {
     /// Signals the caller sent that were passed on to the program (a `signaled` status with
     /// one of these was the caller's doing: Ctrl-C, or jupyter_client ending a kernel).
     pub relayed_signals: Vec<String>,
+    /// A kernel's client had asked it to shut down before it ended: a kernel that then dies
+    /// by a signal (ipykernel 7.4 aborting in its own shutdown) ended as asked.
+    pub shutdown_requested: bool,
     pub sandbox_error: Option<SandboxFault>,
     /// The end in words, for the people reading nbgrader's log and formgrader's modal.
     pub explanation: Option<Explanation>,
@@ -360,6 +365,7 @@ impl Report {
                 None
             },
             relayed_signals: f.relayed.iter().map(|&s| signal_name(s)).collect(),
+            shutdown_requested: f.shutdown_requested,
             sandbox_error: (status == Status::SandboxError).then(|| SandboxFault {
                 step: "init".into(),
                 message: "the sandbox's init ended without reporting the program's status".into(),
@@ -373,7 +379,7 @@ impl Report {
             limits,
             r.signal.as_deref(),
             r.exit_code,
-            r.signal.as_ref().is_some_and(|s| r.relayed_signals.contains(s)),
+            r.signal.as_ref().is_some_and(|s| r.relayed_signals.contains(s)) || r.shutdown_requested,
             r.sandbox_error.as_ref(),
         );
         r
@@ -393,6 +399,7 @@ impl Report {
             limits_hit: vec![],
             stopped_by: None,
             relayed_signals: vec![],
+            shutdown_requested: false,
             explanation: Some(Explanation { cause: Cause::SandboxFault, words: format!("{step}: {message}") }),
             sandbox_error: Some(SandboxFault { step: step.to_string(), message }),
             sandbox,

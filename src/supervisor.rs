@@ -193,9 +193,10 @@ pub fn supervise(
             // The relay's last bytes (and its output count) are in before the verdict; it
             // stops while the sandbox is still a zombie of ours.
             if let Some(relay) = relay.take() {
-                let (bytes, exceeded) = relay.stop();
-                facts.output_bytes = Some(bytes);
-                facts.killed_for_output = exceeded;
+                let seen = relay.stop();
+                facts.output_bytes = Some(seen.output);
+                facts.killed_for_output = seen.exceeded;
+                facts.shutdown_requested = seen.shutdown_requested;
             }
             nix::sys::wait::waitpid(pid, None).map_err(sys("waitpid"))?;
             sandbox.reaped = true;

@@ -134,6 +134,8 @@ pub struct KernelReport {
     pub signal: Option<String>,
     #[serde(default)]
     pub relayed_signals: Vec<String>,
+    #[serde(default)]
+    pub shutdown_requested: bool,
     pub wall_time: f64,
     pub cpu_time: f64,
     pub peak_memory: Option<u64>,
@@ -152,6 +154,9 @@ impl KernelReport {
     pub fn outcome(&self) -> Status {
         match (&self.status, &self.signal) {
             (Status::Signaled, Some(sig)) if self.relayed_signals.contains(sig) => Status::Ok,
+            // ended by a signal while shutting down, as its client asked (ipykernel 7.4's own
+            // shutdown race: it aborts in libzmq after its last reply)
+            (Status::Signaled, _) if self.shutdown_requested => Status::Ok,
             (Status::ExitNonzero, _) if self.relayed_signals.iter().any(|s| s == "SIGINT") => Status::Ok,
             (status, _) => *status,
         }
@@ -442,6 +447,7 @@ mod tests {
             status,
             signal: None,
             relayed_signals: vec![],
+            shutdown_requested: false,
             wall_time: wall,
             cpu_time: 1.0,
             peak_memory: Some(5),
@@ -462,6 +468,7 @@ mod tests {
             status: Status::Signaled,
             signal: Some(signal.into()),
             relayed_signals: relayed.iter().map(|s| s.to_string()).collect(),
+            shutdown_requested: false,
             wall_time: 1.0,
             cpu_time: 1.0,
             peak_memory: None,
@@ -476,6 +483,7 @@ mod tests {
             status: Status::ExitNonzero,
             signal: None,
             relayed_signals: relayed.iter().map(|s| s.to_string()).collect(),
+            shutdown_requested: false,
             wall_time: 1.0,
             cpu_time: 1.0,
             peak_memory: None,
@@ -491,5 +499,9 @@ mod tests {
         let old: KernelReport =
             serde_json::from_str(r#"{"status":"signaled","signal":"SIGTERM","wall_time":1,"cpu_time":1}"#).unwrap();
         assert_eq!(old.outcome(), Status::Signaled, "a report without relayed_signals relayed none");
+        // ipykernel 7.4 aborting in its own shutdown, after its client asked for it
+        let aborted = KernelReport { shutdown_requested: true, ..k("SIGABRT", &[]) };
+        assert_eq!(aborted.outcome(), Status::Ok);
+        assert_eq!(k("SIGABRT", &[]).outcome(), Status::Signaled, "an abort before any shutdown request");
     }
 }

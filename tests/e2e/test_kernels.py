@@ -139,9 +139,11 @@ def plain_autograde(c: Course, tmp: Path, prefix: str, *kernels: str):
 def outcome(v: dict) -> str:
     """A kernel report's status as the batch counts it (src/grade/report.rs): ended by its
     client's signal (jupyter_client's SIGINT before every shutdown, its SIGTERM after a slow
-    one) is no verdict on the submission."""
+    one), or by a signal once its client had asked it to shut down (ipykernel 7.4 aborting in
+    its own shutdown), is no verdict on the submission."""
     relayed = v.get("relayed_signals") or []
-    if (v["status"] == "signaled" and v.get("signal") in relayed) or (v["status"] == "exit-nonzero" and "SIGINT" in relayed):
+    if (v["status"] == "signaled" and (v.get("signal") in relayed or v.get("shutdown_requested"))) or (
+            v["status"] == "exit-nonzero" and "SIGINT" in relayed):
         return "ok"
     return v["status"]
 
