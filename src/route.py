@@ -155,16 +155,12 @@ class _GradebookLock:
 
         self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         self.depth = 0
-        self.waited = 0.0
 
     def acquire(self):
         import fcntl
-        import time
 
         if self.depth == 0:
-            t = time.monotonic()
             fcntl.flock(self.fd, fcntl.LOCK_EX)
-            self.waited += time.monotonic() - t
         self.depth += 1
 
     def release(self):
@@ -313,11 +309,7 @@ def _isolate_grade_guard(c, binary):
         path = os.path.join(d, f"{student}.lock")
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         shared(path, 0o660)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            # a batch is grading this student right now: wait for it
-            fcntl.flock(fd, fcntl.LOCK_EX)
+        fcntl.flock(fd, fcntl.LOCK_EX)  # a batch grading this student right now: wait for it
         return fd
 
     def release_student(guard):
@@ -332,18 +324,18 @@ def _isolate_grade_guard(c, binary):
         base = os.path.join(course, ".isolate-grade")
         os.makedirs(base, exist_ok=True)
         shared(base)
-        staged = tempfile.mkdtemp(prefix="staged-", dir=base)
+        staged = os.path.relpath(tempfile.mkdtemp(prefix="staged-", dir=base), course)
         lock = _GradebookLock(os.path.join(base, "gradebook.lock"))
         shared(os.path.join(base, "gradebook.lock"), 0o660)
         guard = {"course": course}
         try:
-            guard["rejected"], guard["staged"] = stage_all(self, course, os.path.relpath(staged, course))
+            guard["rejected"], guard["staged"] = stage_all(self, course, staged)
             self._isolate_grade = guard
             state["lock"] = lock
             # (not nbgrader's temp_attrs: it does not restore when the block raises, and a
             # rejection raises)
             guard["submitted"] = self.coursedir.submitted_directory
-            self.coursedir.submitted_directory = os.path.relpath(staged, course)
+            self.coursedir.submitted_directory = staged
             return start(self)
         finally:
             if "submitted" in guard:
@@ -352,7 +344,7 @@ def _isolate_grade_guard(c, binary):
             self._isolate_grade = None
             release_student(guard)
             lock.close()
-            shutil.rmtree(staged, ignore_errors=True)
+            shutil.rmtree(os.path.join(course, staged), ignore_errors=True)
 
     def guarded_init_notebooks(self):
         guard = getattr(self, "_isolate_grade", None)

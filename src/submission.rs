@@ -252,15 +252,14 @@ pub fn check(root: &Path, limits: TreeLimits) -> Checked {
 /// must). Regular files and directories only, modes reduced to 0644/0755. Whatever
 /// `Checked` says, `dest` holds only what passed; remove it if the tree is refused.
 pub fn stage(root: &Path, dest: &Path, limits: TreeLimits) -> Result<Checked, StageError> {
-    let mut out = Checked::default();
-    let fail = |errno| StageError { path: dest.to_path_buf(), errno };
-    nix::unistd::mkdir(dest, Mode::from_bits_truncate(0o755)).map_err(fail)?;
-    let dest_fd = nix::fcntl::open(dest, DIR_FLAGS, Mode::empty()).map_err(fail)?;
     match nix::fcntl::open(root, DIR_FLAGS, Mode::empty()) {
-        Ok(fd) => walk(fd, Some((dest_fd, dest)), PathBuf::new(), 0, &limits, &mut out)?,
-        Err(e) => out.problems.push((PathBuf::new(), root_problem(e))),
+        Ok(fd) => stage_from(fd, dest, limits),
+        Err(e) => {
+            nix::unistd::mkdir(dest, Mode::from_bits_truncate(0o755))
+                .map_err(|errno| StageError { path: dest.to_path_buf(), errno })?;
+            Ok(Checked { problems: vec![(PathBuf::new(), root_problem(e))], ..Checked::default() })
+        }
     }
-    Ok(out)
 }
 
 /// Open the directory `rel` beneath `root` one component at a time, following no symlink:
