@@ -141,21 +141,14 @@ pub fn find_connection_file(argv: &[OsString]) -> Result<(usize, PathBuf), RunEr
 }
 
 pub fn execute(config_override: Option<PathBuf>, a: KernelArgs) -> Result<u8, RunError> {
+    // First, before anything slow: the client this kernel lives as long as.
+    let watch = crate::client::pin()?;
     let (index, conn_path) = find_connection_file(&a.command)?;
     let output_limit =
         units::parse_size(&a.output_limit).map_err(|e| RunError::Invalid(format!("--output-limit: {e}")))?;
     let scratch_size =
         units::parse_size(&a.scratch_size).map_err(|e| RunError::Invalid(format!("--scratch-size: {e}")))?;
     let mut prepared = run::prepare(config_override, &a.sandbox, &a.command)?;
-    // The kernel lives as long as its client: if jupyter_client (an nbgrader worker, say) is
-    // killed, nothing else would ever stop the kernel. Checked again after opening the
-    // pidfd, in case the parent died before it.
-    let parent = nix::unistd::getppid();
-    let watch = crate::sys::raw::pidfd_open(parent.as_raw())
-        .map_err(|e| RunError::Invalid(format!("watching the client (pid {parent}): {e}")))?;
-    if nix::unistd::getppid() != parent {
-        return Err(RunError::Invalid("the client ended before its kernel started".into()));
-    }
     prepared.watch = Some(watch);
     let caller = prepared.caller.clone();
     let text = caller.read_file(&conn_path)?;

@@ -7,6 +7,7 @@
 pub mod cgroup;
 pub mod check;
 pub mod cli;
+pub mod client;
 
 pub mod config;
 pub mod copyout;

@@ -229,12 +229,21 @@ pub fn human_duration(d: Duration) -> String {
 }
 
 /// What a status means, in words, with the limit it ran into.
+/// A signal's end the caller's side caused, not the program.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ByCaller {
+    /// The client relayed the signal, or asked the kernel to shut down.
+    Request,
+    /// The client ended and the supervisor stopped the sandbox.
+    ClientGone,
+}
+
 pub fn explain(
     status: Status,
     limits: &Limits,
     signal: Option<&str>,
     exit_code: Option<i32>,
-    relayed: bool,
+    by_caller: Option<ByCaller>,
     fault: Option<&SandboxFault>,
 ) -> Option<Explanation> {
     let (cause, words) = match status {
@@ -245,8 +254,11 @@ pub fn explain(
         Status::PidsLimit => (Cause::Limit, format!("started more than {} processes and threads at once", limits.pids)),
         Status::SeccompViolation => (Cause::Limit, "made a system call the sandbox does not allow".to_string()),
         Status::OutputLimit => (Cause::Limit, "printed more output than the limit allows".to_string()),
-        Status::Signaled if relayed => {
+        Status::Signaled if by_caller == Some(ByCaller::Request) => {
             (Cause::Caller, format!("ended at its client's request ({})", signal.unwrap_or("a signal")))
+        }
+        Status::Signaled if by_caller == Some(ByCaller::ClientGone) => {
+            (Cause::Caller, format!("was stopped because its client ended ({})", signal.unwrap_or("a signal")))
         }
         Status::Signaled => (Cause::Program, format!("crashed ({})", signal.unwrap_or("a signal"))),
         Status::ExitNonzero => (Cause::Program, format!("exited with code {}", exit_code.unwrap_or(-1))),
@@ -379,7 +391,13 @@ impl Report {
             limits,
             r.signal.as_deref(),
             r.exit_code,
-            r.signal.as_ref().is_some_and(|s| r.relayed_signals.contains(s)) || r.shutdown_requested,
+            if r.signal.as_ref().is_some_and(|s| r.relayed_signals.contains(s)) || r.shutdown_requested {
+                Some(ByCaller::Request)
+            } else if f.client_gone {
+                Some(ByCaller::ClientGone)
+            } else {
+                None
+            },
             r.sandbox_error.as_ref(),
         );
         r
@@ -492,7 +510,11 @@ mod tests {
         assert_eq!(classify(&f, &l), Status::TimeoutWall);
         assert_eq!(Report::from_facts(&f, &l, SandboxInfo::default()).stopped_by, Some("wall_time"));
         let gone = Facts { client_gone: true, ..facts(Some(Ended::Signaled(libc::SIGKILL))) };
-        assert_eq!(Report::from_facts(&gone, &l, SandboxInfo::default()).stopped_by, Some("client-gone"));
+        let r = Report::from_facts(&gone, &l, SandboxInfo::default());
+        assert_eq!(r.stopped_by, Some("client-gone"));
+        // the client's end, not the program's crash
+        let e = r.explanation.unwrap();
+        assert_eq!((e.cause, e.words.as_str()), (Cause::Caller, "was stopped because its client ended (SIGKILL)"));
         f.usage.pids_limit_hits = 100;
         assert_eq!(classify(&f, &l), Status::PidsLimit);
         f.usage.oom_kills = 1;

@@ -31,6 +31,8 @@ pub enum RunError {
     Identity(#[from] IdentityError),
     #[error(transparent)]
     Seccomp(#[from] SeccompError),
+    #[error(transparent)]
+    Client(#[from] crate::client::ClientError),
     #[error("{0}")]
     Invalid(String),
     #[error("writing the report: {0}")]

@@ -7,7 +7,7 @@
 //!
 //! ```text
 //! isolate-grade-probe [--try-write PATH] [--try-read PATH] [--exists PATH]
-//!                     [--try-mkdir PATH] [--sleep SECS] ...
+//!                     [--try-mkdir PATH] [--masked PATH] [--sleep SECS] ...
 //! ```
 //!
 //! Many paths do not exist inside the sandbox, so the probe never panics on I/O
@@ -46,6 +46,7 @@ fn parse_args(mut args: impl Iterator<Item = OsString>) -> Result<Options, Strin
             "--try-read" => "read",
             "--exists" => "exists",
             "--try-mkdir" => "mkdir",
+            "--masked" => "masked",
             "--sleep" => "sleep",
             _ => return Err(format!("unknown argument: {flag}")),
         };
@@ -263,11 +264,29 @@ fn try_mkdir(path: &Path) -> io::Result<()> {
     fs::remove_dir(path)
 }
 
+/// Harmless: absent (a kernel without it), or covered by `/dev/null` (char device 1:3) that
+/// can be opened neither for reading nor for writing. `ok` is true when harmless; `error`
+/// says what was found otherwise.
+fn masked(path: &Path) -> io::Result<()> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let meta = match fs::symlink_metadata(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        other => other?,
+    };
+    let null = meta.file_type().is_char_device() && meta.rdev() == libc::makedev(1, 3);
+    let opens = File::open(path).is_ok() || OpenOptions::new().append(true).open(path).is_ok();
+    if null && !opens {
+        return Ok(());
+    }
+    Err(io::Error::other(format!("present and not masked (char device 1:3: {null}, opens: {opens})")))
+}
+
 fn run_check((kind, path): &Check) -> Value {
     let result = match *kind {
         "write" => try_write(path),
         "read" => try_read(path),
         "mkdir" => try_mkdir(path),
+        "masked" => masked(path),
         _ => fs::symlink_metadata(path).map(drop),
     };
     json!({
