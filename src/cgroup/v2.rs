@@ -50,8 +50,10 @@ impl RunCgroup {
                     return Err(CgroupError::SwapUncontrolled { path: dir.join("memory.swap.max") });
                 }
             }
-            // An OOM kills the whole run, not a random part of it.
-            write(&dir.join("memory.oom.group"), "1")?;
+            // memory.oom.group stays 0, as on v1: the OOM killer takes the process that used
+            // the memory, and the sandbox's init lives to report how its program ended (with
+            // 1 it took init too, and the report had no signal: issue #13). Init ends what is
+            // left when the program ends, as on every run.
             write(&dir.join("pids.max"), &limits.pids.to_string())?;
             write(&dir.join("cpu.max"), &format!("{} {CPU_PERIOD_US}", limits.cpu_millicores * CPU_PERIOD_US / 1000))
         };
@@ -140,7 +142,7 @@ mod tests {
         let get = |f: &str| std::fs::read_to_string(d.join(f)).unwrap();
         assert_eq!(get("memory.max"), "268435456");
         assert_eq!(get("memory.swap.max"), "0");
-        assert_eq!(get("memory.oom.group"), "1");
+        assert!(!d.join("memory.oom.group").exists(), "memory.oom.group is left at 0");
         assert_eq!(get("pids.max"), "32");
         assert_eq!(get("cpu.max"), "50000 100000");
         assert_eq!(std::fs::read_to_string(m.path().join("ig/cgroup.subtree_control")).unwrap(), "+memory +pids +cpu");
