@@ -586,6 +586,25 @@ fn successful_runs_use_the_slot_uid_and_give_the_report_to_the_caller(fx: &Fixtu
     }
 }
 
+/// The cgroup directories of process `pid`, from `/proc/PID/cgroup` and the mount points of
+/// this host's hierarchies.
+fn cgroup_dirs(pid: u32) -> Vec<PathBuf> {
+    let h = isolate_grade::cgroup::Hierarchies::read(Path::new("/proc/self/mountinfo")).unwrap();
+    let text = fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| {
+            let mut it = l.splitn(3, ':');
+            let (_, controllers, path) = (it.next()?, it.next()?, it.next()?);
+            let mount = match controllers {
+                "" => h.v2.clone()?,
+                c => c.split(',').find_map(|c| h.v1.get(c).cloned())?,
+            };
+            Some(mount.join(path.trim_start_matches('/')))
+        })
+        .filter(|d| d.is_dir())
+        .collect()
+}
+
 /// Case 13: a box the caller started through the setuid helper keeps running while others try
 /// to take it over. Another user, with the box's slot and pids in hand, can't signal its
 /// processes (they run as the slot's uid), write its cgroup's limits or membership, or open its
@@ -618,16 +637,14 @@ fn a_running_box_cannot_be_taken_over(fx: &Fixture) {
     assert!(!pids.is_empty(), "the box's processes");
     let uid = fs::metadata(format!("/proc/{}", pids[0])).unwrap().uid();
     let slot = uid - 60000;
-    let mut files: Vec<String> = ["cgroup.procs", "tasks", "pids.max", "memory.limit_in_bytes", "cpu.cfs_quota_us"]
+    // Every file of the box's cgroups, found from its processes (v1 or v2, wherever the
+    // config's cgroup_root puts them).
+    let mut files: Vec<String> = pids
         .iter()
-        .flat_map(|f| {
-            fs::read_dir("/sys/fs/cgroup")
-                .into_iter()
-                .flatten()
-                .flatten()
-                .map(move |h| h.path().join(format!("isolate-grade/slot-{slot}/{f}")))
-        })
-        .filter(|p| p.exists())
+        .flat_map(|p| cgroup_dirs(*p))
+        .filter(|d| d.ends_with(format!("slot-{slot}")))
+        .flat_map(|d| fs::read_dir(d).into_iter().flatten().flatten().map(|e| e.path()))
+        .filter(|p| p.is_file())
         .map(|p| path_str(&p))
         .collect();
     files.sort();
