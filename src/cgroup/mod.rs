@@ -35,7 +35,7 @@ pub enum CgroupError {
     Parse { path: PathBuf, content: String },
     #[error("no usable cgroup hierarchy: {0}")]
     NoHierarchy(String),
-    #[error("cgroup v2 at {path}: controllers {missing:?} are not enabled for our subtree (enable them in {parent}/cgroup.subtree_control, e.g. through a systemd unit with Delegate=yes)")]
+    #[error("cgroup v2 at {path}: controllers {missing:?} are not enabled for it (enable them in {parent}/cgroup.subtree_control; or run isolate-grade in a systemd service with Delegate=yes and set cgroup_root below the service's own cgroup: isolate-grade then moves the service's processes into a leaf, supervisor, and enables them itself)")]
     NotDelegated { path: PathBuf, parent: PathBuf, missing: Vec<String> },
     #[error("swap cannot be disabled for the sandbox ({path} is not available) and this host has swap")]
     SwapUncontrolled { path: PathBuf },

@@ -1,8 +1,8 @@
 //! cgroup v2: one fresh cgroup per run, entered at birth through `CLONE_INTO_CGROUP`.
 
 use super::{
-    host_has_swap, kill_listed, mkdir, read, read_key, read_u64, write, CgroupError, CgroupLimits, Result, Usage,
-    CONTROLLERS, CPU_PERIOD_US,
+    host_has_swap, kill_listed, mkdir, procs, read, read_key, read_u64, write, CgroupError, CgroupLimits, Result,
+    Usage, CONTROLLERS, CPU_PERIOD_US,
 };
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
@@ -17,17 +17,16 @@ impl RunCgroup {
     /// `mount/root/name`, limits written, before anything runs in it.
     pub fn create(mount: &Path, root: &Path, name: &str, limits: CgroupLimits) -> Result<RunCgroup> {
         let base = mount.join(root);
-        // Our subtree's parent must already offer the controllers: we don't write to
-        // cgroups we did not create.
+        // Our subtree's parent must offer the controllers. We write to no cgroup we did not
+        // create, except the one delegated to us: the cgroup this process itself runs in.
         let parent = base.parent().unwrap_or(mount).to_path_buf();
-        let enabled = read(&parent.join("cgroup.subtree_control"))?;
-        let missing: Vec<String> = CONTROLLERS
-            .iter()
-            .filter(|c| !enabled.split_whitespace().any(|e| e == **c))
-            .map(|c| c.to_string())
-            .collect();
+        let missing = not_enabled(&parent)?;
         if !missing.is_empty() {
-            return Err(CgroupError::NotDelegated { path: base, parent, missing });
+            let own = own_cgroup(&read(Path::new("/proc/self/cgroup"))?).map(|p| mount.join(p));
+            if own.as_deref() != Some(parent.as_path()) || parent == mount {
+                return Err(CgroupError::NotDelegated { path: base, parent, missing });
+            }
+            enable_in_delegated(&parent, missing)?;
         }
         mkdir(&base)?;
         let ours = read(&base.join("cgroup.subtree_control"))?;
@@ -85,6 +84,60 @@ impl RunCgroup {
         remove(&self.dir)?;
         Ok(usage)
     }
+}
+
+/// The controllers we need that `dir` does not enable for its children.
+fn not_enabled(dir: &Path) -> Result<Vec<String>> {
+    let enabled = read(&dir.join("cgroup.subtree_control"))?;
+    Ok(CONTROLLERS.iter().filter(|c| !enabled.split_whitespace().any(|e| e == **c)).map(|c| c.to_string()).collect())
+}
+
+/// Our cgroup, relative to the v2 mount, from `/proc/self/cgroup`'s `0::` line.
+pub fn own_cgroup(text: &str) -> Option<PathBuf> {
+    text.lines().find_map(|l| l.strip_prefix("0::")).map(|p| PathBuf::from(p.trim_start_matches('/')))
+}
+
+/// Where a delegated cgroup's own processes go, so that its controllers can be enabled for its
+/// children: systemd's `DelegateSubgroup=supervisor` puts a service's processes there itself.
+pub const SUPERVISOR_LEAF: &str = "supervisor";
+
+/// The cgroup we run in was delegated to us (systemd's `Delegate=yes`): its parent offers the
+/// controllers, its own `subtree_control` is empty, and it holds our processes, which v2's
+/// "no internal processes" rule forbids once controllers are enabled below it. As container
+/// runtimes do: move every process of it into a leaf, `supervisor`, then enable the
+/// controllers. Nothing above `dir` is written.
+fn enable_in_delegated(dir: &Path, missing: Vec<String>) -> Result<()> {
+    let offered = read(&dir.join("cgroup.controllers"))?;
+    let not_offered: Vec<String> =
+        missing.iter().filter(|c| !offered.split_whitespace().any(|o| o == *c)).cloned().collect();
+    if !not_offered.is_empty() {
+        let parent = dir.parent().unwrap_or(dir).to_path_buf();
+        return Err(CgroupError::NotDelegated { path: dir.into(), parent, missing: not_offered });
+    }
+    let leaf = dir.join(SUPERVISOR_LEAF);
+    mkdir(&leaf)?;
+    let want: String = missing.iter().map(|c| format!("+{c} ")).collect();
+    // Processes forked meanwhile are born in `dir` until their parent has moved: retry.
+    let mut last = None;
+    for _ in 0..50 {
+        for pid in procs(dir)? {
+            match write(&leaf.join("cgroup.procs"), &pid.to_string()) {
+                // gone meanwhile
+                Err(CgroupError::Io { source, .. }) if source.raw_os_error() == Some(libc::ESRCH) => {}
+                other => other?,
+            }
+        }
+        match write(&dir.join("cgroup.subtree_control"), want.trim_end()) {
+            Ok(()) => {
+                tracing::info!(cgroup = %dir.display(), leaf = %leaf.display(), "moved the delegated cgroup's processes into a leaf and enabled its controllers");
+                return Ok(());
+            }
+            Err(CgroupError::Io { source, .. }) if source.raw_os_error() == Some(libc::EBUSY) => last = Some(source),
+            Err(e) => return Err(e),
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    Err(CgroupError::Io { path: dir.join("cgroup.subtree_control"), source: last.expect("set in loop") })
 }
 
 fn usage(dir: &Path) -> Result<Usage> {
@@ -159,6 +212,36 @@ mod tests {
         assert!(matches!(&e, CgroupError::NotDelegated { missing, .. } if missing == &["memory", "pids"]), "{e}");
         assert!(!m.path().join("ig").exists());
         assert_eq!(std::fs::read_to_string(m.path().join("cgroup.subtree_control")).unwrap(), "cpu io\n");
+    }
+
+    #[test]
+    fn own_cgroup_is_the_unified_line() {
+        assert_eq!(own_cgroup("0::/system.slice/grader.service\n"), Some(PathBuf::from("system.slice/grader.service")));
+        assert_eq!(own_cgroup("12:memory:/x\n0::/\n"), Some(PathBuf::from("")));
+        assert_eq!(own_cgroup("12:memory:/x\n"), None);
+    }
+
+    /// A delegated cgroup (offered the controllers by its parent, none enabled by itself):
+    /// a leaf is made for its processes and the controllers are enabled, in it and below only.
+    #[test]
+    fn a_delegated_cgroup_gets_a_leaf_and_its_controllers() {
+        let m = fake_mount("cpu io memory pids\n");
+        let svc = m.path().join("svc");
+        std::fs::create_dir(&svc).unwrap();
+        for (f, v) in
+            [("cgroup.subtree_control", ""), ("cgroup.controllers", "cpu io memory pids\n"), ("cgroup.procs", "")]
+        {
+            std::fs::write(svc.join(f), v).unwrap();
+        }
+        enable_in_delegated(&svc, not_enabled(&svc).unwrap()).unwrap();
+        assert_eq!(std::fs::read_to_string(svc.join("cgroup.subtree_control")).unwrap(), "+memory +pids +cpu");
+        assert!(svc.join("supervisor").is_dir());
+        assert_eq!(std::fs::read_to_string(m.path().join("cgroup.subtree_control")).unwrap(), "cpu io memory pids\n");
+        // a parent that does not offer them: refused, with the parent named
+        std::fs::write(svc.join("cgroup.controllers"), "cpu io\n").unwrap();
+        std::fs::write(svc.join("cgroup.subtree_control"), "").unwrap();
+        let e = enable_in_delegated(&svc, not_enabled(&svc).unwrap()).unwrap_err();
+        assert!(matches!(&e, CgroupError::NotDelegated { missing, .. } if missing == &["memory", "pids"]), "{e}");
     }
 
     #[test]
