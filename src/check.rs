@@ -53,8 +53,10 @@ pub fn check(config_path: Option<&Path>, args: &CheckArgs) -> u8 {
         .collect();
     add("namespaces", ns.len() == 6, format!("available: {}", ns.join(", ")));
 
+    let mut backend = None;
     match Hierarchies::read(Path::new("/proc/self/mountinfo")) {
         Ok(h) => {
+            backend = h.choose().ok();
             let v2 = match &h.v2 {
                 Some(m) => format!("v2 at {} with {:?}", m.display(), h.v2_controllers()),
                 None => "no v2".into(),
@@ -117,6 +119,14 @@ pub fn check(config_path: Option<&Path>, args: &CheckArgs) -> u8 {
                     if secure { "" } else { "; not root-owned, or writable by others: only root may use it" }
                 ),
             );
+            // On v2, whether our subtree gets its controllers (and swap can be turned off)
+            // where the config puts it.
+            if let Some(crate::cgroup::Backend::V2 { mount }) = &backend {
+                match crate::cgroup::v2::diagnose(mount, &c.cgroup_root) {
+                    Ok(detail) => add("cgroup-root", true, detail),
+                    Err(e) => add("cgroup-root", false, e.to_string()),
+                }
+            }
             // Root may run with it; sudo and setuid callers would be refused.
             insecure_config = !secure;
             // The slot uids must belong to nobody: a real account with one of them could

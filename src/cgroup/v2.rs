@@ -22,8 +22,7 @@ impl RunCgroup {
         let parent = base.parent().unwrap_or(mount).to_path_buf();
         let missing = not_enabled(&parent)?;
         if !missing.is_empty() {
-            let own = own_cgroup(&read(Path::new("/proc/self/cgroup"))?).map(|p| mount.join(p));
-            if own.as_deref() != Some(parent.as_path()) || parent == mount {
+            if !runs_us(mount, &parent)? {
                 return Err(CgroupError::NotDelegated { path: base, parent, missing });
             }
             enable_in_delegated(&parent, missing)?;
@@ -92,6 +91,50 @@ fn not_enabled(dir: &Path) -> Result<Vec<String>> {
     Ok(CONTROLLERS.iter().filter(|c| !enabled.split_whitespace().any(|e| e == **c)).map(|c| c.to_string()).collect())
 }
 
+/// Whether `dir` is the (non-root) cgroup this process runs in: the one delegated to us.
+fn runs_us(mount: &Path, dir: &Path) -> Result<bool> {
+    let own = own_cgroup(&read(Path::new("/proc/self/cgroup"))?).map(|p| mount.join(p));
+    Ok(dir != mount && own.as_deref() == Some(dir))
+}
+
+/// What `create` will find for `root`, read only (for `check`): who enables the controllers,
+/// and whether swap can be turned off. An error is what a run would refuse with.
+pub fn diagnose(mount: &Path, root: &Path) -> Result<String> {
+    let base = mount.join(root);
+    let parent = base.parent().unwrap_or(mount).to_path_buf();
+    let missing = not_enabled(&parent)?;
+    let mut detail = if missing.is_empty() {
+        format!("{} enables {CONTROLLERS:?} for {}", parent.display(), base.display())
+    } else if runs_us(mount, &parent)? {
+        let not_offered = not_offered(&parent, &missing)?;
+        if !not_offered.is_empty() {
+            let grandparent = parent.parent().unwrap_or(mount).to_path_buf();
+            return Err(CgroupError::NotDelegated { path: parent, parent: grandparent, missing: not_offered });
+        }
+        format!(
+            "{} is the cgroup we run in, delegated to us: the first run moves its processes into {SUPERVISOR_LEAF}/ and enables {missing:?} in it",
+            parent.display()
+        )
+    } else {
+        return Err(CgroupError::NotDelegated { path: base, parent, missing });
+    };
+    // memory.swap.max exists in every non-root cgroup when swap is accounted.
+    if host_has_swap(Path::new("/proc/meminfo")) {
+        let probe = if parent != mount { parent.clone() } else { base.clone() };
+        if probe.is_dir() && !probe.join("memory.swap.max").exists() {
+            return Err(CgroupError::SwapUncontrolled { path: probe.join("memory.swap.max") });
+        }
+        detail.push_str("; the host has swap, turned off for each run (memory.swap.max)");
+    }
+    Ok(detail)
+}
+
+/// Those of `wanted` that `dir`'s parent does not offer it (`cgroup.controllers`).
+fn not_offered(dir: &Path, wanted: &[String]) -> Result<Vec<String>> {
+    let offered = read(&dir.join("cgroup.controllers"))?;
+    Ok(wanted.iter().filter(|c| !offered.split_whitespace().any(|o| o == *c)).cloned().collect())
+}
+
 /// Our cgroup, relative to the v2 mount, from `/proc/self/cgroup`'s `0::` line.
 pub fn own_cgroup(text: &str) -> Option<PathBuf> {
     text.lines().find_map(|l| l.strip_prefix("0::")).map(|p| PathBuf::from(p.trim_start_matches('/')))
@@ -107,9 +150,7 @@ pub const SUPERVISOR_LEAF: &str = "supervisor";
 /// runtimes do: move every process of it into a leaf, `supervisor`, then enable the
 /// controllers. Nothing above `dir` is written.
 fn enable_in_delegated(dir: &Path, missing: Vec<String>) -> Result<()> {
-    let offered = read(&dir.join("cgroup.controllers"))?;
-    let not_offered: Vec<String> =
-        missing.iter().filter(|c| !offered.split_whitespace().any(|o| o == *c)).cloned().collect();
+    let not_offered = not_offered(dir, &missing)?;
     if !not_offered.is_empty() {
         let parent = dir.parent().unwrap_or(dir).to_path_buf();
         return Err(CgroupError::NotDelegated { path: dir.into(), parent, missing: not_offered });
@@ -242,6 +283,21 @@ mod tests {
         std::fs::write(svc.join("cgroup.subtree_control"), "").unwrap();
         let e = enable_in_delegated(&svc, not_enabled(&svc).unwrap()).unwrap_err();
         assert!(matches!(&e, CgroupError::NotDelegated { missing, .. } if missing == &["memory", "pids"]), "{e}");
+    }
+
+    /// `check`'s reading: fine where the parent enables the controllers, refused (with what
+    /// a run would say) where it doesn't and it is not the cgroup we run in.
+    #[test]
+    fn diagnose_says_what_a_run_would_find() {
+        let m = fake_mount("cpu memory pids\n");
+        let d = diagnose(m.path(), Path::new("ig")).unwrap();
+        assert!(d.contains("enables [\"memory\", \"pids\", \"cpu\"]"), "{d}");
+        let m = fake_mount("cpu\n");
+        std::fs::create_dir(m.path().join("svc")).unwrap();
+        std::fs::write(m.path().join("svc/cgroup.subtree_control"), "").unwrap();
+        let e = diagnose(m.path(), Path::new("svc/ig")).unwrap_err();
+        assert!(matches!(&e, CgroupError::NotDelegated { missing, .. } if missing.len() == 3), "{e}");
+        assert!(!m.path().join("svc/ig").exists() && !m.path().join("svc/supervisor").exists());
     }
 
     #[test]
