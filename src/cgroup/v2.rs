@@ -91,10 +91,14 @@ fn not_enabled(dir: &Path) -> Result<Vec<String>> {
     Ok(CONTROLLERS.iter().filter(|c| !enabled.split_whitespace().any(|e| e == **c)).map(|c| c.to_string()).collect())
 }
 
-/// Whether `dir` is the (non-root) cgroup this process runs in: the one delegated to us.
+/// Whether `dir` is the (non-root) cgroup delegated to us: the one this process runs in, or
+/// whose `supervisor` leaf it runs in (after an earlier run took it over, or where systemd's
+/// `DelegateSubgroup=supervisor` put it).
 fn runs_us(mount: &Path, dir: &Path) -> Result<bool> {
-    let own = own_cgroup(&read(Path::new("/proc/self/cgroup"))?).map(|p| mount.join(p));
-    Ok(dir != mount && own.as_deref() == Some(dir))
+    let Some(own) = own_cgroup(&read(Path::new("/proc/self/cgroup"))?).map(|p| mount.join(p)) else {
+        return Ok(false);
+    };
+    Ok(dir != mount && (own == dir || own == dir.join(SUPERVISOR_LEAF)))
 }
 
 /// What `create` will find for `root`, read only (for `check`): who enables the controllers,
