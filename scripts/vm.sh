@@ -5,6 +5,7 @@
 #
 #   sudo bash scripts/vm.sh [CONFIG...]      (default: all four, one boot each)
 #   VM_PARTS="cgroup_v2 batch" bash scripts/vm.sh service    (only these parts; to debug)
+#   VM_JOBS=1 bash scripts/vm.sh             (one VM at a time: slower, timings undisturbed)
 #
 #   service           cgroup v2 as systemd sets it up; everything runs in system.slice/ci.service
 #                     and the tool's cgroup_root is "isolate-grade", right under the root
@@ -12,6 +13,7 @@
 #                     (system.slice/ci.service/isolate-grade), as a Delegate=yes unit would have it
 #   swap              like service, with swap on: --memory must still hold, with no swap used
 #   swap-unaccounted  swap on and swapaccount=0: the tool cannot turn swap off, so must refuse
+#                     (but 6.1 ignores swapaccount=0, deprecated there: memory.swap.max stays)
 #
 # The guest is the host's own / (shared read-only over 9p, writable through a tmpfs overlay),
 # so the binaries built here and the project's .venv run as they are. Each part's log and exit
@@ -109,9 +111,6 @@ mknod "$stage/dev/console" c 5 1 # the kernel opens it for init's stdin/out befo
 (cd "$stage" && find . | busybox cpio -o -H newc 2>/dev/null | gzip -1) >"$vm/initramfs.gz"
 rm -rf "$stage"
 
-# A sparse disk for the swap configurations (mkswap runs in the guest at each boot).
-[[ -e $vm/swap.img ]] || truncate -s 512M "$vm/swap.img"
-
 # ---- one boot per configuration ---------------------------------------------------------------
 mkdir -p "$vm/runs"
 run=$(mktemp -d "$vm/runs/$(date +%Y%m%d-%H%M%S).XXXX")
@@ -119,31 +118,34 @@ run=$(mktemp -d "$vm/runs/$(date +%Y%m%d-%H%M%S).XXXX")
 ls -1d "$vm"/runs/*/ | head -n -5 | xargs -r rm -rf
 failed=() total_start=$SECONDS
 
-# The batch part compares the sandbox's scores in the VM with bare nbgrader's. Bare nbgrader
-# does not depend on the kernel or on cgroups, and under emulation it takes 5 minutes (here,
-# 40 s): grade ps1 bare here, once, and hand the scores to the guest.
-bare=$run/bare-ps1.json
+# The batch part grades ps1 in the VM and compares the scores with bare nbgrader's. Neither
+# bare nbgrader nor preparing the course (nbgrader generate_assignment) depends on the kernel
+# or on cgroups, and under emulation they take 5 and 2 minutes (here, 40 and 10 s): both are
+# done here, once, for the guests to use.
+batch=$run/batch
 if [[ " ${configs[*]} " =~ \ (service|delegated)\  && ${VM_PARTS:-batch} == *batch* ]]; then
-  echo "vm: grading ps1 with bare nbgrader on the host (fixtures/course/grade_bare.py)"
-  .venv/bin/python fixtures/course/grade_bare.py --assignment ps1 --json-out "$bare" >"$run/bare-ps1.log" 2>&1 ||
-    echo "vm: bare nbgrader failed (see $run/bare-ps1.log)"
+  echo "vm: preparing ps1 and grading it with bare nbgrader on the host (fixtures/course/grade_bare.py)"
+  mkdir -p "$batch"
+  .venv/bin/python -c 'import sys; sys.path.insert(0, "fixtures/course"); import course_tools as t; t.prepare(sys.argv[1])' \
+    "$batch/course"
+  .venv/bin/python fixtures/course/grade_bare.py --assignment ps1 --json-out "$batch/bare-ps1.json" \
+    >"$batch/bare-ps1.log" 2>&1 || echo "vm: bare nbgrader failed (see $batch/bare-ps1.log)"
 fi
-for config in "${configs[@]}"; do
-  res=$run/$config
+boot() { # boot CONFIG: one VM, its console and the guest's results in $run/CONFIG
+  local config=$1 res=$run/$1 append="console=ttyS0 cgroup_no_v1=all panic=-1 loglevel=4" disk=() start=$SECONDS
   mkdir -p "$res"
   # shellcheck disable=SC2086
-  printf 'IG=%q\nBARE=%q\nVM_PARTS=%q\ndeclare -A TESTS=(%s)\n' "$target/debug/isolate-grade" "$bare" "${VM_PARTS:-}" \
+  printf 'IG=%q\nBATCH=%q\nVM_PARTS=%q\ndeclare -A TESTS=(%s)\n' "$target/debug/isolate-grade" "$batch" "${VM_PARTS:-}" \
     "$(echo $tests)" >"$res/setup.sh"
-  append="console=ttyS0 cgroup_no_v1=all panic=-1 loglevel=4"
-  disk=()
   case $config in
-  swap) disk=(-drive "file=$vm/swap.img,if=virtio,format=raw") ;;
+  swap) disk=(-drive "file=$vm/swap-$config.img,if=virtio,format=raw") ;;
   swap-unaccounted)
-    disk=(-drive "file=$vm/swap.img,if=virtio,format=raw")
+    disk=(-drive "file=$vm/swap-$config.img,if=virtio,format=raw")
     append+=" swapaccount=0"
     ;;
   esac
-  start=$SECONDS
+  # A sparse disk for swap (mkswap runs in the guest at each boot).
+  ((${#disk[@]})) && { [[ -e $vm/swap-$config.img ]] || truncate -s 512M "$vm/swap-$config.img"; }
   echo "vm: booting $config (console: $res/console.log)"
   # panic=-1 and -no-reboot: a kernel panic ends qemu at once; a hung guest is killed by
   # timeout, which signals qemu alone (--foreground: no process group of its own).
@@ -153,10 +155,20 @@ for config in "${configs[@]}"; do
     -virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap \
     -virtfs "local,path=$res,mount_tag=results,security_model=none,multidevs=remap" \
     "${disk[@]}" </dev/null >"$res/console.log" 2>&1 || true
-  took=$((SECONDS - start))
+  echo $((SECONDS - start)) >"$res/took"
+}
 
-  # The results, as the guest left them.
-  line=() bad=()
+# VM_JOBS VMs at a time (default 2). One VM keeps about one core busy on average: most parts
+# run one test at a time, and emulation makes every test CPU-bound.
+for config in "${configs[@]}"; do
+  while (($(jobs -rp | wc -l) >= ${VM_JOBS:-2})); do wait -n || true; done
+  boot "$config" &
+done
+wait
+
+# The results, as the guests left them.
+for config in "${configs[@]}"; do
+  res=$run/$config line=() bad=()
   for p in $(cat "$res/parts" 2>/dev/null); do
     [[ -e $res/$p.status ]] || { line+=("$p did not finish"); bad+=("$p"); continue; }
     read -r rc _ <"$res/$p.status"
@@ -166,7 +178,7 @@ for config in "${configs[@]}"; do
   [[ -e $res/done ]] || { line+=("the guest did not finish (see console.log)"); bad+=(console); }
   ((${#bad[@]})) && failed+=("$config: ${bad[*]}")
   summary=$(printf '%s, ' "${line[@]}")
-  echo "vm $config: ${summary%, } — $took s"
+  echo "vm $config: ${summary%, } — $(cat "$res/took") s"
 done
 
 echo
