@@ -46,6 +46,9 @@ bash scripts/browser.sh # Debian's chromium and playwright-core (npm) for tests/
 # the adversarial suite's summary (tests/e2e/test_attacks.py writes it)
 cat target/attack-summary.txt
 
+part "cgroup v2 and Debian 12's kernel in a VM (scripts/vm.sh)"
+bash scripts/vm.sh
+
 part "nbgrader's own autograde tests, sandboxed (scripts/nbgrader-suite.sh)"
 bash scripts/nbgrader-suite.sh
 

@@ -1,0 +1,217 @@
+#!/bin/bash
+# Inside the VM that scripts/vm.sh boots: PID 1 once scripts/vm/init has switched to the host's
+# / (read-only 9p + a tmpfs overlay). It sets cgroup v2 up the way CONFIG describes, runs the
+# parts one by one, writes each one's log, exit status, time and a one-line summary to RESULTS
+# (a writable share: the host reads them there), and powers the VM off.
+#
+#   guest.sh CONFIG ROOT RESULTS     (PID 1)
+#   guest.sh part NAME               (one part; run by the first form under `timeout`)
+#
+# ROOT is the project (the same path as on the host); RESULTS/setup.sh, written by the host,
+# names the binaries to run.
+
+cg=/sys/fs/cgroup
+service=$cg/system.slice/ci.service
+
+# ---- the parts ----------------------------------------------------------------------------
+# Each prints its log on stdout/stderr and exits non-zero on failure; a part may write its own
+# summary line to $IG_RESULTS/NAME.summary (else one is made from the test runner's output).
+
+rust_suite() { # one prebuilt integration test binary (tests/NAME.rs), as CI runs it: root, CI=true
+  exec "${TESTS[$1]}"
+}
+
+part_batch() { # ps1 of the fixture course: the sandbox must give bare nbgrader's scores
+  local w py=$IG_ROOT/.venv/bin/python t0 rc=0
+  w=$(mktemp -d)
+  export ISOLATE_GRADE_PYTHON=$py ISOLATE_GRADE_CONFIG=$IG_ROOT/fixtures/config/test.toml
+  # Bare nbgrader graded ps1 on the host, which also prepared the course (vm.sh): neither
+  # depends on the kernel, and both take minutes under emulation.
+  cp "$BATCH/bare-ps1.json" "$w/bare.json" && cp -a "$BATCH/course" "$w/course" || return 1
+  t0=$SECONDS
+  "$IG" ps1 --course "$w/course" --report "$w/report.json" || rc=$?
+  echo "== isolate-grade ps1: exit $rc, $((SECONDS - t0)) s"
+  "$py" - "$w" "$IG_RESULTS/batch.summary" "$((SECONDS - t0))" <<'PY' || rc=1
+import json, sys
+sys.path.insert(0, "fixtures/course")
+import course_tools, make_course
+w, summary, took = sys.argv[1:]
+bare = {s: per["ps1"] for s, per in json.load(open(f"{w}/bare.json")).items() if "ps1" in per}
+boxed = {s: {nb: v["score"] for nb, v in d["notebooks"].items()}
+         for s, d in course_tools.gradebook(f"{w}/course", "ps1").items()}
+want = {s: per["ps1"] for s, per in make_course.EXPECTED.items() if "ps1" in per}
+bad = [f"{s}: expected {want.get(s)}, bare {bare.get(s)}, sandboxed {boxed.get(s)}"
+       for s in sorted(set(bare) | set(boxed) | set(want)) if not want.get(s) == bare.get(s) == boxed.get(s)]
+print("\n".join("MISMATCH " + b for b in bad))
+open(summary, "w").write(f"batch parity ok ({len(want)} students, {took} s)" if not bad else f"batch parity: {len(bad)} mismatches")
+sys.exit(1 if bad else 0)
+PY
+  return $rc
+}
+
+part_attacks_run() { # the attack suite's `isolate-grade run` half (tests/e2e/test_attacks.py)
+  exec .venv/bin/python -m pytest -q -p no:cacheprovider tests/e2e/test_attacks.py -k test_attack_through_run
+}
+
+# 400 MB in 10 MB steps, every page written: far past a 64 MiB limit unless swap takes it.
+ALLOC='import sys
+chunks = []
+for i in range(int(sys.argv[1]) // 10):
+    b = bytearray(10 << 20)
+    for j in range(0, len(b), 4096): b[j] = 1
+    chunks.append(b)
+    print((i + 1) * 10, "MB", flush=True)
+print("survived", flush=True)'
+
+swapped_out() { awk '$1 == "pswpout" {print $2}' /proc/vmstat; }
+
+part_memory_swap() { # --memory 64M holds with swap on: memory-limit, and nothing of the run swapped
+  local w before status code max_swap=0 seen_max="" cur
+  grep -E 'Swap(Total|Free)' /proc/meminfo
+  [[ $(awk '/^SwapTotal/ {print $2}' /proc/meminfo) -gt 0 ]] || { echo "FAIL: no swap"; return 1; }
+  # Control: a cgroup of our own with the same 64M limit but swap allowed lets the same
+  # program live by swapping, so "no swap used" below means the tool prevented it.
+  mkdir $cg/system.slice/swap-control
+  echo 64M >$cg/system.slice/swap-control/memory.max
+  before=$(swapped_out)
+  (echo $BASHPID >$cg/system.slice/swap-control/cgroup.procs && exec python3 -c "$ALLOC" 150) | tail -n1
+  echo "control (64M, swap allowed): $(($(swapped_out) - before)) pages swapped out"
+  rmdir $cg/system.slice/swap-control
+  w=$(mktemp -d)
+  before=$(swapped_out)
+  ISOLATE_GRADE_CONFIG=fixtures/config/test.toml "$IG" run --report "$w/report.json" --memory 64M --wall-time 120s \
+    -- python3 -c "$ALLOC" 400 >"$w/out" 2>&1 &
+  local pid=$!
+  while kill -0 $pid 2>/dev/null; do # watch the run's cgroup while it lives
+    for f in $cg/isolate-grade/slot-*/memory.swap.current; do
+      [[ -e $f ]] || continue
+      cur=$(cat "$f" 2>/dev/null) && ((cur > max_swap)) && max_swap=$cur
+      seen_max+=" $(cat "${f%.current}.max" 2>/dev/null)"
+    done
+    sleep 0.05
+  done
+  wait $pid
+  code=$?
+  tail -n3 "$w/out"
+  cat "$w/report.json"
+  echo
+  status=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["status"])' "$w/report.json")
+  local out=$(($(swapped_out) - before)) seen
+  seen=$(tr ' ' '\n' <<<"$seen_max" | sort -u | xargs)
+  echo "exit $code, status $status; memory.swap.max seen: ${seen:-none}; memory.swap.current max $max_swap; pages swapped out meanwhile: $out"
+  echo "memory-swap: $status, swap.max ${seen:-?}, swapped $max_swap B" >"$IG_RESULTS/memory-swap.summary"
+  [[ $status == memory-limit && $code == 7 && $seen == 0 && $max_swap == 0 && $out == 0 ]]
+}
+
+part_swap_refused() { # swapaccount=0: the tool cannot turn swap off for a run, so it must refuse
+  local d=$cg/system.slice/probe code
+  grep -E 'Swap(Total|Free)' /proc/meminfo
+  local accounted=""
+  mkdir $d
+  [[ -e $d/memory.swap.max ]] && accounted=1
+  rmdir $d
+  dmesg | grep -i swapaccount
+  if [[ $accounted ]]; then
+    echo "memory.swap.max exists in a child cgroup: this kernel does not honour swapaccount=0"
+  else
+    echo "memory.swap.max is absent in a child cgroup: swapaccount=0 is honoured"
+  fi
+  ISOLATE_GRADE_CONFIG=fixtures/config/test.toml "$IG" run --memory 64M -- /bin/true 2>"$IG_RESULTS/refuse.err"
+  code=$?
+  cat "$IG_RESULTS/refuse.err"
+  echo "exit $code (3 wanted, with a message about swap)"
+  if [[ $code == 3 ]] && grep -qi swap "$IG_RESULTS/refuse.err"; then
+    echo "swap-refused: refused (exit 3)" >"$IG_RESULTS/swap-refused.summary"
+  else
+    echo "swap-refused: NOT refused (exit $code${accounted:+; swapaccount=0 ignored: memory.swap.max present})" \
+      >"$IG_RESULTS/swap-refused.summary"
+    return 1
+  fi
+}
+
+if [[ $1 == part ]]; then # one part, in the project directory, its output being its log
+  source "$IG_RESULTS/setup.sh"
+  cd "$IG_ROOT" || exit 1
+  case $2 in
+  sandbox | containment | seccomp | hostile | cgroup_v2) rust_suite "$2" ;;
+  *) "part_${2//-/_}" ;;
+  esac
+  exit
+fi
+
+# ---- PID 1 ----------------------------------------------------------------------------------
+export IG_CONFIG=$1 IG_ROOT=$2 IG_RESULTS=$3
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root USER=root LOGNAME=root
+export LANG=C.UTF-8 TERM=dumb CI=true PYTHONDONTWRITEBYTECODE=1 RUST_BACKTRACE=1
+cd "$IG_ROOT" || exit 1
+echo "vm guest: $IG_CONFIG on $(uname -r): $(cat /proc/cmdline)"
+
+# Like systemd: controllers enabled in the root and in system.slice, and everything we run in
+# the (non-root) cgroup system.slice/ci.service, whose own subtree_control stays empty.
+controllers="cpu memory pids"
+grep -qw io $cg/cgroup.controllers && controllers+=" io"
+for d in $cg $cg/system.slice; do
+  mkdir -p $d
+  for c in $controllers; do echo "+$c" >$d/cgroup.subtree_control; done
+done
+mkdir $service
+echo "cgroup v2: root enables [$(cat $cg/cgroup.subtree_control)], system.slice [$(cat $cg/system.slice/cgroup.subtree_control)]"
+
+case $IG_CONFIG in
+service) parts="sandbox containment seccomp hostile cgroup_v2 batch attacks-run" ;;
+delegated)
+  # A Delegate=yes service may only touch its own cgroup: point the tool there. The overlay's
+  # upper layer takes the edit; the host's file stays as it is.
+  sed -i 's|^cgroup_root = .*|cgroup_root = "system.slice/ci.service/isolate-grade"|' fixtures/config/test.toml
+  grep '^cgroup_root' fixtures/config/test.toml
+  # Only these read test.toml: containment and seccomp run with --config /dev/null, hostile
+  # with a system config of its own, cgroup_v2 with none, so here they would repeat `service`.
+  parts="sandbox batch attacks-run"
+  ;;
+swap | swap-unaccounted)
+  mkswap /dev/vda >/dev/null && swapon /dev/vda
+  swapon --show
+  if [[ $IG_CONFIG == swap ]]; then parts="containment memory-swap"; else parts="swap-refused"; fi
+  ;;
+esac
+
+source "$IG_RESULTS/setup.sh"
+parts=${VM_PARTS:-$parts}
+
+# The parts run from a shell inside ci.service (PID 1 stays in the root cgroup, as systemd's).
+(
+  echo $BASHPID >$service/cgroup.procs
+  echo "parts run in $(cut -d: -f3 /proc/self/cgroup)"
+  for p in $parts; do
+    # a hung part ends (its whole process group) and the next one runs; measured under
+    # emulation on 2 cores: 2-130 s for a Rust suite, 260 s for the batch, 130 s for attacks-run
+    case $p in batch) limit=600 ;; *) limit=300 ;; esac
+    echo "vm guest: $p"
+    echo "$p" >>"$IG_RESULTS/parts"
+    start=$SECONDS
+    timeout -k 10 $limit bash "$0" part "$p" >"$IG_RESULTS/$p.log" 2>&1 </dev/null
+    rc=$?
+    ((rc == 124)) && echo "part timed out after ${limit}s" >>"$IG_RESULTS/$p.log"
+    if [[ ! -s $IG_RESULTS/$p.summary ]]; then # count from libtest's or pytest's closing line
+      read -r passed failed < <(sed -n 's/^test result: .* \([0-9]*\) passed; \([0-9]*\) failed.*/\1 \2/p' "$IG_RESULTS/$p.log" |
+        awk '{p += $1; f += $2; n++} END {if (n) print p, f}')
+      last=$(tail -n1 "$IG_RESULTS/$p.log")
+      if [[ -z $passed && $last =~ [0-9]+\ passed ]]; then # pytest: "1 failed, 24 passed, 1 error in 9s"
+        passed=${BASH_REMATCH[0]%% *}
+        failed=$(grep -oE '[0-9]+ (failed|errors?)' <<<"$last" | awk '{n += $1} END {print n + 0}')
+      fi
+      if [[ -n $passed ]]; then
+        echo "$p $passed/$((passed + failed))" >"$IG_RESULTS/$p.summary"
+      else
+        echo "$p (no test result, exit $rc)" >"$IG_RESULTS/$p.summary"
+      fi
+    fi
+    echo "$rc $((SECONDS - start))" >"$IG_RESULTS/$p.status"
+    echo "vm guest: $p: exit $rc, $((SECONDS - start)) s"
+  done
+)
+dmesg >"$IG_RESULTS/dmesg.log"
+touch "$IG_RESULTS/done"
+sync
+echo o >/proc/sysrq-trigger # power off: qemu exits
+sleep 60
