@@ -28,6 +28,10 @@ part_batch() { # ps1 of the fixture course: the sandbox must give bare nbgrader'
   # Bare nbgrader graded ps1 on the host, which also prepared the course (vm.sh): neither
   # depends on the kernel, and both take minutes under emulation.
   cp "$BATCH/bare-ps1.json" "$w/bare.json" && cp -a "$BATCH/course" "$w/course" || return 1
+  # nbgrader waits at most Execute.iopub_timeout (4 s) for a cell's output after its reply,
+  # then fails the notebook, bare as well: emulation is slow enough for heidi's 50 MB of output
+  # to miss it now and then (as test_batch.py's 16 workers on 2 cores do; README).
+  echo "c.Execute.iopub_timeout = 60" >>"$w/course/nbgrader_config.py"
   t0=$SECONDS
   "$IG" ps1 --course "$w/course" --report "$w/report.json" || rc=$?
   echo "== isolate-grade ps1: exit $rc, $((SECONDS - t0)) s"
@@ -50,7 +54,31 @@ PY
 }
 
 part_attacks_run() { # the attack suite's `isolate-grade run` half (tests/e2e/test_attacks.py)
+  # 40 s instead of 10 s of wall time per attack: emulation is several times slower, and
+  # attacks that must end `ok` (32 busy threads for 3 s, filling the disks) ran out of it.
+  export ISOLATE_GRADE_TEST_WALL=40s
   exec .venv/bin/python -m pytest -q -p no:cacheprovider tests/e2e/test_attacks.py -k test_attack_through_run
+}
+
+# What a Delegate=yes service's tool may not change: everything above the service's cgroup.
+above() {
+  for d in $cg $cg/system.slice; do
+    echo "$d: subtree_control [$(cat $d/cgroup.subtree_control)], children [$(cd $d && ls -d -- */ | xargs)]"
+  done
+  echo "system.slice's own processes: [$(xargs <$cg/system.slice/cgroup.procs)]"
+}
+
+part_delegation() { # nothing above ci.service written; its processes in a leaf, the sandboxes below
+  local ok=0
+  above >"$IG_RESULTS/above.after"
+  diff "$IG_RESULTS/above.before" "$IG_RESULTS/above.after" || { echo "FAIL: changed above the delegated cgroup"; ok=1; }
+  cat "$IG_RESULTS/above.after"
+  echo "ci.service: subtree_control [$(cat $service/cgroup.subtree_control)], children [$(cd $service && ls -d -- */ | xargs)], own processes [$(xargs <$service/cgroup.procs)]"
+  for c in memory pids cpu; do grep -qw $c $service/cgroup.subtree_control || { echo "FAIL: $c not enabled in ci.service"; ok=1; }; done
+  [[ -d $service/supervisor && -d $service/isolate-grade && ! -s $service/cgroup.procs ]] || { echo "FAIL: no supervisor leaf, no isolate-grade subtree, or processes left in ci.service"; ok=1; }
+  [[ ! -e $cg/isolate-grade ]] || { echo "FAIL: a subtree at the root"; ok=1; }
+  ((ok == 0)) && echo "delegation: nothing above ci.service written" >"$IG_RESULTS/delegation.summary"
+  return $ok
 }
 
 # 400 MB in 10 MB steps, every page written: far past a 64 MiB limit unless swap takes it.
@@ -103,31 +131,6 @@ part_memory_swap() { # --memory 64M holds with swap on: memory-limit, and nothin
   [[ $status == memory-limit && $code == 7 && $seen == 0 && $max_swap == 0 && $out == 0 ]]
 }
 
-part_swap_refused() { # swapaccount=0: the tool cannot turn swap off for a run, so it must refuse
-  local d=$cg/system.slice/probe code
-  grep -E 'Swap(Total|Free)' /proc/meminfo
-  local accounted=""
-  mkdir $d
-  [[ -e $d/memory.swap.max ]] && accounted=1
-  rmdir $d
-  dmesg | grep -i swapaccount
-  if [[ $accounted ]]; then
-    echo "memory.swap.max exists in a child cgroup: this kernel does not honour swapaccount=0"
-  else
-    echo "memory.swap.max is absent in a child cgroup: swapaccount=0 is honoured"
-  fi
-  ISOLATE_GRADE_CONFIG=fixtures/config/test.toml "$IG" run --memory 64M -- /bin/true 2>"$IG_RESULTS/refuse.err"
-  code=$?
-  cat "$IG_RESULTS/refuse.err"
-  echo "exit $code (3 wanted, with a message about swap)"
-  if [[ $code == 3 ]] && grep -qi swap "$IG_RESULTS/refuse.err"; then
-    echo "swap-refused: refused (exit 3)" >"$IG_RESULTS/swap-refused.summary"
-  else
-    echo "swap-refused: NOT refused (exit $code${accounted:+; swapaccount=0 ignored: memory.swap.max present})" \
-      >"$IG_RESULTS/swap-refused.summary"
-    return 1
-  fi
-}
 
 if [[ $1 == part ]]; then # one part, in the project directory, its output being its log
   source "$IG_RESULTS/setup.sh"
@@ -166,12 +169,13 @@ delegated)
   grep '^cgroup_root' fixtures/config/test.toml
   # Only these read test.toml: containment and seccomp run with --config /dev/null, hostile
   # with a system config of its own, cgroup_v2 with none, so here they would repeat `service`.
-  parts="sandbox batch attacks-run"
+  parts="sandbox batch attacks-run delegation"
+  above >"$IG_RESULTS/above.before"
   ;;
-swap | swap-unaccounted)
+swap)
   mkswap /dev/vda >/dev/null && swapon /dev/vda
   swapon --show
-  if [[ $IG_CONFIG == swap ]]; then parts="containment memory-swap"; else parts="swap-refused"; fi
+  parts="containment memory-swap"
   ;;
 esac
 
