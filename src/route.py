@@ -117,7 +117,9 @@ def _isolate_grade(c, twins, languages, kernels=None):
 
 def _kernel_ended(reports, earlier):
     """The explanation of the first kernel report in `reports` (not in `earlier`) that did
-    not end `ok`, or None: {"cause": "limit"|"program"|"caller"|"sandbox-fault", "words": ...}."""
+    not end `ok`, or None: {"cause": "limit"|"program"|"sandbox-fault", "words": ...}. A kernel
+    its client ended (cause "caller": shut down, interrupted, or its client gone) did not make
+    the notebook fail: nbgrader's own error says what did, and is not replaced."""
     import json
     import os
 
@@ -127,7 +129,7 @@ def _kernel_ended(reports, earlier):
                 why = json.load(f).get("explanation")
         except (OSError, ValueError):
             continue
-        if why:
+        if why and why.get("cause") != "caller":
             return why
     return None
 

@@ -318,3 +318,22 @@ def test_a_click_during_a_four_worker_batch_loses_no_grade(tmp_path):
             assert name in graded, name
             got = {nb: v["score"] for nb, v in graded[name]["notebooks"].items()}
             assert got == per["ps1"], (name, got, per["ps1"])
+
+
+def test_a_kernel_its_client_ended_does_not_replace_nbgraders_error(tmp_path):
+    """A kernel that nbgrader itself shut down or interrupted (after its own cell or IOPub
+    timeout, say) did not make the notebook fail: nbgrader's error is kept, not replaced by
+    "the kernel ended at its client's request" (seen in the VM, issue #13). A limit's end is
+    still the one named."""
+    route = {}
+    exec((ROOT / "src" / "route.py").read_text(), route)
+    ended = route["_kernel_ended"]
+
+    def report(name, cause, words):
+        (tmp_path / name).write_text(json.dumps({"explanation": {"cause": cause, "words": words}}))
+
+    report("a.json", "caller", "ended at its client's request (SIGTERM)")
+    assert ended(str(tmp_path), set()) is None
+    report("b.json", "limit", "used more than 256 MiB of memory")
+    assert ended(str(tmp_path), set())["cause"] == "limit"
+    assert ended(str(tmp_path), {"b.json"}) is None
