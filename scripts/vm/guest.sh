@@ -200,8 +200,8 @@ parts=${VM_PARTS:-$parts}
       read -r passed failed < <(sed -n 's/^test result: .* \([0-9]*\) passed; \([0-9]*\) failed.*/\1 \2/p' "$IG_RESULTS/$p.log" |
         awk '{p += $1; f += $2; n++} END {if (n) print p, f}')
       last=$(tail -n1 "$IG_RESULTS/$p.log")
-      if [[ -z $passed && $last =~ [0-9]+\ passed ]]; then # pytest: "1 failed, 24 passed, 1 error in 9s"
-        passed=${BASH_REMATCH[0]%% *}
+      if [[ -z $passed && $last =~ [0-9]+\ (passed|failed|errors?) ]]; then # pytest: "1 failed, 24 passed, 1 error in 9s"
+        passed=$(grep -oE '[0-9]+ passed' <<<"$last" | awk '{n += $1} END {print n + 0}')
         failed=$(grep -oE '[0-9]+ (failed|errors?)' <<<"$last" | awk '{n += $1} END {print n + 0}')
       fi
       if [[ -n $passed ]]; then
