@@ -522,6 +522,13 @@ pub fn check_notebook(text: &[u8], limits: &NotebookLimits) -> Option<Problem> {
         Ok(t) => t,
         Err(e) => return Some(Problem::NotANotebook(format!("not UTF-8 (byte {})", e.valid_up_to()))),
     };
+    // Nor does it check `\u` escapes; Python reads a lone surrogate into a string nbgrader
+    // then fails to write back as UTF-8 (found by the same fuzz target)
+    if let Some(escape) = lone_surrogate(text) {
+        return Some(Problem::NotANotebook(format!(
+            "a string holds a lone surrogate escape (\\u{escape:04x}), not text"
+        )));
+    }
     let shape: shape::Notebook = match serde_json::from_str(text) {
         Ok(s) => s,
         Err(e) => return Some(Problem::NotANotebook(e.to_string())),
@@ -535,6 +542,42 @@ pub fn check_notebook(text: &[u8], limits: &NotebookLimits) -> Option<Problem> {
     } else {
         None
     }
+}
+
+/// The first `\uD800`-`\uDFFF` escape in a string of JSON text that is not a high surrogate
+/// directly followed by a low one. Malformed escapes are left to the parser.
+fn lone_surrogate(text: &str) -> Option<u16> {
+    let b = text.as_bytes();
+    let hex = |i: usize| {
+        b.get(i..i + 4).and_then(|h| std::str::from_utf8(h).ok()).and_then(|h| u16::from_str_radix(h, 16).ok())
+    };
+    let (mut i, mut in_string) = (0, false);
+    while i < b.len() {
+        match b[i] {
+            b'"' => in_string = !in_string,
+            b'\\' if in_string => {
+                if b.get(i + 1) == Some(&b'u') {
+                    if let Some(u) = hex(i + 2) {
+                        if (0xDC00..=0xDFFF).contains(&u) {
+                            return Some(u);
+                        }
+                        if (0xD800..=0xDBFF).contains(&u) {
+                            let low = (b.get(i + 6..i + 8) == Some(b"\\u")).then(|| hex(i + 8)).flatten();
+                            if !low.is_some_and(|l| (0xDC00..=0xDFFF).contains(&l)) {
+                                return Some(u);
+                            }
+                            i += 6; // the pair's low half is skipped with it
+                        }
+                    }
+                }
+                i += 2; // the escaped character (a quote, a backslash) is no delimiter
+                continue;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    None
 }
 
 /// Whether JSON text nests (arrays and objects) deeper than `max`; stops at the first level
@@ -658,6 +701,19 @@ mod tests {
 
     fn problems(c: &Checked) -> Vec<(String, String)> {
         c.problems.iter().map(|(p, why)| (p.display().to_string(), format!("{why:?}"))).collect()
+    }
+
+    /// A lone surrogate escape is refused (Python reads it, nbgrader can't write it back);
+    /// pairs, escaped backslashes and `\u` outside strings are not mistaken for one.
+    #[test]
+    fn lone_surrogate_escapes_are_found() {
+        assert_eq!(lone_surrogate(r#"{"a": "ask$\\\udea2elo"}"#), Some(0xdea2)); // the fuzz case
+        assert_eq!(lone_surrogate(r#"["\ud83d"]"#), Some(0xd83d));
+        assert_eq!(lone_surrogate(r#"["\ud83dx\ude00"]"#), Some(0xd83d));
+        assert_eq!(lone_surrogate(r#"["\ud83d\ude00", "\u00e9", "\\udea2", "\"\\"]"#), None);
+        let limits = NotebookLimits { max_size: 1 << 20, max_cells: 8, max_outputs: 16, max_depth: 12 };
+        let nb = br#"{"cells": [{"cell_type": "code", "source": "x = '\udea2'", "outputs": []}]}"#;
+        assert!(matches!(check_notebook(nb, &limits), Some(Problem::NotANotebook(m)) if m.contains("lone surrogate")));
     }
 
     #[test]
