@@ -28,8 +28,7 @@ impl RunCgroup {
             enable_in_delegated(&parent, missing)?;
         }
         mkdir(&base)?;
-        let ours = read(&base.join("cgroup.subtree_control"))?;
-        if CONTROLLERS.iter().any(|c| !ours.split_whitespace().any(|e| e == *c)) {
+        if !not_enabled(&base)?.is_empty() {
             write(&base.join("cgroup.subtree_control"), "+memory +pids +cpu")?;
         }
         let dir = base.join(name);
@@ -117,11 +116,7 @@ pub fn diagnose(mount: &Path, root: &Path) -> Result<String> {
     let mut detail = if missing.is_empty() {
         format!("{} enables {CONTROLLERS:?} for {}", parent.display(), base.display())
     } else if runs_us(mount, &parent)? {
-        let not_offered = not_offered(&parent, &missing)?;
-        if !not_offered.is_empty() {
-            let grandparent = parent.parent().unwrap_or(mount).to_path_buf();
-            return Err(CgroupError::NotDelegated { path: parent, parent: grandparent, missing: not_offered });
-        }
+        all_offered(&parent, &missing)?;
         format!(
             "{} is the cgroup we run in, delegated to us: the first run moves its processes into {SUPERVISOR_LEAF}/ and enables {missing:?} in it",
             parent.display()
@@ -140,10 +135,16 @@ pub fn diagnose(mount: &Path, root: &Path) -> Result<String> {
     Ok(detail)
 }
 
-/// Those of `wanted` that `dir`'s parent does not offer it (`cgroup.controllers`).
-fn not_offered(dir: &Path, wanted: &[String]) -> Result<Vec<String>> {
+/// `dir`'s parent offers it every one of `wanted` (`cgroup.controllers`); else the refusal
+/// naming those it doesn't.
+fn all_offered(dir: &Path, wanted: &[String]) -> Result<()> {
     let offered = read(&dir.join("cgroup.controllers"))?;
-    Ok(wanted.iter().filter(|c| !offered.split_whitespace().any(|o| o == *c)).cloned().collect())
+    let missing: Vec<String> =
+        wanted.iter().filter(|c| !offered.split_whitespace().any(|o| o == *c)).cloned().collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(CgroupError::NotDelegated { path: dir.into(), parent: dir.parent().unwrap_or(dir).to_path_buf(), missing })
 }
 
 /// Our cgroup, relative to the v2 mount, from `/proc/self/cgroup`'s `0::` line.
@@ -161,11 +162,7 @@ pub const SUPERVISOR_LEAF: &str = "supervisor";
 /// runtimes do: move every process of it into a leaf, `supervisor`, then enable the
 /// controllers. Nothing above `dir` is written.
 fn enable_in_delegated(dir: &Path, missing: Vec<String>) -> Result<()> {
-    let not_offered = not_offered(dir, &missing)?;
-    if !not_offered.is_empty() {
-        let parent = dir.parent().unwrap_or(dir).to_path_buf();
-        return Err(CgroupError::NotDelegated { path: dir.into(), parent, missing: not_offered });
-    }
+    all_offered(dir, &missing)?;
     let leaf = dir.join(SUPERVISOR_LEAF);
     mkdir(&leaf)?;
     let want: String = missing.iter().map(|c| format!("+{c} ")).collect();
