@@ -73,7 +73,7 @@ const LIST: &str = r#"
 import json, os, sys
 from jupyter_client.kernelspec import KernelSpecManager
 out = {}
-# the Jupyter path's, then the twins `isolate-grade install` keeps off it (install::twin_home)
+# the Jupyter path's, then the twins `isolate-grade install` keeps off it (kernelspec::twin_home)
 twins = os.path.join(sys.prefix, "share", "isolate-grade", "jupyter", "kernels")
 for ksm in (KernelSpecManager(), KernelSpecManager(kernel_dirs=[twins], ensure_native_kernel=False)):
     for name, d in ksm.get_all_specs().items():

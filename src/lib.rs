@@ -19,6 +19,7 @@ pub mod init;
 pub mod install;
 pub mod kernel;
 pub mod kernels;
+pub mod kernelspec;
 pub mod mounts;
 pub mod plan;
 pub mod policy;

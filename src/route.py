@@ -1,4 +1,4 @@
-def _isolate_grade(c, twins, languages, kernels=None):
+def _isolate_grade(c, twins, languages, kernels=None, on_kernel_report=None):
     """Route every notebook nbgrader autogrades to the sandboxed twin of its own kernel.
 
     `twins` maps a kernelspec name to its twin's name, `languages` each twin to its language,
@@ -8,6 +8,8 @@ def _isolate_grade(c, twins, languages, kernels=None):
     kernel (the notebook's `kernelspec.name`, or an explicit `Execute.kernel_name`), or, for a
     notebook that names no kernel, by its language (`kernelspec.language`, `language_info.name`).
     A notebook whose kernel has no twin, or whose language is not its twin's, is never run.
+    Each kernel writes its report to `<ISOLATE_GRADE_REPORT_DIR>/<kernel id>.json`, its id being
+    its connection file's name; `on_kernel_report` (the batch's worker) is told each such file.
     (isolate-grade's src/route.py: written into nbgrader_config.py by `isolate-grade install`,
     and used by the batch with its own twins.)
     """
@@ -59,6 +61,7 @@ def _isolate_grade(c, twins, languages, kernels=None):
     class SandboxedExecute(Execute):
         def create_kernel_manager(self):
             km = super().create_kernel_manager()
+            self._isolate_grade_kms.append(km)
             if kernels is not None:
                 from jupyter_client.kernelspec import KernelSpecManager
 
@@ -82,12 +85,13 @@ def _isolate_grade(c, twins, languages, kernels=None):
             reports = own or os.environ["ISOLATE_GRADE_REPORT_DIR"]
             os.environ["ISOLATE_GRADE_REPORT_DIR"] = reports
             os.environ["ISOLATE_GRADE_LABEL"] = label
-            earlier = set(os.listdir(reports))
             self._isolate_grade_cell = None
+            outer_kms, self._isolate_grade_kms = getattr(self, "_isolate_grade_kms", None), []
+            kms = self._isolate_grade_kms
             try:
                 return super().preprocess(nb, resources, *args, **kwargs)
             except Exception as e:
-                why = _kernel_ended(reports, earlier)
+                why = _first_ended(_report_files(reports, kms))
                 if why is None:
                     raise
                 place = f"of {notebook}"
@@ -99,6 +103,10 @@ def _isolate_grade(c, twins, languages, kernels=None):
                 self.log.error("isolate-grade: %s", message)
                 raise KernelStopped(message) from e
             finally:
+                self._isolate_grade_kms = outer_kms
+                if on_kernel_report is not None and not own:
+                    for report in _report_files(reports, kms):
+                        on_kernel_report(report)
                 for k, v in saved.items():
                     if v is None:
                         os.environ.pop(k, None)
@@ -115,23 +123,44 @@ def _isolate_grade(c, twins, languages, kernels=None):
         SandboxedExecute if isinstance(s, type) and issubclass(s, Execute) else s for s in steps]
 
 
-def _kernel_ended(reports, earlier):
-    """The explanation of the first kernel report in `reports` (not in `earlier`) that did
-    not end `ok`, or None: {"cause": "limit"|"program"|"sandbox-fault", "words": ...}. A kernel
-    its client ended (cause "caller": shut down, interrupted, or its client gone) did not make
-    the notebook fail: nbgrader's own error says what did, and is not replaced."""
-    import json
+def _report_files(reports, kms):
+    """The report file of each kernel these managers started, in order: `<reports>/<kernel
+    id>.json`, the id being its connection file's name (as `isolate-grade kernel` names it)."""
     import os
 
-    for name in sorted(set(os.listdir(reports)) - earlier):
+    files = []
+    for km in kms:
+        connection = getattr(km, "connection_file", None)
+        if connection:
+            files.append(os.path.join(reports, os.path.splitext(os.path.basename(connection))[0] + ".json"))
+    return files
+
+
+def _first_ended(files):
+    """The explanation of the first kernel report in `files` that did not end `ok`, or None:
+    {"cause": "limit"|"program"|"sandbox-fault", "words": ...}. A kernel its client ended (cause
+    "caller": shut down, interrupted, or its client gone) did not make the notebook fail:
+    nbgrader's own error says what did, and is not replaced. A kernel that wrote no report (it
+    never started) is left out."""
+    import json
+
+    for path in files:
         try:
-            with open(os.path.join(reports, name), encoding="utf-8") as f:
+            with open(path, encoding="utf-8") as f:
                 why = json.load(f).get("explanation")
         except (OSError, ValueError):
             continue
         if why and why.get("cause") != "caller":
             return why
     return None
+
+
+def _kernel_ended(reports, earlier):
+    """`_first_ended` of the reports in the directory `reports` that are not in `earlier` (by
+    name order): the directory form, for a caller that does not know its kernels' ids."""
+    import os
+
+    return _first_ended([os.path.join(reports, n) for n in sorted(set(os.listdir(reports)) - earlier)])
 
 
 def _sentence(why, place):

@@ -51,7 +51,7 @@ pub fn check_id(what: &str, id: &str) -> Result<(), String> {
     }
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Layout {
     pub course: PathBuf,
     pub assignment: String,

@@ -13,16 +13,18 @@
 
 pub mod course;
 pub mod progress;
+pub mod protocol;
 pub mod report;
 pub mod worker;
 
 use crate::cli::GradeArgs;
 use crate::identity::{Caller, IdentityError};
+use crate::kernelspec::{KernelspecError, Launcher, Maker};
 use crate::report::Status;
 use crate::submission::{self, TreeLimits};
 use crate::units;
 use course::{CourseError, Layout};
-use report::{BatchReport, NotebookResult, ReportError, StudentResult, Verdict};
+use report::{BatchReport, NotebookResult, NotebookVerdict, ReportError, StudentResult, Verdict};
 use std::collections::VecDeque;
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -31,12 +33,50 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 use worker::{Ready, Worker, WorkerError};
 
-/// Some students were not graded because of their submissions (rejected, killed, errors).
-pub const EXIT_NOT_ALL_GRADED: u8 = 1;
-/// A sandbox or grader fault: some students could not be graded through no fault of theirs.
-pub const EXIT_FAULT: u8 = 3;
-/// Stopped by SIGINT, SIGTERM or SIGHUP; what was graded stays graded.
-pub const EXIT_INTERRUPTED: u8 = 130;
+/// How `isolate-grade ASSIGNMENT` ends: every exit status it has, defined here only (README:
+/// "Exit codes").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// Every student selected was graded.
+    AllGraded,
+    /// Some students were not graded because of their submissions (rejected, killed, errors).
+    NotAllGraded,
+    /// A bad request: options, course layout, a refused sandbox request, a worker that cannot
+    /// start on this assignment.
+    Usage,
+    /// A sandbox or grader fault: some students could not be graded through no fault of theirs.
+    Fault,
+    /// Stopped by SIGINT, SIGTERM or SIGHUP; what was graded stays graded.
+    Interrupted,
+}
+
+/// The usage status every command shares (the one place this module names it).
+const USAGE: u8 = crate::report::EXIT_USAGE;
+
+impl Exit {
+    pub fn code(self) -> u8 {
+        match self {
+            Exit::AllGraded => 0,
+            Exit::NotAllGraded => 1,
+            Exit::Usage => USAGE,
+            Exit::Fault => 3,
+            Exit::Interrupted => 130,
+        }
+    }
+
+    /// The end of a batch that ran: interrupted, else the worst of its students.
+    fn of(students: &[StudentResult], interrupted: bool) -> Exit {
+        if interrupted {
+            Exit::Interrupted
+        } else if students.iter().any(|s| s.verdict.is_fault()) {
+            Exit::Fault
+        } else if students.iter().any(|s| !s.verdict.is_graded()) {
+            Exit::NotAllGraded
+        } else {
+            Exit::AllGraded
+        }
+    }
+}
 
 /// The batch's twins, in `.isolate-grade/<assignment>/jupyter/kernels`: this + kernel name.
 pub const TWIN_PREFIX: &str = "isolate-grade-batch-";
@@ -64,29 +104,33 @@ pub enum GradeError {
     Signals(nix::errno::Errno),
 }
 
-/// The kernelspec's launcher and file: their I/O faults stay I/O faults (exit 3); otherwise
-/// bad input stays bad input, as `InstallError::exit_code` classifies it.
-impl From<crate::install::InstallError> for GradeError {
-    fn from(e: crate::install::InstallError) -> GradeError {
+/// The kernelspec's launcher: its I/O faults stay I/O faults (exit 3); otherwise bad input
+/// stays bad input, as `KernelspecError::exit_code` classifies it.
+impl From<KernelspecError> for GradeError {
+    fn from(e: KernelspecError) -> GradeError {
         match e {
-            crate::install::InstallError::Io { path, source } => GradeError::Io { path, source },
-            e if e.exit_code() == crate::report::EXIT_USAGE => GradeError::Invalid(e.to_string()),
+            KernelspecError::Io { path, source } => GradeError::Io { path, source },
+            e if e.exit_code() == USAGE => GradeError::Invalid(e.to_string()),
             e => GradeError::Sandbox(e.to_string()),
         }
     }
 }
 
 impl GradeError {
-    pub fn exit_code(&self) -> u8 {
+    pub fn exit(&self) -> Exit {
         match self {
             GradeError::Report(_)
             | GradeError::Io { .. }
             | GradeError::Sandbox(_)
             | GradeError::Kernel { .. }
-            | GradeError::Signals(_) => EXIT_FAULT,
-            GradeError::Identity(IdentityError::Credentials(_)) => EXIT_FAULT,
-            _ => crate::report::EXIT_USAGE,
+            | GradeError::Signals(_) => Exit::Fault,
+            GradeError::Identity(IdentityError::Credentials(_)) => Exit::Fault,
+            _ => Exit::Usage,
         }
+    }
+
+    pub fn exit_code(&self) -> u8 {
+        self.exit().code()
     }
 }
 
@@ -127,145 +171,257 @@ enum Event {
     Fatal(WorkerError),
 }
 
+/// `isolate-grade ASSIGNMENT`, phase by phase. Nothing is written to the course before the
+/// lock, and nothing is graded before a sandbox and a kernel of each kind were seen to work.
 pub fn execute(config: Option<PathBuf>, a: GradeArgs) -> Result<u8, GradeError> {
-    let caller = Caller::detect();
-    caller.become_caller()?;
-    if caller.via == "sudo" {
-        set_home(caller.uid);
-    }
-    let assignment = a.assignment.clone();
-    let jobs = match &a.jobs {
-        Some(j) => units::parse_count(j, 256).map_err(|e| GradeError::Invalid(format!("--jobs: {e}")))? as usize,
-        None => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
-    };
-    let student_timeout = units::parse_duration(&a.student_timeout)
-        .map_err(|e| GradeError::Invalid(format!("--student-timeout: {e}")))?;
-    let (limits, worker_limits) = batch_limits(&a)?;
-    for s in &a.students {
-        course::check_id("--student", s).map_err(GradeError::Invalid)?;
-    }
-    let layout = Layout::new(&a.course, &assignment)?;
-    let listed = layout.students()?;
-    let missing: Vec<&str> =
-        a.students.iter().filter(|s| !listed.iter().any(|(n, _)| n == *s)).map(String::as_str).collect();
-    if !missing.is_empty() {
-        return Err(GradeError::Invalid(format!(
-            "no submission of {assignment} in {} for: {}",
-            layout.course.join("submitted").display(),
-            missing.join(", ")
-        )));
-    }
-    let report_path = match &a.report {
-        Some(p) if p.extension().is_some_and(|e| e == "csv") => {
-            return Err(GradeError::Invalid("--report: give the JSON file's name; the CSV goes next to it".into()))
-        }
-        Some(p) => Some(std::path::absolute(p).map_err(|e| GradeError::Io { path: p.clone(), source: e })?),
-        None => None,
-    };
-    // The kernel starts in the submission's directory: a policy path must not be relative.
-    let policy = if crate::policy::is_path(&a.policy) {
-        let abs =
-            std::path::absolute(&a.policy).map_err(|e| GradeError::Io { path: a.policy.clone().into(), source: e });
-        abs?.display().to_string()
-    } else {
-        a.policy.clone()
-    };
-    // nbgrader's Python and each kernel's runtime, asked as the instructor where they live
-    // (nothing of the course may be among what they need).
-    let kernel_fault = |message: String| GradeError::Kernel { assignment: assignment.clone(), message };
-    let launcher = crate::install::Launcher::new(caller.via == "sudo", config.as_deref())?;
-    let made = crate::install::Maker::new(
-        a.python.as_deref(),
-        &policy,
-        config.as_deref(),
-        Some(&layout.course),
-        launcher.kernel(Some(&policy)),
-    );
-    let maker = match made {
-        Ok(m) => m,
-        Err(e) if e.exit_code() == crate::report::EXIT_USAGE => return Err(e.into()),
-        Err(e) => return Err(kernel_fault(e.to_string())),
-    };
-    preflight(&launcher, &policy)?;
-    // The kernels the assignment's notebooks name, each sandboxed.
-    let notebooks = crate::install::read_notebooks(layout.source_notebooks());
-    let BatchKernels { specs, chosen, routed } = batch_kernels(&maker, &notebooks).map_err(kernel_fault)?;
-    let twins = maker.twins(&chosen, TWIN_PREFIX).map_err(|e| kernel_fault(e.to_string()))?;
+    // 1. The caller (privilege dropped for good, before any thread), the options validated,
+    //    the course's layout and the students named found.
+    let req = Request::new(config, a)?;
+    // 2. The kernelspecs: nbgrader's Python and each kernel's runtime asked where they live, a
+    //    sandbox started as the kernels will be, a twin made for each kernel the notebooks use.
+    let kernels = Kernels::make(&req)?;
     // Without it a Ctrl-C would do nothing (the signals stay blocked): refuse to start instead.
     let signals = stop_signals().map_err(GradeError::Signals)?;
+    // 3. The course's batch lock: from here on this run owns the assignment's state.
+    let _lock = req.layout.lock()?;
+    // 4. Preflight: each twin written and a real kernel of it started as nbgrader will start
+    //    it, loading what the notebooks use (else every student would get the same wrong verdict).
+    let setup = kernels.install(&req)?;
+    // 5. Who to grade: named students always; others unless graded before (or --force).
+    let selection = select(&req);
+    // 6. The pool of workers until the queue is empty, the batch fails or a signal stops it.
+    let ended = grade_all(&req, &kernels, setup, selection, &signals)?;
+    // 7. The report: the table, and with --report the JSON and CSV.
+    let report = report_of(&req, ended.results, ended.started)?;
+    // 8. The exit status.
+    Ok(Exit::of(&report.students, ended.interrupted).code())
+}
 
-    let _lock = layout.lock()?;
-    let mut twins = twins;
-    for t in &mut twins {
-        t.spec["metadata"]["isolate_grade"]["batch"] = serde_json::json!(assignment);
-    }
-    // A real kernel of each, started as nbgrader will start it, must answer and load what the
-    // assignment's notebooks use: else every student would get the same wrong verdict.
-    let jupyter = layout.jupyter_path();
-    crate::install::install_twins(&twins, &jupyter.join("kernels"), Some(&jupyter), &maker.client.executable, &routed)
-        .map_err(|e| kernel_fault(e.to_string()))?;
-    for t in &twins {
-        tracing::info!(kernel = %t.wraps, twin = %t.name, binds = t.runtime.binds.len(), "sandboxed kernel");
-        for note in &t.runtime.notes {
-            tracing::info!(kernel = %t.wraps, note = %note, "kernel runtime");
+/// A batch as asked for, validated, by the caller (nothing privileged is left).
+struct Request {
+    config: Option<PathBuf>,
+    sudo: bool,
+    args: GradeArgs,
+    jobs: usize,
+    student_timeout: Duration,
+    limits: TreeLimits,
+    worker_limits: worker::Limits,
+    layout: Layout,
+    /// Every student with a submission, and why it is refused, if it is.
+    listed: Vec<(String, Option<String>)>,
+    report_path: Option<PathBuf>,
+    /// The kernels' policy (absolute when a path: the kernel starts in the submission).
+    policy: String,
+}
+
+impl Request {
+    fn new(config: Option<PathBuf>, a: GradeArgs) -> Result<Request, GradeError> {
+        let caller = Caller::detect();
+        caller.become_caller()?;
+        let sudo = caller.via == "sudo";
+        if sudo {
+            set_home(caller.uid);
         }
+        let jobs = match &a.jobs {
+            Some(j) => units::parse_count(j, 256).map_err(|e| GradeError::Invalid(format!("--jobs: {e}")))? as usize,
+            None => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        };
+        let student_timeout = units::parse_duration(&a.student_timeout)
+            .map_err(|e| GradeError::Invalid(format!("--student-timeout: {e}")))?;
+        let (limits, worker_limits) = batch_limits(&a)?;
+        for s in &a.students {
+            course::check_id("--student", s).map_err(GradeError::Invalid)?;
+        }
+        let layout = Layout::new(&a.course, &a.assignment)?;
+        let listed = layout.students()?;
+        let missing: Vec<&str> =
+            a.students.iter().filter(|s| !listed.iter().any(|(n, _)| n == *s)).map(String::as_str).collect();
+        if !missing.is_empty() {
+            return Err(GradeError::Invalid(format!(
+                "no submission of {} in {} for: {}",
+                a.assignment,
+                layout.course.join("submitted").display(),
+                missing.join(", ")
+            )));
+        }
+        let report_path = match &a.report {
+            Some(p) if p.extension().is_some_and(|e| e == "csv") => {
+                return Err(GradeError::Invalid("--report: give the JSON file's name; the CSV goes next to it".into()))
+            }
+            Some(p) => Some(std::path::absolute(p).map_err(|e| GradeError::Io { path: p.clone(), source: e })?),
+            None => None,
+        };
+        let policy = if crate::policy::is_path(&a.policy) {
+            let abs =
+                std::path::absolute(&a.policy).map_err(|e| GradeError::Io { path: a.policy.clone().into(), source: e });
+            abs?.display().to_string()
+        } else {
+            a.policy.clone()
+        };
+        Ok(Request {
+            config,
+            sudo,
+            jobs,
+            student_timeout,
+            limits,
+            worker_limits,
+            layout,
+            listed,
+            report_path,
+            policy,
+            args: a,
+        })
     }
-    let (twin_names, languages) = crate::kernels::tables(&twins, &specs);
 
-    // Who to grade: named students always; others unless graded before (or --force).
-    let started = Instant::now();
-    let started_at = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
-    let mut results = Vec::new();
-    let mut queue = VecDeque::new();
-    let mut rejected_now = Vec::new();
-    for (student, problem) in listed {
-        if !a.students.is_empty() && !a.students.contains(&student) {
+    fn assignment(&self) -> &str {
+        &self.args.assignment
+    }
+
+    fn kernel_fault(&self, message: String) -> GradeError {
+        GradeError::Kernel { assignment: self.assignment().to_string(), message }
+    }
+}
+
+/// The batch's kernels: made, not yet written.
+struct Kernels {
+    maker: Maker,
+    specs: Vec<crate::kernels::Spec>,
+    routed: Vec<(PathBuf, String)>,
+    twins: Vec<crate::kernels::Twin>,
+}
+
+impl Kernels {
+    /// nbgrader's Python and each kernel's runtime, asked as the instructor where they live
+    /// (nothing of the course may be among what they need); one sandbox run as the kernels
+    /// will be; the twin of each kernel the assignment's notebooks name.
+    fn make(req: &Request) -> Result<Kernels, GradeError> {
+        let config = req.config.as_deref();
+        let launcher = Launcher::new(req.sudo, config)?;
+        let made = Maker::new(
+            req.args.python.as_deref(),
+            &req.policy,
+            config,
+            Some(&req.layout.course),
+            launcher.kernel(Some(&req.policy)),
+        );
+        let maker = match made {
+            Ok(m) => m,
+            Err(e) if e.exit_code() == USAGE => return Err(e.into()),
+            Err(e) => return Err(req.kernel_fault(e.to_string())),
+        };
+        preflight(&launcher, &req.policy)?;
+        let notebooks = crate::kernelspec::read_notebooks(req.layout.source_notebooks());
+        let BatchKernels { specs, chosen, routed } =
+            batch_kernels(&maker, &notebooks).map_err(|m| req.kernel_fault(m))?;
+        let mut twins = maker.twins(&chosen, TWIN_PREFIX).map_err(|e| req.kernel_fault(e.to_string()))?;
+        for t in &mut twins {
+            t.spec["metadata"]["isolate_grade"]["batch"] = serde_json::json!(req.assignment());
+        }
+        Ok(Kernels { maker, specs, routed, twins })
+    }
+
+    /// Write the twins into the assignment's Jupyter path, each started once as nbgrader will
+    /// start it; what the workers are told.
+    fn install(&self, req: &Request) -> Result<worker::Setup, GradeError> {
+        let layout = &req.layout;
+        let jupyter = layout.jupyter_path();
+        let python = &self.maker.client.executable;
+        crate::kernelspec::install_twins(&self.twins, &jupyter.join("kernels"), Some(&jupyter), python, &self.routed)
+            .map_err(|e| req.kernel_fault(e.to_string()))?;
+        for t in &self.twins {
+            tracing::info!(kernel = %t.wraps, twin = %t.name, binds = t.runtime.binds.len(), "sandboxed kernel");
+            for note in &t.runtime.notes {
+                tracing::info!(kernel = %t.wraps, note = %note, "kernel runtime");
+            }
+        }
+        let (twins, languages) = crate::kernels::tables(&self.twins, &self.specs);
+        Ok(worker::Setup {
+            protocol: protocol::PROTOCOL,
+            course: layout.course.clone(),
+            assignment: req.assignment().to_string(),
+            submitted: layout.staged_root_rel(),
+            twins,
+            languages,
+            route: crate::kernels::ROUTE_PY.into(),
+            jupyter_path: jupyter,
+            lock: layout.gradebook_lock(),
+            reports: layout.state.join("kernels"),
+        })
+    }
+}
+
+/// Who is graded this run, and who is not.
+struct Selection {
+    queue: VecDeque<String>,
+    /// Graded by an earlier run (skipped), then rejected now.
+    earlier: Vec<StudentResult>,
+    rejected: Vec<StudentResult>,
+}
+
+/// Named students always; others unless graded before (or `--force`); a submission the tree
+/// check refused is rejected here.
+fn select(req: &Request) -> Selection {
+    let a = &req.args;
+    let mut s = Selection { queue: VecDeque::new(), earlier: vec![], rejected: vec![] };
+    for (student, problem) in &req.listed {
+        if !a.students.is_empty() && !a.students.contains(student) {
             continue;
         }
         if let Some(p) = problem {
-            rejected_now.push(StudentResult::without_grades(&student, Verdict::Rejected, p));
+            s.rejected.push(StudentResult::without_grades(student, Verdict::Rejected, p.clone()));
             continue;
         }
-        let named = a.students.contains(&student);
-        match layout.graded_before(&student) {
+        let named = a.students.contains(student);
+        match req.layout.graded_before(student) {
             Some(mut earlier) if !named && !a.force => {
                 earlier.from_earlier_run = true;
-                results.push(earlier);
+                s.earlier.push(earlier);
             }
-            _ => queue.push_back(student),
+            _ => s.queue.push_back(student.clone()),
         }
     }
-    let terminal = std::io::stderr().is_terminal();
-    let mut progress = progress::Progress::new(queue.len() + rejected_now.len(), terminal);
+    s
+}
+
+/// What the pool did.
+struct Ended {
+    results: Vec<StudentResult>,
+    started: (Instant, String),
+    interrupted: bool,
+}
+
+/// `--jobs` worker threads, each with its own Python worker, take students from the queue;
+/// this thread collects their results and watches for a stop signal.
+fn grade_all(
+    req: &Request,
+    kernels: &Kernels,
+    setup: worker::Setup,
+    selection: Selection,
+    signals: &nix::sys::signalfd::SignalFd,
+) -> Result<Ended, GradeError> {
+    let started = (Instant::now(), humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string());
+    let Selection { queue, earlier, rejected } = selection;
+    let mut results = earlier;
+    let mut progress = progress::Progress::new(queue.len() + rejected.len(), std::io::stderr().is_terminal());
     if !results.is_empty() {
         progress.note(&format!("{} students already graded (skipped; --force regrades them)", results.len()));
     }
-    for r in rejected_now {
+    for r in rejected {
         progress.finished(&r);
         results.push(r);
     }
-    tracing::info!(assignment = %assignment, to_grade = queue.len(), jobs, "grading");
+    tracing::info!(assignment = %req.assignment(), to_grade = queue.len(), jobs = req.jobs, "grading");
 
     let ctx = Arc::new(Context {
-        setup: worker::Setup {
-            course: layout.course.clone(),
-            assignment: assignment.clone(),
-            submitted: layout.staged_root_rel(),
-            twins: twin_names,
-            languages,
-            route: crate::kernels::ROUTE_PY.into(),
-            jupyter_path: layout.jupyter_path(),
-            lock: layout.gradebook_lock(),
-            reports: layout.state.join("kernels"),
-        },
-        layout,
-        python: maker.client.executable.clone(),
-        student_timeout,
-        limits,
-        worker_limits,
+        setup,
+        layout: req.layout.clone(),
+        python: kernels.maker.client.executable.clone(),
+        student_timeout: req.student_timeout,
+        limits: req.limits,
+        worker_limits: req.worker_limits,
         stop: AtomicBool::new(false),
     });
-    let workers = jobs.min(queue.len());
+    let workers = req.jobs.min(queue.len());
     let pending = Arc::new(Mutex::new(queue));
     let (tx, rx) = mpsc::channel();
     let threads: Vec<_> = (0..workers)
@@ -310,38 +466,38 @@ pub fn execute(config: Option<PathBuf>, a: GradeArgs) -> Result<u8, GradeError> 
     }
     progress.finish();
     if let Some(e) = fatal {
-        return Err(GradeError::Worker { assignment, source: e });
+        return Err(GradeError::Worker { assignment: req.assignment().to_string(), source: e });
     }
     for student in pending.lock().expect("not poisoned").drain(..) {
         results.push(StudentResult::without_grades(&student, Verdict::Interrupted, "not started".into()));
     }
+    Ok(Ended { results, started, interrupted })
+}
 
+/// The batch's report: printed as a table, and with `--report` written as JSON and CSV.
+fn report_of(
+    req: &Request,
+    mut results: Vec<StudentResult>,
+    (started, started_at): (Instant, String),
+) -> Result<BatchReport, GradeError> {
     results.sort_by(|x, y| x.student.cmp(&y.student));
     let report = BatchReport {
         schema: report::SCHEMA,
-        course: ctx.layout.course.display().to_string(),
-        assignment,
+        course: req.layout.course.display().to_string(),
+        assignment: req.assignment().to_string(),
         started: started_at,
         wall: started.elapsed().as_secs_f64(),
-        jobs,
-        policy: a.policy.clone(),
+        jobs: req.jobs,
+        policy: req.args.policy.clone(),
         counts: BatchReport::count(&results),
         students: results,
     };
     print!("{}", report.table());
-    if let Some(p) = &report_path {
+    if let Some(p) = &req.report_path {
         let csv = report.write(p)?;
         println!("report: {} and {}", p.display(), csv.display());
     }
-    Ok(if interrupted {
-        EXIT_INTERRUPTED
-    } else if report.students.iter().any(|s| s.verdict.is_fault()) {
-        EXIT_FAULT
-    } else if report.students.iter().any(|s| !s.verdict.is_graded()) {
-        EXIT_NOT_ALL_GRADED
-    } else {
-        0
-    })
+    Ok(report)
 }
 
 /// One worker thread: its own Python worker, students from the shared queue until it is
@@ -473,16 +629,20 @@ fn from_answer(l: &Layout, notebooks: &[String], a: worker::Answer) -> StudentRe
             nb.needs_manual_grade = s.needs_manual_grade;
         }
         nb.wall = a.notebook_wall.get(name).copied();
-        report::add_kernels(&mut nb, &report::kernel_reports(&l.kernel_reports(&a.student).join(name)));
+        report::add_kernels(&mut nb, &report::kernel_reports(&kernel_report_files(l, &a, name)));
         nbs.push(nb);
     }
+    let kernel_verdict = |nb: &NotebookResult| match nb.verdict {
+        NotebookVerdict::Kernel(s) => Some(s),
+        NotebookVerdict::NotRun => None,
+    };
     let (verdict, message) = if a.success {
         (Verdict::Graded, None)
-    } else if let Some(nb) = nbs.iter().find(|nb| nb.verdict == "sandbox-error") {
+    } else if let Some(nb) = nbs.iter().find(|nb| kernel_verdict(nb) == Some(Status::SandboxError)) {
         (Verdict::SandboxError, Some(format!("{}: the sandboxed kernel failed (see its report)", nb.notebook)))
     } else if let Some((nb, st)) = nbs
         .iter()
-        .filter_map(|nb| Status::from_name(&nb.verdict).map(|s| (nb, s)))
+        .filter_map(|nb| kernel_verdict(nb).map(|s| (nb, s)))
         .find(|(_, s)| !matches!(s, Status::Ok | Status::OutputLimit))
     {
         (Verdict::Kernel(st), Some(format!("{}: its kernel ended with {}", nb.notebook, st.as_str())))
@@ -508,6 +668,14 @@ fn from_answer(l: &Layout, notebooks: &[String], a: worker::Answer) -> StudentRe
         submission_timestamp: None,
         from_earlier_run: false,
     }
+}
+
+/// The report files the worker named for a notebook's kernels: only those in the student's
+/// own reports directory for that notebook (where the worker told the kernels to write).
+fn kernel_report_files(l: &Layout, a: &worker::Answer, notebook: &str) -> Vec<PathBuf> {
+    let dir = l.kernel_reports(&a.student).join(notebook);
+    let named = a.kernel_reports.get(notebook).map(Vec::as_slice).unwrap_or_default();
+    named.iter().filter(|f| f.parent() == Some(dir.as_path())).cloned().collect()
 }
 
 /// Who made nbgrader fail on a submission.
@@ -578,10 +746,7 @@ struct BatchKernels {
 }
 
 /// The kernels the notebooks need, or why a notebook could not be graded by any.
-fn batch_kernels(
-    maker: &crate::install::Maker,
-    notebooks: &[(PathBuf, serde_json::Value)],
-) -> Result<BatchKernels, String> {
+fn batch_kernels(maker: &Maker, notebooks: &[(PathBuf, serde_json::Value)]) -> Result<BatchKernels, String> {
     let mut specs = maker.specs().map_err(|e| e.to_string())?;
     if !specs.iter().any(|s| s.name == "python3" && !s.is_twin()) {
         // as jupyter_client would start it, so that its twin says what is missing (ipykernel)
@@ -613,7 +778,7 @@ fn batch_kernels(
 
 /// Fail closed before touching anything: one sandbox, started the way the kernels will be
 /// (same privilege, config and policy), must run `/bin/true`.
-fn preflight(launcher: &crate::install::Launcher, policy: &str) -> Result<(), GradeError> {
+fn preflight(launcher: &Launcher, policy: &str) -> Result<(), GradeError> {
     let head = &launcher.head;
     let out = std::process::Command::new(&head[0])
         .args(&head[1..])
@@ -626,7 +791,7 @@ fn preflight(launcher: &crate::install::Launcher, policy: &str) -> Result<(), Gr
         return Ok(());
     }
     let text = String::from_utf8_lossy(&out.stderr).trim().to_string();
-    if out.status.code() == Some(i32::from(crate::report::EXIT_USAGE)) {
+    if out.status.code() == Some(i32::from(USAGE)) {
         // the request was refused: a bad --policy or config, or a caller not allowed
         return Err(GradeError::Invalid(text.strip_prefix("isolate-grade: ").unwrap_or(&text).to_string()));
     }
@@ -671,6 +836,7 @@ mod tests {
             notebooks: None,
             seconds_late: None,
             failure,
+            kernel_reports: Default::default(),
         }
     }
 
@@ -793,7 +959,7 @@ mod tests {
         ] {
             let e = batch_limits(&args(&[bad])).unwrap_err();
             let flag = bad.split('=').next().unwrap();
-            assert!(e.to_string().starts_with(flag) && e.exit_code() == crate::report::EXIT_USAGE, "{bad}: {e}");
+            assert!(e.to_string().starts_with(flag) && e.exit_code() == USAGE, "{bad}: {e}");
         }
     }
 }

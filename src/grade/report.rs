@@ -73,13 +73,49 @@ impl TryFrom<String> for Verdict {
     }
 }
 
+/// A notebook's verdict: its kernels' (`ok`, `output-limit`, `memory-limit`...), or `not-run`
+/// when no kernel ran for it (not submitted, or grading stopped before it). In JSON and CSV, the
+/// same words as a kernel's report.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(into = "String", try_from = "String")]
+pub enum NotebookVerdict {
+    #[default]
+    NotRun,
+    Kernel(Status),
+}
+
+impl NotebookVerdict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NotebookVerdict::NotRun => "not-run",
+            NotebookVerdict::Kernel(s) => s.as_str(),
+        }
+    }
+}
+
+impl From<NotebookVerdict> for String {
+    fn from(v: NotebookVerdict) -> String {
+        v.as_str().to_string()
+    }
+}
+
+impl TryFrom<String> for NotebookVerdict {
+    type Error = String;
+    fn try_from(s: String) -> Result<NotebookVerdict, String> {
+        match s.as_str() {
+            "not-run" => Ok(NotebookVerdict::NotRun),
+            other => Status::from_name(other)
+                .map(NotebookVerdict::Kernel)
+                .ok_or_else(|| format!("unknown notebook verdict {other:?}")),
+        }
+    }
+}
+
 /// One notebook of one submission.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct NotebookResult {
     pub notebook: String,
-    /// Its kernel's verdict (`ok`, `output-limit`, `memory-limit`...); `not-run` when no kernel
-    /// ran for it (not submitted, or grading stopped before it).
-    pub verdict: String,
+    pub verdict: NotebookVerdict,
     pub score: Option<f64>,
     pub max_score: Option<f64>,
     pub needs_manual_grade: bool,
@@ -127,7 +163,7 @@ impl StudentResult {
     }
 }
 
-/// The subset of a kernel's report (`isolate-grade kernel --report-dir`) we add up.
+/// The subset of a kernel's report (`isolate-grade kernel --report-dir`, `<kernel id>.json`) we add up.
 #[derive(Debug, Deserialize)]
 pub struct KernelReport {
     pub status: Status,
@@ -163,13 +199,12 @@ impl KernelReport {
     }
 }
 
-/// The reports of one notebook's kernels (usually one), in a directory.
-pub fn kernel_reports(dir: &Path) -> Vec<KernelReport> {
-    let Ok(entries) = std::fs::read_dir(dir) else { return vec![] };
-    let mut out: Vec<KernelReport> = entries
-        .filter_map(|e| e.ok())
-        .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
-        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+/// The reports of one notebook's kernels (usually one), as the worker named them (a kernel
+/// that never started wrote none: it is left out).
+pub fn kernel_reports(files: &[PathBuf]) -> Vec<KernelReport> {
+    let mut out: Vec<KernelReport> = files
+        .iter()
+        .filter_map(|f| std::fs::read_to_string(f).ok())
         .filter_map(|t| serde_json::from_str(&t).ok())
         .collect();
     out.sort_by(|a, b| a.wall_time.total_cmp(&b.wall_time));
@@ -181,7 +216,7 @@ pub fn kernel_reports(dir: &Path) -> Vec<KernelReport> {
 pub fn add_kernels(nb: &mut NotebookResult, reports: &[KernelReport]) {
     nb.kernels = reports.len() as u32;
     if reports.is_empty() {
-        nb.verdict = "not-run".into();
+        nb.verdict = NotebookVerdict::NotRun;
         return;
     }
     let worst = reports
@@ -189,7 +224,7 @@ pub fn add_kernels(nb: &mut NotebookResult, reports: &[KernelReport]) {
         .find(|r| r.status == Status::SandboxError)
         .or_else(|| reports.iter().find(|r| r.outcome() != Status::Ok))
         .unwrap_or(&reports[0]);
-    nb.verdict = worst.outcome().as_str().to_string();
+    nb.verdict = NotebookVerdict::Kernel(worst.outcome());
     nb.cpu = Some(reports.iter().map(|r| r.cpu_time).sum());
     nb.peak_memory = reports.iter().filter_map(|r| r.peak_memory).max();
 }
@@ -282,7 +317,7 @@ impl BatchReport {
             for nb in &s.notebooks {
                 let rest = [
                     Cell::Text(&nb.notebook),
-                    Cell::Text(&nb.verdict),
+                    Cell::Text(nb.verdict.as_str()),
                     Cell::Number(nb.score),
                     Cell::Number(nb.max_score),
                     Cell::Number(nb.wall),
@@ -346,7 +381,7 @@ mod tests {
             message: None,
             notebooks: vec![NotebookResult {
                 notebook: "problem1".into(),
-                verdict: "ok".into(),
+                verdict: NotebookVerdict::Kernel(Status::Ok),
                 score: Some(7.5),
                 max_score: Some(10.0),
                 wall: Some(3.0),
@@ -377,6 +412,17 @@ mod tests {
         assert!(!Verdict::Kernel(Status::MemoryLimit).is_fault());
         assert!(!Verdict::Rejected.is_fault());
         assert!(Verdict::try_from("bogus".to_string()).is_err());
+        // a notebook's verdict: the kernel report's words, or not-run, in JSON as before
+        for v in [NotebookVerdict::NotRun, NotebookVerdict::Kernel(Status::Ok)]
+            .into_iter()
+            .chain(Status::ALL.into_iter().map(NotebookVerdict::Kernel))
+        {
+            let json = serde_json::to_string(&v).unwrap();
+            assert_eq!(json, format!("\"{}\"", v.as_str()));
+            assert_eq!(serde_json::from_str::<NotebookVerdict>(&json).unwrap(), v);
+        }
+        assert_eq!(serde_json::to_string(&NotebookVerdict::NotRun).unwrap(), "\"not-run\"");
+        assert!(serde_json::from_str::<NotebookVerdict>("\"graded\"").is_err());
     }
 
     fn batch(students: Vec<StudentResult>) -> BatchReport {
@@ -457,9 +503,9 @@ mod tests {
         add_kernels(&mut nb, &[k(Status::Ok, 1.0), k(Status::MemoryLimit, 2.0)]);
         assert_eq!((nb.verdict.as_str(), nb.cpu, nb.kernels), ("memory-limit", Some(2.0), 2));
         add_kernels(&mut nb, &[k(Status::MemoryLimit, 1.0), k(Status::SandboxError, 2.0)]);
-        assert_eq!(nb.verdict, "sandbox-error");
+        assert_eq!(nb.verdict.as_str(), "sandbox-error");
         add_kernels(&mut nb, &[]);
-        assert_eq!(nb.verdict, "not-run");
+        assert_eq!(nb.verdict.as_str(), "not-run");
     }
 
     #[test]
@@ -495,7 +541,7 @@ mod tests {
         assert_eq!(k("SIGSEGV", &["SIGTERM"]).outcome(), Status::Signaled);
         let mut nb = NotebookResult::default();
         add_kernels(&mut nb, &[k("SIGTERM", &["SIGTERM"])]);
-        assert_eq!(nb.verdict, "ok");
+        assert_eq!(nb.verdict.as_str(), "ok");
         let old: KernelReport =
             serde_json::from_str(r#"{"status":"signaled","signal":"SIGTERM","wall_time":1,"cpu_time":1}"#).unwrap();
         assert_eq!(old.outcome(), Status::Signaled, "a report without relayed_signals relayed none");

@@ -8,18 +8,25 @@ of behaviour:
 - the submissions are read from the checked copies the orchestrator made (`submitted_directory`);
 - every notebook runs in the sandboxed twin (one of the kernelspecs the orchestrator wrote) of
   the kernel its metadata names, routed by the same code `isolate-grade install` puts into
-  nbgrader_config.py (src/route.py), with the batch's twins; the twin writes its verdict to a
-  directory per student and notebook (ISOLATE_GRADE_REPORT_DIR);
+  nbgrader_config.py (src/route.py), with the batch's twins; each kernel writes its verdict to
+  the directory of its student and notebook (ISOLATE_GRADE_REPORT_DIR, `--report-dir`);
 - every use of the gradebook holds an exclusive lock shared by all the workers. nbgrader opens
   the gradebook briefly and often; SQLite lets one writer in at a time, and a reader that wants
   to write while another process writes gets "database is locked" at once, without waiting
   (nbgrader#174). Executing notebooks, the slow part, holds no lock.
 
-Protocol: JSON lines. The first line on stdin is the setup; the worker answers {"ready": ...} or
-{"fatal": "..."}, then reads {"student": "..."} and answers with the result, until end of input.
-Answers go to the original stdout; everything else anyone prints goes to stderr (the log).
-Strings are made valid UTF-8 first (a surrogate escape, from a name that isn't, becomes the
-text `\\udcXX`): an answer is always readable.
+Protocol (src/grade/protocol.rs has the same messages): JSON lines, each an object tagged by
+"msg". The first line on stdin is the setup (with the protocol's version, checked); the worker
+answers "ready" (with its version and nbgrader's) or "fatal", then reads "grade" requests and
+answers each with an "answer", until end of input. `encode` and `decode` are the one place
+messages are written and read. Answers go to the original stdout; everything else anyone prints
+goes to stderr (the log). Strings are made valid UTF-8 first (a surrogate escape, from a name
+that isn't, becomes the text `\\udcXX`): an answer is always readable. An answer names each
+kernel's report file, per notebook: `<reports>/<student>/<notebook>/<kernel id>.json`, the id
+being the kernel's connection file's name (route.py tells us each one, `on_kernel_report`).
+
+The worker patches nbgrader's internals: it refuses an nbgrader outside the range it was tested
+with (TESTED_NBGRADER), unless ISOLATE_GRADE_UNTESTED_NBGRADER=1.
 
 When nbgrader fails on a submission, the answer says how, as facts for the orchestrator to
 classify (src/grade/mod.rs, `classify`): the first exception raised out of the steps nbgrader
@@ -29,6 +36,7 @@ its message (cut short: the rest of a message can quote the notebook, hidden tes
 and whether it is ours (this file's own steps, or reading the scores) rather than nbgrader's.
 """
 
+import dataclasses
 import io
 import json
 import os
@@ -36,9 +44,153 @@ import sys
 import time
 import traceback
 
-from typing import Any, Callable, Dict, List, Optional
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, TextIO, Tuple, Type, Union
 
-PROTOCOL = None
+# The version of the messages below; src/grade/protocol.rs's PROTOCOL must be the same.
+PROTOCOL = 1
+
+# The nbgrader releases this worker was tested with (it patches nbgrader's Autograde and
+# Gradebook): at least the first, below the second. Another refuses to start unless
+# ISOLATE_GRADE_UNTESTED_NBGRADER=1 (then it is the instructor's risk, said in the log).
+TESTED_NBGRADER = ((0, 9), (0, 10))
+UNTESTED_NBGRADER = "ISOLATE_GRADE_UNTESTED_NBGRADER"
+
+
+# The messages, as src/grade/protocol.rs has them: one JSON object a line, tagged by "msg".
+@dataclass(frozen=True)
+class Setup:
+    protocol: int
+    course: str
+    assignment: str
+    submitted: str
+    twins: Dict[str, str]
+    languages: Dict[str, str]
+    route: str
+    jupyter_path: str
+    lock: str
+    reports: str
+
+
+@dataclass(frozen=True)
+class Grade:
+    student: str
+
+
+@dataclass(frozen=True)
+class Ready:
+    protocol: int
+    pid: int
+    notebooks: List[str]
+    nbgrader: str
+
+
+@dataclass(frozen=True)
+class Fatal:
+    error: str
+
+
+@dataclass(frozen=True)
+class NotebookScore:
+    score: float
+    max_score: float
+    needs_manual_grade: bool
+
+
+@dataclass(frozen=True)
+class Failure:
+    type: str
+    errno: Optional[int]
+    notebook: Optional[str]
+    summary: str
+    ours: bool
+
+
+@dataclass
+class Answer:
+    student: str
+    success: bool
+    wall: float = 0.0
+    notebook_wall: Dict[str, float] = field(default_factory=dict)
+    log: str = ""
+    error: Optional[str] = None
+    notebooks: Optional[Dict[str, NotebookScore]] = None
+    seconds_late: Optional[float] = None
+    failure: Optional[Failure] = None
+    kernel_reports: Dict[str, List[str]] = field(default_factory=dict)
+
+
+Incoming = Union[Setup, Grade]
+Outgoing = Union[Ready, Fatal, Answer]
+TAGS: Dict[type, str] = {Setup: "setup", Grade: "grade", Ready: "ready", Fatal: "fatal", Answer: "answer"}
+INCOMING: Dict[str, Type[Any]] = {"setup": Setup, "grade": Grade}
+
+
+class ProtocolError(Exception):
+    """A line that is not a message of ours, or of another protocol."""
+
+
+def encode(msg: Union[Incoming, Outgoing]) -> str:
+    """One line (without its newline), every string valid UTF-8."""
+    return json.dumps(utf8({"msg": TAGS[type(msg)], **dataclasses.asdict(msg)}))
+
+
+def decode(line: str) -> Incoming:
+    """A line from the batch; a setup of another protocol, an unknown message or field is a
+    ProtocolError."""
+    try:
+        data = json.loads(line)
+    except ValueError as e:
+        raise ProtocolError(f"not JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise ProtocolError("not a JSON object")
+    tag = data.pop("msg", None)
+    kind = INCOMING.get(tag)
+    if kind is None:
+        raise ProtocolError(f"unknown message {tag!r}")
+    if kind is Setup and data.get("protocol") != PROTOCOL:
+        raise ProtocolError(
+            f"the batch speaks protocol {data.get('protocol')!r}, this worker speaks {PROTOCOL} "
+            "(worker.py and the binary must come from the same build)")
+    names = {f.name for f in dataclasses.fields(kind)}
+    if set(data) != names:
+        raise ProtocolError(f"{tag}: unknown fields {sorted(set(data) - names)}, missing {sorted(names - set(data))}")
+    return kind(**data)
+
+
+class Channel:
+    """Where the answers go: the original stdout (everything else anyone prints goes to the log)."""
+
+    def __init__(self, out: TextIO):
+        self.out = out
+
+    def send(self, msg: Outgoing) -> None:
+        self.out.write(encode(msg) + "\n")
+        self.out.flush()
+
+
+def version_tuple(version: str) -> Tuple[int, ...]:
+    """The leading numbers of a version: "0.9.6" is (0, 9, 6), "0.10.0rc1" (0, 10, 0)."""
+    import re
+
+    m = re.match(r"\d+(\.\d+)*", version.strip())
+    return tuple(int(n) for n in m.group(0).split(".")) if m else ()
+
+
+def nbgrader_refused(version: str, env: Dict[str, str]) -> Optional[str]:
+    """Why this nbgrader must not be patched, or None."""
+    low, high = TESTED_NBGRADER
+    if low <= version_tuple(version) < high:
+        return None
+    tested = f">={'.'.join(map(str, low))},<{'.'.join(map(str, high))}"
+    if env.get(UNTESTED_NBGRADER) == "1":
+        print(f"isolate-grade: nbgrader {version} is not among those tested ({tested}); "
+              f"going on because {UNTESTED_NBGRADER}=1", file=sys.stderr)
+        return None
+    return (f"nbgrader {version} is not a version isolate-grade was tested with ({tested}); its worker patches "
+            f"nbgrader's internals, so it refuses to grade with it. Install a tested nbgrader, or set "
+            f"{UNTESTED_NBGRADER}=1 to try anyway")
+
 
 # How much of an exception's first line an answer carries.
 SUMMARY_CHARS = 200
@@ -80,22 +232,17 @@ def utf8(value: Any) -> Any:
     return value
 
 
-def answer(msg: Dict[str, Any]) -> None:
-    PROTOCOL.write(json.dumps(utf8(msg)) + "\n")
-    PROTOCOL.flush()
-
-
-def failure(exc: BaseException, notebook: Optional[str] = None, ours: bool = False) -> Dict[str, Any]:
+def failure(exc: BaseException, notebook: Optional[str] = None, ours: bool = False) -> Failure:
     """The facts of an exception, without its message past the first line."""
     kind = type(exc)
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return {
-        "type": kind.__name__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}",
-        "errno": exc.errno if isinstance(exc, OSError) else None,
-        "notebook": notebook,
-        "summary": lines[0][:SUMMARY_CHARS] if lines else "",
-        "ours": ours,
-    }
+    return Failure(
+        type=kind.__name__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}",
+        errno=exc.errno if isinstance(exc, OSError) else None,
+        notebook=notebook,
+        summary=lines[0][:SUMMARY_CHARS] if lines else "",
+        ours=ours,
+    )
 
 
 class OurFault(Exception):
@@ -106,7 +253,7 @@ def notebook_name(path: str) -> str:
     return os.path.splitext(os.path.basename(path))[0]
 
 
-def recording(method: Callable, seen: List[Dict[str, Any]], per_notebook: bool) -> Callable:
+def recording(method: Callable, seen: List[Failure], per_notebook: bool) -> Callable:
     """`method`, recording the first exception it raises (nbgrader logs and swallows it);
     `per_notebook`: its first argument is the notebook's path."""
 
@@ -123,12 +270,46 @@ def recording(method: Callable, seen: List[Dict[str, Any]], per_notebook: bool) 
     return wrapper
 
 
-def setup(cfg: Dict[str, Any]):
-    os.chdir(cfg["course"])
+class KernelReports:
+    """The report file of each kernel route.py started, by notebook (the one being converted)."""
+
+    def __init__(self) -> None:
+        self.notebook: Optional[str] = None
+        self.files: Dict[str, List[str]] = {}
+
+    def add(self, path: str) -> None:
+        self.files.setdefault(self.notebook or "", []).append(path)
+
+    def take(self) -> Dict[str, List[str]]:
+        files, self.files, self.notebook = self.files, {}, None
+        return files
+
+
+@dataclass
+class Grader:
+    """nbgrader, loaded and configured for one assignment."""
+
+    setup: Setup
+    app: Any
+    autograde: Any
+    lock: Any
+    notebooks: List[str]
+    nbgrader: str
+    kernels: KernelReports
+
+
+def load(cfg: Setup) -> Union[Grader, Fatal]:
+    os.chdir(cfg.course)
+    import nbgrader
+
+    version = str(getattr(nbgrader, "__version__", "unknown"))
+    refused = nbgrader_refused(version, dict(os.environ))
+    if refused:
+        return Fatal(refused)
     # the block `isolate-grade install` writes into nbgrader_config.py stages and locks for
     # formgrader and plain nbgrader; here the batch does both itself
     os.environ["ISOLATE_GRADE_BATCH_WORKER"] = "1"
-    os.environ["JUPYTER_PATH"] = os.pathsep.join(p for p in (cfg["jupyter_path"], os.environ.get("JUPYTER_PATH")) if p)
+    os.environ["JUPYTER_PATH"] = os.pathsep.join(p for p in (cfg.jupyter_path, os.environ.get("JUPYTER_PATH")) if p)
     # nbgrader runs `alembic` from PATH when it creates a gradebook
     os.environ["PATH"] = os.pathsep.join((os.path.dirname(sys.executable), os.environ.get("PATH", "")))
 
@@ -140,35 +321,36 @@ def setup(cfg: Dict[str, Any]):
     # the Jupyter config path and the course's nbgrader_config.py, as `nbgrader autograde` loads them
     app.initialize([])
     over = Config()
-    over.CourseDirectory.root = cfg["course"]
-    over.CourseDirectory.submitted_directory = cfg["submitted"]
+    over.CourseDirectory.root = cfg.course
+    over.CourseDirectory.submitted_directory = cfg.submitted
     app.update_config(over)
     # Replaces nbgrader's Execute step (or the one of install's block in the course's config).
-    route = {}
-    exec(compile(cfg["route"], "isolate-grade:route.py", "exec"), route)
-    route["_isolate_grade"](app.config, cfg["twins"], cfg["languages"])
-    app.coursedir.root = cfg["course"]
-    app.coursedir.submitted_directory = cfg["submitted"]
+    route: Dict[str, Any] = {}
+    exec(compile(cfg.route, "isolate-grade:route.py", "exec"), route)
+    kernels = KernelReports()
+    route["_isolate_grade"](app.config, cfg.twins, cfg.languages, on_kernel_report=kernels.add)
+    app.coursedir.root = cfg.course
+    app.coursedir.submitted_directory = cfg.submitted
 
     # every gradebook use holds the course's gradebook lock (src/route.py)
-    lock = route["_GradebookLock"](cfg["lock"])
+    lock = route["_GradebookLock"](cfg.lock)
     route["_lock_gradebooks"](lambda: lock)
 
     from nbgrader.api import Gradebook, MissingEntry
 
-    assignment = cfg["assignment"]
+    assignment = cfg.assignment
     with Gradebook(app.coursedir.db_url, app.coursedir.course_id) as gb:
         try:
             a = gb.find_assignment(assignment)
         except MissingEntry:
-            return None, f"the gradebook has no assignment {assignment!r}: run `nbgrader generate_assignment {assignment}` first"
+            return Fatal(f"the gradebook has no assignment {assignment!r}: run `nbgrader generate_assignment {assignment}` first")
         notebooks = sorted(nb.name for nb in a.notebooks)
         if not notebooks:
-            return None, f"assignment {assignment!r} has no notebooks in the gradebook: run `nbgrader generate_assignment {assignment}`"
-    return (app, Autograde, lock, notebooks), None
+            return Fatal(f"assignment {assignment!r} has no notebooks in the gradebook: run `nbgrader generate_assignment {assignment}`")
+    return Grader(cfg, app, Autograde, lock, notebooks, version, kernels)
 
 
-def scores(app, assignment: str, student: str):
+def scores(app: Any, assignment: str, student: str) -> Tuple[Optional[Dict[str, NotebookScore]], Optional[float]]:
     from nbgrader.api import Gradebook, MissingEntry
 
     with Gradebook(app.coursedir.db_url, app.coursedir.course_id) as gb:
@@ -177,25 +359,26 @@ def scores(app, assignment: str, student: str):
         except MissingEntry:
             return None, None
         nbs = {
-            nb.name: {
-                "score": float(nb.score),
-                "max_score": float(nb.max_score),
-                "needs_manual_grade": bool(nb.needs_manual_grade),
-            }
+            nb.name: NotebookScore(
+                score=float(nb.score),
+                max_score=float(nb.max_score),
+                needs_manual_grade=bool(nb.needs_manual_grade),
+            )
             for nb in sub.notebooks
         }
         return nbs, float(sub.total_seconds_late or 0)
 
 
-def grade(ctx, cfg: Dict[str, Any], student: str) -> Dict[str, Any]:
+def grade(g: Grader, student: str) -> Answer:
     from nbgrader.utils import capture_log, temp_attrs
 
-    app, Autograde, lock, _ = ctx
-    assignment = cfg["assignment"]
-    reports = os.path.join(cfg["reports"], student)
-    timings = {}
-    seen = []
+    Autograde = g.autograde
+    assignment = g.setup.assignment
+    reports = os.path.join(g.setup.reports, student)
+    timings: Dict[str, float] = {}
+    seen: List[Failure] = []
     base = Autograde.convert_single_notebook
+    g.kernels.take()
 
     def convert_single_notebook(self, notebook_filename):
         name = notebook_name(notebook_filename)
@@ -204,11 +387,13 @@ def grade(ctx, cfg: Dict[str, Any], student: str) -> Dict[str, Any]:
             os.makedirs(os.environ["ISOLATE_GRADE_REPORT_DIR"], exist_ok=True)
         except OSError as e:
             raise OurFault("the kernels' report directory") from e
+        g.kernels.notebook = name
         t = time.monotonic()
         try:
             return base(self, notebook_filename)
         finally:
             timings[name] = time.monotonic() - t
+            g.kernels.notebook = None
             os.environ.pop("ISOLATE_GRADE_REPORT_DIR", None)
 
     steps = ["init_destination", "init_assignment", "convert_single_notebook", "set_permissions"]
@@ -218,61 +403,78 @@ def grade(ctx, cfg: Dict[str, Any], student: str) -> Dict[str, Any]:
     for step in steps:
         setattr(Autograde, step, recording(getattr(Autograde, step), seen, step == "convert_single_notebook"))
     try:
-        with temp_attrs(app.coursedir, assignment_id=assignment, student_id=student):
-            converter = Autograde(coursedir=app.coursedir, parent=app)
+        with temp_attrs(g.app.coursedir, assignment_id=assignment, student_id=student):
+            converter = Autograde(coursedir=g.app.coursedir, parent=g.app)
             converter.force = True
             converter.create_student = True
             result = capture_log(converter)
     finally:
         for step, original in originals.items():
             setattr(Autograde, step, original)
-        leaked = lock.reset()
-    out = {
-        "student": student,
-        "success": bool(result.get("success")),
-        "wall": time.monotonic() - t0,
-        "notebook_wall": timings,
-        "log": result.get("log", ""),
-    }
+        leaked = g.lock.reset()
+    out = Answer(
+        student=student,
+        success=bool(result.get("success")),
+        wall=time.monotonic() - t0,
+        notebook_wall=timings,
+        log=result.get("log", ""),
+        kernel_reports=g.kernels.take(),
+    )
     if leaked:
-        out["log"] += f"\n[isolate-grade] {leaked} gradebook(s) left open by nbgrader; lock released\n"
-    if not out["success"]:
-        out["error"] = result.get("error", "")
-        out["failure"] = seen[0] if seen else None
+        out.log += f"\n[isolate-grade] {leaked} gradebook(s) left open by nbgrader; lock released\n"
+    if not out.success:
+        out.error = result.get("error", "")
+        out.failure = seen[0] if seen else None
     try:
-        out["notebooks"], out["seconds_late"] = scores(app, assignment, student)
+        out.notebooks, out.seconds_late = scores(g.app, assignment, student)
     except Exception as e:
-        out["success"] = False
-        out["error"] = (out.get("error") or "") + "reading the scores:\n" + traceback.format_exc()
-        out["failure"] = failure(e, ours=True)
+        out.success = False
+        out.error = (out.error or "") + "reading the scores:\n" + traceback.format_exc()
+        out.failure = failure(e, ours=True)
     return out
 
 
+def serve(lines: TextIO, channel: Channel) -> int:
+    """The protocol: a setup, then grade requests until end of input."""
+    try:
+        cfg = decode(lines.readline())
+        if not isinstance(cfg, Setup):
+            raise ProtocolError("the first message must be the setup")
+    except ProtocolError as e:
+        channel.send(Fatal(f"the grading worker cannot read its setup: {e}"))
+        return 2
+    try:
+        loaded = load(cfg)
+    except Exception:
+        loaded = Fatal("starting nbgrader failed:\n" + traceback.format_exc())
+    if isinstance(loaded, Fatal):
+        channel.send(loaded)
+        return 2
+    channel.send(Ready(protocol=PROTOCOL, pid=os.getpid(), notebooks=loaded.notebooks, nbgrader=loaded.nbgrader))
+    for line in lines:
+        try:
+            request = decode(line)
+            if not isinstance(request, Grade):
+                raise ProtocolError("only grade requests after the setup")
+        except ProtocolError as e:
+            channel.send(Fatal(f"the grading worker cannot read a request: {e}"))
+            return 2
+        try:
+            out = grade(loaded, request.student)
+        except Exception as e:
+            print(traceback.format_exc(), file=sys.stderr)
+            out = Answer(student=request.student, success=False, error=traceback.format_exc(),
+                         failure=failure(e, ours=True), kernel_reports=loaded.kernels.take())
+        channel.send(out)
+    return 0
+
+
 def main() -> int:
-    global PROTOCOL
-    PROTOCOL = os.fdopen(os.dup(1), "w", buffering=1)
+    channel = Channel(os.fdopen(os.dup(1), "w", buffering=1))
     os.dup2(2, 1)
     sys.stderr = EscapingStream(sys.stderr)
     sys.stdout = sys.stderr
-    cfg = json.loads(sys.stdin.readline())
-    try:
-        ctx, fatal = setup(cfg)
-    except Exception:
-        ctx, fatal = None, "starting nbgrader failed:\n" + traceback.format_exc()
-    if fatal:
-        answer({"fatal": fatal})
-        return 2
-    answer({"ready": {"pid": os.getpid(), "notebooks": ctx[3]}})
-    for line in sys.stdin:
-        student = json.loads(line)["student"]
-        try:
-            out = grade(ctx, cfg, student)
-        except Exception as e:
-            print(traceback.format_exc(), file=sys.stderr)
-            out = {"student": student, "success": False, "error": traceback.format_exc(),
-                   "failure": failure(e, ours=True)}
-        answer(out)
-    return 0
+    return serve(sys.stdin, channel)
 
 
 if __name__ == "__main__":

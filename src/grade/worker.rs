@@ -16,8 +16,8 @@
 //! their kernels with them. The peak between two samples is not missed: the kernel's
 //! high-water mark (`VmHWM`) is reset for each submission (`clear_refs`) and read with the rest.
 
-use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+pub use super::protocol::{Answer, Failure, Ready, Setup};
+use super::protocol::{DecodeError, FromWorker, Grade, ToWorker};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -47,6 +47,9 @@ pub enum WorkerError {
     Timeout(Duration),
     #[error("the grading worker said something unexpected: {0}")]
     Protocol(String),
+    /// worker.py and this binary do not speak the same [`super::protocol::PROTOCOL`].
+    #[error("{0}")]
+    Version(String),
     #[error("writing to the grading worker: {0}")]
     Write(std::io::Error),
     #[error("the batch is stopping")]
@@ -134,70 +137,6 @@ fn reset_peak(pid: u32) -> bool {
     std::fs::write(format!("/proc/{pid}/clear_refs"), "5").is_ok()
 }
 
-/// What the worker needs to know once.
-#[derive(Debug, Clone, Serialize)]
-pub struct Setup {
-    pub course: PathBuf,
-    pub assignment: String,
-    /// nbgrader's `submitted_directory`: our checked copies.
-    pub submitted: PathBuf,
-    /// The routing of `src/route.py`: kernel name to the batch's twin, twin to language.
-    pub twins: std::collections::BTreeMap<String, String>,
-    pub languages: std::collections::BTreeMap<String, String>,
-    pub route: String,
-    pub jupyter_path: PathBuf,
-    pub lock: PathBuf,
-    pub reports: PathBuf,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-pub struct Ready {
-    pub pid: u32,
-    pub notebooks: Vec<String>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-pub struct NotebookScore {
-    pub score: f64,
-    pub max_score: f64,
-    pub needs_manual_grade: bool,
-}
-
-/// nbgrader's result for one submission.
-#[derive(Debug, Clone, Deserialize)]
-pub struct Answer {
-    pub student: String,
-    pub success: bool,
-    #[serde(default)]
-    pub wall: f64,
-    #[serde(default)]
-    pub notebook_wall: BTreeMap<String, f64>,
-    #[serde(default)]
-    pub log: String,
-    pub error: Option<String>,
-    pub notebooks: Option<BTreeMap<String, NotebookScore>>,
-    pub seconds_late: Option<f64>,
-    /// How nbgrader failed, when it did: the facts of the first exception (worker.py).
-    #[serde(default)]
-    pub failure: Option<Failure>,
-}
-
-/// The first exception nbgrader raised on a submission, as worker.py records it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-pub struct Failure {
-    /// `module.Name` (bare for builtins: `KeyError`).
-    #[serde(rename = "type")]
-    pub kind: String,
-    pub errno: Option<i32>,
-    pub notebook: Option<String>,
-    /// The first line of its message, cut short by the worker.
-    #[serde(default)]
-    pub summary: String,
-    /// Raised by a step of the worker's own, not by nbgrader on the submission.
-    #[serde(default)]
-    pub ours: bool,
-}
-
 pub struct Worker {
     child: Child,
     stdin: Option<ChildStdin>,
@@ -240,18 +179,16 @@ impl Worker {
             }
         });
         let mut w = Worker { stdin: child.stdin.take(), child, lines, log: log.to_path_buf() };
-        w.send(&serde_json::to_string(setup).expect("serializes"))?;
+        w.send(&ToWorker::Setup(setup.clone()).encode())?;
         let line = w.receive(START_TIMEOUT)?;
-        #[derive(Deserialize)]
-        #[serde(rename_all = "lowercase")]
-        enum Hello {
-            Ready(Ready),
-            Fatal(String),
-        }
-        match serde_json::from_str::<Hello>(&line) {
-            Ok(Hello::Ready(r)) => Ok((w, r)),
-            Ok(Hello::Fatal(msg)) => Err(WorkerError::Fatal(msg)),
-            Err(e) => Err(w.protocol(&e, &line)),
+        match FromWorker::decode(&line) {
+            Ok(FromWorker::Ready(r)) => Ok((w, r)),
+            Ok(FromWorker::Fatal(f)) => Err(WorkerError::Fatal(f.error)),
+            Ok(FromWorker::Answer(_)) => Err(WorkerError::Protocol("an answer before it was ready".into())),
+            Err(DecodeError::Version { worker }) => {
+                Err(WorkerError::Version(DecodeError::Version { worker }.to_string()))
+            }
+            Err(DecodeError::Json(e)) => Err(w.protocol(&e, &line)),
         }
     }
 
@@ -282,7 +219,7 @@ impl Worker {
         let pid = self.pid();
         let peak_is_ours = reset_peak(pid);
         let start = Usage::read(proc, pid).unwrap_or_default();
-        self.send(&serde_json::json!({ "student": student }).to_string())?;
+        self.send(&ToWorker::Grade(Grade { student: student.into() }).encode())?;
         let until = Instant::now() + timeout;
         let line = loop {
             if stop.load(Ordering::SeqCst) {
@@ -301,7 +238,15 @@ impl Worker {
                 other => break other?,
             }
         };
-        let a: Answer = serde_json::from_str(&line).map_err(|e| self.protocol(&e, &line))?;
+        let a = match FromWorker::decode(&line) {
+            Ok(FromWorker::Answer(a)) => *a,
+            Ok(FromWorker::Fatal(f)) => return Err(WorkerError::Fatal(f.error)),
+            Ok(FromWorker::Ready(_)) => return Err(WorkerError::Protocol("ready again, asked to grade".into())),
+            Err(DecodeError::Version { worker }) => {
+                return Err(WorkerError::Version(DecodeError::Version { worker }.to_string()))
+            }
+            Err(DecodeError::Json(e)) => return Err(self.protocol(&e, &line)),
+        };
         if a.student != student {
             return Err(WorkerError::Protocol(format!("asked for {student}, got {}", a.student)));
         }
@@ -372,6 +317,7 @@ mod tests {
 
     fn setup(dir: &Path) -> Setup {
         Setup {
+            protocol: super::super::protocol::PROTOCOL,
             course: dir.to_path_buf(),
             assignment: "ps1".into(),
             submitted: dir.into(),
@@ -387,16 +333,38 @@ mod tests {
     /// A stand-in for the Python worker (it ignores `-c SCRIPT`): says ready, then runs `then`
     /// when asked to grade.
     fn fake_worker(dir: &Path, then: &str) -> (Worker, Ready) {
+        fake_start(dir, super::super::protocol::PROTOCOL, then).unwrap()
+    }
+
+    /// The same, saying ready in protocol `version`; the setup it read goes to `setup.json`.
+    fn fake_start(dir: &Path, version: u32, then: &str) -> Result<(Worker, Ready), WorkerError> {
         let script = dir.join("fake-python");
+        let ready =
+            format!(r#"{{"msg": "ready", "protocol": {version}, "pid": 1, "notebooks": [], "nbgrader": "0.9.6"}}"#);
+        let seen = dir.join("setup.json");
         std::fs::write(
             &script,
             format!(
-                "#!/bin/sh\nread setup\necho '{{\"ready\": {{\"pid\": 1, \"notebooks\": []}}}}'\nread req\n{then}\n"
+                "#!/bin/sh\nread setup\necho \"$setup\" > '{}'\necho '{ready}'\nread req\n{then}\n",
+                seen.display()
             ),
         )
         .unwrap();
         std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-        Worker::start(&script, &setup(dir), &dir.join("worker.log")).unwrap()
+        Worker::start(&script, &setup(dir), &dir.join("worker.log"))
+    }
+
+    #[test]
+    fn a_worker_of_another_protocol_is_refused_clearly() {
+        let d = tempfile::tempdir().unwrap();
+        let e = fake_start(d.path(), 999, "").map(|_| ()).unwrap_err();
+        assert!(matches!(e, WorkerError::Version(_)), "{e}");
+        let shown = e.to_string();
+        assert!(shown.contains("protocol 999") && shown.contains("same build"), "{shown}");
+        // the setup it was sent says which protocol the batch speaks
+        let setup: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(d.path().join("setup.json")).unwrap()).unwrap();
+        assert_eq!((setup["msg"].as_str(), setup["protocol"].as_u64()), (Some("setup"), Some(1)));
     }
 
     const ROOMY: Limits = Limits { memory: 1 << 40, cpu_time: Duration::from_secs(3600) };
@@ -405,8 +373,10 @@ mod tests {
     fn an_unreadable_answer_is_a_short_error_and_its_text_goes_to_the_log_only() {
         let d = tempfile::tempdir().unwrap();
         // a lone surrogate (what a name that isn't UTF-8 became) in a log quoting hidden tests
-        let (mut w, _) =
-            fake_worker(d.path(), r#"echo '{"student": "s", "log": "assert hidden_answer() == 42 \udce9"}'"#);
+        let (mut w, _) = fake_worker(
+            d.path(),
+            r#"echo '{"msg": "answer", "student": "s", "log": "assert hidden_answer() == 42 \udce9"}'"#,
+        );
         let e = w.grade("s", Duration::from_secs(20), &ROOMY, &AtomicBool::new(false)).unwrap_err();
         let shown = e.to_string();
         assert!(matches!(e, WorkerError::Protocol(_)), "{shown}");

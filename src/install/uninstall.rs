@@ -16,7 +16,8 @@ pub fn execute(a: &InstallArgs) -> Result<u8, InstallError> {
     };
     let client = python::probe_kernel_python(&python, "jupyter_client")?;
     // where install puts them, and where earlier versions did (on the Jupyter path)
-    let dirs = [super::twin_home(&client.prefix).join("kernels"), client.prefix.join("share/jupyter/kernels")];
+    let dirs =
+        [crate::kernelspec::twin_home(&client.prefix).join("kernels"), client.prefix.join("share/jupyter/kernels")];
     let mut twins = Vec::new();
     for dir in &dirs {
         twins.extend(twins_in(dir, &a.twin_prefix)?);
