@@ -919,6 +919,30 @@ mod tests {
             .starts_with("IsADirectoryError: [Errno 21] Is a directory ("));
     }
 
+    #[test]
+    fn exit_statuses_keep_their_numbers() {
+        let codes = [Exit::AllGraded, Exit::NotAllGraded, Exit::Usage, Exit::Fault, Exit::Interrupted].map(Exit::code);
+        assert_eq!(codes, [0, 1, 2, 3, 130]);
+        let r = |v| StudentResult::without_grades("s", v, String::new());
+        assert_eq!(Exit::of(&[r(Verdict::Graded)], false), Exit::AllGraded);
+        assert_eq!(Exit::of(&[r(Verdict::Graded), r(Verdict::Rejected)], false), Exit::NotAllGraded);
+        assert_eq!(Exit::of(&[r(Verdict::Rejected), r(Verdict::Kernel(Status::SandboxError))], false), Exit::Fault);
+        assert_eq!(Exit::of(&[r(Verdict::SandboxError)], true), Exit::Interrupted);
+    }
+
+    #[test]
+    fn a_notebooks_kernel_reports_are_the_files_the_worker_named_in_its_directory() {
+        let l = Layout { course: "/c".into(), assignment: "ps1".into(), state: "/c/.isolate-grade/ps1".into() };
+        let dir = l.kernel_reports("s").join("p1");
+        let mut a = answer(None, "");
+        a.kernel_reports.insert(
+            "p1".into(),
+            vec![dir.join("kernel-1.json"), dir.join("kernel-2.json"), "/etc/shadow".into(), dir.join("x/k.json")],
+        );
+        assert_eq!(kernel_report_files(&l, &a, "p1"), vec![dir.join("kernel-1.json"), dir.join("kernel-2.json")]);
+        assert!(kernel_report_files(&l, &a, "p2").is_empty());
+    }
+
     fn args(extra: &[&str]) -> GradeArgs {
         use clap::Parser;
         match crate::cli::Cli::try_parse_from(["isolate-grade", "grade", "ps1"].iter().chain(extra)).unwrap().command {

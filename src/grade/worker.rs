@@ -338,9 +338,14 @@ mod tests {
 
     /// The same, saying ready in protocol `version`; the setup it read goes to `setup.json`.
     fn fake_start(dir: &Path, version: u32, then: &str) -> Result<(Worker, Ready), WorkerError> {
-        let script = dir.join("fake-python");
         let ready =
             format!(r#"{{"msg": "ready", "protocol": {version}, "pid": 1, "notebooks": [], "nbgrader": "0.9.6"}}"#);
+        fake_hello(dir, &ready, then)
+    }
+
+    /// The same, first saying `ready` (a line).
+    fn fake_hello(dir: &Path, ready: &str, then: &str) -> Result<(Worker, Ready), WorkerError> {
+        let script = dir.join("fake-python");
         let seen = dir.join("setup.json");
         std::fs::write(
             &script,
@@ -352,6 +357,18 @@ mod tests {
         .unwrap();
         std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
         Worker::start(&script, &setup(dir), &dir.join("worker.log"))
+    }
+
+    #[test]
+    fn a_workers_fatal_at_setup_is_the_batchs_clear_error() {
+        let d = tempfile::tempdir().unwrap();
+        let said = "nbgrader 0.8.3 is not a version isolate-grade was tested with (>=0.9,<0.10)";
+        let e = fake_hello(d.path(), &format!(r#"{{"msg": "fatal", "error": "{said}"}}"#), "").map(|_| ()).unwrap_err();
+        assert!(matches!(&e, WorkerError::Fatal(m) if m == said), "{e}");
+        let e = crate::grade::GradeError::Worker { assignment: "ps1".into(), source: e };
+        assert_eq!(e.to_string(), format!("cannot grade ps1: {said}"));
+        assert_eq!(e.exit(), crate::grade::Exit::Usage);
+        assert_eq!(e.exit_code(), 2);
     }
 
     #[test]
