@@ -160,10 +160,10 @@ pub fn check(config_path: Option<&Path>, args: &CheckArgs) -> u8 {
         // Asked, and the kernel started, as the caller: the way install and the batch do it.
         match caller.become_caller() {
             Ok(()) => {
-                if caller.via == "sudo" {
+                if caller.via == crate::identity::Via::Sudo {
                     crate::grade::set_home(caller.uid);
                 }
-                items.extend(check_python(python, &args.policy, config_path, caller.via == "sudo"))
+                items.extend(check_python(python, &args.policy, config_path, caller.via == crate::identity::Via::Sudo))
             }
             Err(e) => items.push(Item { name: "python", ok: false, warn: false, detail: e.to_string() }),
         }

@@ -257,7 +257,7 @@ pub fn execute(config: Option<PathBuf>, a: InstallArgs) -> Result<u8, InstallErr
     // instructor (a no-op when run by root itself).
     let caller = crate::identity::Caller::detect();
     caller.become_caller().map_err(|e| InstallError::Invalid(format!("becoming the caller: {e}")))?;
-    if caller.via == "sudo" {
+    if caller.via == crate::identity::Via::Sudo {
         crate::grade::set_home(caller.uid);
     }
     if a.uninstall {

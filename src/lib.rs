@@ -30,6 +30,7 @@ pub mod rlang;
 pub mod run;
 pub mod runtime;
 pub mod seccomp;
+pub mod slot;
 pub mod stage;
 pub mod stdio;
 pub mod submission;

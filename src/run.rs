@@ -6,12 +6,13 @@
 use crate::cgroup::{CgroupLimits, Hierarchies, RunCgroup};
 use crate::cli::{RunArgs, SandboxArgs};
 use crate::config::{self, Config, ConfigError};
-use crate::identity::{self, Caller, IdentityError};
+use crate::identity::{Caller, IdentityError};
 use crate::mounts::{PreparedBind, DEVICES};
 use crate::plan::Plan;
 use crate::policy::{self, Bind, Limits, Policy, PolicyError, SymlinkMode};
 use crate::report::{Report, SandboxInfo, EXIT_USAGE};
 use crate::seccomp::{self, SeccompError};
+use crate::slot;
 use crate::supervisor;
 use crate::sys::LandlockRules;
 use crate::units;
@@ -78,7 +79,7 @@ pub struct Prepared {
 /// Validate the request and open what it names, as the caller.
 pub fn prepare(config_override: Option<PathBuf>, a: &SandboxArgs, command: &[OsString]) -> Result<Prepared, RunError> {
     let caller = Caller::detect();
-    tracing::debug!(uid = caller.uid, via = caller.via, "caller");
+    tracing::debug!(uid = caller.uid, via = %caller.via, "caller");
     let config_path = caller.config_path(config_override.as_deref()).map_err(RunError::Invalid)?;
     let config = Config::load(&config_path, !caller.trusted())?;
     caller.check_allowed(config.allowed_group.as_deref())?;
@@ -248,8 +249,8 @@ fn in_slot(
     watch: Option<std::os::fd::OwnedFd>,
     stdio: crate::stdio::Spec,
 ) -> Result<supervisor::Outcome, (&'static str, String)> {
-    let root_dir = identity::prepare_state_dir(&config.state_dir).map_err(|e| ("state-dir", e.to_string()))?;
-    let slot = identity::acquire_slot(&config.state_dir, config.slots).map_err(|e| ("slot", e.to_string()))?;
+    let root_dir = slot::prepare_state_dir(&config.state_dir).map_err(|e| ("state-dir", e.to_string()))?;
+    let slot = slot::acquire_slot(&config.state_dir, config.slots).map_err(|e| ("slot", e.to_string()))?;
     let uid = config.slot_uid(slot.index);
     info.slot = Some(slot.index);
     info.uid = Some(uid);

@@ -130,7 +130,7 @@ enum Event {
 pub fn execute(config: Option<PathBuf>, a: GradeArgs) -> Result<u8, GradeError> {
     let caller = Caller::detect();
     caller.become_caller()?;
-    if caller.via == "sudo" {
+    if caller.via == crate::identity::Via::Sudo {
         set_home(caller.uid);
     }
     let assignment = a.assignment.clone();
@@ -173,7 +173,7 @@ pub fn execute(config: Option<PathBuf>, a: GradeArgs) -> Result<u8, GradeError> 
     // nbgrader's Python and each kernel's runtime, asked as the instructor where they live
     // (nothing of the course may be among what they need).
     let kernel_fault = |message: String| GradeError::Kernel { assignment: assignment.clone(), message };
-    let launcher = crate::install::Launcher::new(caller.via == "sudo", config.as_deref())?;
+    let launcher = crate::install::Launcher::new(caller.via == crate::identity::Via::Sudo, config.as_deref())?;
     let made = crate::install::Maker::new(
         a.python.as_deref(),
         &policy,
