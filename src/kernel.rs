@@ -193,18 +193,18 @@ fn prepare(config_override: Option<PathBuf>, a: &KernelArgs, client: OwnedFd) ->
 
     // The submission: by default the working directory jupyter_client gave us (the notebook's
     // directory): the one part of the course inside, opened as the caller.
-    let submission = match &a.submission {
-        Some(dir) => dir.clone(),
-        None => std::env::current_dir().map_err(|e| RequestError::invalid(Input::WorkingDirectory, e.to_string()))?,
+    let (submission, input) = match &a.submission {
+        Some(dir) => (dir.clone(), Input::Option("--submission")),
+        None => {
+            let cwd = std::env::current_dir();
+            (cwd.map_err(|e| RequestError::invalid(Input::WorkingDirectory, e.to_string()))?, Input::WorkingDirectory)
+        }
     };
     let submission = crate::policy::sandbox_path(&submission.to_string_lossy(), true)
-        .map_err(|r| RequestError::invalid(Input::WorkingDirectory, r))?;
+        .map_err(|r| RequestError::invalid(input.clone(), r))?;
     let lower = match caller.open_bind_source(&submission, false, false, SymlinkMode::Error)? {
         Some(BindSource::Tree { fd, is_dir: true }) => fd,
-        _ => {
-            let why = format!("{} is not a directory", submission.display());
-            return Err(RequestError::invalid(Input::WorkingDirectory, why).into());
-        }
+        _ => return Err(RequestError::invalid(input, format!("{} is not a directory", submission.display())).into()),
     };
     let hide = if a.show_notebooks { vec![] } else { notebooks(&caller, &submission)? };
 
