@@ -5,9 +5,11 @@
 //! cgroup), single-threaded and still root. Each step says why it sits where it does. Every
 //! syscall goes through [`Sys`], so `tests` below check this order without root.
 
+use crate::fault::{Cause, Fault};
 use crate::mounts::{PreparedBind, PreparedOverlay, Root, RuntimeDir, NOSUID_NODEV};
 use crate::policy::{LandlockMode, Limits, ProcMode};
-use crate::sys::{Forked, LandlockRules, Pid, Sys};
+use crate::sys::{Forked, LandlockOutcome, LandlockRules, Pid, Sys, SysError};
+use nix::errno::Errno;
 use nix::sched::CloneFlags;
 use nix::sys::resource::Resource;
 use std::ffi::CString;
@@ -96,19 +98,68 @@ impl fmt::Display for Step {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-#[error("{step}: {message}")]
-pub struct SetupError {
-    pub step: Step,
-    pub message: String,
+impl Step {
+    /// Every step but [`Step::Bind`], in the order of their tags.
+    pub const ALL: [Step; 25] = [
+        Step::Cgroup,
+        Step::CgroupNamespace,
+        Step::RootFs,
+        Step::Tmp,
+        Step::Dev,
+        Step::Proc,
+        Step::Overlay,
+        Step::Runtime,
+        Step::Seal,
+        Step::PivotRoot,
+        Step::Hostname,
+        Step::Loopback,
+        Step::Rlimits,
+        Step::Stdio,
+        Step::CloseFds,
+        Step::Capabilities,
+        Step::Identity,
+        Step::NoNewPrivs,
+        Step::ParentDeath,
+        Step::Workdir,
+        Step::Fork,
+        Step::Session,
+        Step::Landlock,
+        Step::Seccomp,
+        Step::Exec,
+    ];
+    const BIND_TAG: u8 = Step::ALL.len() as u8;
+
+    /// Its number on the error pipe ([`crate::fault::Fault::encode`]).
+    pub fn tag(&self) -> u8 {
+        match self {
+            Step::Bind(_) => Step::BIND_TAG,
+            s => Step::ALL.iter().position(|a| a == s).expect("every other step is in ALL") as u8,
+        }
+    }
+
+    /// The path of a bind step.
+    pub fn path(&self) -> Option<&std::path::Path> {
+        match self {
+            Step::Bind(p) => Some(p),
+            _ => None,
+        }
+    }
+
+    pub fn from_tag(tag: u8, path: Option<PathBuf>) -> Option<Step> {
+        match (tag, path) {
+            (Step::BIND_TAG, Some(p)) => Some(Step::Bind(p)),
+            (t, None) => Step::ALL.get(usize::from(t)).cloned(),
+            _ => None,
+        }
+    }
 }
 
 trait At<T> {
-    fn at(self, step: Step) -> Result<T, SetupError>;
+    fn at(self, step: Step) -> Result<T, Fault>;
 }
 
-impl<T, E: fmt::Display> At<T> for Result<T, E> {
-    fn at(self, step: Step) -> Result<T, SetupError> {
+impl<T, E: Cause> At<T> for Result<T, E> {
+    fn at(self, step: Step) -> Result<T, Fault> {
         match self {
             Ok(v) => {
                 tracing::trace!(%step, "sandbox step done");
@@ -116,16 +167,29 @@ impl<T, E: fmt::Display> At<T> for Result<T, E> {
             }
             Err(e) => {
                 tracing::error!(%step, error = %e, "sandbox step failed");
-                Err(SetupError { step, message: e.to_string() })
+                Err(Fault::new(step, &e))
             }
         }
     }
 }
 
+/// Whether what Landlock managed is enough for the policy: `required` refuses a kernel that
+/// enforces none of it; `auto` carries on without (the mount tree still holds).
+pub fn landlock_enough(mode: LandlockMode, got: &LandlockOutcome) -> Result<(), SysError> {
+    if mode == LandlockMode::Required && *got == LandlockOutcome::Unsupported {
+        return Err(SysError::new(
+            "landlock",
+            "the policy requires Landlock and this kernel does not enforce it",
+            Errno::EOPNOTSUPP,
+        ));
+    }
+    Ok(())
+}
+
 /// Build the sandbox around ourselves and start the program. Returns `Ok(pid)` in the
 /// sandbox's init (PID 1), which then reaps and relays signals ([`crate::init`]); the
 /// program's side never returns unless a step failed.
-pub fn enter_sandbox<S: Sys>(sys: &S, mut p: Plan, ch: Channels) -> Result<Pid, SetupError> {
+pub fn enter_sandbox<S: Sys>(sys: &S, mut p: Plan, ch: Channels) -> Result<Pid, Fault> {
     use Step::*;
     // 1. Into the slot's cgroups (v1; on v2 we were born inside), before anything else runs
     //    and before step 2. Still single-threaded, so moving our thread moves the process.
@@ -203,7 +267,8 @@ pub fn enter_sandbox<S: Sys>(sys: &S, mut p: Plan, ch: Channels) -> Result<Pid, 
     sys.reset_signals().at(Session)?;
     // 21. Landlock on top of the mount tree (where the kernel has it, or required).
     if p.landlock != LandlockMode::Off {
-        sys.landlock(&p.landlock_rules, p.landlock == LandlockMode::Required).at(Landlock)?;
+        let got = sys.landlock(&p.landlock_rules).at(Landlock)?;
+        landlock_enough(p.landlock, &got).at(Landlock)?;
     }
     // 22. seccomp last: the filter then only has to allow the program itself, and execve.
     let program = resolve(&p.program, &p.search_path);
@@ -261,7 +326,6 @@ fn resolve(program: &std::path::Path, search: &[PathBuf]) -> PathBuf {
 mod tests {
     use super::*;
     use crate::sys::fake::FakeSys;
-    use crate::sys::LandlockOutcome;
 
     fn plan(root: &std::path::Path) -> Plan {
         let policy = crate::policy::Policy::builtin("default").unwrap();
