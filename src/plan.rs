@@ -503,6 +503,50 @@ mod tests {
         assert_eq!(enter_sandbox(&sys, plan(root2.path()), CH).unwrap_err().step, Step::Exec);
     }
 
+    /// `required` refuses a kernel that enforces none of the rules; `auto` carries on; partial
+    /// enforcement (an older ABI) is enough for both.
+    #[test]
+    fn landlock_is_required_only_where_the_policy_says() {
+        use LandlockOutcome::*;
+        for (mode, got, ok) in [
+            (LandlockMode::Required, Unsupported, false),
+            (LandlockMode::Required, Partial, true),
+            (LandlockMode::Required, Full, true),
+            (LandlockMode::Auto, Unsupported, true),
+            (LandlockMode::Auto, Partial, true),
+            (LandlockMode::Auto, Full, true),
+        ] {
+            let r = landlock_enough(mode, &got);
+            assert_eq!(r.is_ok(), ok, "{mode:?} {got:?}");
+            if let Err(e) = r {
+                assert_eq!(e.errno, Errno::EOPNOTSUPP);
+            }
+        }
+        // off: Landlock is not even asked
+        let root = tempfile::tempdir().unwrap();
+        let sys = FakeSys { root: Some(root.path().into()), ..Default::default() };
+        let mut p = plan(root.path());
+        p.landlock = LandlockMode::Off;
+        let _ = enter_sandbox(&sys, p, CH);
+        assert!(!sys.calls().iter().any(|c| c.starts_with("landlock")), "{:#?}", sys.calls());
+    }
+
+    /// Every step has its own tag on the error pipe, and comes back from it.
+    #[test]
+    fn steps_have_distinct_tags() {
+        let mut steps = Step::ALL.to_vec();
+        steps.push(Step::Bind("/usr".into()));
+        let mut tags: Vec<u8> = steps.iter().map(Step::tag).collect();
+        for s in &steps {
+            assert_eq!(Step::from_tag(s.tag(), s.path().map(Into::into)).as_ref(), Some(s));
+        }
+        tags.sort();
+        tags.dedup();
+        assert_eq!(tags.len(), steps.len());
+        assert_eq!(Step::from_tag(Step::BIND_TAG, None), None);
+        assert_eq!(Step::from_tag(0, Some("/x".into())), None);
+    }
+
     /// The README's list of steps is generated from the comments above (STYLE: document the
     /// order once, in the code); this fails when they drift apart, and prints the new list.
     #[test]

@@ -703,6 +703,53 @@ mod tests {
         }
     }
 
+    /// A fault's report: `status` and `sandbox_error` as before the fault was a type, and the
+    /// keys in the order they always had.
+    #[test]
+    fn fault_report_json_is_as_it_was() {
+        let fault = Fault::new(
+            crate::plan::Step::Bind("/usr".into()),
+            &crate::sys::SysError::new("move_mount", "/usr", nix::errno::Errno::EPERM),
+        );
+        let r = Report::fault(fault, &limits(), SandboxInfo::default(), Duration::from_millis(5));
+        let json = r.to_json();
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(v["status"], "sandbox-error");
+        assert_eq!(v["sandbox_error"]["step"], "bind /usr");
+        assert_eq!(v["sandbox_error"]["message"], format!("move_mount(/usr): {}", nix::errno::Errno::EPERM).as_str());
+        assert_eq!(v["sandbox_error"].as_object().unwrap().len(), 2);
+        assert_eq!(
+            v["explanation"]["words"],
+            format!("bind /usr: {}", v["sandbox_error"]["message"].as_str().unwrap())
+        );
+        assert_eq!(r.end.exit().code(), 3);
+        let keys = [
+            "schema",
+            "status",
+            "exit_code",
+            "signal",
+            "wall_time",
+            "cpu_time",
+            "peak_memory",
+            "limits",
+            "limits_hit",
+            "stopped_by",
+            "relayed_signals",
+            "shutdown_requested",
+            "sandbox_error",
+            "explanation",
+            "sandbox",
+        ];
+        let at: Vec<usize> = keys.iter().map(|k| json.find(&format!("\n  \"{k}\":")).expect(k)).collect();
+        assert!(at.windows(2).all(|w| w[0] < w[1]), "{json}");
+        assert_eq!(v.as_object().unwrap().len(), keys.len(), "no output_bytes or kernel when absent");
+        // init that died without a word is a fault too
+        let r = Report::from_facts(&facts(None), &limits(), SandboxInfo::default());
+        let v: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
+        assert_eq!(v["sandbox_error"]["step"], "init");
+        assert_eq!(v["sandbox_error"]["message"], "the sandbox's init ended without reporting the program's status");
+    }
+
     #[test]
     fn report_json_shape() {
         let mut f = facts(Some(Ended::Signaled(9)));
