@@ -547,10 +547,50 @@ mod tests {
         assert_eq!(Step::from_tag(0, Some("/x".into())), None);
     }
 
-    /// The README's list of steps is generated from the comments above (STYLE: document the
-    /// order once, in the code); this fails when they drift apart, and prints the new list.
+    /// Where another module quotes a step by its number ("plan step 12"), the step of that
+    /// number is still the one it means: (file, number, a word of that step's text). A new
+    /// quote must be added here.
     #[test]
-    fn readme_lists_the_steps_of_the_code() {
+    fn step_numbers_quoted_elsewhere_still_match() {
+        let meant = [("src/stdio.rs", 12, "stdio"), ("src/cgroup/mod.rs", 1, "cgroup")];
+        let steps = steps_of_the_code();
+        let mut dirs = vec![std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/src"))];
+        let mut found = Vec::new();
+        while let Some(dir) = dirs.pop() {
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    dirs.push(path);
+                    continue;
+                }
+                if path.extension().is_none_or(|e| e != "rs") || path.ends_with("plan.rs") {
+                    continue;
+                }
+                // comments joined across lines: "(plan\n/// step 12)"
+                let text = std::fs::read_to_string(&path).unwrap();
+                let words: Vec<&str> =
+                    text.split_whitespace().filter(|w| !w.chars().all(|c| c == '/' || c == '!')).collect();
+                for w in words.windows(3) {
+                    if w[0].ends_with("plan") && w[1] == "step" {
+                        let n: usize = w[2].trim_end_matches(|c: char| !c.is_ascii_digit()).parse().unwrap_or(0);
+                        let rel = path.strip_prefix(env!("CARGO_MANIFEST_DIR")).unwrap().display().to_string();
+                        found.push((rel, n));
+                    }
+                }
+            }
+        }
+        found.sort();
+        let mut listed: Vec<(String, usize)> = meant.iter().map(|(f, n, _)| (f.to_string(), *n)).collect();
+        listed.sort();
+        assert_eq!(found, listed, "a quote of a plan step by number: add it to `meant`, with a word of its step");
+        for (file, n, word) in meant {
+            let step = steps.get(n - 1).unwrap_or_else(|| panic!("{file}: there is no step {n}"));
+            assert!(step.to_lowercase().contains(word), "{file} quotes step {n} for {word:?}, but it is now: {step}");
+        }
+    }
+
+    /// The numbered steps of [`enter_sandbox`], from its comments.
+    fn steps_of_the_code() -> Vec<String> {
         let src = include_str!("plan.rs");
         let body = &src[src.find("pub fn enter_sandbox").unwrap()..src.find("/// rlimits for the program").unwrap()];
         let mut steps: Vec<String> = Vec::new();
@@ -572,7 +612,14 @@ mod tests {
                 continuing = false;
             }
         }
-        let expected = steps.join("\n");
+        steps
+    }
+
+    /// The README's list of steps is generated from the comments above (STYLE: document the
+    /// order once, in the code); this fails when they drift apart, and prints the new list.
+    #[test]
+    fn readme_lists_the_steps_of_the_code() {
+        let expected = steps_of_the_code().join("\n");
         let readme = include_str!("../README.md");
         let begin = readme.find("<!-- plan:begin -->\n").expect("README marker") + "<!-- plan:begin -->\n".len();
         let end = readme.find("\n<!-- plan:end -->").expect("README marker");
