@@ -593,26 +593,7 @@ mod tests {
     fn steps_of_the_code() -> Vec<String> {
         let src = include_str!("plan.rs");
         let body = &src[src.find("pub fn enter_sandbox").unwrap()..src.find("/// rlimits for the program").unwrap()];
-        let mut steps: Vec<String> = Vec::new();
-        let mut continuing = false;
-        for line in body.lines().map(str::trim) {
-            let numbered = line
-                .strip_prefix("// ")
-                .and_then(|l| l.split_once(". "))
-                .filter(|(n, _)| n.chars().all(|c| c.is_ascii_digit()) && !n.is_empty());
-            if let Some((n, text)) = numbered {
-                assert_eq!(n.parse::<usize>().unwrap(), steps.len() + 1, "steps must be numbered 1, 2, 3...");
-                steps.push(format!("{n}. {text}"));
-                continuing = true;
-            } else if let (true, Some(more)) = (continuing, line.strip_prefix("//    ")) {
-                let last = steps.last_mut().unwrap();
-                last.push(' ');
-                last.push_str(more.trim());
-            } else {
-                continuing = false;
-            }
-        }
-        steps
+        crate::host::tests::numbered_steps(body)
     }
 
     /// The README's list of steps is generated from the comments above (STYLE: document the
@@ -620,9 +601,7 @@ mod tests {
     #[test]
     fn readme_lists_the_steps_of_the_code() {
         let expected = steps_of_the_code().join("\n");
-        let readme = include_str!("../README.md");
-        let begin = readme.find("<!-- plan:begin -->\n").expect("README marker") + "<!-- plan:begin -->\n".len();
-        let end = readme.find("\n<!-- plan:end -->").expect("README marker");
-        assert_eq!(&readme[begin..end], expected, "update README.md's list of steps to:\n{expected}");
+        let listed = crate::host::tests::readme_list("plan");
+        assert_eq!(listed, expected, "update README.md's list of steps to:\n{expected}");
     }
 }
