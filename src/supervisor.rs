@@ -361,7 +361,7 @@ fn child(plan: Plan, ch: Channels) -> ! {
         }
         Err(fault) => {
             raw::write_fd(ch.error, &fault.encode());
-            raw::exit_now(126)
+            raw::exit_now(126) // read by nobody: the fault itself is on the pipe
         }
     }
 }
