@@ -9,6 +9,7 @@
 //! the host's, never the caller's: [`run`] always returns a report.
 
 use crate::cgroup::{CgroupLimits, Hierarchies, RunCgroup};
+use crate::fault::{Fault, HostStep};
 use crate::report::Report;
 use crate::request::Request;
 use crate::slot;
@@ -23,22 +24,22 @@ pub fn run(req: Request) -> Report {
     let limits = req.policy.limits.clone();
     match steps(req, &mut info) {
         Ok(outcome) => match outcome.setup_failure {
-            Some(f) => Report::fault(&f.step, f.message, &limits, info, outcome.facts.wall),
+            Some(f) => Report::fault(f, &limits, info, outcome.facts.wall),
             None => Report::from_facts(&outcome.facts, &limits, info),
         },
-        Err((step, message)) => Report::fault(step, message, &limits, info, started.elapsed()),
+        Err(fault) => Report::fault(fault, &limits, info, started.elapsed()),
     }
 }
 
-fn steps(req: Request, info: &mut crate::report::SandboxInfo) -> Result<supervisor::Outcome, (&'static str, String)> {
+fn steps(req: Request, info: &mut crate::report::SandboxInfo) -> Result<supervisor::Outcome, Fault> {
     let config = req.config.clone();
     // 1. The state directory, root-owned and writable by nobody else, before anything is
     //    created in it: it holds the slot locks and the empty directory each new root is
     //    mounted on.
-    let root_dir = slot::prepare_state_dir(&config.state_dir).map_err(|e| ("state-dir", e.to_string()))?;
+    let root_dir = slot::prepare_state_dir(&config.state_dir).map_err(|e| Fault::text(HostStep::StateDir, e))?;
     // 2. A slot: the lowest free lock, held until the run has ended. Its index is the run's
     //    own uid and cgroup name, so two runs never share either, and a caller can't choose it.
-    let slot = slot::acquire_slot(&config.state_dir, config.slots).map_err(|e| ("slot", e.to_string()))?;
+    let slot = slot::acquire_slot(&config.state_dir, config.slots).map_err(|e| Fault::text(HostStep::Slot, e))?;
     let uid = config.slot_uid(slot.index);
     (info.slot, info.uid) = (Some(slot.index), Some(uid));
     // 3. The run's cgroup with its memory, pids and CPU limits, before the sandbox exists:
@@ -46,13 +47,13 @@ fn steps(req: Request, info: &mut crate::report::SandboxInfo) -> Result<supervis
     //    nothing of the student's ever runs unlimited.
     let backend = Hierarchies::read(Path::new("/proc/self/mountinfo"))
         .and_then(|h| h.choose())
-        .map_err(|e| ("cgroup", e.to_string()))?;
+        .map_err(|e| Fault::text(HostStep::Cgroup, e))?;
     let l = &req.policy.limits;
     let cg_limits = CgroupLimits { memory: l.memory, pids: l.pids, cpu_millicores: l.cpu_quota_millicores };
     let cgroup = RunCgroup::create(&backend, &config.cgroup_root, slot.index, cg_limits)
-        .map_err(|e| ("cgroup", e.to_string()))?;
+        .map_err(|e| Fault::text(HostStep::Cgroup, e))?;
     info.cgroup = Some(cgroup.version());
-    let join = cgroup.join_files().map_err(|e| ("cgroup", e.to_string()))?;
+    let join = cgroup.join_files().map_err(|e| Fault::text(HostStep::Cgroup, e))?;
     tracing::debug!(slot = slot.index, uid, cgroup = cgroup.version(), "cgroup ready");
     // 4. The sandbox's plan, for this slot's uid and cgroup, from the request: made in one
     //    place (Request::into_plan), with its Landlock rules derived from its mounts.
@@ -62,17 +63,14 @@ fn steps(req: Request, info: &mut crate::report::SandboxInfo) -> Result<supervis
     //    blocked so none is lost; then, and only then, threads: a kernel's relay of its five
     //    channels and the stdio pumps. Then wait, enforcing wall and CPU time, relaying
     //    signals, ending the sandbox with its client; reap.
-    let outcome = supervisor::supervise(
+    let outcome = supervisor::supervise(supervisor::Supervision {
         plan,
         cgroup,
-        kept.limits.wall_time,
-        kept.limits.cpu_time,
-        kept.limits.cpu_quota_millicores,
-        kept.relay,
-        kept.watch,
-        kept.stdio,
-    )
-    .map_err(|e| ("supervisor", e.to_string()))?;
+        limits: kept.limits,
+        relay: kept.relay,
+        watch: kept.watch,
+        stdio: kept.stdio,
+    })?;
     // 6. The slot is released last, once nothing of the run is left (supervise killed what
     //    remained in the cgroup, read its counters and removed it): only then may the next
     //    run take its uid.

@@ -24,6 +24,7 @@
 //! - The verdict is written to `--report FILE` (or `--report-dir`/`<kernel id>.json`).
 
 use crate::cli::KernelArgs;
+use crate::fault::{Fault, HostStep};
 use crate::identity::Caller;
 use crate::mounts::{BindSource, PreparedOverlay, RuntimeDir};
 use crate::policy::SymlinkMode;
@@ -158,9 +159,9 @@ pub fn execute(config_override: Option<PathBuf>, a: KernelArgs) -> Result<u8, Ru
     // Into nbgrader's log and formgrader's modal: who, and what happened, in words. Not an
     // end its client asked for (jupyter_client's SIGTERM to a kernel slow to shut down).
     if let Some(why) = report.explanation.as_ref().filter(|w| w.cause != crate::report::Cause::Caller) {
-        eprintln!("isolate-grade kernel{}: {}: {}", label(), report.status.as_str(), why.sentence(None));
+        eprintln!("isolate-grade kernel{}: {}: {}", label(), report.status().as_str(), why.sentence(None));
     }
-    Ok(report.status.exit_code())
+    Ok(report.end.exit().code())
 }
 
 /// What the kernel's run needs once the sandbox has ended.
@@ -225,11 +226,8 @@ fn prepare(config_override: Option<PathBuf>, a: &KernelArgs, client: OwnedFd) ->
         ("nr_inodes", crate::mounts::tmpfs_inodes(scratch_size).to_string()),
         ("mode", "0700".into()),
     ])
-    .map_err(|errno| RunError::Host { step: "scratch", errno })?;
-    let kept = scratch.try_clone().map_err(|e| RunError::Host {
-        step: "scratch",
-        errno: nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
-    })?;
+    .map_err(|errno| RunError::Host(Fault::errno(HostStep::Scratch, errno)))?;
+    let kept = scratch.try_clone().map_err(|e| RunError::Host(Fault::io(HostStep::Scratch, &e)))?;
     let parts = KernelParts {
         overlay: PreparedOverlay { lower, target: submission.clone(), scratch, hide },
         runtime: RuntimeDir { target: RUNTIME_DIR.into(), files: vec![(CONNECTION.into(), conn.inside())] },
@@ -281,7 +279,7 @@ impl After {
     /// Copy out what the kernel left in its working directory (not after a fault: nothing
     /// ran), and say what the kernel was.
     fn finish(&self, report: &crate::report::Report) -> KernelInfo {
-        let copied_out = if report.sandbox_error.is_none() {
+        let copied_out = if report.sandbox_error().is_none() {
             match crate::copyout::copy_out(&self.scratch, &self.submission, &self.caller, crate::copyout::LIMITS) {
                 Ok(c) => {
                     if c.not_copied_count > 0 {

@@ -12,6 +12,8 @@ pub mod client;
 pub mod config;
 pub mod copyout;
 pub mod escape;
+pub mod exit;
+pub mod fault;
 pub mod fsaccess;
 pub mod grade;
 pub mod host;

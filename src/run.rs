@@ -4,7 +4,8 @@
 //! host's: a `sandbox-error` report (exit 3).
 
 use crate::cli::RunArgs;
-use crate::report::{Report, EXIT_USAGE};
+use crate::exit::RunExit;
+use crate::report::Report;
 use crate::request::{Grounds, Input, Request, RequestError};
 use crate::units;
 use std::io::Write;
@@ -17,8 +18,8 @@ pub enum RunError {
     #[error("writing the report: {0}")]
     Report(std::io::Error),
     /// The host could not give what a request needs before the sandbox starts.
-    #[error("sandbox error at {step}: {errno}")]
-    Host { step: &'static str, errno: nix::errno::Errno },
+    #[error("sandbox error at {0}")]
+    Host(crate::fault::Fault),
 }
 
 impl From<crate::identity::IdentityError> for RunError {
@@ -30,8 +31,8 @@ impl From<crate::identity::IdentityError> for RunError {
 impl RunError {
     pub fn exit_code(&self) -> u8 {
         match self {
-            RunError::Host { .. } => crate::report::Status::SandboxError.exit_code(),
-            _ => EXIT_USAGE,
+            RunError::Host(_) => RunExit::SandboxError.code(),
+            _ => RunExit::Usage.code(),
         }
     }
 }
@@ -54,7 +55,7 @@ pub fn execute(config_override: Option<PathBuf>, a: RunArgs) -> Result<u8, RunEr
     };
     let report = crate::host::run(request);
     emit(&report, sink)?;
-    Ok(report.status.exit_code())
+    Ok(report.end.exit().code())
 }
 
 /// `run`'s stdio: pipes, its stdin the caller's unless that is a terminal; `--tty` hands the
@@ -83,12 +84,12 @@ fn emit(report: &Report, sink: Option<Sink>) -> Result<(), RunError> {
         Some(Sink::File(mut f)) => f.write_all(json.as_bytes()).map_err(RunError::Report)?,
         None => {}
     }
-    if let Some(e) = &report.sandbox_error {
-        eprintln!("isolate-grade: sandbox error at {}: {}", e.step, e.message);
-    } else if report.status != crate::report::Status::Ok {
+    if let Some(e) = report.sandbox_error() {
+        eprintln!("isolate-grade: sandbox error at {e}");
+    } else if report.status() != crate::report::Status::Ok {
         eprintln!(
             "isolate-grade: {} after {:.2}s ({})",
-            report.status.as_str(),
+            report.status().as_str(),
             report.wall_time.as_secs_f64(),
             match (&report.exit_code, &report.signal) {
                 (Some(c), _) => format!("exit code {c}"),
