@@ -14,7 +14,6 @@ pub mod copyout;
 pub mod escape;
 pub mod exit;
 pub mod fault;
-pub mod fsaccess;
 pub mod grade;
 pub mod host;
 pub mod identity;

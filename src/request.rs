@@ -227,7 +227,7 @@ impl Request {
             policy: self.policy.name.clone(),
             landlock: match self.policy.landlock {
                 LandlockMode::Off => "off".into(),
-                _ => match crate::fsaccess::kernel_abi() {
+                _ => match crate::sys::landlock::kernel_abi() {
                     0 => "unsupported".into(),
                     abi => format!("abi-{abi}"),
                 },
