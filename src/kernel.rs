@@ -192,42 +192,13 @@ fn prepare(config_override: Option<PathBuf>, a: &KernelArgs, client: OwnedFd) ->
     let conn =
         Connection::parse(&text).map_err(|r| RequestError::invalid(Input::ConnectionFile(conn_path.clone()), r))?;
 
-    // The submission: by default the working directory jupyter_client gave us (the notebook's
-    // directory): the one part of the course inside, opened as the caller.
-    let (submission, input) = match &a.submission {
-        Some(dir) => (dir.clone(), Input::Option("--submission")),
-        None => {
-            let cwd = std::env::current_dir();
-            (cwd.map_err(|e| RequestError::invalid(Input::WorkingDirectory, e.to_string()))?, Input::WorkingDirectory)
-        }
-    };
-    let submission = crate::policy::sandbox_path(&submission.to_string_lossy(), true)
-        .map_err(|r| RequestError::invalid(input.clone(), r))?;
-    let lower = match caller.open_bind_source(&submission, false, false, SymlinkMode::Error)? {
-        Some(BindSource::Tree { fd, is_dir: true }) => fd,
-        _ => return Err(RequestError::invalid(input, format!("{} is not a directory", submission.display())).into()),
-    };
+    let (submission, lower) = submission(a, &caller)?;
     let hide = if a.show_notebooks { vec![] } else { notebooks(&caller, &submission)? };
-
-    // The client's five ports, taken now: a port in use is a problem of the request.
-    let mut channels = Vec::new();
-    for ((name, key, is_output), port) in CHANNELS.iter().zip(&conn.ports) {
-        let listener = std::net::TcpListener::bind((conn.ip, *port))
-            .map_err(|e| RequestError::invalid(Input::Port { key, port: *port, ip: conn.ip }, e.to_string()))?;
-        channels.push(Channel { name, listener, inside_port: *port, is_output: *is_output });
-    }
+    let channels = take_ports(&conn)?;
     let id = conn_path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
     tracing::debug!(kernel = %id, submission = %submission.display(), hidden = hide.len(), "starting kernel");
 
-    // The scratch, made here and kept: once the kernel has ended, what it wrote there is
-    // copied out to the submission, as bare nbgrader's kernel would have written it.
-    let scratch = crate::sys::raw::tmpfs_detached(&[
-        ("size", scratch_size.to_string()),
-        ("nr_inodes", crate::mounts::tmpfs_inodes(scratch_size).to_string()),
-        ("mode", "0700".into()),
-    ])
-    .map_err(|errno| RunError::Host(Fault::errno(HostStep::Scratch, errno)))?;
-    let kept = scratch.try_clone().map_err(|e| RunError::Host(Fault::io(HostStep::Scratch, &e)))?;
+    let (scratch, kept) = scratch(scratch_size)?;
     let parts = KernelParts {
         overlay: PreparedOverlay { lower, target: submission.clone(), scratch, hide },
         runtime: RuntimeDir { target: RUNTIME_DIR.into(), files: vec![(CONNECTION.into(), conn.inside())] },
@@ -255,6 +226,49 @@ fn prepare(config_override: Option<PathBuf>, a: &KernelArgs, client: OwnedFd) ->
     let sink = report_path.map(|p| caller.create_report(&p)).transpose()?;
     let after = After { id, connection_file: conn_path, submission, output_limit, scratch: kept, caller, sink };
     Ok((request, after))
+}
+
+/// The submission: by default the working directory jupyter_client gave us (the notebook's
+/// directory): the one part of the course inside, opened as the caller.
+fn submission(a: &KernelArgs, caller: &Caller) -> Result<(PathBuf, OwnedFd), RunError> {
+    let (submission, input) = match &a.submission {
+        Some(dir) => (dir.clone(), Input::Option("--submission")),
+        None => {
+            let cwd = std::env::current_dir();
+            (cwd.map_err(|e| RequestError::invalid(Input::WorkingDirectory, e.to_string()))?, Input::WorkingDirectory)
+        }
+    };
+    let submission = crate::policy::sandbox_path(&submission.to_string_lossy(), true)
+        .map_err(|r| RequestError::invalid(input.clone(), r))?;
+    match caller.open_bind_source(&submission, false, false, SymlinkMode::Error)? {
+        Some(BindSource::Tree { fd, is_dir: true }) => Ok((submission, fd)),
+        _ => Err(RequestError::invalid(input, format!("{} is not a directory", submission.display())).into()),
+    }
+}
+
+/// The client's five ports, taken now: a port in use is a problem of the request.
+fn take_ports(conn: &Connection) -> Result<Vec<Channel>, RequestError> {
+    let mut channels = Vec::new();
+    for ((name, key, is_output), port) in CHANNELS.iter().zip(&conn.ports) {
+        let listener = std::net::TcpListener::bind((conn.ip, *port))
+            .map_err(|e| RequestError::invalid(Input::Port { key, port: *port, ip: conn.ip }, e.to_string()))?;
+        channels.push(Channel { name, listener, inside_port: *port, is_output: *is_output });
+    }
+    Ok(channels)
+}
+
+/// The scratch that takes the kernel's writes, and our copy of it: once the kernel has
+/// ended, what it wrote there is copied out to the submission, as bare nbgrader's kernel
+/// would have written it.
+fn scratch(size: u64) -> Result<(OwnedFd, OwnedFd), RunError> {
+    let scratch = crate::sys::raw::tmpfs_detached(&[
+        ("size", size.to_string()),
+        ("nr_inodes", crate::mounts::tmpfs_inodes(size).to_string()),
+        ("mode", "0700".into()),
+    ])
+    .map_err(|errno| RunError::Host(Fault::errno(HostStep::Scratch, errno)))?;
+    let kept = scratch.try_clone().map_err(|e| RunError::Host(Fault::io(HostStep::Scratch, &e)))?;
+    Ok((scratch, kept))
 }
 
 /// The kernel's variables beyond the policy's. Its parent is the sandbox's init, PID 1:
