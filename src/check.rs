@@ -3,6 +3,7 @@
 use crate::cgroup::Hierarchies;
 use crate::cli::{CheckArgs, Format};
 use crate::config::Config;
+use crate::exit::CheckExit;
 use serde::Serialize;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
@@ -17,16 +18,16 @@ pub struct Item {
     pub detail: String,
 }
 
-/// Returns the exit code: 0 when every required item is fine, 2 when an untrusted caller
-/// names a config (it would be read, and partly printed, as root).
-pub fn check(config_path: Option<&Path>, args: &CheckArgs) -> u8 {
+/// Returns the exit code: ready when every required item is fine, usage when an untrusted
+/// caller names a config (it would be read, and partly printed, as root).
+pub fn check(config_path: Option<&Path>, args: &CheckArgs) -> CheckExit {
     let format = args.format;
     let caller = crate::identity::Caller::detect();
     let path = match caller.config_path(config_path) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("isolate-grade: {e}");
-            return crate::report::EXIT_USAGE;
+            return CheckExit::Usage;
         }
     };
     let mut items = Vec::new();
@@ -86,7 +87,7 @@ pub fn check(config_path: Option<&Path>, args: &CheckArgs) -> u8 {
         Ok(f) => add("seccomp-policy", true, format!("{} filters compiled from policies/seccomp.toml", f.len())),
         Err(e) => add("seccomp-policy", false, e.to_string()),
     }
-    let abi = crate::fsaccess::kernel_abi();
+    let abi = crate::sys::landlock::kernel_abi();
     add(
         "landlock",
         true,
@@ -160,10 +161,10 @@ pub fn check(config_path: Option<&Path>, args: &CheckArgs) -> u8 {
         // Asked, and the kernel started, as the caller: the way install and the batch do it.
         match caller.become_caller() {
             Ok(()) => {
-                if caller.via == "sudo" {
+                if caller.via == crate::identity::Via::Sudo {
                     crate::grade::set_home(caller.uid);
                 }
-                items.extend(check_python(python, &args.policy, config_path, caller.via == "sudo"))
+                items.extend(check_python(python, &args.policy, config_path, caller.via == crate::identity::Via::Sudo))
             }
             Err(e) => items.push(Item { name: "python", ok: false, warn: false, detail: e.to_string() }),
         }
@@ -184,9 +185,9 @@ pub fn check(config_path: Option<&Path>, args: &CheckArgs) -> u8 {
         }
     }
     if ok {
-        0
+        CheckExit::Ready
     } else {
-        1
+        CheckExit::NotReady
     }
 }
 

@@ -228,6 +228,14 @@ pub struct KernelArgs {
     /// Write the kernel's verdict to DIR/<kernel-id>.json when it ends (opened as the caller).
     #[arg(long, env = "ISOLATE_GRADE_REPORT_DIR")]
     pub report_dir: Option<PathBuf>,
+    /// Write the kernel's verdict to FILE when it ends (opened as the caller; replaces
+    /// --report-dir).
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
+    /// The submission, the kernel's working directory inside (default: the current
+    /// directory, which jupyter_client sets to the notebook's).
+    #[arg(long, value_name = "DIR")]
+    pub submission: Option<PathBuf>,
     /// The kernel's argv, with the connection file Jupyter substituted for {connection_file}.
     #[arg(last = true, required = true, value_name = "KERNEL ARGV")]
     pub command: Vec<OsString>,

@@ -301,7 +301,7 @@ mod tests {
     use super::*;
 
     fn caller() -> Caller {
-        Caller { uid: 0, gid: 0, groups: vec![], via: "root" }
+        Caller { uid: 0, gid: 0, groups: vec![], via: crate::identity::Via::Root }
     }
 
     /// A fake scratch: a directory with `upper/` in it, standing in for the tmpfs.

@@ -1,4 +1,4 @@
-//! Who is calling, what they may expose, and which unprivileged identity a sandbox gets.
+//! Who is calling, and what they may expose.
 //!
 //! The helper is used three ways: run by root, through a sudo rule, or installed setuid-root.
 //! In the last two the caller is untrusted: every bind source and the report file are opened
@@ -8,12 +8,12 @@
 use crate::mounts::BindSource;
 use crate::policy::SymlinkMode;
 use nix::errno::Errno;
-use nix::fcntl::{Flock, FlockArg, OFlag};
+use nix::fcntl::OFlag;
 use nix::sys::stat::Mode;
 use nix::unistd::{Gid, Uid};
 use std::fs::File;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
@@ -28,10 +28,6 @@ pub enum IdentityError {
     Special { path: PathBuf },
     #[error("uid {uid} may not use isolate-grade: {reason}")]
     NotAllowed { uid: u32, reason: String },
-    #[error("all {slots} sandbox slots are busy (locks in {dir})")]
-    NoSlot { slots: u32, dir: PathBuf },
-    #[error("{path}: must be a directory owned by root and writable by nobody else")]
-    InsecureStateDir { path: PathBuf },
     #[error("switching credentials: {0}")]
     Credentials(Errno),
 }
@@ -42,14 +38,41 @@ pub struct Caller {
     pub uid: u32,
     pub gid: u32,
     pub groups: Vec<u32>,
-    /// How they reached us: `root`, `sudo` or `setuid`.
-    pub via: &'static str,
+    /// How they reached us.
+    pub via: Via,
+}
+
+/// How the caller reached us: only `Root` is trusted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    /// Really root: may choose another config and bind anything.
+    Root,
+    /// Through a sudo rule (`SUDO_UID`/`SUDO_GID` name the caller).
+    Sudo,
+    /// The binary is installed setuid-root; the real uid is the caller's.
+    Setuid,
+}
+
+impl Via {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Via::Root => "root",
+            Via::Sudo => "sudo",
+            Via::Setuid => "setuid",
+        }
+    }
+}
+
+impl std::fmt::Display for Via {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 impl Caller {
     /// Only a real root caller is trusted (can pick another config, bind anything).
     pub fn trusted(&self) -> bool {
-        self.via == "root"
+        self.via == Via::Root
     }
 
     /// Work out the caller from our credentials (and, under sudo, from what sudo recorded:
@@ -71,14 +94,14 @@ impl Caller {
                         })
                         .map(|gs| gs.into_iter().map(|g| g.as_raw()).collect())
                         .unwrap_or_else(|| vec![gid]);
-                    return Caller { uid, gid, groups, via: "sudo" };
+                    return Caller { uid, gid, groups, via: Via::Sudo };
                 }
             }
-            return Caller { uid: 0, gid: 0, groups: vec![], via: "root" };
+            return Caller { uid: 0, gid: 0, groups: vec![], via: Via::Root };
         }
         let groups =
             nix::unistd::getgroups().map(|gs| gs.into_iter().map(|g| g.as_raw()).collect()).unwrap_or_default();
-        Caller { uid: r.real.as_raw(), gid: g.real.as_raw(), groups, via: "setuid" }
+        Caller { uid: r.real.as_raw(), gid: g.real.as_raw(), groups, via: Via::Setuid }
     }
 
     /// The system config this caller gets: `requested` only for root; everyone else always
@@ -233,82 +256,17 @@ impl Caller {
     }
 }
 
-/// A sandbox slot, held until dropped: its index decides the uid and the cgroup name.
-pub struct Slot {
-    pub index: u32,
-    _lock: Flock<File>,
-}
-
-/// The state directory (slot locks, the empty root mount point): root-owned, created if
-/// missing, never through a symlink.
-pub fn prepare_state_dir(dir: &Path) -> Result<PathBuf, IdentityError> {
-    let io = |source| IdentityError::Io { path: dir.into(), source };
-    match std::fs::create_dir(dir) {
-        Ok(()) => std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).map_err(io)?,
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(io(e)),
-    }
-    let md = std::fs::symlink_metadata(dir).map_err(io)?;
-    if !md.is_dir() || md.uid() != 0 || md.mode() & 0o022 != 0 {
-        return Err(IdentityError::InsecureStateDir { path: dir.into() });
-    }
-    let root = dir.join("root");
-    match std::fs::create_dir(&root) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-        Err(source) => return Err(IdentityError::Io { path: root, source }),
-    }
-    if !root.symlink_metadata().map(|m| m.is_dir()).unwrap_or(false) {
-        return Err(IdentityError::InsecureStateDir { path: root });
-    }
-    Ok(root)
-}
-
-/// The lowest free slot: a lock file per slot, `flock`ed for the whole run (released by the
-/// kernel however we exit). A caller cannot choose a slot, so cannot take over a running box.
-pub fn acquire_slot(dir: &Path, slots: u32) -> Result<Slot, IdentityError> {
-    for index in 0..slots {
-        let path = dir.join(format!("slot-{index}.lock"));
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&path)
-            .map_err(|source| IdentityError::Io { path: path.clone(), source })?;
-        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-            Ok(lock) => return Ok(Slot { index, _lock: lock }),
-            Err((_, Errno::EWOULDBLOCK)) => continue,
-            Err((_, e)) => return Err(IdentityError::Io { path, source: e.into() }),
-        }
-    }
-    Err(IdentityError::NoSlot { slots, dir: dir.into() })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn slots_are_exclusive_and_released() {
-        let d = tempfile::tempdir().unwrap();
-        let a = acquire_slot(d.path(), 2).unwrap();
-        let b = acquire_slot(d.path(), 2).unwrap();
-        assert_eq!((a.index, b.index), (0, 1));
-        assert!(matches!(acquire_slot(d.path(), 2), Err(IdentityError::NoSlot { .. })));
-        drop(a);
-        assert_eq!(acquire_slot(d.path(), 2).unwrap().index, 0);
-    }
-
-    #[test]
     fn root_caller_is_trusted_others_need_the_group() {
-        let root = Caller { uid: 0, gid: 0, groups: vec![], via: "root" };
+        let root = Caller { uid: 0, gid: 0, groups: vec![], via: Via::Root };
         assert!(root.check_allowed(None).is_ok());
         assert_eq!(root.config_path(Some(Path::new("/x.toml"))), Ok(PathBuf::from("/x.toml")));
         assert_eq!(root.config_path(None), Ok(PathBuf::from(crate::config::DEFAULT_PATH)));
-        let user = Caller { uid: 1234, gid: 1234, groups: vec![], via: "sudo" };
+        let user = Caller { uid: 1234, gid: 1234, groups: vec![], via: Via::Sudo };
         assert!(user.check_allowed(None).unwrap_err().to_string().contains("no allowed_group"));
         assert!(user.config_path(Some(Path::new("/x.toml"))).unwrap_err().starts_with("only root may choose"));
         assert_eq!(user.config_path(None), Ok(PathBuf::from(crate::config::DEFAULT_PATH)));
@@ -323,7 +281,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let link = d.path().join("l");
         std::os::unix::fs::symlink("/etc/shadow", &link).unwrap();
-        let root = Caller { uid: 0, gid: 0, groups: vec![], via: "root" };
+        let root = Caller { uid: 0, gid: 0, groups: vec![], via: Via::Root };
         assert!(matches!(
             root.open_bind_source(&link, false, false, SymlinkMode::Error),
             Err(IdentityError::Symlink { .. })

@@ -41,10 +41,10 @@ impl InstallError {
         use PythonError as P;
         match self {
             InstallError::Invalid(_) | InstallError::Python(P::Start { .. } | P::NoNbgrader | P::NoShebang { .. }) => {
-                crate::report::EXIT_USAGE
+                crate::exit::USAGE
             }
             InstallError::Kernelspec(e) => e.exit_code(),
-            _ => crate::report::Status::SandboxError.exit_code(),
+            _ => crate::exit::FAULT,
         }
     }
 }
@@ -57,7 +57,7 @@ pub fn execute(config: Option<PathBuf>, a: InstallArgs) -> Result<u8, InstallErr
     // instructor (a no-op when run by root itself).
     let caller = crate::identity::Caller::detect();
     caller.become_caller().map_err(|e| InstallError::Invalid(format!("becoming the caller: {e}")))?;
-    if caller.via == "sudo" {
+    if caller.via == crate::identity::Via::Sudo {
         crate::grade::set_home(caller.uid);
     }
     if a.uninstall {

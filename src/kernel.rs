@@ -21,19 +21,23 @@
 //! - SIGINT from the client (nbclient's cell timeout) reaches the kernel through the sandbox's
 //!   init; killing this process kills everything in the sandbox; when the kernel ends, this
 //!   process ends, which is how jupyter_client notices.
-//! - The verdict is written to `--report-dir`/`<kernel id>.json`.
+//! - The verdict is written to `--report FILE` (or `--report-dir`/`<kernel id>.json`).
 
 use crate::cli::KernelArgs;
+use crate::fault::{Fault, HostStep};
+use crate::identity::Caller;
 use crate::mounts::{BindSource, PreparedOverlay, RuntimeDir};
 use crate::policy::SymlinkMode;
 use crate::relay::{Channel, RelaySpec};
 use crate::report::KernelInfo;
-use crate::run::{self, RunError};
+use crate::request::{Grounds, Input, KernelParts, Request, RequestError};
+use crate::run::RunError;
 use crate::units;
 use serde_json::{json, Value};
-use std::ffi::{CString, OsString};
+use std::ffi::OsString;
 use std::io::Write;
 use std::net::IpAddr;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
 /// Where the kernel finds its connection file and binds its sockets, inside the sandbox.
@@ -123,7 +127,7 @@ impl Connection {
 }
 
 /// The argument that names the connection file: an existing `.json` file that parses as one.
-pub fn find_connection_file(argv: &[OsString]) -> Result<(usize, PathBuf), RunError> {
+pub fn find_connection_file(argv: &[OsString]) -> Result<(usize, PathBuf), RequestError> {
     let found: Vec<(usize, PathBuf)> = argv
         .iter()
         .enumerate()
@@ -133,141 +137,192 @@ pub fn find_connection_file(argv: &[OsString]) -> Result<(usize, PathBuf), RunEr
         .collect();
     match found.as_slice() {
         [one] => Ok(one.clone()),
-        [] => Err(RunError::Invalid(
-            "no connection file among the kernel's arguments (the kernelspec's argv needs {connection_file})".into(),
+        [] => Err(RequestError::invalid(
+            Input::Command,
+            "no connection file among the kernel's arguments (the kernelspec's argv needs {connection_file})",
         )),
-        _ => Err(RunError::Invalid("more than one .json file among the kernel's arguments".into())),
+        _ => Err(RequestError::invalid(Input::Command, "more than one .json file among the kernel's arguments")),
     }
 }
 
+/// A kernel's run: validate and prepare as the caller, run it on the host, carry out what it
+/// left in its working directory, report.
 pub fn execute(config_override: Option<PathBuf>, a: KernelArgs) -> Result<u8, RunError> {
     // First, before anything slow: the client this kernel lives as long as.
-    let watch = crate::client::pin()?;
-    let (index, conn_path) = find_connection_file(&a.command)?;
-    let output_limit =
-        units::parse_size(&a.output_limit).map_err(|e| RunError::Invalid(format!("--output-limit: {e}")))?;
-    let scratch_size =
-        units::parse_size(&a.scratch_size).map_err(|e| RunError::Invalid(format!("--scratch-size: {e}")))?;
-    let mut prepared = run::prepare(config_override, &a.sandbox, &a.command)?;
-    prepared.watch = Some(watch);
-    let caller = prepared.caller.clone();
-    let text = caller.read_file(&conn_path)?;
-    let conn = Connection::parse(&text)
-        .map_err(|r| RunError::Invalid(format!("connection file {}: {r}", conn_path.display())))?;
-    prepared.argv[index] = CString::new(format!("{RUNTIME_DIR}/{CONNECTION}")).expect("no NUL");
-
-    // The working directory jupyter_client gave us: the one part of the course inside.
-    let cwd = std::env::current_dir().map_err(|e| RunError::Invalid(format!("working directory: {e}")))?;
-    let cwd = crate::policy::sandbox_path(&cwd.to_string_lossy(), true)
-        .map_err(|r| RunError::Invalid(format!("working directory: {r}")))?;
-    let lower = match caller.open_bind_source(&cwd, false, false, SymlinkMode::Error)? {
-        Some(BindSource::Tree { fd, is_dir: true }) => fd,
-        _ => return Err(RunError::Invalid(format!("working directory {} is not a directory", cwd.display()))),
-    };
-    let hide = if a.show_notebooks { vec![] } else { notebooks(&caller, &cwd)? };
-    // The kernel's parent is the sandbox's init, PID 1: saying so is accurate, and ipykernel
-    // then neither watches for its parent's death (it would exit, seeing PID 1) nor prints
-    // its "Ctrl-C will not work" banner. The caller's own value never reaches the sandbox.
-    prepared.env.retain(|(k, _)| k != "JPY_PARENT_PID");
-    prepared.env.push(("JPY_PARENT_PID".into(), "1".into()));
-    // What nbgrader tells the kernel it is doing (documented for notebooks that skip slow
-    // cells while autograding) passes; nothing else of the client's environment does.
-    for name in FROM_CLIENT {
-        if let Ok(v) = std::env::var(name) {
-            if !v.contains('\0') && v.len() <= 256 {
-                prepared.env.retain(|(k, _)| k != name);
-                prepared.env.push((name.to_string(), v));
-            }
-        }
-    }
-    prepared.workdir = cwd.clone();
-    prepared.landlock_rules.write.push(cwd.clone());
-
-    // The client's five ports, taken now: a port in use is a problem of the request.
-    let mut channels = Vec::new();
-    for ((name, key, is_output), port) in CHANNELS.iter().zip(&conn.ports) {
-        let listener = std::net::TcpListener::bind((conn.ip, *port))
-            .map_err(|e| RunError::Invalid(format!("{key} {port} on {}: {e}", conn.ip)))?;
-        channels.push(Channel { name, listener, inside_port: *port, is_output: *is_output });
-    }
-    let id = conn_path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-    let sink = match &a.report_dir {
-        Some(dir) => Some(caller.create_report(&dir.join(format!("{id}.json")))?),
-        None => None,
-    };
-    tracing::debug!(kernel = %id, cwd = %cwd.display(), hidden = hide.len(), "starting kernel");
-
-    let workdir_shown = cwd.display().to_string();
-    // The scratch, made here and kept: once the kernel has ended, what it wrote there is
-    // copied out to the working directory, as bare nbgrader's kernel would have written it.
-    let scratch = crate::sys::raw::tmpfs_detached(&[
-        ("size", scratch_size.to_string()),
-        ("nr_inodes", crate::mounts::tmpfs_inodes(scratch_size).to_string()),
-        ("mode", "0700".into()),
-    ])
-    .map_err(|errno| RunError::Host { step: "scratch", errno })?;
-    let kept = scratch.try_clone().map_err(|e| RunError::Host {
-        step: "scratch",
-        errno: nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
-    })?;
-    let overlay = PreparedOverlay { lower, target: cwd.clone(), scratch, hide };
-    let runtime = RuntimeDir { target: RUNTIME_DIR.into(), files: vec![(CONNECTION.into(), conn.inside())] };
-    let mut report = run::run_prepared(
-        prepared,
-        |mut plan| {
-            plan.overlay = Some(overlay);
-            plan.runtime = Some(runtime);
-            plan
-        },
-        Some(RelaySpec { channels, output_limit }),
-        // Its stdin is empty; its stdout and stderr (which end in the client's log) are
-        // escaped and count towards its output limit.
-        crate::stdio::Spec::Piped(crate::stdio::Piped {
-            stdin: crate::stdio::Stdin::Empty,
-            output_limit,
-            on_limit: crate::stdio::OnLimit::Interrupt,
-            escape: crate::stdio::Escape::Always,
-        }),
-    );
-    let copied_out = if report.sandbox_error.is_none() {
-        match crate::copyout::copy_out(&kept, &cwd, &caller, crate::copyout::LIMITS) {
-            Ok(c) => {
-                if c.not_copied_count > 0 {
-                    // into nbgrader's log, where the instructor looks (names escaped)
-                    eprintln!(
-                        "isolate-grade kernel: {} of the files the kernel left in {} were not copied out: {}",
-                        c.not_copied_count,
-                        cwd.display(),
-                        c.not_copied.join("; ")
-                    );
-                }
-                Some(c)
-            }
-            Err(e) => {
-                eprintln!("isolate-grade kernel: copying the kernel's files out: {e}");
-                None
-            }
-        }
-    } else {
-        None
-    };
-    drop(kept);
-    report.kernel = Some(KernelInfo {
-        id,
-        connection_file: conn_path.display().to_string(),
-        workdir: workdir_shown,
-        output_limit,
-        copied_out,
-    });
-    if let Some(mut f) = sink {
+    let client = crate::client::pin().map_err(RequestError::from)?;
+    let (request, after) = prepare(config_override, &a, client)?;
+    let mut report = crate::host::run(request);
+    report.kernel = Some(after.finish(&report));
+    if let Some(mut f) = after.sink {
         f.write_all((report.to_json() + "\n").as_bytes()).map_err(RunError::Report)?;
     }
     // Into nbgrader's log and formgrader's modal: who, and what happened, in words. Not an
     // end its client asked for (jupyter_client's SIGTERM to a kernel slow to shut down).
     if let Some(why) = report.explanation.as_ref().filter(|w| w.cause != crate::report::Cause::Caller) {
-        eprintln!("isolate-grade kernel{}: {}: {}", label(), report.status.as_str(), why.sentence(None));
+        eprintln!("isolate-grade kernel{}: {}: {}", label(), report.status().as_str(), why.sentence(None));
     }
-    Ok(report.status.exit_code())
+    Ok(report.end.exit().code())
+}
+
+/// What the kernel's run needs once the sandbox has ended.
+struct After {
+    id: String,
+    connection_file: PathBuf,
+    /// The submission, outside (the kernel's working directory inside).
+    submission: PathBuf,
+    output_limit: u64,
+    /// Our copy of the scratch: what the kernel wrote is copied out of it.
+    scratch: OwnedFd,
+    caller: Caller,
+    sink: Option<std::fs::File>,
+}
+
+/// The kernel's request, and what is kept for afterwards: every check on the caller's input
+/// (arguments, connection file, ports, the submission) before anything is written.
+fn prepare(config_override: Option<PathBuf>, a: &KernelArgs, client: OwnedFd) -> Result<(Request, After), RunError> {
+    let size = |flag: &'static str, v: &str| {
+        units::parse_size(v).map_err(|e| RequestError::invalid(Input::Option(flag), e.to_string()))
+    };
+    let output_limit = size("--output-limit", &a.output_limit)?;
+    let scratch_size = size("--scratch-size", &a.scratch_size)?;
+    let (connection_arg, conn_path) = find_connection_file(&a.command)?;
+    let grounds = Grounds::load(config_override.as_deref(), &a.sandbox)?;
+    let caller = grounds.caller.clone();
+    let text = caller.read_file(&conn_path)?;
+    let conn =
+        Connection::parse(&text).map_err(|r| RequestError::invalid(Input::ConnectionFile(conn_path.clone()), r))?;
+
+    let (submission, lower) = submission(a, &caller)?;
+    let hide = if a.show_notebooks { vec![] } else { notebooks(&caller, &submission)? };
+    let channels = take_ports(&conn)?;
+    let id = conn_path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    tracing::debug!(kernel = %id, submission = %submission.display(), hidden = hide.len(), "starting kernel");
+
+    let (scratch, kept) = scratch(scratch_size)?;
+    let parts = KernelParts {
+        overlay: PreparedOverlay { lower, target: submission.clone(), scratch, hide },
+        runtime: RuntimeDir { target: RUNTIME_DIR.into(), files: vec![(CONNECTION.into(), conn.inside())] },
+        relay: RelaySpec { channels, output_limit },
+        client,
+        connection_arg,
+        connection_inside: Path::new(RUNTIME_DIR).join(CONNECTION),
+        env: kernel_env(),
+    };
+    // Its stdin is empty; its stdout and stderr (which end in the client's log) are escaped
+    // and count towards its output limit.
+    let stdio = crate::stdio::Spec::Piped(crate::stdio::Piped {
+        stdin: crate::stdio::Stdin::Empty,
+        output_limit,
+        on_limit: crate::stdio::OnLimit::Interrupt,
+        escape: crate::stdio::Escape::Always,
+    });
+    let request = Request::new(grounds, &a.sandbox, &a.command, stdio, Some(parts))?;
+    // Last of the caller's input: a request refused above must not create or truncate it.
+    let report_path = match (&a.report, &a.report_dir) {
+        (Some(file), _) => Some(file.clone()),
+        (None, Some(dir)) => Some(dir.join(format!("{id}.json"))),
+        (None, None) => None,
+    };
+    let sink = report_path.map(|p| caller.create_report(&p)).transpose()?;
+    let after = After { id, connection_file: conn_path, submission, output_limit, scratch: kept, caller, sink };
+    Ok((request, after))
+}
+
+/// The submission: by default the working directory jupyter_client gave us (the notebook's
+/// directory): the one part of the course inside, opened as the caller.
+fn submission(a: &KernelArgs, caller: &Caller) -> Result<(PathBuf, OwnedFd), RunError> {
+    let (submission, input) = match &a.submission {
+        Some(dir) => (dir.clone(), Input::Option("--submission")),
+        None => {
+            let cwd = std::env::current_dir();
+            (cwd.map_err(|e| RequestError::invalid(Input::WorkingDirectory, e.to_string()))?, Input::WorkingDirectory)
+        }
+    };
+    let submission = crate::policy::sandbox_path(&submission.to_string_lossy(), true)
+        .map_err(|r| RequestError::invalid(input.clone(), r))?;
+    match caller.open_bind_source(&submission, false, false, SymlinkMode::Error)? {
+        Some(BindSource::Tree { fd, is_dir: true }) => Ok((submission, fd)),
+        _ => Err(RequestError::invalid(input, format!("{} is not a directory", submission.display())).into()),
+    }
+}
+
+/// The client's five ports, taken now: a port in use is a problem of the request.
+fn take_ports(conn: &Connection) -> Result<Vec<Channel>, RequestError> {
+    let mut channels = Vec::new();
+    for ((name, key, is_output), port) in CHANNELS.iter().zip(&conn.ports) {
+        let listener = std::net::TcpListener::bind((conn.ip, *port))
+            .map_err(|e| RequestError::invalid(Input::Port { key, port: *port, ip: conn.ip }, e.to_string()))?;
+        channels.push(Channel { name, listener, inside_port: *port, is_output: *is_output });
+    }
+    Ok(channels)
+}
+
+/// The scratch that takes the kernel's writes, and our copy of it: once the kernel has
+/// ended, what it wrote there is copied out to the submission, as bare nbgrader's kernel
+/// would have written it.
+fn scratch(size: u64) -> Result<(OwnedFd, OwnedFd), RunError> {
+    let scratch = crate::sys::raw::tmpfs_detached(&[
+        ("size", size.to_string()),
+        ("nr_inodes", crate::mounts::tmpfs_inodes(size).to_string()),
+        ("mode", "0700".into()),
+    ])
+    .map_err(|errno| RunError::Host(Fault::errno(HostStep::Scratch, errno)))?;
+    let kept = scratch.try_clone().map_err(|e| RunError::Host(Fault::io(HostStep::Scratch, &e)))?;
+    Ok((scratch, kept))
+}
+
+/// The kernel's variables beyond the policy's. Its parent is the sandbox's init, PID 1:
+/// saying so is accurate, and ipykernel then neither watches for its parent's death (it
+/// would exit, seeing PID 1) nor prints its "Ctrl-C will not work" banner; the caller's own
+/// value never reaches the sandbox. What nbgrader tells the kernel it is doing (documented
+/// for notebooks that skip slow cells while autograding) passes; nothing else of the
+/// client's environment does.
+fn kernel_env() -> Vec<(String, String)> {
+    let mut env = vec![("JPY_PARENT_PID".to_string(), "1".to_string())];
+    for name in FROM_CLIENT {
+        if let Ok(v) = std::env::var(name) {
+            if !v.contains('\0') && v.len() <= 256 {
+                env.push((name.to_string(), v));
+            }
+        }
+    }
+    env
+}
+
+impl After {
+    /// Copy out what the kernel left in its working directory (not after a fault: nothing
+    /// ran), and say what the kernel was.
+    fn finish(&self, report: &crate::report::Report) -> KernelInfo {
+        let copied_out = if report.sandbox_error().is_none() {
+            match crate::copyout::copy_out(&self.scratch, &self.submission, &self.caller, crate::copyout::LIMITS) {
+                Ok(c) => {
+                    if c.not_copied_count > 0 {
+                        // into nbgrader's log, where the instructor looks (names escaped)
+                        eprintln!(
+                            "isolate-grade kernel: {} of the files the kernel left in {} were not copied out: {}",
+                            c.not_copied_count,
+                            self.submission.display(),
+                            c.not_copied.join("; ")
+                        );
+                    }
+                    Some(c)
+                }
+                Err(e) => {
+                    eprintln!("isolate-grade kernel: copying the kernel's files out: {e}");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        KernelInfo {
+            id: self.id.clone(),
+            connection_file: self.connection_file.display().to_string(),
+            workdir: self.submission.display().to_string(),
+            output_limit: self.output_limit,
+            copied_out,
+        }
+    }
 }
 
 /// ` (student alice, notebook problem1 of ps1)`: what the grader set in ISOLATE_GRADE_LABEL
@@ -288,7 +343,7 @@ fn label() -> String {
 pub const LABEL_VAR: &str = "ISOLATE_GRADE_LABEL";
 
 /// The notebooks (and their checkpoints) in the working directory, read as the caller.
-fn notebooks(caller: &crate::identity::Caller, dir: &Path) -> Result<Vec<String>, RunError> {
+fn notebooks(caller: &Caller, dir: &Path) -> Result<Vec<String>, RunError> {
     let names = caller.as_caller(|| -> std::io::Result<Vec<String>> {
         let mut names = Vec::new();
         for entry in std::fs::read_dir(dir)? {
@@ -299,7 +354,7 @@ fn notebooks(caller: &crate::identity::Caller, dir: &Path) -> Result<Vec<String>
         }
         Ok(names)
     })?;
-    names.map_err(|e| RunError::Invalid(format!("{}: {e}", dir.display())))
+    names.map_err(|e| RequestError::invalid(Input::WorkingDirectory, format!("{}: {e}", dir.display())).into())
 }
 
 #[cfg(test)]

@@ -33,10 +33,8 @@ impl KernelspecError {
         use PythonError as P;
         match self {
             KernelspecError::Invalid(_)
-            | KernelspecError::Python(P::Start { .. } | P::NoNbgrader | P::NoShebang { .. }) => {
-                crate::report::EXIT_USAGE
-            }
-            _ => crate::report::Status::SandboxError.exit_code(),
+            | KernelspecError::Python(P::Start { .. } | P::NoNbgrader | P::NoShebang { .. }) => crate::exit::USAGE,
+            _ => crate::exit::FAULT,
         }
     }
 }

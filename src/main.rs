@@ -4,7 +4,7 @@
 
 use clap::{CommandFactory, FromArgMatches};
 use isolate_grade::cli::{Cli, Command};
-use isolate_grade::report::EXIT_USAGE;
+use isolate_grade::exit::{StartExit, USAGE};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
@@ -16,7 +16,7 @@ fn main() -> ExitCode {
         .and_then(|_| isolate_grade::sys::raw::set_non_dumpable())
     {
         eprintln!("isolate-grade: sanitizing the process: {e}");
-        return ExitCode::from(3);
+        return ExitCode::from(StartExit::Fault.code());
     }
     // SIGINT and friends wait for the supervisor to relay them to the program rather than
     // kill us half-way (run); for check, waiting a moment for them costs nothing.
@@ -26,7 +26,7 @@ fn main() -> ExitCode {
     }
     if let Err(e) = relayed.thread_block() {
         eprintln!("isolate-grade: blocking signals: {e}");
-        return ExitCode::from(3);
+        return ExitCode::from(StartExit::Fault.code());
     }
     // One clap Command, built once: for the `grade` default and for parsing.
     let cmd = Cli::command();
@@ -54,10 +54,11 @@ fn real_main(cli: Cli) -> Result<u8, (u8, anyhow::Error)> {
         Command::Install(args) => {
             isolate_grade::install::execute(cli.config, args).map_err(|e| (e.exit_code(), e.into()))
         }
-        Command::Check(args) => Ok(isolate_grade::check::check(cli.config.as_deref(), &args)),
+        Command::Check(args) => Ok(isolate_grade::check::check(cli.config.as_deref(), &args).code()),
         Command::Stage(args) => isolate_grade::stage::execute(args).map_err(|e| (e.exit_code(), e.into())),
     }
-    .map_err(|(code, e): (u8, anyhow::Error)| (if code == 0 { EXIT_USAGE } else { code }, e))
+    // An error is never success: one without a code of its own is bad input.
+    .map_err(|(code, e): (u8, anyhow::Error)| (if code == 0 { USAGE } else { code }, e))
 }
 
 /// Plain stderr logging; no background thread (tracing-subscriber's fmt writes inline). No

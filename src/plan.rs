@@ -5,9 +5,11 @@
 //! cgroup), single-threaded and still root. Each step says why it sits where it does. Every
 //! syscall goes through [`Sys`], so `tests` below check this order without root.
 
+use crate::fault::{Cause, Fault};
 use crate::mounts::{PreparedBind, PreparedOverlay, Root, RuntimeDir, NOSUID_NODEV};
 use crate::policy::{LandlockMode, Limits, ProcMode};
-use crate::sys::{Forked, LandlockRules, Pid, Sys};
+use crate::sys::{Forked, LandlockOutcome, LandlockRules, Pid, Sys, SysError};
+use nix::errno::Errno;
 use nix::sched::CloneFlags;
 use nix::sys::resource::Resource;
 use std::ffi::CString;
@@ -96,19 +98,68 @@ impl fmt::Display for Step {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-#[error("{step}: {message}")]
-pub struct SetupError {
-    pub step: Step,
-    pub message: String,
+impl Step {
+    /// Every step but [`Step::Bind`], in the order of their tags.
+    pub const ALL: [Step; 25] = [
+        Step::Cgroup,
+        Step::CgroupNamespace,
+        Step::RootFs,
+        Step::Tmp,
+        Step::Dev,
+        Step::Proc,
+        Step::Overlay,
+        Step::Runtime,
+        Step::Seal,
+        Step::PivotRoot,
+        Step::Hostname,
+        Step::Loopback,
+        Step::Rlimits,
+        Step::Stdio,
+        Step::CloseFds,
+        Step::Capabilities,
+        Step::Identity,
+        Step::NoNewPrivs,
+        Step::ParentDeath,
+        Step::Workdir,
+        Step::Fork,
+        Step::Session,
+        Step::Landlock,
+        Step::Seccomp,
+        Step::Exec,
+    ];
+    const BIND_TAG: u8 = Step::ALL.len() as u8;
+
+    /// Its number on the error pipe ([`crate::fault::Fault::encode`]).
+    pub fn tag(&self) -> u8 {
+        match self {
+            Step::Bind(_) => Step::BIND_TAG,
+            s => Step::ALL.iter().position(|a| a == s).expect("every other step is in ALL") as u8,
+        }
+    }
+
+    /// The path of a bind step.
+    pub fn path(&self) -> Option<&std::path::Path> {
+        match self {
+            Step::Bind(p) => Some(p),
+            _ => None,
+        }
+    }
+
+    pub fn from_tag(tag: u8, path: Option<PathBuf>) -> Option<Step> {
+        match (tag, path) {
+            (Step::BIND_TAG, Some(p)) => Some(Step::Bind(p)),
+            (t, None) => Step::ALL.get(usize::from(t)).cloned(),
+            _ => None,
+        }
+    }
 }
 
 trait At<T> {
-    fn at(self, step: Step) -> Result<T, SetupError>;
+    fn at(self, step: Step) -> Result<T, Fault>;
 }
 
-impl<T, E: fmt::Display> At<T> for Result<T, E> {
-    fn at(self, step: Step) -> Result<T, SetupError> {
+impl<T, E: Cause> At<T> for Result<T, E> {
+    fn at(self, step: Step) -> Result<T, Fault> {
         match self {
             Ok(v) => {
                 tracing::trace!(%step, "sandbox step done");
@@ -116,16 +167,29 @@ impl<T, E: fmt::Display> At<T> for Result<T, E> {
             }
             Err(e) => {
                 tracing::error!(%step, error = %e, "sandbox step failed");
-                Err(SetupError { step, message: e.to_string() })
+                Err(Fault::new(step, &e))
             }
         }
     }
 }
 
+/// Whether what Landlock managed is enough for the policy: `required` refuses a kernel that
+/// enforces none of it; `auto` carries on without (the mount tree still holds).
+pub fn landlock_enough(mode: LandlockMode, got: &LandlockOutcome) -> Result<(), SysError> {
+    if mode == LandlockMode::Required && *got == LandlockOutcome::Unsupported {
+        return Err(SysError::new(
+            "landlock",
+            "the policy requires Landlock and this kernel does not enforce it",
+            Errno::EOPNOTSUPP,
+        ));
+    }
+    Ok(())
+}
+
 /// Build the sandbox around ourselves and start the program. Returns `Ok(pid)` in the
 /// sandbox's init (PID 1), which then reaps and relays signals ([`crate::init`]); the
 /// program's side never returns unless a step failed.
-pub fn enter_sandbox<S: Sys>(sys: &S, mut p: Plan, ch: Channels) -> Result<Pid, SetupError> {
+pub fn enter_sandbox<S: Sys>(sys: &S, mut p: Plan, ch: Channels) -> Result<Pid, Fault> {
     use Step::*;
     // 1. Into the slot's cgroups (v1; on v2 we were born inside), before anything else runs
     //    and before step 2. Still single-threaded, so moving our thread moves the process.
@@ -203,7 +267,8 @@ pub fn enter_sandbox<S: Sys>(sys: &S, mut p: Plan, ch: Channels) -> Result<Pid, 
     sys.reset_signals().at(Session)?;
     // 21. Landlock on top of the mount tree (where the kernel has it, or required).
     if p.landlock != LandlockMode::Off {
-        sys.landlock(&p.landlock_rules, p.landlock == LandlockMode::Required).at(Landlock)?;
+        let got = sys.landlock(&p.landlock_rules).at(Landlock)?;
+        landlock_enough(p.landlock, &got).at(Landlock)?;
     }
     // 22. seccomp last: the filter then only has to allow the program itself, and execve.
     let program = resolve(&p.program, &p.search_path);
@@ -261,7 +326,6 @@ fn resolve(program: &std::path::Path, search: &[PathBuf]) -> PathBuf {
 mod tests {
     use super::*;
     use crate::sys::fake::FakeSys;
-    use crate::sys::LandlockOutcome;
 
     fn plan(root: &std::path::Path) -> Plan {
         let policy = crate::policy::Policy::builtin("default").unwrap();
@@ -439,35 +503,105 @@ mod tests {
         assert_eq!(enter_sandbox(&sys, plan(root2.path()), CH).unwrap_err().step, Step::Exec);
     }
 
+    /// `required` refuses a kernel that enforces none of the rules; `auto` carries on; partial
+    /// enforcement (an older ABI) is enough for both.
+    #[test]
+    fn landlock_is_required_only_where_the_policy_says() {
+        use LandlockOutcome::*;
+        for (mode, got, ok) in [
+            (LandlockMode::Required, Unsupported, false),
+            (LandlockMode::Required, Partial, true),
+            (LandlockMode::Required, Full, true),
+            (LandlockMode::Auto, Unsupported, true),
+            (LandlockMode::Auto, Partial, true),
+            (LandlockMode::Auto, Full, true),
+        ] {
+            let r = landlock_enough(mode, &got);
+            assert_eq!(r.is_ok(), ok, "{mode:?} {got:?}");
+            if let Err(e) = r {
+                assert_eq!(e.errno, Errno::EOPNOTSUPP);
+            }
+        }
+        // off: Landlock is not even asked
+        let root = tempfile::tempdir().unwrap();
+        let sys = FakeSys { root: Some(root.path().into()), ..Default::default() };
+        let mut p = plan(root.path());
+        p.landlock = LandlockMode::Off;
+        let _ = enter_sandbox(&sys, p, CH);
+        assert!(!sys.calls().iter().any(|c| c.starts_with("landlock")), "{:#?}", sys.calls());
+    }
+
+    /// Every step has its own tag on the error pipe, and comes back from it.
+    #[test]
+    fn steps_have_distinct_tags() {
+        let mut steps = Step::ALL.to_vec();
+        steps.push(Step::Bind("/usr".into()));
+        let mut tags: Vec<u8> = steps.iter().map(Step::tag).collect();
+        for s in &steps {
+            assert_eq!(Step::from_tag(s.tag(), s.path().map(Into::into)).as_ref(), Some(s));
+        }
+        tags.sort();
+        tags.dedup();
+        assert_eq!(tags.len(), steps.len());
+        assert_eq!(Step::from_tag(Step::BIND_TAG, None), None);
+        assert_eq!(Step::from_tag(0, Some("/x".into())), None);
+    }
+
+    /// Where another module quotes a step by its number ("plan step 12"), the step of that
+    /// number is still the one it means: (file, number, a word of that step's text). A new
+    /// quote must be added here.
+    #[test]
+    fn step_numbers_quoted_elsewhere_still_match() {
+        let meant = [("src/stdio.rs", 12, "stdio"), ("src/cgroup/mod.rs", 1, "cgroup")];
+        let steps = steps_of_the_code();
+        let mut dirs = vec![std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/src"))];
+        let mut found = Vec::new();
+        while let Some(dir) = dirs.pop() {
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    dirs.push(path);
+                    continue;
+                }
+                if path.extension().is_none_or(|e| e != "rs") || path.ends_with("plan.rs") {
+                    continue;
+                }
+                // comments joined across lines: "(plan\n/// step 12)"
+                let text = std::fs::read_to_string(&path).unwrap();
+                let words: Vec<&str> =
+                    text.split_whitespace().filter(|w| !w.chars().all(|c| c == '/' || c == '!')).collect();
+                for w in words.windows(3) {
+                    if w[0].ends_with("plan") && w[1] == "step" {
+                        let n: usize = w[2].trim_end_matches(|c: char| !c.is_ascii_digit()).parse().unwrap_or(0);
+                        let rel = path.strip_prefix(env!("CARGO_MANIFEST_DIR")).unwrap().display().to_string();
+                        found.push((rel, n));
+                    }
+                }
+            }
+        }
+        found.sort();
+        let mut listed: Vec<(String, usize)> = meant.iter().map(|(f, n, _)| (f.to_string(), *n)).collect();
+        listed.sort();
+        assert_eq!(found, listed, "a quote of a plan step by number: add it to `meant`, with a word of its step");
+        for (file, n, word) in meant {
+            let step = steps.get(n - 1).unwrap_or_else(|| panic!("{file}: there is no step {n}"));
+            assert!(step.to_lowercase().contains(word), "{file} quotes step {n} for {word:?}, but it is now: {step}");
+        }
+    }
+
+    /// The numbered steps of [`enter_sandbox`], from its comments.
+    fn steps_of_the_code() -> Vec<String> {
+        let src = include_str!("plan.rs");
+        let body = &src[src.find("pub fn enter_sandbox").unwrap()..src.find("/// rlimits for the program").unwrap()];
+        crate::host::tests::numbered_steps(body)
+    }
+
     /// The README's list of steps is generated from the comments above (STYLE: document the
     /// order once, in the code); this fails when they drift apart, and prints the new list.
     #[test]
     fn readme_lists_the_steps_of_the_code() {
-        let src = include_str!("plan.rs");
-        let body = &src[src.find("pub fn enter_sandbox").unwrap()..src.find("/// rlimits for the program").unwrap()];
-        let mut steps: Vec<String> = Vec::new();
-        let mut continuing = false;
-        for line in body.lines().map(str::trim) {
-            let numbered = line
-                .strip_prefix("// ")
-                .and_then(|l| l.split_once(". "))
-                .filter(|(n, _)| n.chars().all(|c| c.is_ascii_digit()) && !n.is_empty());
-            if let Some((n, text)) = numbered {
-                assert_eq!(n.parse::<usize>().unwrap(), steps.len() + 1, "steps must be numbered 1, 2, 3...");
-                steps.push(format!("{n}. {text}"));
-                continuing = true;
-            } else if let (true, Some(more)) = (continuing, line.strip_prefix("//    ")) {
-                let last = steps.last_mut().unwrap();
-                last.push(' ');
-                last.push_str(more.trim());
-            } else {
-                continuing = false;
-            }
-        }
-        let expected = steps.join("\n");
-        let readme = include_str!("../README.md");
-        let begin = readme.find("<!-- plan:begin -->\n").expect("README marker") + "<!-- plan:begin -->\n".len();
-        let end = readme.find("\n<!-- plan:end -->").expect("README marker");
-        assert_eq!(&readme[begin..end], expected, "update README.md's list of steps to:\n{expected}");
+        let expected = steps_of_the_code().join("\n");
+        let listed = crate::host::tests::readme_list("plan");
+        assert_eq!(listed, expected, "update README.md's list of steps to:\n{expected}");
     }
 }

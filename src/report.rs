@@ -7,13 +7,16 @@
 //! `cgroup`, `landlock`, `seccomp`}.
 
 use crate::cgroup::Usage;
+use crate::exit::RunExit;
+use crate::fault::{Fault, HostStep};
 use crate::policy::Limits;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
 pub const SCHEMA: &str = "isolate-grade.run/1";
 
-/// The outcome of a run. Everything but `SandboxError` is about the submission.
+/// The report's `status`: an [`Outcome`], or `sandbox-error` for a [`Fault`] (see [`RunEnd`]).
+/// Everything but `SandboxError` is about the submission.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Status {
@@ -32,23 +35,13 @@ pub enum Status {
 }
 
 /// Exit code for bad input (CLI, policy, config, a bind the caller cannot read); nothing ran.
-pub const EXIT_USAGE: u8 = 2;
+/// [`crate::exit::USAGE`], under the name the batch and install use.
+pub const EXIT_USAGE: u8 = crate::exit::USAGE;
 
 impl Status {
-    /// The process exit code of `isolate-grade run` (documented in README.md).
+    /// The process exit code of `isolate-grade run` ([`RunExit`]).
     pub fn exit_code(self) -> u8 {
-        match self {
-            Status::Ok => 0,
-            Status::ExitNonzero => 1,
-            Status::SandboxError => 3,
-            Status::Signaled => 4,
-            Status::TimeoutWall => 5,
-            Status::TimeoutCpu => 6,
-            Status::MemoryLimit => 7,
-            Status::PidsLimit => 8,
-            Status::SeccompViolation => 9,
-            Status::OutputLimit => 10,
-        }
+        RunExit::from(self).code()
     }
 
     pub const ALL: [Status; 10] = [
@@ -81,6 +74,66 @@ impl Status {
             Status::OutputLimit => "output-limit",
             Status::SandboxError => "sandbox-error",
         }
+    }
+}
+
+/// How a program that ran ended, as the submission's doing or a limit's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Ok,
+    ExitNonzero,
+    Signaled,
+    TimeoutWall,
+    TimeoutCpu,
+    MemoryLimit,
+    PidsLimit,
+    SeccompViolation,
+    /// A kernel cell's output passed the limit: it was cut and the cell interrupted.
+    OutputLimit,
+}
+
+impl From<Outcome> for Status {
+    fn from(o: Outcome) -> Status {
+        match o {
+            Outcome::Ok => Status::Ok,
+            Outcome::ExitNonzero => Status::ExitNonzero,
+            Outcome::Signaled => Status::Signaled,
+            Outcome::TimeoutWall => Status::TimeoutWall,
+            Outcome::TimeoutCpu => Status::TimeoutCpu,
+            Outcome::MemoryLimit => Status::MemoryLimit,
+            Outcome::PidsLimit => Status::PidsLimit,
+            Outcome::SeccompViolation => Status::SeccompViolation,
+            Outcome::OutputLimit => Status::OutputLimit,
+        }
+    }
+}
+
+/// A run either finished with an outcome, or failed with a fault of ours or the host's (and
+/// then says nothing about the submission). In the report: `status`, and `sandbox_error`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunEnd {
+    Finished(Outcome),
+    Fault(Fault),
+}
+
+impl RunEnd {
+    pub fn status(&self) -> Status {
+        match self {
+            RunEnd::Finished(o) => Status::from(*o),
+            RunEnd::Fault(_) => Status::SandboxError,
+        }
+    }
+
+    pub fn fault(&self) -> Option<&Fault> {
+        match self {
+            RunEnd::Fault(f) => Some(f),
+            RunEnd::Finished(_) => None,
+        }
+    }
+
+    /// The process exit code of `isolate-grade run` and `kernel`.
+    pub fn exit(&self) -> RunExit {
+        RunExit::from(self.status())
     }
 }
 
@@ -126,38 +179,50 @@ impl Facts {
 /// Which limit explains the end of the run. Causes before symptoms: a fork bomb ends in a
 /// wall-clock kill, but the report says `pids-limit`. A limit that was only brushed (pids
 /// refused once, and handled) with a clean exit is `ok`, and listed in `limits_hit`.
-pub fn classify(f: &Facts, limits: &Limits) -> Status {
+pub fn classify(f: &Facts, limits: &Limits) -> RunEnd {
     let cpu = f.cpu();
     let clean_exit = f.ended == Some(Ended::Exited(0));
-    if f.usage.oom_kills > 0 {
-        Status::MemoryLimit
+    RunEnd::Finished(if f.usage.oom_kills > 0 {
+        Outcome::MemoryLimit
     } else if f.usage.pids_limit_hits > 0 && !clean_exit {
-        Status::PidsLimit
+        Outcome::PidsLimit
     } else if f.killed_for_output {
-        Status::OutputLimit
+        Outcome::OutputLimit
     } else if f.killed_for_cpu || cpu >= limits.cpu_time {
         // Over budget is over budget, even if it ended between two of the supervisor's checks,
         // or by the per-process `RLIMIT_CPU` (SIGXCPU, then SIGKILL) before either count.
-        Status::TimeoutCpu
+        Outcome::TimeoutCpu
     } else if f.killed_for_wall {
-        Status::TimeoutWall
+        Outcome::TimeoutWall
     } else {
         match f.ended {
-            Some(Ended::Exited(0)) => Status::Ok,
-            Some(Ended::Exited(_)) => Status::ExitNonzero,
-            Some(Ended::Signaled(s)) if s == libc::SIGSYS => Status::SeccompViolation,
-            Some(Ended::Signaled(_)) => Status::Signaled,
+            Some(Ended::Exited(0)) => Outcome::Ok,
+            Some(Ended::Exited(_)) => Outcome::ExitNonzero,
+            Some(Ended::Signaled(s)) if s == libc::SIGSYS => Outcome::SeccompViolation,
+            Some(Ended::Signaled(_)) => Outcome::Signaled,
             // init died without telling us how the program ended
-            None => Status::SandboxError,
+            None => {
+                return RunEnd::Fault(Fault::text(
+                    HostStep::Init,
+                    "the sandbox's init ended without reporting the program's status",
+                ))
+            }
         }
-    }
+    })
 }
 
+/// The report's `sandbox_error`: a [`Fault`] as text.
 #[derive(Debug, Clone, Serialize)]
 pub struct SandboxFault {
     /// The step that failed, as named in `plan.rs` (`bind /usr`, `setresuid`, `cgroup`...).
     pub step: String,
     pub message: String,
+}
+
+impl From<&Fault> for SandboxFault {
+    fn from(f: &Fault) -> SandboxFault {
+        SandboxFault { step: f.step.to_string(), message: f.message() }
+    }
 }
 
 /// Whose doing an end was, so that nobody is blamed for another's.
@@ -239,33 +304,36 @@ pub enum ByCaller {
 }
 
 pub fn explain(
-    status: Status,
+    end: &RunEnd,
     limits: &Limits,
     signal: Option<&str>,
     exit_code: Option<i32>,
     by_caller: Option<ByCaller>,
-    fault: Option<&SandboxFault>,
 ) -> Option<Explanation> {
-    let (cause, words) = match status {
-        Status::Ok => return None,
-        Status::MemoryLimit => (Cause::Limit, format!("used more than {} of memory", human_size(limits.memory))),
-        Status::TimeoutCpu => (Cause::Limit, format!("used more than {} of CPU time", human_duration(limits.cpu_time))),
-        Status::TimeoutWall => (Cause::Limit, format!("ran longer than {}", human_duration(limits.wall_time))),
-        Status::PidsLimit => (Cause::Limit, format!("started more than {} processes and threads at once", limits.pids)),
-        Status::SeccompViolation => (Cause::Limit, "made a system call the sandbox does not allow".to_string()),
-        Status::OutputLimit => (Cause::Limit, "printed more output than the limit allows".to_string()),
-        Status::Signaled if by_caller == Some(ByCaller::Request) => {
+    let outcome = match end {
+        RunEnd::Finished(o) => *o,
+        RunEnd::Fault(f) => return Some(Explanation { cause: Cause::SandboxFault, words: f.to_string() }),
+    };
+    let (cause, words) = match outcome {
+        Outcome::Ok => return None,
+        Outcome::MemoryLimit => (Cause::Limit, format!("used more than {} of memory", human_size(limits.memory))),
+        Outcome::TimeoutCpu => {
+            (Cause::Limit, format!("used more than {} of CPU time", human_duration(limits.cpu_time)))
+        }
+        Outcome::TimeoutWall => (Cause::Limit, format!("ran longer than {}", human_duration(limits.wall_time))),
+        Outcome::PidsLimit => {
+            (Cause::Limit, format!("started more than {} processes and threads at once", limits.pids))
+        }
+        Outcome::SeccompViolation => (Cause::Limit, "made a system call the sandbox does not allow".to_string()),
+        Outcome::OutputLimit => (Cause::Limit, "printed more output than the limit allows".to_string()),
+        Outcome::Signaled if by_caller == Some(ByCaller::Request) => {
             (Cause::Caller, format!("ended at its client's request ({})", signal.unwrap_or("a signal")))
         }
-        Status::Signaled if by_caller == Some(ByCaller::ClientGone) => {
+        Outcome::Signaled if by_caller == Some(ByCaller::ClientGone) => {
             (Cause::Caller, format!("was stopped because its client ended ({})", signal.unwrap_or("a signal")))
         }
-        Status::Signaled => (Cause::Program, format!("crashed ({})", signal.unwrap_or("a signal"))),
-        Status::ExitNonzero => (Cause::Program, format!("exited with code {}", exit_code.unwrap_or(-1))),
-        Status::SandboxError => (
-            Cause::SandboxFault,
-            fault.map(|f| format!("{}: {}", f.step, f.message)).unwrap_or_else(|| "unknown".to_string()),
-        ),
+        Outcome::Signaled => (Cause::Program, format!("crashed ({})", signal.unwrap_or("a signal"))),
+        Outcome::ExitNonzero => (Cause::Program, format!("exited with code {}", exit_code.unwrap_or(-1))),
     };
     Some(Explanation { cause, words })
 }
@@ -280,20 +348,19 @@ pub struct SandboxInfo {
     pub seccomp: String,
 }
 
-#[derive(Debug, Clone, Serialize)]
+/// Serialized by [`Wire`], which puts `status` and `sandbox_error` where they always were.
+#[derive(Debug, Clone)]
 pub struct Report {
     pub schema: &'static str,
-    pub status: Status,
+    /// `status` and `sandbox_error` in the JSON.
+    pub end: RunEnd,
     pub exit_code: Option<i32>,
     pub signal: Option<String>,
-    #[serde(serialize_with = "secs")]
     pub wall_time: Duration,
-    #[serde(serialize_with = "secs")]
     pub cpu_time: Duration,
     pub peak_memory: Option<u64>,
     /// Bytes of output: stdout and stderr, and for a kernel its iopub channel (all counted,
     /// also past the limit, where they were dropped). Absent for `run --tty`.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub output_bytes: Option<u64>,
     pub limits: Limits,
     /// Limits the run ran into, even when they are not the reason it ended.
@@ -308,13 +375,62 @@ pub struct Report {
     /// A kernel's client had asked it to shut down before it ended: a kernel that then dies
     /// by a signal (ipykernel 7.4 aborting in its own shutdown) ended as asked.
     pub shutdown_requested: bool,
-    pub sandbox_error: Option<SandboxFault>,
     /// The end in words, for the people reading nbgrader's log and formgrader's modal.
     pub explanation: Option<Explanation>,
     pub sandbox: SandboxInfo,
     /// For `isolate-grade kernel`: its connection and output.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub kernel: Option<KernelInfo>,
+}
+
+/// The report's JSON (schema `isolate-grade.run/1`), field by field in its order.
+#[derive(Serialize)]
+struct Wire<'a> {
+    schema: &'static str,
+    status: Status,
+    exit_code: Option<i32>,
+    signal: &'a Option<String>,
+    #[serde(serialize_with = "secs")]
+    wall_time: Duration,
+    #[serde(serialize_with = "secs")]
+    cpu_time: Duration,
+    peak_memory: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    output_bytes: Option<u64>,
+    limits: &'a Limits,
+    limits_hit: &'a [&'static str],
+    stopped_by: Option<&'static str>,
+    relayed_signals: &'a [String],
+    shutdown_requested: bool,
+    sandbox_error: Option<SandboxFault>,
+    explanation: &'a Option<Explanation>,
+    sandbox: &'a SandboxInfo,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kernel: Option<&'a KernelInfo>,
+}
+
+impl Serialize for Report {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        Wire {
+            schema: self.schema,
+            status: self.end.status(),
+            exit_code: self.exit_code,
+            signal: &self.signal,
+            wall_time: self.wall_time,
+            cpu_time: self.cpu_time,
+            peak_memory: self.peak_memory,
+            output_bytes: self.output_bytes,
+            limits: &self.limits,
+            limits_hit: &self.limits_hit,
+            stopped_by: self.stopped_by,
+            relayed_signals: &self.relayed_signals,
+            shutdown_requested: self.shutdown_requested,
+            sandbox_error: self.end.fault().map(SandboxFault::from),
+            explanation: &self.explanation,
+            sandbox: &self.sandbox,
+            kernel: self.kernel.as_ref(),
+        }
+        .serialize(s)
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -331,7 +447,7 @@ pub struct KernelInfo {
 
 impl Report {
     pub fn from_facts(f: &Facts, limits: &Limits, sandbox: SandboxInfo) -> Report {
-        let status = classify(f, limits);
+        let end = classify(f, limits);
         let mut hit = Vec::new();
         if f.usage.oom_kills > 0 {
             hit.push("memory");
@@ -350,7 +466,7 @@ impl Report {
         }
         let mut r = Report {
             schema: SCHEMA,
-            status,
+            end,
             exit_code: match f.ended {
                 Some(Ended::Exited(c)) => Some(c),
                 _ => None,
@@ -378,16 +494,12 @@ impl Report {
             },
             relayed_signals: f.relayed.iter().map(|&s| signal_name(s)).collect(),
             shutdown_requested: f.shutdown_requested,
-            sandbox_error: (status == Status::SandboxError).then(|| SandboxFault {
-                step: "init".into(),
-                message: "the sandbox's init ended without reporting the program's status".into(),
-            }),
             explanation: None,
             sandbox,
             kernel: None,
         };
         r.explanation = explain(
-            r.status,
+            &r.end,
             limits,
             r.signal.as_deref(),
             r.exit_code,
@@ -398,15 +510,15 @@ impl Report {
             } else {
                 None
             },
-            r.sandbox_error.as_ref(),
         );
         r
     }
 
-    pub fn fault(step: &str, message: String, limits: &Limits, sandbox: SandboxInfo, wall: Duration) -> Report {
+    pub fn fault(fault: Fault, limits: &Limits, sandbox: SandboxInfo, wall: Duration) -> Report {
         Report {
             schema: SCHEMA,
-            status: Status::SandboxError,
+            explanation: Some(Explanation { cause: Cause::SandboxFault, words: fault.to_string() }),
+            end: RunEnd::Fault(fault),
             exit_code: None,
             signal: None,
             wall_time: wall,
@@ -418,11 +530,18 @@ impl Report {
             stopped_by: None,
             relayed_signals: vec![],
             shutdown_requested: false,
-            explanation: Some(Explanation { cause: Cause::SandboxFault, words: format!("{step}: {message}") }),
-            sandbox_error: Some(SandboxFault { step: step.to_string(), message }),
             sandbox,
             kernel: None,
         }
+    }
+
+    pub fn status(&self) -> Status {
+        self.end.status()
+    }
+
+    /// The fault, when the run failed with one (`sandbox_error`).
+    pub fn sandbox_error(&self) -> Option<&Fault> {
+        self.end.fault()
     }
 
     pub fn to_json(&self) -> String {
@@ -486,7 +605,12 @@ mod tests {
         assert_eq!(Report::from_facts(&term, &l, SandboxInfo::default()).explanation.unwrap().cause, Cause::Caller);
         assert!(Report::from_facts(&facts(Some(Ended::Exited(0))), &l, SandboxInfo::default()).explanation.is_none());
         // a fault never blames the student
-        let fault = Report::fault("cgroup", "EBUSY".into(), &l, SandboxInfo::default(), Duration::ZERO);
+        let fault = Report::fault(
+            Fault::errno(HostStep::Cgroup, nix::errno::Errno::EBUSY),
+            &l,
+            SandboxInfo::default(),
+            Duration::ZERO,
+        );
         let said = fault.explanation.unwrap().sentence(Some("in cell 2 of p"));
         assert!(said.starts_with("sandbox fault in cell 2 of p: cgroup: EBUSY"), "{said}");
         assert!(said.contains("not the student's doing") && !said.contains("the code"), "{said}");
@@ -495,11 +619,11 @@ mod tests {
     #[test]
     fn program_outcomes() {
         let l = limits();
-        assert_eq!(classify(&facts(Some(Ended::Exited(0))), &l), Status::Ok);
-        assert_eq!(classify(&facts(Some(Ended::Exited(3))), &l), Status::ExitNonzero);
-        assert_eq!(classify(&facts(Some(Ended::Signaled(libc::SIGSEGV))), &l), Status::Signaled);
-        assert_eq!(classify(&facts(Some(Ended::Signaled(libc::SIGSYS))), &l), Status::SeccompViolation);
-        assert_eq!(classify(&facts(None), &l), Status::SandboxError);
+        assert_eq!(classify(&facts(Some(Ended::Exited(0))), &l).status(), Status::Ok);
+        assert_eq!(classify(&facts(Some(Ended::Exited(3))), &l).status(), Status::ExitNonzero);
+        assert_eq!(classify(&facts(Some(Ended::Signaled(libc::SIGSEGV))), &l).status(), Status::Signaled);
+        assert_eq!(classify(&facts(Some(Ended::Signaled(libc::SIGSYS))), &l).status(), Status::SeccompViolation);
+        assert_eq!(classify(&facts(None), &l).status(), Status::SandboxError);
     }
 
     #[test]
@@ -507,7 +631,7 @@ mod tests {
         let l = limits();
         let mut f = facts(Some(Ended::Signaled(libc::SIGKILL)));
         f.killed_for_wall = true;
-        assert_eq!(classify(&f, &l), Status::TimeoutWall);
+        assert_eq!(classify(&f, &l).status(), Status::TimeoutWall);
         assert_eq!(Report::from_facts(&f, &l, SandboxInfo::default()).stopped_by, Some("wall_time"));
         let gone = Facts { client_gone: true, ..facts(Some(Ended::Signaled(libc::SIGKILL))) };
         let r = Report::from_facts(&gone, &l, SandboxInfo::default());
@@ -516,21 +640,21 @@ mod tests {
         let e = r.explanation.unwrap();
         assert_eq!((e.cause, e.words.as_str()), (Cause::Caller, "was stopped because its client ended (SIGKILL)"));
         f.usage.pids_limit_hits = 100;
-        assert_eq!(classify(&f, &l), Status::PidsLimit);
+        assert_eq!(classify(&f, &l).status(), Status::PidsLimit);
         f.usage.oom_kills = 1;
-        assert_eq!(classify(&f, &l), Status::MemoryLimit);
+        assert_eq!(classify(&f, &l).status(), Status::MemoryLimit);
         // a kernel stopped for its output
         let mut f = facts(Some(Ended::Signaled(libc::SIGKILL)));
         f.killed_for_output = true;
-        assert_eq!(classify(&f, &l), Status::OutputLimit);
+        assert_eq!(classify(&f, &l).status(), Status::OutputLimit);
         let mut f = facts(Some(Ended::Signaled(libc::SIGKILL)));
         f.killed_for_cpu = true;
         f.killed_for_wall = true;
-        assert_eq!(classify(&f, &l), Status::TimeoutCpu);
+        assert_eq!(classify(&f, &l).status(), Status::TimeoutCpu);
         // a program that hit the pids limit but handled it and exited cleanly is ok
         let mut f = facts(Some(Ended::Exited(0)));
         f.usage.pids_limit_hits = 1;
-        assert_eq!(classify(&f, &l), Status::Ok);
+        assert_eq!(classify(&f, &l).status(), Status::Ok);
         let r = Report::from_facts(&f, &l, SandboxInfo::default());
         assert_eq!(r.limits_hit, ["pids"]);
         // RLIMIT_CPU fired (SIGXCPU, or its SIGKILL) before the cgroup's count showed the limit:
@@ -539,18 +663,18 @@ mod tests {
             let mut f = facts(Some(Ended::Signaled(sig)));
             f.usage.cpu = l.cpu_time.mul_f64(0.95);
             f.reaped_cpu = l.cpu_time + Duration::from_secs(1);
-            assert_eq!(classify(&f, &l), Status::TimeoutCpu);
+            assert_eq!(classify(&f, &l).status(), Status::TimeoutCpu);
             let r = Report::from_facts(&f, &l, SandboxInfo::default());
             assert_eq!((r.limits_hit.as_slice(), r.cpu_time), (&["cpu_time"][..], f.reaped_cpu));
         }
         // a program that sent itself SIGXCPU well inside its budget was just signaled
         let mut f = facts(Some(Ended::Signaled(libc::SIGXCPU)));
         f.reaped_cpu = Duration::from_secs(1);
-        assert_eq!(classify(&f, &l), Status::Signaled);
+        assert_eq!(classify(&f, &l).status(), Status::Signaled);
         // but CPU over the limit is a timeout even if the program exited cleanly in time
         let mut f = facts(Some(Ended::Exited(0)));
         f.usage.cpu = l.cpu_time;
-        assert_eq!(classify(&f, &l), Status::TimeoutCpu);
+        assert_eq!(classify(&f, &l).status(), Status::TimeoutCpu);
     }
 
     #[test]
@@ -577,6 +701,53 @@ mod tests {
         for s in all {
             assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
         }
+    }
+
+    /// A fault's report: `status` and `sandbox_error` as before the fault was a type, and the
+    /// keys in the order they always had.
+    #[test]
+    fn fault_report_json_is_as_it_was() {
+        let fault = Fault::new(
+            crate::plan::Step::Bind("/usr".into()),
+            &crate::sys::SysError::new("move_mount", "/usr", nix::errno::Errno::EPERM),
+        );
+        let r = Report::fault(fault, &limits(), SandboxInfo::default(), Duration::from_millis(5));
+        let json = r.to_json();
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(v["status"], "sandbox-error");
+        assert_eq!(v["sandbox_error"]["step"], "bind /usr");
+        assert_eq!(v["sandbox_error"]["message"], format!("move_mount(/usr): {}", nix::errno::Errno::EPERM).as_str());
+        assert_eq!(v["sandbox_error"].as_object().unwrap().len(), 2);
+        assert_eq!(
+            v["explanation"]["words"],
+            format!("bind /usr: {}", v["sandbox_error"]["message"].as_str().unwrap())
+        );
+        assert_eq!(r.end.exit().code(), 3);
+        let keys = [
+            "schema",
+            "status",
+            "exit_code",
+            "signal",
+            "wall_time",
+            "cpu_time",
+            "peak_memory",
+            "limits",
+            "limits_hit",
+            "stopped_by",
+            "relayed_signals",
+            "shutdown_requested",
+            "sandbox_error",
+            "explanation",
+            "sandbox",
+        ];
+        let at: Vec<usize> = keys.iter().map(|k| json.find(&format!("\n  \"{k}\":")).expect(k)).collect();
+        assert!(at.windows(2).all(|w| w[0] < w[1]), "{json}");
+        assert_eq!(v.as_object().unwrap().len(), keys.len(), "no output_bytes or kernel when absent");
+        // init that died without a word is a fault too
+        let r = Report::from_facts(&facts(None), &limits(), SandboxInfo::default());
+        let v: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
+        assert_eq!(v["sandbox_error"]["step"], "init");
+        assert_eq!(v["sandbox_error"]["message"], "the sandbox's init ended without reporting the program's status");
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! the same: [`Outcome::exit_code`].
 
 use crate::cli::StageArgs;
+use crate::exit::StageExit;
 use crate::submission::{self, Checked, TreeLimits};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -26,9 +27,10 @@ pub enum StageError {
 impl StageError {
     pub fn exit_code(&self) -> u8 {
         match self {
-            StageError::Invalid(_) => crate::report::EXIT_USAGE,
-            StageError::Copy(_) | StageError::Io { .. } => crate::report::Status::SandboxError.exit_code(),
+            StageError::Invalid(_) => StageExit::Usage,
+            StageError::Copy(_) | StageError::Io { .. } => StageExit::Fault,
         }
+        .code()
     }
 }
 
@@ -43,9 +45,10 @@ pub enum Outcome {
 impl Outcome {
     pub fn exit_code(self) -> u8 {
         match self {
-            Outcome::Staged => 0,
-            Outcome::Rejected => 1,
+            Outcome::Staged => StageExit::Staged,
+            Outcome::Rejected => StageExit::Rejected,
         }
+        .code()
     }
 }
 

@@ -7,9 +7,11 @@
 //! the init of a PID namespace dies, the kernel kills every other process in it before the
 //! init can be reaped, so once `waitpid` returns, nothing of the run is left running.
 
-use crate::cgroup::{CgroupError, RunCgroup};
+use crate::cgroup::RunCgroup;
+use crate::fault::{Fault, HostStep};
 use crate::init::RELAYED;
 use crate::plan::{enter_sandbox, Channels, Plan};
+use crate::policy::Limits;
 use crate::report::Facts;
 use crate::sys::linux::LinuxSys;
 use crate::sys::raw::{self, Cloned};
@@ -21,72 +23,62 @@ use nix::unistd::{pipe2, read, Pid};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
-#[derive(Debug, thiserror::Error)]
-pub enum SupervisorError {
-    #[error("{what}: {errno}")]
-    Sys { what: &'static str, errno: Errno },
-    #[error("cgroup: {0}")]
-    Cgroup(#[from] CgroupError),
-}
-
-fn sys(what: &'static str) -> impl Fn(Errno) -> SupervisorError {
-    move |errno| SupervisorError::Sys { what, errno }
-}
-
-/// What the sandbox reported about its own setup, if it failed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SetupFailure {
-    pub step: String,
-    pub message: String,
+/// What to supervise: the sandbox's plan and everything around it on the host.
+pub struct Supervision {
+    pub plan: Plan,
+    /// The run's cgroup, limited; the sandbox is cloned into it (v2) or joins it (v1).
+    pub cgroup: RunCgroup,
+    /// The wall-clock and total CPU-time limits (and the CPU quota, to pace the CPU checks).
+    pub limits: Limits,
+    /// A kernel's protocol, relayed on a thread once the sandbox is cloned.
+    pub relay: Option<crate::relay::RelaySpec>,
+    /// A kernel's client: when it ends (readable or hung up), the sandbox is killed.
+    pub watch: Option<OwnedFd>,
+    pub stdio: crate::stdio::Spec,
 }
 
 pub struct Outcome {
     pub facts: Facts,
-    pub setup_failure: Option<SetupFailure>,
+    /// The sandbox's report of its own failed setup, if it failed.
+    pub setup_failure: Option<Fault>,
 }
 
 /// Namespaces the sandbox is born in. The cgroup namespace comes later, from inside
-/// (plan step 2), once it is in its cgroup on v1 too (plan step 1).
+/// ([`crate::plan::Step::CgroupNamespace`]), once it is in its cgroup on v1 too
+/// ([`crate::plan::Step::Cgroup`]).
 pub const NAMESPACES: u64 =
     (libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWNET | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS) as u64;
 
 /// The report lists the first signals relayed; a caller signalling in a loop can't grow it.
 const MAX_RELAYED_RECORDED: usize = 16;
 
-#[allow(clippy::too_many_arguments)] // until the host side is one typed request (#14)
-pub fn supervise(
-    mut plan: Plan,
-    cgroup: RunCgroup,
-    wall_limit: Duration,
-    cpu_limit: Duration,
-    millicores: u64,
-    relay: Option<crate::relay::RelaySpec>,
-    watch: Option<OwnedFd>,
-    stdio: crate::stdio::Spec,
-) -> Result<Outcome, SupervisorError> {
+/// Clone the sandbox, watch it until its init is reaped, and say what happened.
+pub fn supervise(s: Supervision) -> Result<Outcome, Fault> {
+    let Supervision { mut plan, cgroup, limits, relay, watch, stdio } = s;
     // The sandbox's fds 0-2: pipes of ours, never the caller's (unless `run --tty`).
     let piped = match stdio {
         crate::stdio::Spec::Piped(piped) => {
-            let pipes = crate::stdio::pipes().map_err(sys("pipe2"))?;
+            let pipes = crate::stdio::pipes().map_err(|e| Fault::errno(HostStep::Pipes, e))?;
             plan.stdio = Some(pipes.sandbox);
             Some((piped, pipes.host))
         }
         crate::stdio::Spec::Inherit => None,
     };
-    let (alive_r, alive_w) = pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(sys("pipe2"))?;
-    let (status_r, status_w) = pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(sys("pipe2"))?;
-    let (error_r, error_w) = pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(sys("pipe2"))?;
+    let pipe = || pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| Fault::errno(HostStep::Pipes, e));
+    let ((alive_r, alive_w), (status_r, status_w), (error_r, error_w)) = (pipe()?, pipe()?, pipe()?);
     let mut relayed = SigSet::empty();
     for &s in RELAYED {
         relayed.add(s);
     }
     // Blocked before the clone (normally already, since `run` started) so none is lost: the
     // sandbox keeps them blocked, hence pending, until its init can relay them, and the
-    // program starts with an empty mask (plan step 19).
-    let old_mask = relayed.thread_swap_mask(SigmaskHow::SIG_BLOCK).map_err(sys("sigprocmask"))?;
+    // program starts with an empty mask (the plan's `Session` step).
+    let old_mask =
+        relayed.thread_swap_mask(SigmaskHow::SIG_BLOCK).map_err(|e| Fault::errno(HostStep::SignalMask, e))?;
     let started = Instant::now();
 
-    let (pid, pidfd) = match raw::clone3(NAMESPACES, cgroup.clone_into_fd()).map_err(sys("clone3"))? {
+    let cloned = raw::clone3(NAMESPACES, cgroup.clone_into_fd()).map_err(|e| Fault::errno(HostStep::Clone, e))?;
+    let (pid, pidfd) = match cloned {
         Cloned::Child => {
             drop((alive_w, status_r, error_r));
             child(
@@ -101,109 +93,38 @@ pub fn supervise(
     drop(plan); // our copies of the bind source fds and of the sandbox's stdio ends
 
     // From here on, an early return (an error of ours) must not leave the sandbox running.
-    let mut sandbox = Sandbox { pid, pidfd, reaped: false };
+    let sandbox = Sandbox { pid, pidfd, reaped: false };
     // A kernel's protocol, relayed on a thread of its own: no fork happens here any more.
     // Declared after `sandbox`, so it stops (on any return) before the pidfd it uses closes.
-    let mut relay = match relay {
-        Some(spec) => Some(crate::relay::start(spec, sandbox.pidfd.as_raw_fd()).map_err(|e| SupervisorError::Sys {
-            what: "relay",
-            errno: Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
-        })?),
+    let relay = match relay {
+        Some(spec) => {
+            Some(crate::relay::start(spec, sandbox.pidfd.as_raw_fd()).map_err(|e| Fault::io(HostStep::Relay, &e))?)
+        }
         None => None,
     };
     // stdout and stderr passed on and counted, stdin copied in: threads too, from here on.
     let pumps = match piped {
-        Some((piped, ends)) => Some(crate::stdio::start(piped, ends, sandbox.pidfd.as_raw_fd()).map_err(|e| {
-            SupervisorError::Sys { what: "stdio", errno: Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)) }
-        })?),
+        Some((piped, ends)) => Some(
+            crate::stdio::start(piped, ends, sandbox.pidfd.as_raw_fd()).map_err(|e| Fault::io(HostStep::Stdio, &e))?,
+        ),
         None => None,
     };
-    let sfd =
-        SignalFd::with_flags(&relayed, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK).map_err(sys("signalfd"))?;
-    let mut facts = Facts::default();
-    let mut error_text = Vec::new();
-    let mut error_open = true;
-    let deadline = started + wall_limit;
-    loop {
-        let now = Instant::now();
-        let killed = facts.killed_for_wall || facts.killed_for_cpu || facts.client_gone;
-        let mut timeout = if killed { Duration::from_millis(100) } else { deadline.saturating_duration_since(now) };
-        if !killed {
-            if now >= deadline {
-                facts.killed_for_wall = true;
-                sandbox.kill();
-                tracing::debug!(?wall_limit, "wall-clock limit: killed");
-                continue;
-            }
-            let used = cgroup.cpu_usage()?;
-            if used >= cpu_limit {
-                facts.killed_for_cpu = true;
-                sandbox.kill();
-                tracing::debug!(?used, "cpu-time limit: killed");
-                continue;
-            }
-            // The soonest the limit could be reached, at full quota, but at least every 100 ms.
-            let soonest = (cpu_limit - used).mul_f64(1000.0 / millicores.max(1) as f64);
-            timeout = timeout.min(soonest.clamp(Duration::from_millis(5), Duration::from_millis(100)));
-        }
-        let mut fds =
-            vec![PollFd::new(sandbox.pidfd.as_fd(), PollFlags::POLLIN), PollFd::new(sfd.as_fd(), PollFlags::POLLIN)];
-        if error_open {
-            fds.push(PollFd::new(error_r.as_fd(), PollFlags::POLLIN));
-        }
-        let watch_at = fds.len();
-        if let Some(w) = watch.as_ref().filter(|_| !facts.client_gone) {
-            fds.push(PollFd::new(w.as_fd(), PollFlags::POLLIN));
-        }
-        let ms = timeout.as_millis().clamp(1, i32::MAX as u128) as i32;
-        match poll(&mut fds, PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)) {
-            Ok(_) | Err(Errno::EINTR) => {}
-            Err(e) => return Err(sys("poll")(e)),
-        }
-        let ready = |i: usize| fds.get(i).and_then(|f| f.revents()).is_some_and(|r| !r.is_empty());
-        let (exited, signalled, error_ready) = (ready(0), ready(1), error_open && ready(2));
-        let gone = watch.is_some() && !facts.client_gone && ready(watch_at);
-        drop(fds);
-        if gone {
-            // Nobody is left to talk to the program: it must not run on unattended.
-            facts.client_gone = true;
-            sandbox.kill();
-            tracing::warn!("the client is gone: sandbox killed");
-        }
-        if signalled {
-            while let Ok(Some(info)) = sfd.read_signal() {
-                tracing::debug!(signal = info.ssi_signo, "relaying");
-                let _ = raw::pidfd_send_signal(sandbox.pidfd.as_raw_fd(), info.ssi_signo as i32);
-                if facts.relayed.len() < MAX_RELAYED_RECORDED {
-                    facts.relayed.push(info.ssi_signo as i32);
-                }
-            }
-        }
-        if error_ready {
-            let mut buf = [0u8; 4096];
-            match read(&error_r, &mut buf) {
-                Ok(0) | Err(_) => {
-                    error_open = false;
-                    tracing::debug!("setup done: program started (or setup ended)");
-                }
-                Ok(n) => error_text.extend_from_slice(&buf[..n]),
-            }
-        }
-        if exited {
-            // The relay's last bytes (and its output count) are in before the verdict; it
-            // stops while the sandbox is still a zombie of ours.
-            if let Some(relay) = relay.take() {
-                let seen = relay.stop();
-                facts.output_bytes = Some(seen.output);
-                facts.killed_for_output = seen.exceeded;
-                facts.shutdown_requested = seen.shutdown_requested;
-            }
-            nix::sys::wait::waitpid(pid, None).map_err(sys("waitpid"))?;
-            sandbox.reaped = true;
-            tracing::debug!("sandbox reaped");
-            break;
-        }
-    }
+    let signals = SignalFd::with_flags(&relayed, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
+        .map_err(|e| Fault::errno(HostStep::Signals, e))?;
+    let mut watcher = Watcher {
+        relay,
+        sandbox,
+        signals,
+        error: ErrorPipe { fd: error_r, open: true, text: Vec::new() },
+        watch,
+        cgroup: &cgroup,
+        deadline: started + limits.wall_time,
+        limits: &limits,
+        facts: Facts::default(),
+    };
+    watcher.run()?;
+    // The sandbox (its pidfd) stays ours until we return: the pumps below still use it.
+    let Watcher { mut facts, mut error, sandbox: _sandbox, .. } = watcher;
     facts.wall = started.elapsed();
     // Every process of the sandbox is gone, so its stdout and stderr are at end-of-file: the
     // last of them is passed on before the verdict.
@@ -213,12 +134,20 @@ pub fn supervise(
         facts.killed_for_output |= exceeded;
     }
     // The rest of a setup error, if the child wrote one and died before we read it all.
-    let mut buf = [0u8; 4096];
-    while let Ok(n @ 1..) = read(&error_r, &mut buf) {
-        error_text.extend_from_slice(&buf[..n]);
-    }
+    error.drain();
+    read_status(&status_r, &mut facts);
+    drop(alive_w);
+    let _ = old_mask.thread_set_mask();
+    facts.usage = cgroup.finish().map_err(|e| Fault::text(HostStep::Accounting, e))?;
+    tracing::debug!(cpu = ?facts.usage.cpu, peak = ?facts.usage.peak_memory, "cgroup finished");
+    let setup_failure = (!error.text.is_empty()).then(|| Fault::decode(&error.text));
+    Ok(Outcome { facts, setup_failure })
+}
+
+/// How the program ended, from init's status pipe; a SIGKILL of ours if init could not say.
+fn read_status(status_r: &OwnedFd, facts: &mut Facts) {
     let mut status = [0u8; crate::init::STATUS_LEN];
-    if let Ok(crate::init::STATUS_LEN) = read(&status_r, &mut status) {
+    if let Ok(crate::init::STATUS_LEN) = read(status_r, &mut status) {
         if let Some((ended, cpu)) = crate::init::decode(&status) {
             facts.ended = Some(ended);
             facts.reaped_cpu = cpu;
@@ -229,16 +158,172 @@ pub fn supervise(
     {
         facts.ended = Some(crate::report::Ended::Signaled(libc::SIGKILL)); // by us, through init
     }
-    drop(alive_w);
-    let _ = old_mask.thread_set_mask();
-    facts.usage = cgroup.finish()?;
-    tracing::debug!(cpu = ?facts.usage.cpu, peak = ?facts.usage.peak_memory, "cgroup finished");
-    let setup_failure = (!error_text.is_empty()).then(|| {
-        let text = String::from_utf8_lossy(&error_text).into_owned();
-        let (step, message) = text.split_once('\x1f').unwrap_or(("setup", &text));
-        SetupFailure { step: step.to_string(), message: message.to_string() }
-    });
-    Ok(Outcome { facts, setup_failure })
+}
+
+/// The sandbox's error pipe: what it wrote, until end-of-file (close-on-exec: the program
+/// started, or setup ended).
+struct ErrorPipe {
+    fd: OwnedFd,
+    open: bool,
+    text: Vec<u8>,
+}
+
+impl ErrorPipe {
+    fn on_ready(&mut self) {
+        let mut buf = [0u8; 4096];
+        match read(&self.fd, &mut buf) {
+            Ok(0) | Err(_) => {
+                self.open = false;
+                tracing::debug!("setup done: program started (or setup ended)");
+            }
+            Ok(n) => self.text.extend_from_slice(&buf[..n]),
+        }
+    }
+
+    fn drain(&mut self) {
+        let mut buf = [0u8; 4096];
+        while let Ok(n @ 1..) = read(&self.fd, &mut buf) {
+            self.text.extend_from_slice(&buf[..n]);
+        }
+    }
+}
+
+/// What `poll` watches, each fd by name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    /// The client went away: kill the sandbox.
+    Client,
+    /// A signal to relay.
+    Signal,
+    /// The error pipe: a setup failure, or end-of-file.
+    Error,
+    /// The sandbox's init ended (its pidfd).
+    Exit,
+}
+
+/// The supervisor's loop: its fds, the limits it enforces, and what it has seen so far.
+struct Watcher<'a> {
+    /// Declared before `sandbox`: stops (on any return) before the pidfd it uses closes.
+    relay: Option<crate::relay::Relay>,
+    sandbox: Sandbox,
+    signals: SignalFd,
+    error: ErrorPipe,
+    watch: Option<OwnedFd>,
+    cgroup: &'a RunCgroup,
+    limits: &'a Limits,
+    deadline: Instant,
+    facts: Facts,
+}
+
+impl Watcher<'_> {
+    /// Until the sandbox's init is reaped.
+    fn run(&mut self) -> Result<(), Fault> {
+        loop {
+            let Some(timeout) = self.enforce_limits()? else { continue };
+            let ready = self.wait(timeout)?;
+            // The order of the handlers is the order of the sources' variants.
+            for source in [Source::Client, Source::Signal, Source::Error, Source::Exit] {
+                if !ready.contains(&source) {
+                    continue;
+                }
+                match source {
+                    Source::Client => self.on_client_gone(),
+                    Source::Signal => self.on_signals(),
+                    Source::Error => self.error.on_ready(),
+                    Source::Exit => {
+                        self.on_exit()?;
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+
+    fn killed(&self) -> bool {
+        self.facts.killed_for_wall || self.facts.killed_for_cpu || self.facts.client_gone
+    }
+
+    /// Kill on the wall-clock or the CPU-time limit; `None` when it just killed, else how
+    /// long to wait: until the deadline, and at most as long as the CPU limit could take.
+    fn enforce_limits(&mut self) -> Result<Option<Duration>, Fault> {
+        if self.killed() {
+            return Ok(Some(Duration::from_millis(100)));
+        }
+        let now = Instant::now();
+        if now >= self.deadline {
+            self.facts.killed_for_wall = true;
+            self.sandbox.kill();
+            tracing::debug!(wall_limit = ?self.limits.wall_time, "wall-clock limit: killed");
+            return Ok(None);
+        }
+        let used = self.cgroup.cpu_usage().map_err(|e| Fault::text(HostStep::Accounting, e))?;
+        let cpu_limit = self.limits.cpu_time;
+        if used >= cpu_limit {
+            self.facts.killed_for_cpu = true;
+            self.sandbox.kill();
+            tracing::debug!(?used, "cpu-time limit: killed");
+            return Ok(None);
+        }
+        // The soonest the limit could be reached, at full quota, but at least every 100 ms.
+        let soonest = (cpu_limit - used).mul_f64(1000.0 / self.limits.cpu_quota_millicores.max(1) as f64);
+        let wait = self.deadline.saturating_duration_since(now);
+        Ok(Some(wait.min(soonest.clamp(Duration::from_millis(5), Duration::from_millis(100)))))
+    }
+
+    /// `poll` the sources that are still open; the ones that are ready.
+    fn wait(&self, timeout: Duration) -> Result<Vec<Source>, Fault> {
+        let mut sources = vec![(Source::Exit, self.sandbox.pidfd.as_fd()), (Source::Signal, self.signals.as_fd())];
+        if self.error.open {
+            sources.push((Source::Error, self.error.fd.as_fd()));
+        }
+        if let Some(w) = self.watch.as_ref().filter(|_| !self.facts.client_gone) {
+            sources.push((Source::Client, w.as_fd()));
+        }
+        let mut fds: Vec<PollFd> = sources.iter().map(|(_, fd)| PollFd::new(*fd, PollFlags::POLLIN)).collect();
+        let ms = timeout.as_millis().clamp(1, i32::MAX as u128) as i32;
+        match poll(&mut fds, PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)) {
+            Ok(_) | Err(Errno::EINTR) => {}
+            Err(e) => return Err(Fault::errno(HostStep::Poll, e)),
+        }
+        Ok(sources
+            .iter()
+            .zip(&fds)
+            .filter(|(_, fd)| fd.revents().is_some_and(|r| !r.is_empty()))
+            .map(|((source, _), _)| *source)
+            .collect())
+    }
+
+    fn on_client_gone(&mut self) {
+        // Nobody is left to talk to the program: it must not run on unattended.
+        self.facts.client_gone = true;
+        self.sandbox.kill();
+        tracing::warn!("the client is gone: sandbox killed");
+    }
+
+    fn on_signals(&mut self) {
+        while let Ok(Some(info)) = self.signals.read_signal() {
+            tracing::debug!(signal = info.ssi_signo, "relaying");
+            let _ = raw::pidfd_send_signal(self.sandbox.pidfd.as_raw_fd(), info.ssi_signo as i32);
+            if self.facts.relayed.len() < MAX_RELAYED_RECORDED {
+                self.facts.relayed.push(info.ssi_signo as i32);
+            }
+        }
+    }
+
+    fn on_exit(&mut self) -> Result<(), Fault> {
+        // The relay's last bytes (and its output count) are in before the verdict; it
+        // stops while the sandbox is still a zombie of ours.
+        if let Some(relay) = self.relay.take() {
+            let seen = relay.stop();
+            self.facts.output_bytes = Some(seen.output);
+            self.facts.killed_for_output = seen.exceeded;
+            self.facts.shutdown_requested = seen.shutdown_requested;
+        }
+        nix::sys::wait::waitpid(self.sandbox.pid, None).map_err(|e| Fault::errno(HostStep::Reap, e))?;
+        self.sandbox.reaped = true;
+        tracing::debug!("sandbox reaped");
+        Ok(())
+    }
 }
 
 /// The sandbox's init, killed and reaped when dropped before it was reaped normally.
@@ -274,10 +359,9 @@ fn child(plan: Plan, ch: Channels) -> ! {
             raw::close_fd(ch.error);
             crate::init::run(program, ch.status)
         }
-        Err(e) => {
-            let msg = format!("{}\x1f{}", e.step, e.message);
-            raw::write_fd(ch.error, msg.as_bytes());
-            raw::exit_now(126)
+        Err(fault) => {
+            raw::write_fd(ch.error, &fault.encode());
+            raw::exit_now(126) // read by nobody: the fault itself is on the pipe
         }
     }
 }

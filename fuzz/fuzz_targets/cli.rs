@@ -5,7 +5,7 @@
 
 use clap::{CommandFactory, Parser};
 use isolate_grade::cli::{with_default_command, Cli, Command, SandboxArgs};
-use isolate_grade::{grade, run, stage, units};
+use isolate_grade::{grade, request, stage, units};
 use libfuzzer_sys::fuzz_target;
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStringExt;
@@ -24,7 +24,7 @@ fn values(s: &SandboxArgs) {
         let _ = units::parse_cores(v);
     }
     for b in &s.binds {
-        let _ = run::parse_bind(b);
+        let _ = request::parse_bind(b);
     }
 }
 

@@ -34,9 +34,9 @@ use std::time::{Duration, Instant};
 use worker::{Ready, Worker, WorkerError};
 
 /// How `isolate-grade ASSIGNMENT` ends: every exit status it has, defined here only (README:
-/// "Exit codes").
+/// "Exit codes"; the two every command shares from [`crate::exit`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Exit {
+pub enum GradeExit {
     /// Every student selected was graded.
     AllGraded,
     /// Some students were not graded because of their submissions (rejected, killed, errors).
@@ -51,29 +51,29 @@ pub enum Exit {
 }
 
 /// The usage status every command shares (the one place this module names it).
-const USAGE: u8 = crate::report::EXIT_USAGE;
+const USAGE: u8 = crate::exit::USAGE;
 
-impl Exit {
+impl GradeExit {
     pub fn code(self) -> u8 {
         match self {
-            Exit::AllGraded => 0,
-            Exit::NotAllGraded => 1,
-            Exit::Usage => USAGE,
-            Exit::Fault => 3,
-            Exit::Interrupted => 130,
+            GradeExit::AllGraded => 0,
+            GradeExit::NotAllGraded => 1,
+            GradeExit::Usage => USAGE,
+            GradeExit::Fault => crate::exit::FAULT,
+            GradeExit::Interrupted => 130,
         }
     }
 
     /// The end of a batch that ran: interrupted, else the worst of its students.
-    fn of(students: &[StudentResult], interrupted: bool) -> Exit {
+    fn of(students: &[StudentResult], interrupted: bool) -> GradeExit {
         if interrupted {
-            Exit::Interrupted
+            GradeExit::Interrupted
         } else if students.iter().any(|s| s.verdict.is_fault()) {
-            Exit::Fault
+            GradeExit::Fault
         } else if students.iter().any(|s| !s.verdict.is_graded()) {
-            Exit::NotAllGraded
+            GradeExit::NotAllGraded
         } else {
-            Exit::AllGraded
+            GradeExit::AllGraded
         }
     }
 }
@@ -117,15 +117,15 @@ impl From<KernelspecError> for GradeError {
 }
 
 impl GradeError {
-    pub fn exit(&self) -> Exit {
+    pub fn exit(&self) -> GradeExit {
         match self {
             GradeError::Report(_)
             | GradeError::Io { .. }
             | GradeError::Sandbox(_)
             | GradeError::Kernel { .. }
-            | GradeError::Signals(_) => Exit::Fault,
-            GradeError::Identity(IdentityError::Credentials(_)) => Exit::Fault,
-            _ => Exit::Usage,
+            | GradeError::Signals(_) => GradeExit::Fault,
+            GradeError::Identity(IdentityError::Credentials(_)) => GradeExit::Fault,
+            _ => GradeExit::Usage,
         }
     }
 
@@ -194,7 +194,7 @@ pub fn execute(config: Option<PathBuf>, a: GradeArgs) -> Result<u8, GradeError> 
     // 7. The report: the table, and with --report the JSON and CSV.
     let report = report_of(&req, ended.results, ended.started)?;
     // 8. The exit status.
-    Ok(Exit::of(&report.students, ended.interrupted).code())
+    Ok(GradeExit::of(&report.students, ended.interrupted).code())
 }
 
 /// A batch as asked for, validated, by the caller (nothing privileged is left).
@@ -218,7 +218,7 @@ impl Request {
     fn new(config: Option<PathBuf>, a: GradeArgs) -> Result<Request, GradeError> {
         let caller = Caller::detect();
         caller.become_caller()?;
-        let sudo = caller.via == "sudo";
+        let sudo = caller.via == crate::identity::Via::Sudo;
         if sudo {
             set_home(caller.uid);
         }
@@ -921,13 +921,18 @@ mod tests {
 
     #[test]
     fn exit_statuses_keep_their_numbers() {
-        let codes = [Exit::AllGraded, Exit::NotAllGraded, Exit::Usage, Exit::Fault, Exit::Interrupted].map(Exit::code);
+        let codes =
+            [GradeExit::AllGraded, GradeExit::NotAllGraded, GradeExit::Usage, GradeExit::Fault, GradeExit::Interrupted]
+                .map(GradeExit::code);
         assert_eq!(codes, [0, 1, 2, 3, 130]);
         let r = |v| StudentResult::without_grades("s", v, String::new());
-        assert_eq!(Exit::of(&[r(Verdict::Graded)], false), Exit::AllGraded);
-        assert_eq!(Exit::of(&[r(Verdict::Graded), r(Verdict::Rejected)], false), Exit::NotAllGraded);
-        assert_eq!(Exit::of(&[r(Verdict::Rejected), r(Verdict::Kernel(Status::SandboxError))], false), Exit::Fault);
-        assert_eq!(Exit::of(&[r(Verdict::SandboxError)], true), Exit::Interrupted);
+        assert_eq!(GradeExit::of(&[r(Verdict::Graded)], false), GradeExit::AllGraded);
+        assert_eq!(GradeExit::of(&[r(Verdict::Graded), r(Verdict::Rejected)], false), GradeExit::NotAllGraded);
+        assert_eq!(
+            GradeExit::of(&[r(Verdict::Rejected), r(Verdict::Kernel(Status::SandboxError))], false),
+            GradeExit::Fault
+        );
+        assert_eq!(GradeExit::of(&[r(Verdict::SandboxError)], true), GradeExit::Interrupted);
     }
 
     #[test]

@@ -367,7 +367,7 @@ mod tests {
         assert!(matches!(&e, WorkerError::Fatal(m) if m == said), "{e}");
         let e = crate::grade::GradeError::Worker { assignment: "ps1".into(), source: e };
         assert_eq!(e.to_string(), format!("cannot grade ps1: {said}"));
-        assert_eq!(e.exit(), crate::grade::Exit::Usage);
+        assert_eq!(e.exit(), crate::grade::GradeExit::Usage);
         assert_eq!(e.exit_code(), 2);
     }
 

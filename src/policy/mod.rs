@@ -16,7 +16,7 @@ mod validate;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use validate::{check_env_name, sandbox_path};
+pub use validate::{check_env, check_env_name, check_memory, sandbox_path, MIN_MEMORY};
 
 /// Policies compiled into the binary, so `--policy default` works on any machine.
 pub const BUILTIN: &[(&str, &str)] =

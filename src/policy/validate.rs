@@ -30,9 +30,7 @@ pub(super) fn validate(file: &str, name: String, raw: schema::PolicyFile) -> Res
         tmp_size: size("limits.tmp_size", &l.tmp_size)?,
         shm_size: size("limits.shm_size", &l.shm_size)?,
     };
-    if limits.memory < 4 << 20 {
-        return Err(err("limits.memory", "must be at least 4M".into()));
-    }
+    check_memory(limits.memory).map_err(|r| err("limits.memory", r))?;
 
     let s = &raw.sandbox;
     let hostname = s.hostname.clone().unwrap_or_else(|| "sandbox".into());
@@ -73,10 +71,7 @@ pub(super) fn validate(file: &str, name: String, raw: schema::PolicyFile) -> Res
 
     let mut env = Vec::new();
     for (k, v) in &raw.env {
-        check_env_name(k).map_err(|r| err(&format!("env.{k}"), r))?;
-        if v.contains('\0') {
-            return Err(err(&format!("env.{k}"), "value contains a NUL byte".into()));
-        }
+        check_env(k, v).map_err(|r| err(&format!("env.{k}"), r))?;
         env.push((k.clone(), v.clone()));
     }
 
@@ -161,6 +156,27 @@ pub fn sandbox_path(s: &str, is_target: bool) -> Result<PathBuf, String> {
         return Err("cannot mount over the sandbox root".into());
     }
     Ok(p)
+}
+
+/// The least memory a sandbox may be given (a policy's or the command line's).
+pub const MIN_MEMORY: u64 = 4 << 20;
+
+/// A memory limit, from a policy or the command line: at least [`MIN_MEMORY`].
+pub fn check_memory(bytes: u64) -> Result<(), String> {
+    if bytes < MIN_MEMORY {
+        return Err("must be at least 4M".into());
+    }
+    Ok(())
+}
+
+/// A variable for the sandbox's environment, from a policy or the command line: a valid
+/// name, a value without NUL (it becomes a C string).
+pub fn check_env(k: &str, v: &str) -> Result<(), String> {
+    check_env_name(k)?;
+    if v.contains('\0') {
+        return Err("value contains a NUL byte".into());
+    }
+    Ok(())
 }
 
 pub fn check_env_name(k: &str) -> Result<(), String> {

@@ -171,16 +171,9 @@ impl Sys for FakeSys {
     fn reset_signals(&self) -> Result<(), SysError> {
         self.rec("sigaction", "reset signals".into())
     }
-    fn landlock(&self, rules: &LandlockRules, required: bool) -> Result<LandlockOutcome, SysError> {
-        self.rec(
-            "landlock",
-            format!("landlock read={} write={} required={required}", rules.read.len(), rules.write.len()),
-        )?;
-        let outcome = self.landlock.clone().unwrap_or(LandlockOutcome::Full);
-        if required && outcome == LandlockOutcome::Unsupported {
-            return Err(SysError::new("landlock", "unsupported", Errno::EOPNOTSUPP));
-        }
-        Ok(outcome)
+    fn landlock(&self, rules: &LandlockRules) -> Result<LandlockOutcome, SysError> {
+        self.rec("landlock", format!("landlock read={} write={}", rules.read.len(), rules.write.len()))?;
+        Ok(self.landlock.clone().unwrap_or(LandlockOutcome::Full))
     }
     fn seccomp(&self, filters: &[seccompiler::BpfProgram]) -> Result<(), SysError> {
         self.rec("seccomp", format!("seccomp {} filters", filters.len()))

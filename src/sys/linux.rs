@@ -264,8 +264,8 @@ impl Sys for LinuxSys {
         nix::sys::signal::SigSet::empty().thread_set_mask().map_err(|e| SysError::new("sigprocmask", "empty", e))
     }
 
-    fn landlock(&self, rules: &LandlockRules, required: bool) -> Result<LandlockOutcome, SysError> {
-        crate::fsaccess::restrict_self(rules, required)
+    fn landlock(&self, rules: &LandlockRules) -> Result<LandlockOutcome, SysError> {
+        super::landlock::restrict_self(rules)
     }
 
     fn seccomp(&self, filters: &[seccompiler::BpfProgram]) -> Result<(), SysError> {

@@ -6,6 +6,7 @@
 //! `unsafe` in the sandbox setup.
 
 pub mod fake;
+pub mod landlock;
 pub mod linux;
 pub mod raw;
 
@@ -106,7 +107,8 @@ pub trait Sys {
     /// Every signal back to its default action and an empty mask: ignored signals (the
     /// caller's, and SIGPIPE, which Rust ignores) and the mask survive `execve` otherwise.
     fn reset_signals(&self) -> Result<(), SysError>;
-    fn landlock(&self, rules: &LandlockRules, required: bool) -> Result<LandlockOutcome, SysError>;
+    /// Apply the Landlock rules as far as the kernel supports them, and say how far that was.
+    fn landlock(&self, rules: &LandlockRules) -> Result<LandlockOutcome, SysError>;
     /// Install the filters, in order, on this thread (there is only one).
     fn seccomp(&self, filters: &[seccompiler::BpfProgram]) -> Result<(), SysError>;
     /// Only returns on failure.

@@ -1,9 +1,10 @@
 //! Landlock, on top of the mount tree: even if a mount were wrong, the program can only
 //! write where the policy says (`/tmp`, `/dev/shm`, writable binds) and read the rest.
 //! Where the kernel supports them (ABI 6), abstract Unix sockets and signals are scoped to the
-//! sandbox as well.
+//! sandbox as well. This applies the rules and says what the kernel enforced; whether that is
+//! enough for the policy is the plan's to decide ([`crate::plan::landlock_enough`]).
 
-use crate::sys::{LandlockOutcome, LandlockRules, SysError};
+use super::{LandlockOutcome, LandlockRules, SysError};
 use landlock::{
     path_beneath_rules, Access, AccessFs, CompatLevel, Compatible, Ruleset, RulesetAttr, RulesetCreatedAttr,
     RulesetStatus, Scope, ABI,
@@ -25,7 +26,8 @@ pub fn kernel_abi() -> i32 {
     }
 }
 
-pub fn restrict_self(rules: &LandlockRules, required: bool) -> Result<LandlockOutcome, SysError> {
+/// Apply `rules` to this thread (the only one), as much as the kernel supports.
+pub fn restrict_self(rules: &LandlockRules) -> Result<LandlockOutcome, SysError> {
     let e = |what: &str, err: &dyn std::fmt::Display| SysError::new("landlock", format!("{what}: {err}"), Errno::EPERM);
     let abi = ABI_WANTED;
     let status = Ruleset::default()
@@ -44,17 +46,9 @@ pub fn restrict_self(rules: &LandlockRules, required: bool) -> Result<LandlockOu
         .map_err(|x| e("file rules", &x))?
         .restrict_self()
         .map_err(|x| e("restrict_self", &x))?;
-    let outcome = match status.ruleset {
+    Ok(match status.ruleset {
         RulesetStatus::FullyEnforced => LandlockOutcome::Full,
         RulesetStatus::PartiallyEnforced => LandlockOutcome::Partial,
         RulesetStatus::NotEnforced => LandlockOutcome::Unsupported,
-    };
-    if required && outcome == LandlockOutcome::Unsupported {
-        return Err(SysError::new(
-            "landlock",
-            "the policy requires Landlock and this kernel does not enforce it",
-            Errno::EOPNOTSUPP,
-        ));
-    }
-    Ok(outcome)
+    })
 }
