@@ -9,7 +9,9 @@ def _isolate_grade(c, twins, languages, kernels=None, on_kernel_report=None):
     notebook that names no kernel, by its language (`kernelspec.language`, `language_info.name`).
     A notebook whose kernel has no twin, or whose language is not its twin's, is never run.
     Each kernel writes its report to `<ISOLATE_GRADE_REPORT_DIR>/<kernel id>.json`, its id being
-    its connection file's name; `on_kernel_report` (the batch's worker) is told each such file.
+    its connection file's name; with `on_kernel_report` (the batch's worker, whose twins this
+    same binary made), each kernel is given its report file (`--report`) and its submission
+    (`--submission`) on its command line instead, and `on_kernel_report` is told each file.
     (isolate-grade's src/route.py: written into nbgrader_config.py by `isolate-grade install`,
     and used by the batch with its own twins.)
     """
@@ -61,6 +63,10 @@ def _isolate_grade(c, twins, languages, kernels=None, on_kernel_report=None):
     class SandboxedExecute(Execute):
         def create_kernel_manager(self):
             km = super().create_kernel_manager()
+            if on_kernel_report is not None:
+                # the batch's own twins (made by this very binary): the report file and the
+                # submission named on the kernel's command line
+                _name_report_and_submission(km, self._isolate_grade_reports, self._isolate_grade_submission)
             self._isolate_grade_kms.append(km)
             if kernels is not None:
                 from jupyter_client.kernelspec import KernelSpecManager
@@ -87,6 +93,9 @@ def _isolate_grade(c, twins, languages, kernels=None, on_kernel_report=None):
             os.environ["ISOLATE_GRADE_LABEL"] = label
             self._isolate_grade_cell = None
             outer_kms, self._isolate_grade_kms = getattr(self, "_isolate_grade_kms", None), []
+            self._isolate_grade_reports = reports
+            path = (resources.get("metadata") or {}).get("path")
+            self._isolate_grade_submission = os.path.realpath(path) if path else None
             kms = self._isolate_grade_kms
             try:
                 return super().preprocess(nb, resources, *args, **kwargs)
@@ -123,15 +132,41 @@ def _isolate_grade(c, twins, languages, kernels=None, on_kernel_report=None):
         SandboxedExecute if isinstance(s, type) and issubclass(s, Execute) else s for s in steps]
 
 
+def _name_report_and_submission(km, reports, submission):
+    """Have the kernel `km` starts write its report to a file of its own in `reports`
+    (`--report FILE`) and take `submission` as its submission (`--submission DIR`; nbclient
+    starts it there too): both given on its command line, before the kernel's own argv (`--`)."""
+    import os
+    import uuid
+
+    report = os.path.join(reports, f"kernel-{uuid.uuid4()}.json")
+    formatted = km.format_kernel_cmd
+
+    def format_kernel_cmd(extra_arguments=None):
+        cmd = formatted(extra_arguments)
+        if "--" not in cmd:
+            return cmd
+        at = cmd.index("--")
+        ours = ["--report", report] + (["--submission", submission] if submission else [])
+        km._isolate_grade_report = report
+        return cmd[:at] + ours + cmd[at:]
+
+    km.format_kernel_cmd = format_kernel_cmd
+
+
 def _report_files(reports, kms):
-    """The report file of each kernel these managers started, in order: `<reports>/<kernel
-    id>.json`, the id being its connection file's name (as `isolate-grade kernel` names it)."""
+    """The report file of each kernel these managers started, in order: the one named on its
+    command line (`--report`), else `<reports>/<kernel id>.json`, the id being its connection
+    file's name (as `isolate-grade kernel --report-dir` names it)."""
     import os
 
     files = []
     for km in kms:
         connection = getattr(km, "connection_file", None)
-        if connection:
+        named = getattr(km, "_isolate_grade_report", None)
+        if named:
+            files.append(named)
+        elif connection:
             files.append(os.path.join(reports, os.path.splitext(os.path.basename(connection))[0] + ".json"))
     return files
 

@@ -11,9 +11,9 @@
 //!
 //! A `fatal` is the one message whose shape never changes, so that a worker of another
 //! protocol can still say so. Each notebook's kernels are named in the answer
-//! ([`Answer::kernel_reports`]): the report each kernel wrote, `<reports>/<student>/<notebook>/
-//! <kernel id>.json`, its id being its connection file's name (`route.py` knows each kernel's
-//! manager, hence its connection file); the batch reads those files and nothing else.
+//! ([`Answer::kernel_reports`]): the report file each kernel was told to write (`route.py`
+//! gives every kernel of the batch `--report <reports>/<student>/<notebook>/kernel-<uuid>.json`
+//! and `--submission`); the batch reads those files and nothing else.
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;

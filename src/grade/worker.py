@@ -9,7 +9,7 @@ of behaviour:
 - every notebook runs in the sandboxed twin (one of the kernelspecs the orchestrator wrote) of
   the kernel its metadata names, routed by the same code `isolate-grade install` puts into
   nbgrader_config.py (src/route.py), with the batch's twins; each kernel writes its verdict to
-  the directory of its student and notebook (ISOLATE_GRADE_REPORT_DIR, `--report-dir`);
+  a file of its own in the directory of its student and notebook (`--report`);
 - every use of the gradebook holds an exclusive lock shared by all the workers. nbgrader opens
   the gradebook briefly and often; SQLite lets one writer in at a time, and a reader that wants
   to write while another process writes gets "database is locked" at once, without waiting
@@ -22,8 +22,9 @@ answers each with an "answer", until end of input. `encode` and `decode` are the
 messages are written and read. Answers go to the original stdout; everything else anyone prints
 goes to stderr (the log). Strings are made valid UTF-8 first (a surrogate escape, from a name
 that isn't, becomes the text `\\udcXX`): an answer is always readable. An answer names each
-kernel's report file, per notebook: `<reports>/<student>/<notebook>/<kernel id>.json`, the id
-being the kernel's connection file's name (route.py tells us each one, `on_kernel_report`).
+kernel's report file, per notebook: `<reports>/<student>/<notebook>/kernel-<uuid>.json`, given to
+the kernel on its command line (`--report`, with `--submission`) by route.py, which tells us
+each one (`on_kernel_report`).
 
 The worker patches nbgrader's internals: it refuses an nbgrader outside the range it was tested
 with (TESTED_NBGRADER), unless ISOLATE_GRADE_UNTESTED_NBGRADER=1.

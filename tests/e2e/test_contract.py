@@ -130,3 +130,34 @@ def test_an_untested_nbgrader_is_refused_clearly(worker, tmp_path):
     assert worker.nbgrader_refused("0.9.0", {}) is None
     for v in ("0.8.3", "0.10.0", "0.10.0rc1", "1.0", "unknown"):
         assert worker.nbgrader_refused(v, {}) is not None, v
+
+
+def test_route_names_each_kernels_report_and_submission_on_its_command_line(tmp_path):
+    """The batch's kernels are told their report file and submission (`--report`, `--submission`,
+    before the kernel's own argv); the files the worker is told are those, in order."""
+    route: Dict[str, object] = {}
+    exec((ROOT / "src" / "route.py").read_text(), route)
+
+    class FakeManager:
+        connection_file = str(tmp_path / "kernel-abc.json")
+
+        def format_kernel_cmd(self, extra_arguments=None):
+            return ["/bin/isolate-grade", "kernel", "--policy", "default", "--", "python", "-f", self.connection_file]
+
+    km = FakeManager()
+    route["_name_report_and_submission"](km, str(tmp_path / "reports"), "/c/autograded/s1/ps1")
+    cmd = km.format_kernel_cmd()
+    at = cmd.index("--")
+    assert cmd[at - 4:at] == ["--report", cmd[at - 3], "--submission", "/c/autograded/s1/ps1"], cmd
+    assert cmd[at:] == ["--", "python", "-f", km.connection_file]
+    report = cmd[at - 3]
+    assert os.path.dirname(report) == str(tmp_path / "reports") and report.endswith(".json")
+    assert route["_report_files"](str(tmp_path / "reports"), [km]) == [report]
+    # a kernel started the other way (install's block): its report is named after its connection file
+    plain = FakeManager()
+    assert route["_report_files"]("/r", [plain]) == ["/r/kernel-abc.json"]
+    # and the first report that did not end ok explains the notebook's end
+    (tmp_path / "reports").mkdir()
+    with open(report, "w") as f:
+        json.dump({"explanation": {"cause": "limit", "words": "used too much memory"}}, f)
+    assert route["_first_ended"]([str(tmp_path / "missing.json"), report])["cause"] == "limit"
