@@ -189,7 +189,8 @@ pub fn execute(config: Option<PathBuf>, a: GradeArgs) -> Result<u8, GradeError> 
     let setup = kernels.install(&req)?;
     // 5. Who to grade: named students always; others unless graded before (or --force).
     let selection = select(&req);
-    // 6. The pool of workers until the queue is empty, the batch fails or a signal stops it.
+    // 6. The pool of workers, waited for until the queue is empty, a worker cannot start or a
+    //    signal stops the batch.
     let ended = grade_all(&req, &kernels, setup, selection, &signals)?;
     // 7. The report: the table, and with --report the JSON and CSV.
     let report = report_of(&req, ended.results, ended.started)?;
@@ -434,7 +435,30 @@ fn grade_all(
         })
         .collect();
     drop(tx);
+    let (fatal, interrupted) = wait(&rx, signals, &ctx.stop, &mut progress, &mut results);
+    for t in threads {
+        let _ = t.join();
+    }
+    progress.finish();
+    if let Some(e) = fatal {
+        return Err(GradeError::Worker { assignment: req.assignment().to_string(), source: e });
+    }
+    for student in pending.lock().expect("not poisoned").drain(..) {
+        results.push(StudentResult::without_grades(&student, Verdict::Interrupted, "not started".into()));
+    }
+    Ok(Ended { results, started, interrupted })
+}
 
+/// Collect the workers' results until they are all done; the first worker that cannot start,
+/// or a stop signal, stops the others (what is being graded ends as it is). The worker's fault,
+/// if one failed, and whether a signal came.
+fn wait(
+    rx: &mpsc::Receiver<Event>,
+    signals: &nix::sys::signalfd::SignalFd,
+    stop: &AtomicBool,
+    progress: &mut progress::Progress,
+    results: &mut Vec<StudentResult>,
+) -> (Option<WorkerError>, bool) {
     let mut fatal = None;
     let mut interrupted = false;
     loop {
@@ -444,7 +468,7 @@ fn grade_all(
                 results.push(r);
             }
             Ok(Event::Fatal(e)) => {
-                ctx.stop.store(true, Ordering::SeqCst);
+                stop.store(true, Ordering::SeqCst);
                 fatal.get_or_insert(e);
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {}
@@ -458,20 +482,10 @@ fn grade_all(
                 ));
             }
             interrupted = true;
-            ctx.stop.store(true, Ordering::SeqCst);
+            stop.store(true, Ordering::SeqCst);
         }
     }
-    for t in threads {
-        let _ = t.join();
-    }
-    progress.finish();
-    if let Some(e) = fatal {
-        return Err(GradeError::Worker { assignment: req.assignment().to_string(), source: e });
-    }
-    for student in pending.lock().expect("not poisoned").drain(..) {
-        results.push(StudentResult::without_grades(&student, Verdict::Interrupted, "not started".into()));
-    }
-    Ok(Ended { results, started, interrupted })
+    (fatal, interrupted)
 }
 
 /// The batch's report: printed as a table, and with `--report` written as JSON and CSV.
