@@ -195,8 +195,8 @@ pub fn check(config_path: Option<&Path>, args: &CheckArgs) -> CheckExit {
 /// its Jupyter would start), then a real kernel through a twin made as install makes it.
 fn check_python(python: &Path, policy: &str, config: Option<&Path>, sudo: bool) -> Vec<Item> {
     let item = |name, ok, detail| Item { name, ok, warn: false, detail };
-    let made = crate::install::Launcher::new(sudo, config)
-        .and_then(|l| crate::install::Maker::new(Some(python), policy, config, None, l.kernel(Some(policy))));
+    let made = crate::kernelspec::Launcher::new(sudo, config)
+        .and_then(|l| crate::kernelspec::Maker::new(Some(python), policy, config, None, l.kernel(Some(policy))));
     let twin = made.and_then(|maker| {
         let specs = maker.specs()?;
         let spec = maker.find(&specs, "python3").expect("python3 is always found");
@@ -228,7 +228,7 @@ fn check_python(python: &Path, policy: &str, config: Option<&Path>, sudo: bool) 
     let kernel = || -> Result<String, String> {
         let dir = tempfile::Builder::new().prefix("isolate-grade-check.").tempdir().map_err(|e| e.to_string())?;
         let started = std::time::Instant::now();
-        crate::install::install_twins(
+        crate::kernelspec::install_twins(
             std::slice::from_ref(&twin),
             &dir.path().join("kernels"),
             Some(dir.path()),

@@ -8,7 +8,7 @@
 use crate::cli::InstallArgs;
 use crate::kernels::{self, KernelsError, Spec, Twin};
 // `check` still reaches these through `install` (it is not this module's to change).
-pub use crate::kernelspec::{install_twins, Launcher, Maker};
+use crate::kernelspec::{install_twins, Launcher, Maker};
 use crate::kernelspec::{read_notebooks, twin_home, KernelspecError};
 use crate::preflight::PreflightError;
 use crate::python::PythonError;
