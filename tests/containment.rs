@@ -14,22 +14,11 @@ use nix::unistd::Pid;
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Read};
 use std::process::{Command, Stdio};
-use std::sync::{Barrier, Mutex, MutexGuard, PoisonError};
+use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
-/// The built-in system config (`--config /dev/null` is an empty one): the verdicts below must
-/// not depend on whatever /etc/isolate-grade/config.toml this host has, whose maxima could
-/// refuse a limit outright (exit 2) or change the slot uids.
-const DEFAULTS: [&str; 2] = ["--config", "/dev/null"];
-/// The built-in config's uid range: `first_uid` 60000, 64 slots.
+/// The built-in config's ([`DEFAULTS`]) uid range: `first_uid` 60000, 64 slots.
 const SLOT_UIDS: std::ops::Range<u32> = 60000..60064;
-
-static SERIAL: Mutex<()> = Mutex::new(());
-
-/// Held for a whole test (see the module comment). A failed test must not fail the others.
-fn serial() -> MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(PoisonError::into_inner)
-}
 
 /// `isolate-grade --config /dev/null run ... -- program`.
 fn sandboxed(args: &[&str], program: &[&str]) -> Run {
@@ -107,10 +96,7 @@ while True:
 
 #[test]
 fn fork_bomb_is_held_by_the_pids_limit() {
-    if !require_root() {
-        return;
-    }
-    let _serial = serial();
+    let Some(_serial) = root_serial() else { return };
     let r = sandboxed(&["--pids", "16", "--wall-time", "3s"], &["python3", "-c", FORK_BOMB]);
     // forks were refused (EAGAIN), and the report names the cause, not the wall-clock symptom
     assert!(r.stdout.contains("fork refused: 11"), "{r:?}");
@@ -121,10 +107,7 @@ fn fork_bomb_is_held_by_the_pids_limit() {
 
 #[test]
 fn memory_bomb_is_killed_at_the_memory_limit() {
-    if !require_root() {
-        return;
-    }
-    let _serial = serial();
+    let Some(_serial) = root_serial() else { return };
     // 1 GiB, every page written, with a 64 MiB limit and no swap
     let bomb = "print('allocating', flush=True)\n\
                 b = bytearray(1 << 30)\n\
@@ -148,10 +131,7 @@ fn memory_bomb_is_killed_at_the_memory_limit() {
 /// too, issue #13). The run still reports the limit it hit.
 #[test]
 fn the_oom_killer_takes_the_process_that_used_the_memory() {
-    if !require_root() {
-        return;
-    }
-    let _serial = serial();
+    let Some(_serial) = root_serial() else { return };
     let bomb = "b = bytearray(1 << 30)\nfor i in range(0, len(b), 4096): b[i] = 1";
     let script = format!("python3 -c '{bomb}'; echo \"helper ended: $?\"");
     let r = sandboxed(&["--memory", "64M", "--wall-time", "10s"], &["/bin/sh", "-c", &script]);
@@ -163,10 +143,7 @@ fn the_oom_killer_takes_the_process_that_used_the_memory() {
 
 #[test]
 fn busy_loop_is_stopped_at_the_cpu_time_limit() {
-    if !require_root() {
-        return;
-    }
-    let _serial = serial();
+    let Some(_serial) = root_serial() else { return };
     let r = sandboxed(&["--cpu-time", "1s", "--wall-time", "10s"], &["/bin/sh", "-c", "while :; do :; done"]);
     assert_eq!((r.status(), r.code), ("timeout-cpu", 6), "{r:?}");
     assert_eq!(limits_hit(&r), ["cpu_time"], "{r:?}");
@@ -180,10 +157,7 @@ fn busy_loop_is_stopped_at_the_cpu_time_limit() {
 
 #[test]
 fn cpu_time_is_counted_across_all_processes() {
-    if !require_root() {
-        return;
-    }
-    let _serial = serial();
+    let Some(_serial) = root_serial() else { return };
     // Four spinning processes under a parent that only waits: each stays far below 1 s of CPU
     // of its own (and below RLIMIT_CPU) while the total reaches 1 s within about a second.
     let spin = "for i in 1 2 3 4; do (echo spinning; while :; do :; done) & done; wait";
@@ -200,10 +174,7 @@ fn cpu_time_is_counted_across_all_processes() {
 
 #[test]
 fn sleeper_is_stopped_at_the_wall_time_limit() {
-    if !require_root() {
-        return;
-    }
-    let _serial = serial();
+    let Some(_serial) = root_serial() else { return };
     let r = sandboxed(&["--wall-time", "1s"], &["sleep", "100"]);
     assert_eq!((r.status(), r.code), ("timeout-wall", 5), "{r:?}");
     assert_eq!(limits_hit(&r), ["wall_time"], "{r:?}");
@@ -235,10 +206,7 @@ print("daemon", os.read(r, 2).decode(), flush=True)
 
 #[test]
 fn nothing_outlives_a_run_not_even_a_daemon() {
-    if !require_root() {
-        return;
-    }
-    let _serial = serial();
+    let Some(_serial) = root_serial() else { return };
     let r = sandboxed(&["--wall-time", "10s"], &["python3", "-c", DAEMON]);
     assert!(r.stdout.contains("daemon up"), "{r:?}");
     assert_eq!((r.status(), r.code), ("ok", 0), "{r:?}");
@@ -252,10 +220,7 @@ fn nothing_outlives_a_run_not_even_a_daemon() {
 
 #[test]
 fn read_only_paths_refuse_writes() {
-    if !require_root() {
-        return;
-    }
-    let _serial = serial();
+    let Some(_serial) = root_serial() else { return };
     // /lib and /bin: symlinks into /usr on merged-/usr systems, not a way around it
     let read_only = ["/usr", "/usr/bin", "/etc", "/etc/ssl", "/", "/dev", "/lib", "/bin"];
     let writable = ["/tmp", "/dev/shm"];
@@ -294,10 +259,7 @@ fn read_only_paths_refuse_writes() {
 
 #[test]
 fn tmp_is_bounded_by_tmp_size_and_private_to_the_run() {
-    if !require_root() {
-        return;
-    }
-    let _serial = serial();
+    let Some(_serial) = root_serial() else { return };
     let fill = "dd if=/dev/zero of=/tmp/fill bs=1M count=64; s=$?; echo size=$(stat -c %s /tmp/fill); exit $s";
     let r = sandboxed(&["--tmp-size", "8M", "--wall-time", "10s"], &["/bin/sh", "-c", fill]);
     assert!(r.stderr.contains("No space left on device"), "{r:?}");
@@ -314,10 +276,7 @@ fn tmp_is_bounded_by_tmp_size_and_private_to_the_run() {
 
 #[test]
 fn sigint_to_the_supervisor_reaches_the_program() {
-    if !require_root() {
-        return;
-    }
-    let _serial = serial();
+    let Some(_serial) = root_serial() else { return };
     let dir = tempfile::tempdir().unwrap();
     let report = dir.path().join("report.json");
     let script = r#"trap "echo got-int; exit 42" INT; echo ready; while :; do sleep 0.1; done"#;
@@ -377,10 +336,7 @@ fn is_sleep(pid: u32) -> bool {
 
 #[test]
 fn sandbox_dies_with_a_killed_supervisor() {
-    if !require_root() {
-        return;
-    }
-    let _serial = serial();
+    let Some(_serial) = root_serial() else { return };
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
     let marker = format!("MARKER-{}-{nanos}", std::process::id());
     let script = format!("sleep 100; echo {marker}");
@@ -460,10 +416,7 @@ fn slot_cgroups(version: &str, slot: u64) -> Vec<std::path::PathBuf> {
 /// Planted here: a `sleep` of ours moved into slot 0's cgroups.
 #[test]
 fn the_next_run_clears_what_a_killed_supervisor_left_in_its_cgroup() {
-    if !require_root() {
-        return;
-    }
-    let _serial = serial();
+    let Some(_serial) = root_serial() else { return };
     // One run first: on v1 it creates slot 0's cgroups, which are kept.
     let first = sandboxed(&[], &["/bin/true"]);
     assert_eq!((first.status(), first.report["sandbox"]["slot"].as_u64()), ("ok", Some(0)), "{first:?}");
@@ -520,10 +473,7 @@ fn the_next_run_clears_what_a_killed_supervisor_left_in_its_cgroup() {
 
 #[test]
 fn concurrent_runs_get_their_own_slot_and_uid() {
-    if !require_root() {
-        return;
-    }
-    let _serial = serial();
+    let Some(_serial) = root_serial() else { return };
     let barrier = Barrier::new(2);
     let runs: Vec<Run> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..2)
@@ -554,10 +504,7 @@ fn concurrent_runs_get_their_own_slot_and_uid() {
 /// ignores) and its blocked mask must not carry through into the program: `execve` keeps both.
 #[test]
 fn the_program_starts_with_default_signals_and_an_empty_mask() {
-    if !require_root() {
-        return;
-    }
-    let _serial = serial();
+    let Some(_serial) = root_serial() else { return };
     let dir = tempfile::tempdir().unwrap();
     let report = dir.path().join("report.json");
     let inner = "grep -E '^Sig(Ign|Blk)' /proc/self/status";
@@ -582,10 +529,7 @@ fn the_program_starts_with_default_signals_and_an_empty_mask() {
 /// limit. Sent at 0, 0.5, 1, ... 9.5 ms after the start.
 #[test]
 fn sigint_during_setup_is_not_lost() {
-    if !require_root() {
-        return;
-    }
-    let _serial = serial();
+    let Some(_serial) = root_serial() else { return };
     let script = r#"trap "exit 42" INT; echo ready; while :; do sleep 0.1; done"#;
     for i in 0..20u64 {
         let dir = tempfile::tempdir().unwrap();

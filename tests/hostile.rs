@@ -8,7 +8,7 @@
 //! Untrusted callers always read `/etc/isolate-grade/config.toml`, so this file installs one
 //! for its duration ([`SystemGuard`] restores or removes it), together with the group and the
 //! two users it needs. Every case runs in ONE `#[test]`; the regression tests for bugs this
-//! suite found take the same [`LOCK`], so nothing here ever races on the config.
+//! suite found take the same lock ([`serial`]), so nothing here ever races on the config.
 
 mod common;
 use common::*;
@@ -20,7 +20,6 @@ use std::io::ErrorKind;
 use std::os::unix::fs::{chown, lchown, symlink, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::Mutex;
 use tempfile::TempDir;
 
 const GROUP: &str = "isolate-grade-test";
@@ -38,8 +37,6 @@ const ECHO: &[&str] = &["/bin/echo", RAN];
 const INSECURE: &str = "must be owned by root and writable by nobody else";
 /// The default policy's PATH: the sandboxed program must see this one, never the caller's.
 const POLICY_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
-
-static LOCK: Mutex<()> = Mutex::new(());
 
 // ---------------------------------------------------------------------------------------------
 // The system state: config, group, users. Installed once, undone on drop (also on panic).
@@ -499,10 +496,7 @@ fn check_ok(seen: &Value, kind: &str, path: &str) -> bool {
 
 #[test]
 fn untrusted_callers_get_nothing_they_could_not_do_themselves() {
-    if !require_root() {
-        return;
-    }
-    let _serial = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(_serial) = root_serial() else { return };
     let fx = Fixture::new();
     // First that it works at all, so every refusal below is a refusal of that input alone.
     successful_runs_use_the_slot_uid_and_give_the_report_to_the_caller(&fx);
@@ -1115,10 +1109,7 @@ fn an_insecure_config_refuses_untrusted_callers(fx: &Fixture) {
 /// report or wiped the caller's previous one.
 #[test]
 fn bug_a_refused_bind_still_creates_or_truncates_the_report() {
-    if !require_root() {
-        return;
-    }
-    let _serial = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(_serial) = root_serial() else { return };
     let fx = Fixture::new();
     let secret = format!("{}:/s", fx.input("secret.txt"));
     for via in [Via::Root, Via::Sudo, Via::Setuid] {
@@ -1149,10 +1140,7 @@ fn bug_a_refused_bind_still_creates_or_truncates_the_report() {
 /// makes the setuid helper read a root-only file and print parts of it.
 #[test]
 fn bug_check_reads_any_file_as_root_for_untrusted_callers() {
-    if !require_root() {
-        return;
-    }
-    let _serial = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(_serial) = root_serial() else { return };
     let fx = Fixture::new();
     let secret_toml = fx.input("secret.toml"); // root, 0600: allowed_group = "<secret>"
     for via in UNTRUSTED {

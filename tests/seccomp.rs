@@ -12,18 +12,7 @@ use common::*;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
-
-/// The built-in system config (`--config /dev/null` is an empty one): the verdicts below must
-/// not depend on whatever /etc/isolate-grade/config.toml this host has.
-const DEFAULTS: [&str; 2] = ["--config", "/dev/null"];
-
-static SERIAL: Mutex<()> = Mutex::new(());
-
-/// Held for a whole test (see the module comment). A failed test must not fail the others.
-fn serial() -> MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(PoisonError::into_inner)
-}
+use std::sync::OnceLock;
 
 /// `/attack MODE [ARGS]`. Output goes through write(2) directly, so nothing sits in a stdio
 /// buffer when the process is killed.
@@ -201,10 +190,7 @@ fn assert_allowed(r: &Run) {
 
 #[test]
 fn ptrace_is_killed_at_the_call() {
-    if !require_root() {
-        return;
-    }
-    let _serial = serial();
+    let Some(_serial) = root_serial() else { return };
     let r = attack(&["ptrace"]);
     assert_killed_at_the_call(&r, "ptrace(PTRACE_TRACEME)");
     assert_eq!(r.report["sandbox"]["seccomp"], "kill", "{r:?}");
@@ -212,10 +198,7 @@ fn ptrace_is_killed_at_the_call() {
 
 #[test]
 fn tiocsti_is_killed_even_with_high_bits_in_the_command() {
-    if !require_root() {
-        return;
-    }
-    let _serial = serial();
+    let Some(_serial) = root_serial() else { return };
     for mode in ["tiocsti", "tiocsti-high", "tioclinux-high"] {
         assert_killed_at_the_call(&attack(&[mode]), mode);
     }
@@ -225,10 +208,7 @@ fn tiocsti_is_killed_even_with_high_bits_in_the_command() {
 
 #[test]
 fn new_namespaces_are_killed_plain_clone_is_not() {
-    if !require_root() {
-        return;
-    }
-    let _serial = serial();
+    let Some(_serial) = root_serial() else { return };
     for mode in ["unshare-user", "clone-user", "clone-net"] {
         assert_killed_at_the_call(&attack(&[mode]), mode);
     }
@@ -238,10 +218,7 @@ fn new_namespaces_are_killed_plain_clone_is_not() {
 
 #[test]
 fn fork_threads_and_subprocesses_still_work() {
-    if !require_root() {
-        return;
-    }
-    let _serial = serial();
+    let Some(_serial) = root_serial() else { return };
     // glibc's fork is clone(SIGCHLD); pthread_create and posix_spawn try clone3 first and fall
     // back to clone on ENOSYS
     let program = r#"
@@ -265,10 +242,7 @@ print("subprocess", subprocess.run(["/bin/echo", "ran"], capture_output=True).st
 
 #[test]
 fn clone3_fails_with_enosys() {
-    if !require_root() {
-        return;
-    }
-    let _serial = serial();
+    let Some(_serial) = root_serial() else { return };
     // Its flags are in memory the filter cannot read, so it is refused whatever they are;
     // ENOSYS (not a kill) is what makes glibc fall back to clone.
     assert_failed_with(&attack(&["clone3-user"]), libc::ENOSYS);
@@ -276,10 +250,7 @@ fn clone3_fails_with_enosys() {
 
 #[test]
 fn netlink_but_route_packet_and_vsock_sockets_fail_with_eafnosupport() {
-    if !require_root() {
-        return;
-    }
-    let _serial = serial();
+    let Some(_serial) = root_serial() else { return };
     let high = (1u64 << 32) | libc::AF_NETLINK as u64; // the kernel reads an int
     let (raw, stream) = (libc::SOCK_RAW.to_string(), libc::SOCK_STREAM.to_string());
     let netlink = libc::AF_NETLINK.to_string();
@@ -306,10 +277,7 @@ fn netlink_but_route_packet_and_vsock_sockets_fail_with_eafnosupport() {
 
 #[test]
 fn tcp_sockets_work_but_there_is_no_network() {
-    if !require_root() {
-        return;
-    }
-    let _serial = serial();
+    let Some(_serial) = root_serial() else { return };
     let r = attack(&["connect"]);
     assert!(r.stdout.contains("socket ok"), "{r:?}");
     // only loopback in the sandbox's network namespace: no route to anywhere
@@ -376,10 +344,7 @@ const DENIED: &[(&str, libc::c_long)] = &[
 
 #[test]
 fn every_denied_syscall_is_killed_in_its_own_sandbox() {
-    if !require_root() {
-        return;
-    }
-    let _serial = serial();
+    let Some(_serial) = root_serial() else { return };
     // the same path with an allowed call returns: the kills below are the filter's
     assert_allowed(&attack(&["nr", &libc::SYS_getpid.to_string()]));
     let failures: Vec<String> = DENIED
@@ -393,10 +358,7 @@ fn every_denied_syscall_is_killed_in_its_own_sandbox() {
 
 #[test]
 fn foreign_syscall_abis_are_killed() {
-    if !require_root() {
-        return;
-    }
-    let _serial = serial();
+    let Some(_serial) = root_serial() else { return };
     // i386 getpid through int 0x80, and x32 getpid (bit 30): numbers the native filter would
     // read as something else, or not at all
     assert_killed_at_the_call(&attack(&["int80-getpid"]), "int 0x80");
@@ -405,10 +367,7 @@ fn foreign_syscall_abis_are_killed() {
 
 #[test]
 fn a_denied_call_in_a_thread_kills_the_whole_process() {
-    if !require_root() {
-        return;
-    }
-    let _serial = serial();
+    let Some(_serial) = root_serial() else { return };
     // A kill of the calling thread only would leave the main thread free to carry on.
     let program = format!(
         r#"
@@ -433,10 +392,7 @@ print("main: survived", flush=True)
 
 #[test]
 fn errno_policy_turns_kills_into_eperm_but_still_kills_foreign_abis() {
-    if !require_root() {
-        return;
-    }
-    let _serial = serial();
+    let Some(_serial) = root_serial() else { return };
     let default = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/policies/default.toml")).unwrap();
     assert_eq!(default.matches("\nseccomp = \"kill\"\n").count(), 1, "policies/default.toml changed");
     let dir = tempfile::tempdir().unwrap();
@@ -468,10 +424,7 @@ fn policy_with_seccomp(dir: &Path, mode: &str) -> PathBuf {
 
 #[test]
 fn a_syscall_outside_the_allow_list_fails_with_enosys() {
-    if !require_root() {
-        return;
-    }
-    let _serial = serial();
+    let Some(_serial) = root_serial() else { return };
     let sysfs = UNLISTED.to_string();
     // Not a kill: ENOSYS is what the kernel says of a syscall it lacks, and what libraries
     // probing newer calls fall back on
@@ -500,10 +453,7 @@ fn seccomp_records(exe: &str) -> Vec<String> {
 
 #[test]
 fn log_policy_lets_an_unlisted_syscall_through_logged_and_still_kills_denied_ones() {
-    if !require_root() {
-        return;
-    }
-    let _serial = serial();
+    let Some(_serial) = root_serial() else { return };
     let dir = tempfile::tempdir().unwrap();
     let log = policy_with_seccomp(dir.path(), "log");
     // bound at a name of its own, so its records are told from every other program's

@@ -5,6 +5,12 @@
 use serde_json::Value;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+/// The built-in system config (`--config /dev/null` is an empty one): a verdict must not depend
+/// on whatever /etc/isolate-grade/config.toml this host has, whose maxima could refuse a limit
+/// outright (exit 2) or change the slot uids.
+pub const DEFAULTS: [&str; 2] = ["--config", "/dev/null"];
 
 pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_isolate-grade"))
@@ -29,6 +35,23 @@ pub fn require_root() -> bool {
     }
     eprintln!("skipped: needs root");
     false
+}
+
+/// One lock per test binary (each compiles its own copy of this module). A test that holds it
+/// runs alone among the tests of its file that take it too: a slot is reused as soon as a run
+/// ends, so "no process of this uid is left" is only meaningful while no other run of ours can
+/// have taken the same slot (and uid) in the meantime.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// Held for a whole test. A failed test (a poisoned lock) must not fail the others.
+pub fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// [`require_root`], then [`serial`]: the start of a privileged test that runs alone,
+/// `let Some(_serial) = root_serial() else { return };` (`None`: skipped, not root).
+pub fn root_serial() -> Option<MutexGuard<'static, ()>> {
+    require_root().then(serial)
 }
 
 #[derive(Debug)]

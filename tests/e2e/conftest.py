@@ -18,12 +18,32 @@ import nbformat
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-# ISOLATE_GRADE_TEST_BIN: run the suites against another build (to show a test fails without a fix)
-BIN = Path(os.environ.get("ISOLATE_GRADE_TEST_BIN", ROOT / "target" / "debug" / "isolate-grade"))
+# The binary under test: ISOLATE_GRADE_TEST_BIN (another build, to show a test fails without a
+# fix), else cargo's debug build, in CARGO_TARGET_DIR when that is set.
+BIN = Path(os.environ.get("ISOLATE_GRADE_TEST_BIN",
+                          Path(os.environ.get("CARGO_TARGET_DIR") or ROOT / "target") / "debug" / "isolate-grade"))
 TEST_CONFIG = ROOT / "fixtures" / "config" / "test.toml"
+FIXTURE_COURSE = ROOT / "fixtures" / "course"
+# The fixture course's helpers (course_tools, make_course): the suites import them by name.
+sys.path.insert(0, str(FIXTURE_COURSE))
+import course_tools  # noqa: E402
 # Where `install` puts the twins of this venv's kernels: off the Jupyter path (out of
 # JupyterLab's Launcher); JUPYTER_PATH=TWIN_HOME starts one by name.
 TWIN_HOME = Path(sys.prefix) / "share" / "isolate-grade" / "jupyter"
+
+# Every suite runs the real binary as root: without root it is skipped, except under CI=true,
+# where it runs (and fails) so that the suite can never pass by skipping.
+NEEDS_ROOT = pytest.mark.skipif(os.geteuid() != 0 and os.environ.get("CI") != "true", reason="needs root")
+
+
+def grader_env(**extra: str) -> Dict[str, str]:
+    """The environment the suites run `isolate-grade` with: this venv's bin/ first on PATH
+    (nbgrader runs `alembic` from there), the tests' config, this venv's python; then `extra`."""
+    e = course_tools.nbgrader_env()
+    e["ISOLATE_GRADE_CONFIG"] = str(TEST_CONFIG)
+    e["ISOLATE_GRADE_PYTHON"] = sys.executable
+    e.update(extra)
+    return e
 
 
 @dataclass(frozen=True)
@@ -141,8 +161,6 @@ def project_python() -> Python:
     """The project venv (Debian's /usr/bin/python3.11, scripts/venv.sh): the tests' own."""
     return Python("debian", Path(sys.executable))
 
-
-FIXTURE_COURSE = ROOT / "fixtures" / "course"
 
 
 def copy_fixture_course(dst: Path) -> Path:

@@ -34,24 +34,22 @@ import socket
 import subprocess
 import sys
 import threading
+from dataclasses import dataclass
 from pathlib import Path
+from typing import List, Set
 
 import nbformat
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-BIN = Path(os.environ.get("ISOLATE_GRADE_TEST_BIN", ROOT / "target" / "debug" / "isolate-grade"))
-ATTACKS = ROOT / "fixtures" / "attacks"
-sys.path.insert(0, str(ROOT / "fixtures" / "course"))
-import course_tools  # noqa: E402
-from conftest import TWIN_HOME  # noqa: E402
+import course_tools
+from conftest import BIN, NEEDS_ROOT, ROOT, TWIN_HOME, grader_env
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0 and os.environ.get("CI") != "true", reason="needs root")
+ATTACKS = ROOT / "fixtures" / "attacks"
+
+pytestmark = NEEDS_ROOT
 
 TOKEN = "IGSECRET-" + secrets.token_hex(8)
 NAMES = sorted(p.stem for p in ATTACKS.glob("*.py"))
-RESULTS = {}  # (mode, attack) -> contained?
-VICTIM = {}  # the other sandbox: "uid", "pids" (host), "cgroups"
 
 
 # Each attack's wall-time limit through `run`. Under emulation (scripts/vm.sh boots a VM without
@@ -84,7 +82,7 @@ def uid_of(pid):
     return int(re.search(r"^Uid:\s+(\d+)", Path(f"/proc/{pid}/status").read_text(), re.M).group(1))
 
 
-def sandbox_processes():
+def sandbox_processes(victim):
     """Processes running as a sandbox slot's uid (the test config's first_uid is 60000), but
     the victim's."""
     out = []
@@ -94,7 +92,7 @@ def sandbox_processes():
                 uid = uid_of(p.name)
             except (OSError, AttributeError):
                 continue
-            if 60000 <= uid < 60000 + 64 and uid != VICTIM.get("uid"):
+            if 60000 <= uid < 60000 + 64 and uid != victim.uid:
                 out.append(int(p.name))
     return out
 
@@ -115,18 +113,18 @@ def our_cgroups():
     return out
 
 
-def cgroup_leftovers():
+def cgroup_leftovers(victim):
     """Our cgroups that still hold a process (the victim's aside), and any that is not a slot."""
-    victim = VICTIM.get("cgroups", ())
     return {d: procs for d, procs in our_cgroups().items()
             if not (d.endswith("/isolate-grade") or re.search(r"/isolate-grade/slot-\d+$", d)) or
-            (procs and not any(d.endswith(v) for v in victim))}
+            (procs and not any(d.endswith(v) for v in victim.cgroups))}
 
 
 class Secrets:
     """Everything planted, and the listeners that hand out the token."""
 
-    def __init__(self, tmp):
+    def __init__(self, tmp, victim):
+        self.victim = victim
         self.dirs = []
         self.files = []
         root_only = tmp / "root-only"
@@ -170,7 +168,7 @@ class Secrets:
 
     def targets(self):
         return {"files": self.files, "dirs": self.dirs, "ports": [self.port], "abstract": [self.abstract_name],
-                "unix_paths": [str(self.unix_path)], "victims": VICTIM["pids"]}
+                "unix_paths": [str(self.unix_path)], "victims": self.victim.pids}
 
     def close(self):
         self.tcp.close()
@@ -184,6 +182,15 @@ def victim_state(pid):
     status = Path(f"/proc/{pid}/status").read_text()
     return (re.search(r"^State:\s+(\S)", status, re.M).group(1),
             int(re.search(r"^TracerPid:\s+(\d+)", status, re.M).group(1)))
+
+
+@dataclass(frozen=True)
+class Victim:
+    """The other sandbox: its slot's uid, its host pids, its cgroups."""
+
+    uid: int
+    pids: List[int]
+    cgroups: Set[str]
 
 
 @pytest.fixture(scope="module")
@@ -205,26 +212,21 @@ def victim():
             break
         threading.Event().wait(0.1)
     assert shell and children, "the victim sandbox did not start"
-    VICTIM.update(uid=uid_of(shell), pids=[shell, *map(int, children)],
-                  cgroups={line.split(":", 2)[2] for line in Path(f"/proc/{shell}/cgroup").read_text().splitlines()})
-    yield VICTIM
+    yield Victim(uid=uid_of(shell), pids=[shell, *map(int, children)],
+                 cgroups={line.split(":", 2)[2] for line in Path(f"/proc/{shell}/cgroup").read_text().splitlines()})
     sup.terminate()  # relayed to the victim, which ends
     sup.wait(timeout=30)
 
 
 @pytest.fixture(scope="module")
 def planted(tmp_path_factory, victim):
-    s = Secrets(tmp_path_factory.mktemp("secrets"))
+    s = Secrets(tmp_path_factory.mktemp("secrets"), victim)
     yield s
     s.close()
 
 
 def env():
-    e = course_tools.nbgrader_env()
-    e["ISOLATE_GRADE_CONFIG"] = str(ROOT / "fixtures/config/test.toml")
-    e["ISOLATE_GRADE_PYTHON"] = sys.executable
-    e["JUPYTERHUB_API_TOKEN"] = TOKEN
-    return e
+    return grader_env(JUPYTERHUB_API_TOKEN=TOKEN)
 
 
 def assert_contained(texts, what):
@@ -249,9 +251,24 @@ def notebook_outputs(path):
     return "\n".join(out)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def results():
+    """(mode, attack) -> contained?: each test that runs an attack enters False, and True once
+    every assertion held. After the module's tests, the summary line is printed and written to
+    target/attack-summary.txt."""
+    results = {}
+    yield results
+    attacks = len({name for _, name in results})
+    line = (f"attack suite: {attacks} attacks, {len(results)} runs (isolate-grade run and the batch), "
+            f"{sum(results.values())} contained")
+    print("\n" + line)
+    (ROOT / "target").mkdir(exist_ok=True)
+    (ROOT / "target" / "attack-summary.txt").write_text(line + "\n")
+
+
 @pytest.mark.parametrize("name", NAMES)
-def test_attack_through_run(name, planted, tmp_path):
-    RESULTS[("run", name)] = False
+def test_attack_through_run(name, planted, victim, results, tmp_path):
+    results[("run", name)] = False
     script = tmp_path / "attack.py"
     script.write_text(filled(name, planted.targets()))
     os.chmod(tmp_path, 0o755)
@@ -278,10 +295,23 @@ def test_attack_through_run(name, planted, tmp_path):
     assert verdict["status"] == expected(name)["run"], (verdict["status"], stdout[-2000:], stderr[-2000:])
     assert_contained([stdout, stderr, report.read_text()], name)
     assert mounts() == before
-    assert not sandbox_processes()
-    assert not cgroup_leftovers()
+    assert not sandbox_processes(victim)
+    assert not cgroup_leftovers(victim)
     assert not host_scratch() - scratch
-    RESULTS[("run", name)] = True
+    results[("run", name)] = True
+
+
+@dataclass(frozen=True)
+class AttackBatch:
+    """The attack course after `isolate-grade ps1`: the batch's result and report, and what was
+    on the host before it (mount count, scratch entries), and how often the swap race swapped."""
+
+    course: Path
+    r: subprocess.CompletedProcess
+    report: dict
+    mounts: int
+    scratch: Set[str]
+    swaps: int
 
 
 @pytest.fixture(scope="module")
@@ -298,16 +328,18 @@ def attack_course(tmp_path_factory, planted):
     nb = nbformat.read(src, as_version=4)
     nb.cells.append(nbformat.v4.new_markdown_cell(f"instructor's note: {TOKEN}"))
     nbformat.write(nb, src)
-    os.environ["PATH"] = course_tools.nbgrader_env()["PATH"]
     from nbgrader.api import Gradebook
-    with Gradebook(f"sqlite:///{course / 'gradebook.db'}", "fixture-course") as gb:
-        gb.update_or_create_student("zz-secret-keeper", email=f"{TOKEN}@example.org")
-        # the hidden tests of an exam not released yet, as nbgrader keeps them
-        gb.update_or_create_assignment("zz-exam")
-        gb.update_or_create_notebook("final", "zz-exam")
-        gb.update_or_create_source_cell("hidden-tests", "final", "zz-exam", cell_type="code", locked=True,
-                                        source=f"### BEGIN HIDDEN TESTS\nassert answer() == {TOKEN!r}\n"
-                                               "### END HIDDEN TESTS")
+    # nbgrader runs `alembic` from PATH when it opens a gradebook
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PATH", course_tools.nbgrader_env()["PATH"])
+        with Gradebook(f"sqlite:///{course / 'gradebook.db'}", "fixture-course") as gb:
+            gb.update_or_create_student("zz-secret-keeper", email=f"{TOKEN}@example.org")
+            # the hidden tests of an exam not released yet, as nbgrader keeps them
+            gb.update_or_create_assignment("zz-exam")
+            gb.update_or_create_notebook("final", "zz-exam")
+            gb.update_or_create_source_cell("hidden-tests", "final", "zz-exam", cell_type="code", locked=True,
+                                            source=f"### BEGIN HIDDEN TESTS\nassert answer() == {TOKEN!r}\n"
+                                                   "### END HIDDEN TESTS")
     other = course / "submitted" / "zed" / "ps2"
     other.mkdir(parents=True)
     (other / "notes.txt").write_text(TOKEN)
@@ -331,11 +363,10 @@ def attack_course(tmp_path_factory, planted):
                            env=env(), capture_output=True, text=True, timeout=3000)
     finally:
         race.stop()
-    return course, r, json.loads(report.read_text()), before
+    return AttackBatch(course, r, json.loads(report.read_text()), *before, race.swaps)
 
 
 RACER = "race-symlink-swap"
-SWAP_RACE = {}
 
 
 class SwapRace:
@@ -370,11 +401,10 @@ class SwapRace:
     def stop(self):
         self.done.set()
         self.thread.join()
-        SWAP_RACE["swaps"] = self.swaps
 
 
 def test_the_batch_finishes_and_the_control_student_keeps_full_marks(attack_course):
-    course, r, report, _ = attack_course
+    r, report = attack_course.r, attack_course.report
     by = {s["student"]: s for s in report["students"]}
     assert by["alice"]["verdict"] == "graded" and by["alice"]["score"] == by["alice"]["max_score"] == 10, r.stdout
     assert len(by) == len(NAMES) + 2  # and the swap race
@@ -382,9 +412,9 @@ def test_the_batch_finishes_and_the_control_student_keeps_full_marks(attack_cour
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_attack_through_the_batch(name, attack_course):
-    RESULTS[("batch", name)] = False
-    course, r, report, _ = attack_course
+def test_attack_through_the_batch(name, attack_course, results):
+    results[("batch", name)] = False
+    course, r, report = attack_course.course, attack_course.r, attack_course.report
     student = f"attack-{name.replace('_', '-')}"
     got = {s["student"]: s for s in report["students"]}[student]
     assert got["verdict"] in expected(name)["batch"].split("|"), got
@@ -400,13 +430,13 @@ def test_attack_through_the_batch(name, attack_course):
     if log.exists():
         texts.append(log.read_text(errors="replace"))
     assert_contained(texts, name)
-    RESULTS[("batch", name)] = True
+    results[("batch", name)] = True
 
 
 def test_the_stdio_flood_never_reached_the_logs(attack_course):
     """stdio_fds.py writes 256 MiB to each of its fds 1 and 2: the kernel's stdout and stderr
     are the supervisor's pipes, capped by the output limit (16 MB), not the worker's log."""
-    course, _, _, _ = attack_course
+    course = attack_course.course
     logs = course / ".isolate-grade" / "ps1" / "logs"
     sizes = {p.name: p.stat().st_size for p in logs.iterdir() if p.is_file()}
     assert sum(sizes.values()) < 48 << 20, sizes
@@ -474,14 +504,14 @@ def attack_twin():
 
 
 @pytest.mark.parametrize("how", ["run", "kernel"])
-def test_the_callers_terminal_is_out_of_reach(how, tmp_path, attack_twin):
+def test_the_callers_terminal_is_out_of_reach(how, tmp_path, attack_twin, results):
     """Started on a terminal (nbgrader autograde in a shell, `run` by hand): the sandboxed code
     finds no terminal among its fds, reads nothing the instructor types, can't turn echo off,
     and what it writes reaches the terminal escaped."""
     import pty
     import termios
 
-    RESULTS[(how, "terminal")] = False
+    results[(how, "terminal")] = False
     os.chmod(tmp_path, 0o755)
     attack = tmp_path / "attack.py"
     attack.write_text(TERMINAL_ATTACK)
@@ -524,13 +554,13 @@ def test_the_callers_terminal_is_out_of_reach(how, tmp_path, attack_twin):
     assert b"\\x1b]0;PWNED-TITLE" in seen, seen  # it came through, escaped
     assert b"\x1b]0;PWNED" not in seen and b"\x1b[8m" not in seen and b"\x1b[2J" not in seen, seen
     assert attrs[3] & termios.ECHO, "echo was turned off"
-    RESULTS[(how, "terminal")] = True
+    results[(how, "terminal")] = True
 
 
 def test_what_the_kernel_leaves_comes_out_safely(attack_course):
     """copy_out.py's plants: in autograded/ afterwards only regular files and directories, its
     marker file, no notebook or timestamp of the kernel's, at most 1000 of its files."""
-    course, _, _, _ = attack_course
+    course = attack_course.course
     student = "attack-copy-out"
     out = course / "autograded" / student / "ps1"
     assert (out / "copied-out-marker.txt").read_text() == "from the kernel"
@@ -543,12 +573,12 @@ def test_what_the_kernel_leaves_comes_out_safely(attack_course):
     assert len(list((out / "many").iterdir())) <= 1000
 
 
-def test_files_swapped_for_symlinks_during_the_batch_are_never_followed(attack_course):
+def test_files_swapped_for_symlinks_during_the_batch_are_never_followed(attack_course, results):
     """Whatever state each file was caught in, the solutions never reach the graded copy: the
     student is `graded` (every file caught plain, twice) or `rejected` (a symlink seen, or a
     file that became one between its check and its copy: refused as ELOOP)."""
-    RESULTS[("batch", "swap_race")] = False
-    course, r, report, _ = attack_course
+    results[("batch", "swap_race")] = False
+    course, r, report = attack_course.course, attack_course.r, attack_course.report
     got = {s["student"]: s for s in report["students"]}[RACER]
     assert got["verdict"] in ("graded", "rejected"), got
     copies = [course / ".isolate-grade" / "ps1" / "submitted" / RACER, course / "autograded" / RACER]
@@ -559,22 +589,22 @@ def test_files_swapped_for_symlinks_during_the_batch_are_never_followed(attack_c
                 assert TOKEN not in p.read_text(errors="replace"), f"the solutions were copied into {p}"
     assert TOKEN not in json.dumps(got) + r.stdout + r.stderr
     caught = "ELOOP" in (got.get("message") or "")  # plain when checked, a symlink when opened
-    print(f"swap race: {SWAP_RACE.get('swaps')} swaps, {got['verdict']}, {'caught' if caught else 'not caught'} "
+    print(f"swap race: {attack_course.swaps} swaps, {got['verdict']}, {'caught' if caught else 'not caught'} "
           f"between check and copy; {(got.get('message') or '')[:300]}")
-    RESULTS[("batch", "swap_race")] = True
+    results[("batch", "swap_race")] = True
 
 
 def test_the_other_sandbox_survived_untouched(attack_course, victim):
-    for pid in victim["pids"]:
+    for pid in victim.pids:
         assert victim_state(pid) == ("S", 0), f"the victim {pid} was stopped or traced"
 
 
-def test_nothing_of_the_batch_is_left_on_the_host(attack_course, planted):
-    course, _, _, (before, scratch) = attack_course
-    assert mounts() == before
-    assert not host_scratch() - scratch
-    assert not sandbox_processes()
-    assert not cgroup_leftovers()
+def test_nothing_of_the_batch_is_left_on_the_host(attack_course, planted, victim):
+    course = attack_course.course
+    assert mounts() == attack_course.mounts
+    assert not host_scratch() - attack_course.scratch
+    assert not sandbox_processes(victim)
+    assert not cgroup_leftovers(victim)
     assert not Path("/tmp/pwned-by-attack").exists()
     for p in course.rglob("*"):
         assert not (p.name in ("sitecustomize.py", "zz-pwn.pth", "00-pwn.py") or
@@ -588,17 +618,3 @@ def test_no_listener_on_the_host_was_reached(attack_course, planted):
     where the relay once resolved the kernel's sockets)."""
     assert planted.connections == 0, "a listener on the host was reached"
 
-
-def summary_line():
-    attacks = len({name for _, name in RESULTS})
-    return (f"attack suite: {attacks} attacks, {len(RESULTS)} runs (isolate-grade run and the batch), "
-            f"{sum(RESULTS.values())} contained")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def summary():
-    yield
-    line = summary_line()
-    print("\n" + line)
-    (ROOT / "target").mkdir(exist_ok=True)
-    (ROOT / "target" / "attack-summary.txt").write_text(line + "\n")

@@ -32,23 +32,17 @@ from pathlib import Path
 import nbformat
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-BIN = ROOT / "target" / "debug" / "isolate-grade"
-sys.path.insert(0, str(ROOT / "fixtures" / "course"))
-import course_tools  # noqa: E402
-import make_course  # noqa: E402
+import course_tools
+import make_course
+from conftest import BIN, NEEDS_ROOT, ROOT, grader_env
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0 and os.environ.get("CI") != "true", reason="needs root")
+pytestmark = NEEDS_ROOT
 
 EXPECTED = {s: per["ps1"] for s, per in make_course.EXPECTED.items() if "ps1" in per}
 
 
 def env():
-    e = course_tools.nbgrader_env()
-    e["ISOLATE_GRADE_CONFIG"] = str(ROOT / "fixtures/config/test.toml")
-    e["ISOLATE_GRADE_PYTHON"] = sys.executable
-    e["JUPYTERHUB_API_TOKEN"] = "hub-token-that-must-not-leak"
-    return e
+    return grader_env(JUPYTERHUB_API_TOKEN="hub-token-that-must-not-leak")
 
 
 def batch(course, *args, check_code=None):

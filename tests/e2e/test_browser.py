@@ -34,9 +34,9 @@ from typing import Any
 
 import nbformat
 import pytest
-from conftest import BIN, ROOT, copy_fixture_course
+from conftest import BIN, NEEDS_ROOT, ROOT, copy_fixture_course
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0 and os.environ.get("CI") != "true", reason="needs root")
+pytestmark = NEEDS_ROOT
 
 ASSIGNMENT = "ps1"
 NOTEBOOK = "problem1"

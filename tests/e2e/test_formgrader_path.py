@@ -24,13 +24,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BIN, ROOT
+import course_tools
+import make_course
+from conftest import BIN, NEEDS_ROOT, ROOT, grader_env
 
-sys.path.insert(0, str(ROOT / "fixtures" / "course"))
-import course_tools  # noqa: E402
-import make_course  # noqa: E402
-
-pytestmark = pytest.mark.skipif(os.geteuid() != 0 and os.environ.get("CI") != "true", reason="needs root")
+pytestmark = NEEDS_ROOT
 
 PREFIX = "isolate-grade-fgp-"
 # Small limits, so the verdicts come in seconds: the policy the twins run under.
@@ -47,14 +45,6 @@ stack = "8M"
 tmp_size = "64M"
 shm_size = "64M"
 """
-
-
-def env(**extra: str) -> dict:
-    e = course_tools.nbgrader_env()
-    e["ISOLATE_GRADE_CONFIG"] = str(ROOT / "fixtures/config/test.toml")
-    e["ISOLATE_GRADE_PYTHON"] = sys.executable
-    e.update(extra)
-    return e
 
 
 def policy_file(dst: Path) -> Path:
@@ -74,7 +64,7 @@ def course(tmp_path_factory):
     root = tmp_path_factory.mktemp("fgp")
     c = course_tools.prepare(root / "course")
     subprocess.run([str(BIN), "install", "--python", sys.executable, "--kernel", "python3", "--twin-prefix", PREFIX,
-                    "--policy", str(policy_file(root)), "--course", str(c)], env=env(), check=True,
+                    "--policy", str(policy_file(root)), "--course", str(c)], env=grader_env(), check=True,
                    capture_output=True)
     return c
 
@@ -129,8 +119,8 @@ def autograde_api(course: Path, *students: str) -> dict:
     """What formgrader's AutogradeHandler does, in a process of its own (the block patches
     nbgrader's classes once per process, as in a Jupyter server); several students: one
     click after the other in that process, the last one's result."""
-    r = subprocess.run([sys.executable, "-c", CLICK, *students], cwd=course, env=env(), capture_output=True, text=True,
-                       timeout=600)
+    r = subprocess.run([sys.executable, "-c", CLICK, *students], cwd=course, env=grader_env(), capture_output=True,
+                       text=True, timeout=600)
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout.strip().splitlines()[-1])
     out["stderr"] = r.stderr
@@ -139,7 +129,7 @@ def autograde_api(course: Path, *students: str) -> dict:
 
 def autograde_plain(course: Path, student: str) -> dict:
     r = subprocess.run([sys.executable, "-m", "nbgrader", "autograde", "ps1", "--student", student], cwd=course,
-                       env=env(), capture_output=True, text=True, timeout=600)
+                       env=grader_env(), capture_output=True, text=True, timeout=600)
     return {"success": r.returncode == 0, "log": r.stdout + r.stderr, "stderr": r.stderr}
 
 
@@ -257,7 +247,7 @@ def test_a_click_waits_for_the_batchs_locks(course, lock):
     path = (course / ".isolate-grade" / "ps1" / "students" / f"{student}.lock" if lock == "student"
             else course / ".isolate-grade" / "gradebook.lock")
     fd = held(path)
-    click = subprocess.Popen([sys.executable, "-c", CLICK, student], cwd=course, env=env(),
+    click = subprocess.Popen([sys.executable, "-c", CLICK, student], cwd=course, env=grader_env(),
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         time.sleep(8)
@@ -277,7 +267,7 @@ def test_the_batch_waits_for_a_click_on_the_same_student(tmp_path):
     fd = held(c / ".isolate-grade" / "ps1" / "students" / "alice.lock")
     report = tmp_path / "report.json"
     batch = subprocess.Popen([str(BIN), "ps1", "--course", str(c), "--student", "alice", "--report", str(report)],
-                             env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             env=grader_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         time.sleep(8)
         assert batch.poll() is None, batch.communicate()
@@ -295,10 +285,10 @@ def test_a_click_during_a_four_worker_batch_loses_no_grade(tmp_path):
     every grade as bare nbgrader's); the tests above attack each lock."""
     c = course_tools.prepare(tmp_path / "course", copies=2)
     subprocess.run([str(BIN), "install", "--python", sys.executable, "--kernel", "python3", "--twin-prefix", PREFIX,
-                    "--course", str(c)], env=env(), check=True, capture_output=True)
+                    "--course", str(c)], env=grader_env(), check=True, capture_output=True)
     report = tmp_path / "report.json"
     batch = subprocess.Popen([str(BIN), "ps1", "--course", str(c), "--jobs", "4", "--report", str(report)],
-                             env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             env=grader_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         # clicks while the batch runs: the same students it grades
         clicks = [autograde_api(c, s) for s in ("alice", "bob-2", "carol")]

@@ -22,9 +22,9 @@ from typing import Dict
 
 import pytest
 
-from conftest import BIN, ROOT, TEST_CONFIG, TWIN_HOME
+from conftest import BIN, NEEDS_ROOT, ROOT, TEST_CONFIG, TWIN_HOME
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0 and os.environ.get("CI") != "true", reason="needs root")
+pytestmark = NEEDS_ROOT
 
 # the twins' own place, and the Jupyter path's (JupyterLab's Launcher lists what is there)
 KERNELS = TWIN_HOME / "kernels"

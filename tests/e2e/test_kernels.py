@@ -14,7 +14,6 @@ The kernels are installed by scripts/kernels.sh (scripts/test.sh runs it before 
 """
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -23,9 +22,9 @@ from typing import Dict, List
 
 import pytest
 
-from conftest import BIN, TWIN_HOME, Course, Notebook, copy_course, make_assignment, nb_cell
+from conftest import BIN, NEEDS_ROOT, TWIN_HOME, Course, Notebook, copy_course, make_assignment, nb_cell
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0 and os.environ.get("CI") != "true", reason="needs root")
+pytestmark = NEEDS_ROOT
 
 # nbgrader's own cell timeout, short: the R infinite loop is interrupted after it (long
 # enough for a busy CI machine to reach the memory and output limits first)

@@ -17,18 +17,16 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from conftest import TWIN_HOME
+from conftest import BIN, FIXTURE_COURSE, NEEDS_ROOT, ROOT, TEST_CONFIG, TWIN_HOME
 
-ROOT = Path(__file__).resolve().parents[2]
-BIN = ROOT / "target" / "debug" / "isolate-grade"
-COURSE = ROOT / "fixtures" / "course"
+COURSE = FIXTURE_COURSE
 KERNEL = "isolate-grade-e2e-python3"
 # Every fixture student: with the sandbox, heidi's 50 MB cell is cut at the output limit
 # and interrupted, and her grades (the cell is not a graded one) are still bare nbgrader's.
 BENIGN = ["alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan", "judy"]
 SECRET_TOKEN = "hub-token-that-must-not-leak"
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0 and os.environ.get("CI") != "true", reason="needs root")
+pytestmark = NEEDS_ROOT
 
 
 @pytest.fixture(scope="session")
@@ -39,7 +37,7 @@ def sandbox_env(tmp_path_factory):
                     "isolate-grade-e2e-"], check=True)
     reports = tmp_path_factory.mktemp("kernel-reports")
     env = dict(os.environ)
-    env["ISOLATE_GRADE_CONFIG"] = str(ROOT / "fixtures/config/test.toml")
+    env["ISOLATE_GRADE_CONFIG"] = str(TEST_CONFIG)
     env["ISOLATE_GRADE_REPORT_DIR"] = str(reports)
     env["JUPYTERHUB_API_TOKEN"] = SECRET_TOKEN
     # the twin by name (install keeps it off the Jupyter path)

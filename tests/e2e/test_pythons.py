@@ -32,9 +32,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BIN, ROOT, Python, copy_course, make_course, nb_cell
+from conftest import BIN, NEEDS_ROOT, ROOT, Python, copy_course, make_course, nb_cell
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0 and os.environ.get("CI") != "true", reason="needs root")
+pytestmark = NEEDS_ROOT
 
 REQS = [ROOT / "scripts" / "requirements.txt"]
 WORK = ROOT / "target" / "pythons"

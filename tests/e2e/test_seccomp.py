@@ -16,9 +16,9 @@ import subprocess
 import nbformat
 import pytest
 
-from conftest import BIN, make_course, nb_cell
+from conftest import BIN, NEEDS_ROOT, make_course, nb_cell
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0 and os.environ.get("CI") != "true", reason="needs root")
+pytestmark = NEEDS_ROOT
 
 LIBRARIES = ("numpy", "pandas", "matplotlib", "scipy")
 
