@@ -6,12 +6,10 @@
 //! makes its private twins with the same [`crate::kernelspec`]. `--uninstall` removes both again.
 
 use crate::cli::InstallArgs;
-use crate::kernels::{self, KernelsError, Spec, Twin};
+use crate::kernels::{self, Spec, Twin};
 // `check` still reaches these through `install` (it is not this module's to change).
 use crate::kernelspec::{install_twins, Launcher, Maker};
 use crate::kernelspec::{read_notebooks, twin_home, KernelspecError};
-use crate::preflight::PreflightError;
-use crate::python::PythonError;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 
@@ -22,29 +20,22 @@ mod uninstall;
 pub enum InstallError {
     #[error("{0}")]
     Invalid(String),
-    #[error(transparent)]
-    Python(#[from] PythonError),
-    #[error(transparent)]
-    Kernels(#[from] Box<KernelsError>),
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
-    #[error("nothing was installed, because {0}")]
-    Preflight(#[from] PreflightError),
+    /// Making the twins: the Python, the kernelspecs found, the preflight.
     #[error(transparent)]
     Kernelspec(#[from] KernelspecError),
 }
 
 impl InstallError {
-    /// 3 when a kernel can't run in the sandbox (as in a batch's preflight), 2 for bad input
-    /// (a --python that does not run, a bad policy, an unknown --kernel).
+    /// 2 for bad input (a --binary or --python that does not run, a bad policy, an unknown
+    /// --kernel), 3 when a kernel can't run in the sandbox (as in a batch's preflight) or
+    /// writing fails.
     pub fn exit_code(&self) -> u8 {
-        use PythonError as P;
         match self {
-            InstallError::Invalid(_) | InstallError::Python(P::Start { .. } | P::NoNbgrader | P::NoShebang { .. }) => {
-                crate::exit::USAGE
-            }
+            InstallError::Invalid(_) => crate::exit::USAGE,
             InstallError::Kernelspec(e) => e.exit_code(),
-            _ => crate::exit::FAULT,
+            InstallError::Io { .. } => crate::exit::FAULT,
         }
     }
 }

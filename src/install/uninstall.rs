@@ -6,15 +6,16 @@
 
 use super::{without_block, InstallError, BEGIN};
 use crate::cli::InstallArgs;
+use crate::kernelspec::KernelspecError;
 use crate::python;
 use std::path::{Path, PathBuf};
 
 pub fn execute(a: &InstallArgs) -> Result<u8, InstallError> {
     let python = match &a.python {
         Some(p) => std::path::absolute(p).map_err(|source| InstallError::Io { path: p.clone(), source })?,
-        None => python::python_of_nbgrader()?,
+        None => python::python_of_nbgrader().map_err(KernelspecError::from)?,
     };
-    let client = python::probe_kernel_python(&python, "jupyter_client")?;
+    let client = python::probe_kernel_python(&python, "jupyter_client").map_err(KernelspecError::from)?;
     // where install puts them, and where earlier versions did (on the Jupyter path)
     let dirs =
         [crate::kernelspec::twin_home(&client.prefix).join("kernels"), client.prefix.join("share/jupyter/kernels")];
