@@ -267,3 +267,17 @@ def jupyter_lab(project_python: Python, tmp_path_factory):
             except subprocess.TimeoutExpired:
                 server.process.kill()
                 server.process.wait()
+
+
+def stdout_of(kc, code: str, timeout: float = 60) -> str:
+    """Execute `code` on a started kernel client; what it printed, once the kernel is idle."""
+    msg_id = kc.execute(code)
+    out = ""
+    while True:
+        m = kc.get_iopub_msg(timeout=timeout)
+        if m["parent_header"].get("msg_id") != msg_id:
+            continue
+        if m["msg_type"] == "stream":
+            out += m["content"]["text"]
+        if m["msg_type"] == "status" and m["content"]["execution_state"] == "idle":
+            return out

@@ -12,9 +12,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import BIN, TEST_CONFIG, TWIN_HOME
+from conftest import BIN, NEEDS_ROOT, TEST_CONFIG, TWIN_HOME, stdout_of
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0 and os.environ.get("CI") != "true", reason="needs root")
+pytestmark = NEEDS_ROOT
 
 PREFIX = "isolate-grade-kargs-"
 
@@ -36,7 +36,7 @@ def twin_argv():
     return spec["argv"]
 
 
-def run_cell(argv, cwd: Path, code: str, specs: Path) -> str:
+def run_cell(argv, cwd: Path, code: str, specs: Path, monkeypatch) -> str:
     """Start a kernel with `argv` (as a kernelspec of its own under `specs`) from `cwd`, run
     `code`, return its stdout, shut it down."""
     from jupyter_client import KernelManager
@@ -44,38 +44,26 @@ def run_cell(argv, cwd: Path, code: str, specs: Path) -> str:
     spec = specs / "kernels" / "kargs"
     spec.mkdir(parents=True)
     (spec / "kernel.json").write_text(json.dumps({"argv": argv, "display_name": "kargs", "language": "python"}))
-    old = dict(os.environ)
-    os.environ["ISOLATE_GRADE_CONFIG"] = str(TEST_CONFIG)
-    os.environ["JUPYTER_PATH"] = str(specs)
+    monkeypatch.setenv("ISOLATE_GRADE_CONFIG", str(TEST_CONFIG))
+    monkeypatch.setenv("JUPYTER_PATH", str(specs))
+    km = KernelManager(kernel_name="kargs")
+    km.start_kernel(cwd=str(cwd))
     try:
-        km = KernelManager(kernel_name="kargs")
-        km.start_kernel(cwd=str(cwd))
         kc = km.client()
         kc.start_channels()
         kc.wait_for_ready(timeout=60)
-        msg_id = kc.execute(code)
-        out = ""
-        while True:
-            m = kc.get_iopub_msg(timeout=60)
-            if m["parent_header"].get("msg_id") != msg_id:
-                continue
-            if m["msg_type"] == "stream":
-                out += m["content"]["text"]
-            if m["msg_type"] == "status" and m["content"]["execution_state"] == "idle":
-                break
+        out = stdout_of(kc, code)
         kc.stop_channels()
-        km.shutdown_kernel(now=False)
-        return out
     finally:
-        os.environ.clear()
-        os.environ.update(old)
+        km.shutdown_kernel(now=False)
+    return out
 
 
 def with_options(argv, *options):
     return [argv[0], "kernel", *options, *argv[2:]]
 
 
-def test_the_submission_and_report_are_named_explicitly(tmp_path, twin_argv):
+def test_the_submission_and_report_are_named_explicitly(tmp_path, twin_argv, monkeypatch):
     submission = tmp_path / "submitted" / "alice" / "ps1"
     submission.mkdir(parents=True)
     (submission / "data.csv").write_text("1,2\n")
@@ -84,7 +72,7 @@ def test_the_submission_and_report_are_named_explicitly(tmp_path, twin_argv):
     report = tmp_path / "reports" / "k.json"
     report.parent.mkdir()
     argv = with_options(twin_argv, "--submission", str(submission), "--report", str(report))
-    seen = json.loads(run_cell(argv, elsewhere, PROBE, tmp_path / "specs").strip().splitlines()[-1])
+    seen = json.loads(run_cell(argv, elsewhere, PROBE, tmp_path / "specs", monkeypatch).strip().splitlines()[-1])
     # inside, the kernel works in the submission, not in the directory it was started from
     assert seen["cwd"] == str(submission)
     assert "data.csv" in seen["listing"]

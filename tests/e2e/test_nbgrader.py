@@ -17,7 +17,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from conftest import BIN, FIXTURE_COURSE, NEEDS_ROOT, ROOT, TEST_CONFIG, TWIN_HOME
+from conftest import BIN, FIXTURE_COURSE, NEEDS_ROOT, ROOT, TEST_CONFIG, TWIN_HOME, stdout_of
 
 COURSE = FIXTURE_COURSE
 KERNEL = "isolate-grade-e2e-python3"
@@ -239,16 +239,7 @@ def test_the_kernel_reaches_nothing_but_its_client(tmp_path, sandbox_env):
         kc.start_channels()
         kc.wait_for_ready(timeout=60)
         code = BOUNDARY.replace("HOST_PORT", str(host_port)).replace("JUPYTER_RUNTIME", repr(runtime))
-        msg_id = kc.execute(code)
-        out = ""
-        while True:
-            m = kc.get_iopub_msg(timeout=60)
-            if m["parent_header"].get("msg_id") != msg_id:
-                continue
-            if m["msg_type"] == "stream":
-                out += m["content"]["text"]
-            if m["msg_type"] == "status" and m["content"]["execution_state"] == "idle":
-                break
+        out = stdout_of(kc, code)
         seen = json.loads(out.strip().splitlines()[-1])
         wrapper = km.provisioner.process.pid
         uids = sandbox_uids_of(wrapper)
