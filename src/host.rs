@@ -32,7 +32,7 @@ pub fn run(req: Request) -> Report {
 }
 
 fn steps(req: Request, info: &mut crate::report::SandboxInfo) -> Result<supervisor::Outcome, Fault> {
-    let config = req.config.clone();
+    let config = &req.config;
     // 1. The state directory, root-owned and writable by nobody else, before anything is
     //    created in it: it holds the slot locks and the empty directory each new root is
     //    mounted on.
