@@ -200,12 +200,16 @@ def victim():
     sup = subprocess.Popen([str(BIN), "run", "--wall-time", "1h", "--", "/bin/sh", "-c", f"sleep 3600; : {marker}"],
                            env=env(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     shell = None
-    for _ in range(100):
+    for _ in range(300):
         for p in Path("/proc").iterdir():
             try:
-                if p.name.isdigit() and marker.encode() in (p / "cmdline").read_bytes():
+                # The supervisor's own command line (and its forked, not yet exec'd, child's)
+                # holds the marker too: only the shell itself, exec'd in a slot, is the victim.
+                cmdline = (p / "cmdline").read_bytes()
+                if (p.name.isdigit() and cmdline.startswith(b"/bin/sh\0") and marker.encode() in cmdline
+                        and 60000 <= uid_of(p.name) < 60000 + 64):
                     shell = int(p.name)
-            except OSError:
+            except (OSError, AttributeError):
                 pass
         children = Path(f"/proc/{shell}/task/{shell}/children").read_text().split() if shell else []
         if children:
