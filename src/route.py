@@ -1,4 +1,4 @@
-def _isolate_grade(c, twins, languages, kernels=None, on_kernel_report=None):
+def _isolate_grade(c, twins, languages, kernels=None, on_kernel_report=None, on_event=None):
     """Route every notebook nbgrader autogrades to the sandboxed twin of its own kernel.
 
     `twins` maps a kernelspec name to its twin's name, `languages` each twin to its language,
@@ -12,6 +12,11 @@ def _isolate_grade(c, twins, languages, kernels=None, on_kernel_report=None):
     its connection file's name; with `on_kernel_report` (the batch's worker, whose twins this
     same binary made), each kernel is given its report file (`--report`) and its submission
     (`--submission`) on its command line instead, and `on_kernel_report` is told each file.
+    A kernel is ended at once when its notebook is done (`_end_at_once`): its outputs are in,
+    and the sandbox ends everything in it, so there is nothing to wait for. `on_event(name,
+    **fields)`, if given, is told each step of a notebook's execution as it happens (the
+    batch's timeline: "execute", "kernel-start", "kernel-started", "kernel-ready", "cell",
+    "kernel-stop", "kernel-stopped", "executed").
     (isolate-grade's src/route.py: written into nbgrader_config.py by `isolate-grade install`,
     and used by the batch with its own twins.)
     """
@@ -75,9 +80,35 @@ def _isolate_grade(c, twins, languages, kernels=None, on_kernel_report=None):
                 km.kernel_spec_manager = KernelSpecManager(kernel_dirs=[kernels], ensure_native_kernel=False)
             return km
 
+        def _isolate_grade_event(self, name, **fields):
+            if on_event is not None:
+                on_event(name, **fields)
+
+        def start_new_kernel(self, **kwargs):
+            self._isolate_grade_event("kernel-start")
+            super().start_new_kernel(**kwargs)
+            self._isolate_grade_event("kernel-started")
+            _end_at_once(self.km)
+
+        def start_new_kernel_client(self):
+            kc = super().start_new_kernel_client()
+            self._isolate_grade_event("kernel-ready")
+            return kc
+
+        def _cleanup_kernel(self):
+            self._isolate_grade_event("kernel-stop")
+            try:
+                return super()._cleanup_kernel()
+            finally:
+                self._isolate_grade_event("kernel-stopped")
+
         def preprocess_cell(self, cell, resources, index):
             self._isolate_grade_cell = (index, cell)
-            return super().preprocess_cell(cell, resources, index)
+            try:
+                return super().preprocess_cell(cell, resources, index)
+            finally:
+                if cell.get("cell_type") == "code":
+                    self._isolate_grade_event("cell", index=index)
 
         def preprocess(self, nb, resources, *args, **kwargs):
             before = self.kernel_name
@@ -97,6 +128,7 @@ def _isolate_grade(c, twins, languages, kernels=None, on_kernel_report=None):
             path = (resources.get("metadata") or {}).get("path")
             self._isolate_grade_submission = os.path.realpath(path) if path else None
             kms = self._isolate_grade_kms
+            self._isolate_grade_event("execute", kernel=self.kernel_name)
             try:
                 return super().preprocess(nb, resources, *args, **kwargs)
             except Exception as e:
@@ -112,6 +144,7 @@ def _isolate_grade(c, twins, languages, kernels=None, on_kernel_report=None):
                 self.log.error("isolate-grade: %s", message)
                 raise KernelStopped(message) from e
             finally:
+                self._isolate_grade_event("executed")
                 self._isolate_grade_kms = outer_kms
                 if on_kernel_report is not None and not own:
                     for report in _report_files(reports, kms):
@@ -130,6 +163,39 @@ def _isolate_grade(c, twins, languages, kernels=None, on_kernel_report=None):
         raise ValueError(f"nbgrader's Execute step is not among the autograde preprocessors {steps}")
     c.Autograde.autograde_preprocessors = [
         SandboxedExecute if isinstance(s, type) and issubclass(s, Execute) else s for s in steps]
+
+
+def _end_at_once(km):
+    """Have `km` end its kernel at once when asked to shut it down, rather than by
+    jupyter_client's graceful way (a shutdown_request, then waiting for the kernel to exit;
+    ipykernel 7.4 sometimes hangs there until jupyter_client's SIGTERM 5 s later). By then
+    nbclient has every output it waited for; the kernel is `isolate-grade kernel`, whose
+    SIGTERM is relayed into the sandbox, and when the program ends the sandbox ends all of
+    it and the supervisor writes its report as after any end (the client's signal: cause
+    "caller", not the student's doing). A kernel that outlives the SIGTERM by a second (the
+    student's code ignores it) is shut down the graceful way after all."""
+    import asyncio
+    import signal
+
+    graceful = km.shutdown_kernel
+
+    async def shutdown_kernel(now=False, restart=False):
+        provisioner = km.provisioner
+        process = getattr(provisioner, "process", None)
+        if not restart and process is not None and process.poll() is None:
+            process.send_signal(signal.SIGTERM)  # the supervisor alone, not its process group
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 1.0
+            while process.poll() is None and loop.time() < deadline:
+                await asyncio.sleep(0.005)
+            if process.poll() is not None:
+                await provisioner.wait()  # reaped: the manager no longer has a kernel to stop
+                now = True  # nothing to ask (a shutdown_request queued for no one holds its socket 0.1 s)
+        result = graceful(now=now, restart=restart)
+        if asyncio.iscoroutine(result):
+            await result
+
+    km.shutdown_kernel = shutdown_kernel
 
 
 def _name_report_and_submission(km, reports, submission):

@@ -249,6 +249,40 @@ def test_bad_submissions_get_their_verdicts_and_nobody_else_is_affected(tmp_path
     assert not leftovers(course)
 
 
+def _kernel_reports(course, student, notebook):
+    d = course / ".isolate-grade" / "ps1" / "kernels" / student / notebook
+    return [json.loads(f.read_text()) for f in sorted(d.glob("kernel-*.json"))]
+
+
+def test_kernels_end_at_once_and_a_kernel_that_ignores_it_still_ends_and_is_graded(tmp_path):
+    """A notebook's kernel is ended by its client's SIGTERM, relayed by its supervisor, as soon
+    as nbgrader has its outputs: no shutdown_request, no waiting for ipykernel to exit (src/route.py,
+    `_end_at_once`). A student whose code ignores SIGTERM costs only their own notebook a
+    second: their kernel is then shut down the graceful way, reports, and is graded in full."""
+    course = course_tools.prepare(tmp_path / "course")
+    shutil.copytree(course / "submitted" / "alice", course / "submitted" / "stubborn")
+    nb_path = course / "submitted" / "stubborn" / "ps1" / "problem1.ipynb"
+    nb = nbformat.read(nb_path, as_version=4)
+    cell = next(c for c in nb.cells if c.cell_type == "code" and c.metadata.get("nbgrader", {}).get("solution"))
+    cell.source = "import signal\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n" + cell.source
+    nbformat.write(nb, nb_path)
+    code, report, out = batch(course, "--jobs", "2", "--student", "alice", "--student", "stubborn")
+    assert code == 0, out
+    by = {s["student"]: s for s in report["students"]}
+    got = scores(course_tools.gradebook(course, "ps1"))
+    assert got["stubborn"] == got["alice"] == EXPECTED["alice"]
+    for student in ("alice", "stubborn"):
+        assert [nb["verdict"] for nb in by[student]["notebooks"]] == ["ok", "ok"], by[student]
+    for notebook in ("problem1", "problem2"):
+        [k] = _kernel_reports(course, "alice", notebook)
+        assert (k["status"], k["signal"], k["relayed_signals"], k["shutdown_requested"]) == \
+               ("signaled", "SIGTERM", ["SIGTERM"], False), k
+    [k] = _kernel_reports(course, "stubborn", "problem1")
+    assert k["relayed_signals"][:1] == ["SIGTERM"] and k["shutdown_requested"], k
+    assert k["explanation"] is None or k["explanation"]["cause"] == "caller", k
+    assert not leftovers(course)
+
+
 FORGED = "\x1b]0;pwned\x07\x1b[2J\r\x1b[2K\u202ealice  graded  full marks\x1b[8m"
 FORMULA = '=HYPERLINK("evil.example?q","click")'
 HIDDEN = ["squares(11) ==", "sum_of_squares(11) =="]  # the fixture's hidden tests
