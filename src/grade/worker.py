@@ -15,6 +15,11 @@ of behaviour:
   to write while another process writes gets "database is locked" at once, without waiting
   (nbgrader#174). Executing notebooks, the slow part, holds no lock.
 
+Two changes make it cheaper than `nbgrader autograde` without changing what it does: one
+SQLAlchemy engine per gradebook for the worker's life (`share_engines`), and no IRI grammar
+built at import (`skip_unused_grammar`). A kernel is ended at once when its notebook is done
+(src/route.py, `_end_at_once`).
+
 Protocol (src/grade/protocol.rs has the same messages): JSON lines, each an object tagged by
 "msg". The first line on stdin is the setup (with the protocol's version, checked); the worker
 answers "ready" (with its version and nbgrader's) or "fatal", then reads "grade" requests and
@@ -271,6 +276,38 @@ def recording(method: Callable, seen: List[Failure], per_notebook: bool) -> Call
     return wrapper
 
 
+# How long nbgrader waits for a cell's last output after its reply, unless the course says
+# (nbclient's default is 4 s, after which nbgrader fails the notebook): the batch runs more
+# workers than CPUs, and on a loaded machine a kernel's output can be late, never lost.
+IOPUB_TIMEOUT = 30
+
+# A timeline of every notebook, for the benchmark (bench/batch.py): the file this variable
+# names gets a JSON line per step. Unset (the default): nothing is measured or written.
+TRACE = "ISOLATE_GRADE_TRACE"
+
+
+class Trace:
+    """Each step of each notebook as it happens: {"t": monotonic seconds, "cpu": this worker's
+    CPU seconds, "kids": its reaped children's (the kernels' supervisors and all they ran),
+    "pid", "student", "notebook", "event", ...}. One line per write, appended, so that the
+    workers of a batch can share the file."""
+
+    def __init__(self, path: Optional[str]) -> None:
+        self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600) if path else None
+        self.student: Optional[str] = None
+        self.notebook: Optional[str] = None
+
+    def __call__(self, event: str, **fields: Any) -> None:
+        if self.fd is None:
+            return
+        import resource
+
+        kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+        line = {"t": time.monotonic(), "cpu": time.process_time(), "kids": kids.ru_utime + kids.ru_stime,
+                "pid": os.getpid(), "student": self.student, "notebook": self.notebook, "event": event, **fields}
+        os.write(self.fd, (json.dumps(utf8(line)) + "\n").encode())
+
+
 class KernelReports:
     """The report file of each kernel route.py started, by notebook (the one being converted)."""
 
@@ -297,10 +334,42 @@ class Grader:
     notebooks: List[str]
     nbgrader: str
     kernels: KernelReports
+    trace: Trace
+
+
+def skip_unused_grammar() -> None:
+    """jsonschema's format checker imports rfc3987-syntax where it is installed (jupyter_server's
+    dependencies install it), which builds a parser for IRIs at import: 1.5 s of CPU in every
+    worker (`python -X importtime -c "import nbformat"`), for two formats ("iri",
+    "iri-reference") that nothing here checks: nbformat validates notebooks without a format
+    checker, and nothing else in a worker validates JSON. Without it, jsonschema leaves those
+    two formats unchecked, in this process only."""
+    sys.modules.setdefault("rfc3987_syntax", None)  # its import then fails, which jsonschema allows
+
+
+def share_engines() -> None:
+    """nbgrader opens a Gradebook, and with it a new SQLAlchemy engine, several times per
+    notebook, and a new engine compiles every query afresh (a third of nbgrader's own CPU per
+    notebook, under cProfile). A worker keeps one engine per database for its whole life, so
+    that compiled queries are reused. Each Gradebook still has its own session; its close()
+    still disposes of the engine's connections, and the next one opens a fresh connection."""
+    from nbgrader import api
+
+    create = api.create_engine
+    engines: Dict[Tuple[str, str], Any] = {}
+
+    def create_engine(url: Any, **kwargs: Any) -> Any:
+        key = (str(url), repr(sorted(kwargs.items())))
+        if key not in engines:
+            engines[key] = create(url, **kwargs)
+        return engines[key]
+
+    api.create_engine = create_engine
 
 
 def load(cfg: Setup) -> Union[Grader, Fatal]:
     os.chdir(cfg.course)
+    skip_unused_grammar()
     import nbgrader
 
     version = str(getattr(nbgrader, "__version__", "unknown"))
@@ -314,6 +383,7 @@ def load(cfg: Setup) -> Union[Grader, Fatal]:
     # nbgrader runs `alembic` from PATH when it creates a gradebook
     os.environ["PATH"] = os.pathsep.join((os.path.dirname(sys.executable), os.environ.get("PATH", "")))
 
+    share_engines()
     from traitlets.config import Config
     from nbgrader.apps.nbgraderapp import NbGraderApp
     from nbgrader.converters import Autograde
@@ -324,17 +394,22 @@ def load(cfg: Setup) -> Union[Grader, Fatal]:
     over = Config()
     over.CourseDirectory.root = cfg.course
     over.CourseDirectory.submitted_directory = cfg.submitted
+    if not any("iopub_timeout" in app.config[k] for k in ("Execute", "ExecutePreprocessor", "NotebookClient")):
+        over.Execute.iopub_timeout = IOPUB_TIMEOUT
     app.update_config(over)
     # Replaces nbgrader's Execute step (or the one of install's block in the course's config).
     route: Dict[str, Any] = {}
     exec(compile(cfg.route, "isolate-grade:route.py", "exec"), route)
     kernels = KernelReports()
-    route["_isolate_grade"](app.config, cfg.twins, cfg.languages, on_kernel_report=kernels.add)
+    trace = Trace(os.environ.get(TRACE))
+    route["_isolate_grade"](app.config, cfg.twins, cfg.languages, on_kernel_report=kernels.add, on_event=trace)
     app.coursedir.root = cfg.course
     app.coursedir.submitted_directory = cfg.submitted
 
     # every gradebook use holds the course's gradebook lock (src/route.py)
     lock = route["_GradebookLock"](cfg.lock)
+    if trace.fd is not None:
+        lock = TracedLock(lock, trace)
     route["_lock_gradebooks"](lambda: lock)
 
     from nbgrader.api import Gradebook, MissingEntry
@@ -348,7 +423,30 @@ def load(cfg: Setup) -> Union[Grader, Fatal]:
         notebooks = sorted(nb.name for nb in a.notebooks)
         if not notebooks:
             return Fatal(f"assignment {assignment!r} has no notebooks in the gradebook: run `nbgrader generate_assignment {assignment}`")
-    return Grader(cfg, app, Autograde, lock, notebooks, version, kernels)
+    return Grader(cfg, app, Autograde, lock, notebooks, version, kernels, trace)
+
+
+class TracedLock:
+    """The gradebook lock, with how long each use waited for it and held it in the trace."""
+
+    def __init__(self, lock: Any, trace: Trace) -> None:
+        self.lock, self.trace, self.since = lock, trace, 0.0
+
+    def acquire(self) -> None:
+        outer = self.lock.depth == 0
+        t = time.monotonic()
+        self.lock.acquire()
+        if outer:
+            self.since = time.monotonic()
+            self.trace("gradebook-locked", waited=self.since - t)
+
+    def release(self) -> None:
+        self.lock.release()
+        if self.lock.depth == 0:
+            self.trace("gradebook-unlocked", held=time.monotonic() - self.since)
+
+    def reset(self) -> int:
+        return self.lock.reset()
 
 
 def scores(app: Any, assignment: str, student: str) -> Tuple[Optional[Dict[str, NotebookScore]], Optional[float]]:
@@ -389,17 +487,23 @@ def grade(g: Grader, student: str) -> Answer:
         except OSError as e:
             raise OurFault("the kernels' report directory") from e
         g.kernels.notebook = name
+        g.trace.notebook = name
+        g.trace("convert")
         t = time.monotonic()
         try:
             return base(self, notebook_filename)
         finally:
             timings[name] = time.monotonic() - t
+            g.trace("converted")
+            g.trace.notebook = None
             g.kernels.notebook = None
             os.environ.pop("ISOLATE_GRADE_REPORT_DIR", None)
 
     steps = ["init_destination", "init_assignment", "convert_single_notebook", "set_permissions"]
     originals = {step: getattr(Autograde, step) for step in steps}
     t0 = time.monotonic()
+    g.trace.student = student
+    g.trace("student")
     Autograde.convert_single_notebook = convert_single_notebook
     for step in steps:
         setattr(Autograde, step, recording(getattr(Autograde, step), seen, step == "convert_single_notebook"))
@@ -413,6 +517,8 @@ def grade(g: Grader, student: str) -> Answer:
         for step, original in originals.items():
             setattr(Autograde, step, original)
         leaked = g.lock.reset()
+        g.trace("graded")
+        g.trace.student = None
     out = Answer(
         student=student,
         success=bool(result.get("success")),
