@@ -27,7 +27,7 @@ use course::{CourseError, Layout};
 use report::{BatchReport, NotebookResult, NotebookVerdict, ReportError, StudentResult, Verdict};
 use std::collections::VecDeque;
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -165,6 +165,31 @@ fn batch_limits(a: &GradeArgs) -> Result<(TreeLimits, worker::Limits), GradeErro
     Ok((TreeLimits { notebook, ..TreeLimits::default() }, worker::Limits { memory, cpu_time }))
 }
 
+/// Workers per CPU when `--jobs` is not given. A worker spends much of a notebook waiting
+/// (for its kernel to start and answer, for a cell that sleeps or runs into its timeout), and
+/// with one worker per CPU the CPUs idle then (bench/README.md: the busy fraction and the
+/// figures behind this number).
+const JOBS_PER_CPU: usize = 3;
+
+/// Memory counted per worker when `--jobs` is not given: nbgrader's (about 200 MB resident)
+/// and room for its kernel (the default policy's limit is 1G).
+const MEMORY_PER_JOB: u64 = 1536 << 20;
+
+/// `--jobs`' default: JOBS_PER_CPU per CPU this process may use, but no more than the
+/// available memory holds at MEMORY_PER_JOB each; at least one.
+fn default_jobs(cpus: usize, mem_available: Option<u64>) -> usize {
+    let by_cpu = cpus.max(1) * JOBS_PER_CPU;
+    let by_memory = mem_available.map_or(by_cpu, |m| (m / MEMORY_PER_JOB) as usize);
+    by_cpu.min(by_memory).max(1)
+}
+
+/// MemAvailable from /proc/meminfo, in bytes (None if unreadable).
+fn mem_available(meminfo: &Path) -> Option<u64> {
+    let text = std::fs::read_to_string(meminfo).ok()?;
+    let kb = text.lines().find_map(|l| l.strip_prefix("MemAvailable:"))?.trim().strip_suffix("kB")?;
+    kb.trim().parse::<u64>().ok().map(|k| k << 10)
+}
+
 enum Event {
     Done(StudentResult),
     /// A worker could not start: nothing can be graded.
@@ -225,7 +250,10 @@ impl Request {
         }
         let jobs = match &a.jobs {
             Some(j) => units::parse_count(j, 256).map_err(|e| GradeError::Invalid(format!("--jobs: {e}")))? as usize,
-            None => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            None => default_jobs(
+                std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+                mem_available(Path::new("/proc/meminfo")),
+            ),
         };
         let student_timeout = units::parse_duration(&a.student_timeout)
             .map_err(|e| GradeError::Invalid(format!("--student-timeout: {e}")))?;
@@ -838,6 +866,22 @@ pub(crate) fn set_home(uid: u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn default_jobs_are_several_per_cpu_within_the_available_memory() {
+        const G: u64 = 1 << 30;
+        assert_eq!(default_jobs(2, Some(24 * G)), 2 * JOBS_PER_CPU);
+        assert_eq!(default_jobs(64, Some(24 * G)), 16, "memory bounds a big machine");
+        assert_eq!(default_jobs(2, Some(3 * G)), 2);
+        assert_eq!(default_jobs(2, Some(G)), 1, "at least one");
+        assert_eq!(default_jobs(0, None), JOBS_PER_CPU);
+        let d = tempfile::tempdir().unwrap();
+        let meminfo = d.path().join("meminfo");
+        std::fs::write(&meminfo, "MemTotal:       24000000 kB\nMemFree: 1 kB\nMemAvailable:   20971520 kB\n").unwrap();
+        assert_eq!(mem_available(&meminfo), Some(20 * G));
+        std::fs::write(&meminfo, "MemTotal:       24000000 kB\n").unwrap();
+        assert_eq!(mem_available(&meminfo), None);
+    }
 
     fn answer(failure: Option<worker::Failure>, error: &str) -> worker::Answer {
         worker::Answer {
