@@ -12,6 +12,7 @@ Needs `bash scripts/venv.sh` and `cargo build --release` first.
 import argparse
 import json
 import random
+import resource
 import statistics
 import subprocess
 import sys
@@ -42,8 +43,15 @@ def install(binary: Path, specs: Path, baseline: Path = None) -> list:
     return [name for name, _ in kernels]
 
 
-def once(name: str, ksm: KernelSpecManager, cwd: str) -> tuple[float, float]:
+def children_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def once(name: str, ksm: KernelSpecManager, cwd: str) -> tuple[float, float, float]:
+    """(ms to ready, ms to shut down, CPU ms of the kernel and all it ran, reaped)."""
     km = KernelManager(kernel_name=name, kernel_spec_manager=ksm)
+    cpu0 = children_cpu()
     t0 = time.perf_counter()
     km.start_kernel(cwd=cwd)
     kc = km.client()
@@ -53,7 +61,7 @@ def once(name: str, ksm: KernelSpecManager, cwd: str) -> tuple[float, float]:
     kc.stop_channels()
     km.shutdown_kernel(now=False)
     t2 = time.perf_counter()
-    return (t1 - t0) * 1000, (t2 - t1) * 1000
+    return (t1 - t0) * 1000, (t2 - t1) * 1000, (children_cpu() - cpu0) * 1000
 
 
 def main() -> None:
@@ -74,22 +82,25 @@ def main() -> None:
         once(n, ksm, cwd)
     ready = {n: [] for n in names}
     down = {n: [] for n in names}
+    cpu = {n: [] for n in names}
     for _ in range(args.runs):
         random.shuffle(names)
         for n in names:
-            r, d = once(n, ksm, cwd)
+            r, d, c = once(n, ksm, cwd)
             ready[n].append(r)
             down[n].append(d)
+            cpu[n].append(c)
 
     def q(xs, p):
         xs = sorted(xs)
         return xs[min(len(xs) - 1, int(round(p * (len(xs) - 1))))]
 
     print(f"kernel start-up, {args.runs} runs each, interleaved; {sys.executable}")
-    print("| kernel | ready median ms | ready p90 ms | shutdown median ms |")
-    print("|---|--:|--:|--:|")
+    print("| kernel | ready median ms | ready p90 ms | shutdown median ms | CPU median ms |")
+    print("|---|--:|--:|--:|--:|")
     for n in sorted(ready):
-        print(f"| {n} | {statistics.median(ready[n]):.1f} | {q(ready[n], 0.9):.1f} | {statistics.median(down[n]):.1f} |")
+        print(f"| {n} | {statistics.median(ready[n]):.1f} | {q(ready[n], 0.9):.1f} | {statistics.median(down[n]):.1f} "
+              f"| {statistics.median(cpu[n]):.0f} |")
     overhead = statistics.median(ready["bench-sandboxed"]) - statistics.median(ready["bench-bare"])
     print(f"sandbox overhead on start-up (median): {overhead:+.1f} ms")
 
