@@ -161,3 +161,44 @@ def test_route_names_each_kernels_report_and_submission_on_its_command_line(tmp_
     with open(report, "w") as f:
         json.dump({"explanation": {"cause": "limit", "words": "used too much memory"}}, f)
     assert route["_first_ended"]([str(tmp_path / "missing.json"), report])["cause"] == "limit"
+
+
+def in_fresh_python(code: str, cwd: Path) -> str:
+    """Run CODE in a new interpreter with the worker loaded as `w` (its patches are process-wide)."""
+    prelude = (f"import importlib.util, sys\nspec = importlib.util.spec_from_file_location('w', {str(WORKER)!r})\n"
+               "w = importlib.util.module_from_spec(spec); sys.modules['w'] = w; spec.loader.exec_module(w)\n")
+    env = dict(os.environ, PATH=os.pathsep.join((os.path.dirname(sys.executable), os.environ.get("PATH", ""))))
+    r = subprocess.run([sys.executable, "-c", prelude + code], capture_output=True, text=True, cwd=cwd, env=env,
+                       timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return r.stdout
+
+
+def test_the_worker_skips_the_iri_grammar_and_nbformat_still_validates(tmp_path):
+    """No rfc3987-syntax parser built in a worker (1.5 s of CPU), and a notebook that breaks
+    nbformat's schema is still refused."""
+    out = in_fresh_python(
+        "w.skip_unused_grammar()\n"
+        "import nbformat, jsonschema\n"
+        "print('rfc3987_syntax' in sys.modules and sys.modules['rfc3987_syntax'] is not None)\n"
+        "nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell('1')])\n"
+        "nbformat.validate(nb)\n"
+        "nb.cells[0]['execution_count'] = 'not a number'\n"
+        "try:\n    nbformat.validate(nb)\nexcept nbformat.ValidationError:\n    print('refused')\n", tmp_path)
+    assert out.split() == ["False", "refused"]
+
+
+def test_the_worker_shares_one_engine_per_gradebook_and_sees_every_write(tmp_path):
+    """Gradebooks opened one after the other share the worker's engine; what one wrote and
+    closed, the next reads, also when another process wrote it in between."""
+    db = f"sqlite:///{tmp_path / 'gradebook.db'}"
+    out = in_fresh_python(
+        "w.share_engines()\n"
+        "from nbgrader.api import Gradebook\n"
+        "import subprocess\n"
+        f"db = {db!r}\n"
+        "with Gradebook(db) as a:\n    a.add_student('s1')\n    engine = a.engine\n"
+        "other = 'from nbgrader.api import Gradebook\\nwith Gradebook(%r) as g: g.add_student(\"s2\")' % db\n"
+        "subprocess.run([sys.executable, '-c', other], check=True)\n"
+        "with Gradebook(db) as b:\n    print(b.engine is engine, sorted(s.id for s in b.students))\n", tmp_path)
+    assert out.strip() == "True ['s1', 's2']"
