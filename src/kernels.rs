@@ -308,9 +308,15 @@ fn inner_argv(spec: &Spec, kind: &Kind, needs: &mut crate::runtime::Needs, clien
         // No history database in the sandbox's HOME. (Not `hist_file=:memory:`: nbclient adds
         // that itself to kernels named python3, and IPython refuses it given twice.)
         inner.insert(m + 2, "--HistoryManager.enabled=False".into());
+        // ipykernel's own start without its debugger (KERNEL_LAUNCHER_PY says why).
+        inner.splice(m..m + 2, ["-c".to_string(), KERNEL_LAUNCHER_PY.to_string()]);
     }
     inner
 }
+
+/// What an ipykernel twin runs instead of `-m ipykernel_launcher`: the same, without the
+/// Jupyter debugger's 65 ms of CPU per kernel.
+pub const KERNEL_LAUNCHER_PY: &str = include_str!("kernel_launcher.py");
 
 /// The twin's kernel.json: the launcher, what the runtime needs, then the wrapped argv.
 fn kernelspec(spec: &Spec, launcher: &[String], runtime: &Runtime, inner: Vec<String>, ipykernel: bool) -> Value {
@@ -333,6 +339,9 @@ fn kernelspec(spec: &Spec, launcher: &[String], runtime: &Runtime, inner: Vec<St
         _ => json!({}),
     };
     metadata["isolate_grade"] = json!({ "version": env!("CARGO_PKG_VERSION"), "wraps": spec.name });
+    if ipykernel {
+        metadata["debugger"] = json!(false); // src/kernel_launcher.py
+    }
     let display = if spec.display_name.is_empty() { spec.name.as_str() } else { spec.display_name.as_str() };
     let mut out = json!({
         "argv": argv,
@@ -426,6 +435,38 @@ mod tests {
             interrupt_mode: None,
             metadata: Value::Null,
         }
+    }
+
+    #[test]
+    fn an_ipykernel_twin_starts_without_the_debugger_and_keeps_its_arguments() {
+        let s = spec(
+            "python3",
+            "python",
+            &["python", "-Xfrozen_modules=off", "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        );
+        let mut needs = crate::runtime::Needs { executable: "/v/bin/python3.11".into(), ..Default::default() };
+        let inner = inner_argv(&s, &kind(&s.argv), &mut needs, &python::Probe::default());
+        assert_eq!(
+            inner,
+            [
+                "/v/bin/python3.11",
+                "-Xfrozen_modules=off",
+                "-c",
+                KERNEL_LAUNCHER_PY,
+                "--HistoryManager.enabled=False",
+                "-f",
+                "{connection_file}"
+            ]
+        );
+        // what the launcher must keep doing as ipykernel_launcher does
+        assert!(KERNEL_LAUNCHER_PY.contains("sys.meta_path.remove(hook)"), "debugpy importable after the start");
+        assert!(KERNEL_LAUNCHER_PY.contains("app.start()"));
+        // not another kind of Python kernel
+        let x = spec("xpython", "python", &["python", "-m", "xpython_launcher", "-f", "{connection_file}"]);
+        assert_eq!(
+            inner_argv(&x, &kind(&x.argv), &mut needs, &python::Probe::default())[1..3],
+            ["-m", "xpython_launcher"]
+        );
     }
 
     #[test]
