@@ -115,7 +115,7 @@ pub fn supervise(s: Supervision) -> Result<Outcome, Fault> {
         relay,
         sandbox,
         signals,
-        error: ErrorPipe { fd: error_r, open: true, text: Vec::new() },
+        error: ErrorPipe { fd: error_r, text: Vec::new() },
         watch,
         cgroup: &cgroup,
         deadline: started + limits.wall_time,
@@ -133,7 +133,8 @@ pub fn supervise(s: Supervision) -> Result<Outcome, Fault> {
         facts.output_bytes = Some(facts.output_bytes.unwrap_or(0) + bytes);
         facts.killed_for_output |= exceeded;
     }
-    // The rest of a setup error, if the child wrote one and died before we read it all.
+    // A setup error, if the child wrote one before it died: every writer is gone now, so this
+    // reads to end-of-file without blocking.
     error.drain();
     read_status(&status_r, &mut facts);
     drop(alive_w);
@@ -160,26 +161,16 @@ fn read_status(status_r: &OwnedFd, facts: &mut Facts) {
     }
 }
 
-/// The sandbox's error pipe: what it wrote, until end-of-file (close-on-exec: the program
-/// started, or setup ended).
+/// The sandbox's error pipe: a setup fault, a small record the sandbox writes just before it
+/// exits (it fits in the pipe, so the writer never waits for us). Read once the sandbox is
+/// reaped, not polled: waking the supervisor when the program starts (end-of-file at its
+/// execve) only took a core from the program.
 struct ErrorPipe {
     fd: OwnedFd,
-    open: bool,
     text: Vec<u8>,
 }
 
 impl ErrorPipe {
-    fn on_ready(&mut self) {
-        let mut buf = [0u8; 4096];
-        match read(&self.fd, &mut buf) {
-            Ok(0) | Err(_) => {
-                self.open = false;
-                tracing::debug!("setup done: program started (or setup ended)");
-            }
-            Ok(n) => self.text.extend_from_slice(&buf[..n]),
-        }
-    }
-
     fn drain(&mut self) {
         let mut buf = [0u8; 4096];
         while let Ok(n @ 1..) = read(&self.fd, &mut buf) {
@@ -195,8 +186,6 @@ enum Source {
     Client,
     /// A signal to relay.
     Signal,
-    /// The error pipe: a setup failure, or end-of-file.
-    Error,
     /// The sandbox's init ended (its pidfd).
     Exit,
 }
@@ -222,14 +211,13 @@ impl Watcher<'_> {
             let Some(timeout) = self.enforce_limits()? else { continue };
             let ready = self.wait(timeout)?;
             // The order of the handlers is the order of the sources' variants.
-            for source in [Source::Client, Source::Signal, Source::Error, Source::Exit] {
+            for source in [Source::Client, Source::Signal, Source::Exit] {
                 if !ready.contains(&source) {
                     continue;
                 }
                 match source {
                     Source::Client => self.on_client_gone(),
                     Source::Signal => self.on_signals(),
-                    Source::Error => self.error.on_ready(),
                     Source::Exit => {
                         self.on_exit()?;
                         return Ok(());
@@ -273,9 +261,6 @@ impl Watcher<'_> {
     /// `poll` the sources that are still open; the ones that are ready.
     fn wait(&self, timeout: Duration) -> Result<Vec<Source>, Fault> {
         let mut sources = vec![(Source::Exit, self.sandbox.pidfd.as_fd()), (Source::Signal, self.signals.as_fd())];
-        if self.error.open {
-            sources.push((Source::Error, self.error.fd.as_fd()));
-        }
         if let Some(w) = self.watch.as_ref().filter(|_| !self.facts.client_gone) {
             sources.push((Source::Client, w.as_fd()));
         }
