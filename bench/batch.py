@@ -162,6 +162,14 @@ def main():
         scores = lambda c: {s: {nb: v["score"] for nb, v in d["notebooks"].items()}  # noqa: E731
                             for s, d in course_tools.gradebook(c, "ps1").items()}
         same_scores = scores(courses["bare"]) == scores(courses["sandboxed"])
+        if not same_scores:
+            b, i = scores(courses["bare"]), scores(courses["sandboxed"])
+            for st in sorted(set(b) | set(i)):
+                if b.get(st) != i.get(st):
+                    print(f"differs: {st}: bare {b.get(st)}, isolate-grade {i.get(st)}", file=sys.stderr)
+            for k in kinds:
+                log = courses[k] / ("bare.log" if k == "bare" else "isolate-grade.log")
+                print(f"--- the end of {k}'s log\n{log.read_text()[-3000:]}", file=sys.stderr)
         result.update({
             "bare_serial_s": round(measured["bare"][0], 1), "bare_cpu_s": round(measured["bare"][1], 1),
             "speedup": round(measured["bare"][0] / measured["sandboxed"][0], 2),
