@@ -157,8 +157,13 @@ def main():
             r = run_one(n, a.binary, workdir)
             results.append(r)
             print(json.dumps(r), file=sys.stderr, flush=True)
-            if not a.keep:
+            if not a.keep and r["ok"]:
                 shutil.rmtree(workdir / f"course-{n}", ignore_errors=True)
+            elif not a.keep:
+                # a failed run's course (logs, report) is kept to be looked at
+                kept = Path(tempfile.mkdtemp(prefix=f"bench-scale-failed-{n}."))
+                shutil.move(str(workdir / f"course-{n}"), kept)
+                print(f"{n} students: not all graded; the course is kept in {kept}", file=sys.stderr)
     finally:
         if tmp:
             shutil.rmtree(tmp, ignore_errors=True)
