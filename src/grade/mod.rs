@@ -24,7 +24,7 @@ use crate::report::Status;
 use crate::submission::{self, TreeLimits};
 use crate::units;
 use course::{CourseError, Layout};
-use report::{BatchReport, NotebookResult, NotebookVerdict, ReportError, StudentResult, Verdict};
+use report::{BatchReport, NotebookResult, NotebookVerdict, ReportError, Results, StudentResult, Verdict};
 use std::collections::VecDeque;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -64,13 +64,13 @@ impl GradeExit {
         }
     }
 
-    /// The end of a batch that ran: interrupted, else the worst of its students.
-    fn of(students: &[StudentResult], interrupted: bool) -> GradeExit {
+    /// The end of a batch that ran: interrupted, else the worst of its students' verdicts.
+    fn of(verdicts: &[Verdict], interrupted: bool) -> GradeExit {
         if interrupted {
             GradeExit::Interrupted
-        } else if students.iter().any(|s| s.verdict.is_fault()) {
+        } else if verdicts.iter().any(|v| v.is_fault()) {
             GradeExit::Fault
-        } else if students.iter().any(|s| !s.verdict.is_graded()) {
+        } else if verdicts.iter().any(|v| !v.is_graded()) {
             GradeExit::NotAllGraded
         } else {
             GradeExit::AllGraded
@@ -212,15 +212,23 @@ pub fn execute(config: Option<PathBuf>, a: GradeArgs) -> Result<u8, GradeError> 
     // 4. Preflight: each twin written and a real kernel of it started as nbgrader will start
     //    it, loading what the notebooks use (else every student would get the same wrong verdict).
     let setup = kernels.install(&req)?;
-    // 5. Who to grade: named students always; others unless graded before (or --force).
-    let selection = select(&req);
+    // 5. Who to grade: named students always; others unless graded before (or --force). Each
+    //    student's result is kept as a compact row, and for --report the whole result spooled
+    //    to a file: what the batch holds grows by a row per student, not by a result.
+    let mut results = match &req.report_path {
+        Some(_) => Results::spooled(&req.layout.state),
+        None => Results::rows_only(),
+    };
+    results.reserve(req.listed.len());
+    let selection = select(&req, &mut results);
     // 6. The pool of workers, waited for until the queue is empty, a worker cannot start or a
     //    signal stops the batch.
-    let ended = grade_all(&req, &kernels, setup, selection, &signals)?;
+    let ended = grade_all(&req, &kernels, setup, selection, results, &signals)?;
     // 7. The report: the table, and with --report the JSON and CSV.
     let report = report_of(&req, ended.results, ended.started)?;
     // 8. The exit status.
-    Ok(GradeExit::of(&report.students, ended.interrupted).code())
+    let verdicts: Vec<Verdict> = report.students.rows().iter().map(|r| r.verdict).collect();
+    Ok(GradeExit::of(&verdicts, ended.interrupted).code())
 }
 
 /// A batch as asked for, validated, by the caller (nothing privileged is left).
@@ -382,16 +390,17 @@ impl Kernels {
 /// Who is graded this run, and who is not.
 struct Selection {
     queue: VecDeque<String>,
-    /// Graded by an earlier run (skipped), then rejected now.
-    earlier: Vec<StudentResult>,
+    /// How many were graded by an earlier run (skipped: their results are recorded already).
+    earlier: usize,
+    /// Rejected now.
     rejected: Vec<StudentResult>,
 }
 
-/// Named students always; others unless graded before (or `--force`); a submission the tree
-/// check refused is rejected here.
-fn select(req: &Request) -> Selection {
+/// Named students always; others unless graded before (or `--force`), whose earlier results
+/// go to `results` as they are read; a submission the tree check refused is rejected here.
+fn select(req: &Request, results: &mut Results) -> Selection {
     let a = &req.args;
-    let mut s = Selection { queue: VecDeque::new(), earlier: vec![], rejected: vec![] };
+    let mut s = Selection { queue: VecDeque::new(), earlier: 0, rejected: vec![] };
     for (student, problem) in &req.listed {
         if !a.students.is_empty() && !a.students.contains(student) {
             continue;
@@ -404,7 +413,8 @@ fn select(req: &Request) -> Selection {
         match req.layout.graded_before(student) {
             Some(mut earlier) if !named && !a.force => {
                 earlier.from_earlier_run = true;
-                s.earlier.push(earlier);
+                results.push(earlier);
+                s.earlier += 1;
             }
             _ => s.queue.push_back(student.clone()),
         }
@@ -414,7 +424,7 @@ fn select(req: &Request) -> Selection {
 
 /// What the pool did.
 struct Ended {
-    results: Vec<StudentResult>,
+    results: Results,
     started: (Instant, String),
     interrupted: bool,
 }
@@ -426,14 +436,14 @@ fn grade_all(
     kernels: &Kernels,
     setup: worker::Setup,
     selection: Selection,
+    mut results: Results,
     signals: &nix::sys::signalfd::SignalFd,
 ) -> Result<Ended, GradeError> {
     let started = (Instant::now(), humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string());
     let Selection { queue, earlier, rejected } = selection;
-    let mut results = earlier;
     let mut progress = progress::Progress::new(queue.len() + rejected.len(), std::io::stderr().is_terminal());
-    if !results.is_empty() {
-        progress.note(&format!("{} students already graded (skipped; --force regrades them)", results.len()));
+    if earlier > 0 {
+        progress.note(&format!("{earlier} students already graded (skipped; --force regrades them)"));
     }
     for r in rejected {
         progress.finished(&r);
@@ -485,7 +495,7 @@ fn wait(
     signals: &nix::sys::signalfd::SignalFd,
     stop: &AtomicBool,
     progress: &mut progress::Progress,
-    results: &mut Vec<StudentResult>,
+    results: &mut Results,
 ) -> (Option<WorkerError>, bool) {
     let mut fatal = None;
     let mut interrupted = false;
@@ -519,10 +529,10 @@ fn wait(
 /// The batch's report: printed as a table, and with `--report` written as JSON and CSV.
 fn report_of(
     req: &Request,
-    mut results: Vec<StudentResult>,
+    mut results: Results,
     (started, started_at): (Instant, String),
 ) -> Result<BatchReport, GradeError> {
-    results.sort_by(|x, y| x.student.cmp(&y.student));
+    results.sort();
     let report = BatchReport {
         schema: report::SCHEMA,
         course: req.layout.course.display().to_string(),
@@ -531,10 +541,11 @@ fn report_of(
         wall: started.elapsed().as_secs_f64(),
         jobs: req.jobs,
         policy: req.args.policy.clone(),
-        counts: BatchReport::count(&results),
+        counts: BatchReport::count(results.rows()),
         students: results,
     };
-    print!("{}", report.table());
+    // a line at a time, as it is made: the table is never whole in memory
+    report.table_lines(|line| println!("{line}"));
     if let Some(p) = &req.report_path {
         let csv = report.write(p)?;
         println!("report: {} and {}", p.display(), csv.display());
@@ -983,14 +994,10 @@ mod tests {
             [GradeExit::AllGraded, GradeExit::NotAllGraded, GradeExit::Usage, GradeExit::Fault, GradeExit::Interrupted]
                 .map(GradeExit::code);
         assert_eq!(codes, [0, 1, 2, 3, 130]);
-        let r = |v| StudentResult::without_grades("s", v, String::new());
-        assert_eq!(GradeExit::of(&[r(Verdict::Graded)], false), GradeExit::AllGraded);
-        assert_eq!(GradeExit::of(&[r(Verdict::Graded), r(Verdict::Rejected)], false), GradeExit::NotAllGraded);
-        assert_eq!(
-            GradeExit::of(&[r(Verdict::Rejected), r(Verdict::Kernel(Status::SandboxError))], false),
-            GradeExit::Fault
-        );
-        assert_eq!(GradeExit::of(&[r(Verdict::SandboxError)], true), GradeExit::Interrupted);
+        assert_eq!(GradeExit::of(&[Verdict::Graded], false), GradeExit::AllGraded);
+        assert_eq!(GradeExit::of(&[Verdict::Graded, Verdict::Rejected], false), GradeExit::NotAllGraded);
+        assert_eq!(GradeExit::of(&[Verdict::Rejected, Verdict::Kernel(Status::SandboxError)], false), GradeExit::Fault);
+        assert_eq!(GradeExit::of(&[Verdict::SandboxError], true), GradeExit::Interrupted);
     }
 
     #[test]

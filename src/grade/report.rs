@@ -248,8 +248,193 @@ fn write_row<'a, W: std::io::Write>(
     }))
 }
 
+/// What the end of a batch keeps of one student: its verdict and its line of the table,
+/// a few hundred bytes whatever the submission. The whole result (notebooks, full message),
+/// needed only for `--report`, waits in the [`Results`]' spool file, not in memory.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    pub student: Box<str>,
+    pub verdict: Verdict,
+    score: Option<f64>,
+    max_score: Option<f64>,
+    /// The table's time cell: None for a student graded by an earlier run.
+    wall: Option<f64>,
+    /// The table's note: escaped, one line, at most [`NOTE_CHARS`] characters.
+    note: Box<str>,
+    stored: Stored,
+}
+
+/// Where a student's whole result is.
+#[derive(Debug, Clone, PartialEq)]
+enum Stored {
+    /// Not kept: no report is written.
+    Dropped,
+    /// A JSON line of the spool: its offset and length.
+    Spooled { at: u64, len: u32 },
+    /// The spool could not take it (full disk...): kept here, as before the spool.
+    Memory(Box<StudentResult>),
+}
+
+/// How many characters of a student's note the table shows.
+const NOTE_CHARS: usize = 70;
+
+impl Row {
+    fn of(s: &StudentResult, stored: Stored) -> Row {
+        let mut note = crate::escape::line(s.message.as_deref().unwrap_or("").lines().next().unwrap_or(""));
+        if s.from_earlier_run {
+            note = "graded by an earlier run".into();
+        } else if let Some(late) = s.seconds_late.filter(|l| *l > 0.0) {
+            note = format!("late by {:.1} h", late / 3600.0);
+        }
+        if note.chars().count() > NOTE_CHARS {
+            note = note.chars().take(NOTE_CHARS - 1).collect::<String>() + "…";
+        }
+        Row {
+            student: s.student.as_str().into(),
+            verdict: s.verdict,
+            score: s.score,
+            max_score: s.max_score,
+            wall: (!s.from_earlier_run).then_some(s.wall),
+            note: note.into(),
+            stored,
+        }
+    }
+
+    /// The table's cells.
+    fn cells(&self) -> [String; 5] {
+        let score = match (self.score, self.max_score) {
+            (Some(a), Some(b)) => format!("{a}/{b}"),
+            _ => "-".into(),
+        };
+        let time = self.wall.map_or_else(|| "-".into(), |w| format!("{w:.1}s"));
+        [crate::escape::line(&self.student), self.verdict.as_str().into(), score, time, self.note.to_string()]
+    }
+}
+
+/// Every student's result as it arrives: a compact [`Row`] in memory and, when a report is to
+/// be written, the whole result appended to an unnamed file (one JSON line each), read back
+/// one at a time when the report is written. What a batch keeps grows by a row per student,
+/// not by what nbgrader said about each.
+#[derive(Debug)]
+pub struct Results {
+    rows: Vec<Row>,
+    /// Whole results are kept (a report will be written): in the spool, else in memory.
+    keep: bool,
+    spool: Option<Spool>,
+}
+
+#[derive(Debug)]
+struct Spool {
+    file: std::fs::File,
+    len: u64,
+    /// A write failed: it takes nothing more (what it holds stays readable).
+    broken: bool,
+    /// Where it is (unlinked): for messages.
+    dir: PathBuf,
+}
+
+impl Results {
+    /// Keep only rows: no report will be written.
+    pub fn rows_only() -> Results {
+        Results { rows: Vec::new(), keep: false, spool: None }
+    }
+
+    /// Keep whole results for the report, spooled to an unnamed file in `dir` (in memory if
+    /// that file can't be made or written: the report is then written as it always was).
+    pub fn spooled(dir: &Path) -> Results {
+        let spool = match tempfile::tempfile_in(dir) {
+            Ok(file) => Some(Spool { file, len: 0, broken: false, dir: dir.to_path_buf() }),
+            Err(e) => {
+                tracing::warn!(error = %e, dir = %dir.display(), "no spool for the report: keeping results in memory");
+                None
+            }
+        };
+        Results { rows: Vec::new(), keep: true, spool }
+    }
+
+    pub fn push(&mut self, r: StudentResult) {
+        let mut row = Row::of(&r, Stored::Dropped);
+        if self.keep {
+            let spooled = self.spool.as_mut().and_then(|s| s.append(&r));
+            row.stored = match spooled {
+                Some((at, len)) => Stored::Spooled { at, len },
+                None => Stored::Memory(Box::new(r)),
+            };
+        }
+        self.rows.push(row);
+    }
+
+    /// Room for `more` rows: a batch knows how many students it has.
+    pub fn reserve(&mut self, more: usize) {
+        self.rows.reserve_exact(more);
+    }
+
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    pub fn rows(&self) -> &[Row] {
+        &self.rows
+    }
+
+    /// In the report's order: by student (stable, as the report always was).
+    pub fn sort(&mut self) {
+        self.rows.sort_by(|x, y| x.student.cmp(&y.student));
+    }
+
+    /// A student's whole result, back from wherever it was kept.
+    fn result(&self, row: &Row) -> Result<StudentResult, ReportError> {
+        match (&row.stored, &self.spool) {
+            (Stored::Memory(r), _) => Ok((**r).clone()),
+            (Stored::Spooled { at, len }, Some(spool)) => spool.read(*at, *len),
+            _ => Err(ReportError::Io {
+                path: PathBuf::from(&*row.student),
+                source: std::io::Error::other("its result was not kept for the report"),
+            }),
+        }
+    }
+}
+
+impl Spool {
+    /// Append one result as a JSON line at its end; None if the file would not take it (a
+    /// short write leaves a partial line past the end we know, never read).
+    fn append(&mut self, r: &StudentResult) -> Option<(u64, u32)> {
+        use std::os::unix::fs::FileExt;
+        if self.broken {
+            return None;
+        }
+        let mut line = serde_json::to_vec(r).expect("serializes");
+        line.push(b'\n');
+        let len = u32::try_from(line.len()).ok()?;
+        let at = self.len;
+        match self.file.write_all_at(&line, at) {
+            Ok(()) => {
+                self.len += u64::from(len);
+                Some((at, len))
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, dir = %self.dir.display(), "the report's spool failed: keeping results in memory");
+                self.broken = true;
+                None
+            }
+        }
+    }
+
+    fn read(&self, at: u64, len: u32) -> Result<StudentResult, ReportError> {
+        use std::os::unix::fs::FileExt;
+        let io = |source| ReportError::Io { path: self.dir.clone(), source };
+        let mut buf = vec![0u8; len as usize];
+        self.file.read_exact_at(&mut buf, at).map_err(io)?;
+        serde_json::from_slice(&buf).map_err(|e| io(std::io::Error::other(e)))
+    }
+}
+
 /// The whole batch.
-#[derive(Debug, Serialize)]
+#[derive(Debug)]
 pub struct BatchReport {
     pub schema: &'static str,
     pub course: String,
@@ -259,28 +444,75 @@ pub struct BatchReport {
     pub jobs: usize,
     pub policy: String,
     pub counts: std::collections::BTreeMap<String, usize>,
-    pub students: Vec<StudentResult>,
+    pub students: Results,
+}
+
+/// The report's fields before its students, in its order, with no students yet: the JSON
+/// is this, its empty `students` opened and the students written in one by one.
+#[derive(Serialize)]
+struct Head<'a> {
+    schema: &'a str,
+    course: &'a str,
+    assignment: &'a str,
+    started: &'a str,
+    wall: f64,
+    jobs: usize,
+    policy: &'a str,
+    counts: &'a std::collections::BTreeMap<String, usize>,
+    students: [(); 0],
 }
 
 pub const SCHEMA: &str = "isolate-grade/batch/1";
 
 impl BatchReport {
-    pub fn count(students: &[StudentResult]) -> std::collections::BTreeMap<String, usize> {
+    pub fn count(rows: &[Row]) -> std::collections::BTreeMap<String, usize> {
         let mut m = std::collections::BTreeMap::new();
-        for s in students {
+        for s in rows {
             *m.entry(s.verdict.as_str().to_string()).or_insert(0) += 1;
         }
         m
     }
 
     /// The JSON at `path` and the CSV beside it (same name, `.csv`): one row per student and
-    /// notebook, one row with an empty notebook for a student with none.
+    /// notebook, one row with an empty notebook for a student with none. Both are written a
+    /// student at a time; the JSON is what `serde_json::to_string_pretty` makes of the whole
+    /// report, byte for byte.
     pub fn write(&self, path: &Path) -> Result<PathBuf, ReportError> {
+        use std::io::Write;
         let io = |p: &Path| {
             let p = p.to_path_buf();
             move |source| ReportError::Io { path: p, source }
         };
-        std::fs::write(path, serde_json::to_string_pretty(self).expect("serializes") + "\n").map_err(io(path))?;
+        let head = Head {
+            schema: self.schema,
+            course: &self.course,
+            assignment: &self.assignment,
+            started: &self.started,
+            wall: self.wall,
+            jobs: self.jobs,
+            policy: &self.policy,
+            counts: &self.counts,
+            students: [],
+        };
+        let head = serde_json::to_string_pretty(&head).expect("serializes");
+        let mut json = std::io::BufWriter::new(std::fs::File::create(path).map_err(io(path))?);
+        if self.students.is_empty() {
+            json.write_all(head.as_bytes()).map_err(io(path))?;
+        } else {
+            let open = head.strip_suffix("]\n}").expect("students last, empty");
+            json.write_all(open.as_bytes()).map_err(io(path))?;
+            for (i, row) in self.students.rows().iter().enumerate() {
+                let s = serde_json::to_string_pretty(&self.students.result(row)?).expect("serializes");
+                // an element of an array nested once: every line indented by two levels (a
+                // JSON string holds no raw newline)
+                let sep = if i == 0 { "\n    " } else { ",\n    " };
+                json.write_all(sep.as_bytes()).map_err(io(path))?;
+                json.write_all(s.replace('\n', "\n    ").as_bytes()).map_err(io(path))?;
+            }
+            json.write_all(b"\n  ]\n}").map_err(io(path))?;
+        }
+        json.write_all(b"\n").map_err(io(path))?;
+        json.into_inner().map_err(|e| e.into_error()).map_err(io(path))?;
         let csv_path = path.with_extension("csv");
         let err = |source| ReportError::Csv { path: csv_path.clone(), source };
         let mut w = csv::Writer::from_path(&csv_path).map_err(err)?;
@@ -297,73 +529,78 @@ impl BatchReport {
             "message",
         ];
         write_row(&mut w, header.map(Cell::Text)).map_err(err)?;
-        let bytes = |m: Option<u64>| Cell::Number(m.map(|m| m as f64));
-        for s in &self.students {
-            let message = s.message.as_deref().unwrap_or("").lines().next().unwrap_or("");
-            let student = [Cell::Text(&s.student), Cell::Text(s.verdict.as_str())];
-            if s.notebooks.is_empty() {
-                let rest = [
-                    Cell::Text(""),
-                    Cell::Text(""),
-                    Cell::Number(s.score),
-                    Cell::Number(s.max_score),
-                    Cell::Number(Some(s.wall)),
-                    Cell::Number(None),
-                    Cell::Number(None),
-                    Cell::Text(message),
-                ];
-                write_row(&mut w, student.iter().copied().chain(rest)).map_err(err)?;
-            }
-            for nb in &s.notebooks {
-                let rest = [
-                    Cell::Text(&nb.notebook),
-                    Cell::Text(nb.verdict.as_str()),
-                    Cell::Number(nb.score),
-                    Cell::Number(nb.max_score),
-                    Cell::Number(nb.wall),
-                    Cell::Number(nb.cpu),
-                    bytes(nb.peak_memory),
-                    Cell::Text(message),
-                ];
-                write_row(&mut w, student.iter().copied().chain(rest)).map_err(err)?;
-            }
+        for row in self.students.rows() {
+            csv_rows(&mut w, &self.students.result(row)?).map_err(err)?;
         }
         w.flush().map_err(|e| ReportError::Io { path: csv_path.clone(), source: e })?;
         Ok(csv_path)
     }
 
-    /// The summary table: a line per student, then the counts. Every cell is escaped
-    /// ([`crate::escape::line`]): a note quotes what a student controls.
-    pub fn table(&self) -> String {
-        let mut rows = vec![["student".to_string(), "verdict".into(), "score".into(), "time".into(), "note".into()]];
-        for s in &self.students {
-            let score = match (s.score, s.max_score) {
-                (Some(a), Some(b)) => format!("{a}/{b}"),
-                _ => "-".into(),
-            };
-            let mut note = crate::escape::line(s.message.as_deref().unwrap_or("").lines().next().unwrap_or(""));
-            if s.from_earlier_run {
-                note = "graded by an earlier run".into();
-            } else if let Some(late) = s.seconds_late.filter(|l| *l > 0.0) {
-                note = format!("late by {:.1} h", late / 3600.0);
+    /// The summary table: a line per student, then the counts, each line handed to `line`.
+    /// Every cell is escaped ([`crate::escape::line`]): a note quotes what a student controls.
+    pub fn table_lines(&self, mut line: impl FnMut(&str)) {
+        let header = ["student", "verdict", "score", "time", "note"].map(String::from);
+        let mut widths: Vec<usize> = header.iter().map(|c| c.chars().count()).collect();
+        for r in self.students.rows() {
+            for (w, c) in widths.iter_mut().zip(r.cells()) {
+                *w = (*w).max(c.chars().count());
             }
-            if note.chars().count() > 70 {
-                note = note.chars().take(69).collect::<String>() + "…";
-            }
-            let time = if s.from_earlier_run { "-".into() } else { format!("{:.1}s", s.wall) };
-            rows.push([crate::escape::line(&s.student), s.verdict.as_str().into(), score, time, note]);
         }
-        let widths: Vec<usize> = (0..5).map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0)).collect();
-        let mut out = String::new();
-        for r in &rows {
-            let line: Vec<String> = r.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
-            out += line.join("  ").trim_end();
-            out.push('\n');
+        let out = |r: &[String; 5]| -> String {
+            let cells: Vec<String> = r.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+            cells.join("  ").trim_end().to_string()
+        };
+        line(&out(&header));
+        for r in self.students.rows() {
+            line(&out(&r.cells()));
         }
         let counts: Vec<String> = self.counts.iter().map(|(v, n)| format!("{n} {v}")).collect();
-        out += &format!("{} students: {}\n", self.students.len(), counts.join(", "));
+        line(&format!("{} students: {}", self.students.len(), counts.join(", ")));
+    }
+
+    /// The summary table as one string.
+    pub fn table(&self) -> String {
+        let mut out = String::new();
+        self.table_lines(|l| {
+            out += l;
+            out.push('\n');
+        });
         out
     }
+}
+
+/// A student's CSV rows: one per notebook, or one with an empty notebook when there is none.
+fn csv_rows<W: std::io::Write>(w: &mut csv::Writer<W>, s: &StudentResult) -> Result<(), csv::Error> {
+    let bytes = |m: Option<u64>| Cell::Number(m.map(|m| m as f64));
+    let message = s.message.as_deref().unwrap_or("").lines().next().unwrap_or("");
+    let student = [Cell::Text(&s.student), Cell::Text(s.verdict.as_str())];
+    if s.notebooks.is_empty() {
+        let rest = [
+            Cell::Text(""),
+            Cell::Text(""),
+            Cell::Number(s.score),
+            Cell::Number(s.max_score),
+            Cell::Number(Some(s.wall)),
+            Cell::Number(None),
+            Cell::Number(None),
+            Cell::Text(message),
+        ];
+        write_row(w, student.iter().copied().chain(rest))?;
+    }
+    for nb in &s.notebooks {
+        let rest = [
+            Cell::Text(&nb.notebook),
+            Cell::Text(nb.verdict.as_str()),
+            Cell::Number(nb.score),
+            Cell::Number(nb.max_score),
+            Cell::Number(nb.wall),
+            Cell::Number(nb.cpu),
+            bytes(nb.peak_memory),
+            Cell::Text(message),
+        ];
+        write_row(w, student.iter().copied().chain(rest))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -426,6 +663,13 @@ mod tests {
     }
 
     fn batch(students: Vec<StudentResult>) -> BatchReport {
+        // the spool's directory may go at once: the file is unnamed
+        let d = tempfile::tempdir().unwrap();
+        let mut results = Results::spooled(d.path());
+        for s in students {
+            results.push(s);
+        }
+        results.sort();
         BatchReport {
             schema: SCHEMA,
             course: "/c".into(),
@@ -434,9 +678,108 @@ mod tests {
             wall: 1.0,
             jobs: 2,
             policy: "default".into(),
-            counts: BatchReport::count(&students),
-            students,
+            counts: BatchReport::count(results.rows()),
+            students: results,
         }
+    }
+
+    /// The report as it was written before the spool: the whole thing, students in memory.
+    #[derive(Serialize)]
+    struct Whole<'a> {
+        schema: &'a str,
+        course: &'a str,
+        assignment: &'a str,
+        started: &'a str,
+        wall: f64,
+        jobs: usize,
+        policy: &'a str,
+        counts: std::collections::BTreeMap<String, usize>,
+        students: Vec<StudentResult>,
+    }
+
+    fn whole(r: &BatchReport) -> String {
+        let students: Vec<StudentResult> =
+            r.students.rows().iter().map(|row| r.students.result(row).unwrap()).collect();
+        let w = Whole {
+            schema: r.schema,
+            course: &r.course,
+            assignment: &r.assignment,
+            started: &r.started,
+            wall: r.wall,
+            jobs: r.jobs,
+            policy: &r.policy,
+            counts: r.counts.clone(),
+            students,
+        };
+        serde_json::to_string_pretty(&w).unwrap() + "\n"
+    }
+
+    #[test]
+    fn the_json_written_a_student_at_a_time_is_the_whole_report_byte_for_byte() {
+        let d = tempfile::tempdir().unwrap();
+        let mut late = graded("frank");
+        late.seconds_late = Some(7200.5);
+        late.message = Some("a \"quoted\"\nmessage\twith\u{1b}[2J control characters and ünïcode".into());
+        let earlier = StudentResult { from_earlier_run: true, ..graded("bob") };
+        let rejected = StudentResult::without_grades("eve", Verdict::Rejected, "notes.txt: a symlink".into());
+        for students in [vec![], vec![graded("alice")], vec![late, graded("alice"), earlier, rejected]] {
+            let n = students.len();
+            let r = batch(students.clone());
+            assert_eq!(r.students.len(), n);
+            let path = d.path().join("report.json");
+            r.write(&path).unwrap();
+            let written = std::fs::read_to_string(&path).unwrap();
+            assert_eq!(written, whole(&r));
+            let json: serde_json::Value = serde_json::from_str(&written).unwrap();
+            let mut sorted = students;
+            sorted.sort_by(|x, y| x.student.cmp(&y.student));
+            let back: Vec<StudentResult> = serde_json::from_value(json["students"].clone()).unwrap();
+            assert_eq!(back, sorted, "every result whole, in the student's order");
+        }
+    }
+
+    #[test]
+    fn a_row_keeps_neither_the_message_nor_the_notebooks() {
+        // a student whose result is big: a long message, many notebooks
+        let mut big = graded("alice");
+        big.verdict = Verdict::Error;
+        big.message = Some(format!("{}\n{}", "m".repeat(10_000), "log line\n".repeat(10_000)));
+        big.notebooks =
+            (0..200).map(|i| NotebookResult { notebook: format!("problem{i}"), ..Default::default() }).collect();
+        let d = tempfile::tempdir().unwrap();
+        for mut results in [Results::spooled(d.path()), Results::rows_only()] {
+            results.push(big.clone());
+            let row = &results.rows()[0];
+            assert!(matches!(row.stored, Stored::Spooled { .. } | Stored::Dropped), "{:?}", row.stored);
+            // what a row holds: itself, the student's name and the table's note (cut)
+            let held = std::mem::size_of::<Row>() + row.student.len() + row.note.len();
+            assert!(held <= 256, "{held} bytes");
+            assert_eq!(row.note.chars().count(), NOTE_CHARS);
+        }
+        // the spooled result comes back whole
+        let mut results = Results::spooled(d.path());
+        results.push(big.clone());
+        assert_eq!(results.result(&results.rows()[0]).unwrap(), big);
+    }
+
+    #[test]
+    fn a_spool_that_fails_keeps_results_in_memory_and_the_report_whole() {
+        let mut r = batch(vec![graded("alice")]);
+        // a spool that can take nothing more (as on a full disk): read-only from here on
+        let spool = r.students.spool.as_mut().unwrap();
+        let path = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&spool.file));
+        spool.file = std::fs::File::open(path).unwrap();
+        r.students.push(graded("bob"));
+        r.students.push(graded("carol"));
+        assert!(matches!(r.students.rows()[0].stored, Stored::Spooled { .. }));
+        assert!(matches!(r.students.rows()[1].stored, Stored::Memory(_)));
+        assert!(r.students.spool.as_ref().unwrap().broken);
+        r.counts = BatchReport::count(r.students.rows());
+        let d = tempfile::tempdir().unwrap();
+        r.write(&d.path().join("report.json")).unwrap();
+        let written = std::fs::read_to_string(d.path().join("report.json")).unwrap();
+        assert_eq!(written, whole(&r));
+        assert!(written.contains("\"carol\"") && written.contains("\"alice\""));
     }
 
     #[test]
