@@ -126,7 +126,7 @@ pub struct GradeArgs {
     /// Grade only this student (repeatable); they are regraded even if graded before.
     #[arg(long = "student", value_name = "ID")]
     pub students: Vec<String>,
-    /// Submissions graded at once (default: 3 per CPU, at most one per 1.5 GiB of available
+    /// Submissions graded at once (default: 4 per CPU, at most one per 1.5 GiB of available
     /// memory).
     #[arg(long, env = "ISOLATE_GRADE_JOBS")]
     pub jobs: Option<String>,

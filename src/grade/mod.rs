@@ -169,7 +169,7 @@ fn batch_limits(a: &GradeArgs) -> Result<(TreeLimits, worker::Limits), GradeErro
 /// (for its kernel to start and answer, for a cell that sleeps or runs into its timeout), and
 /// with one worker per CPU the CPUs idle then (bench/README.md: the busy fraction and the
 /// figures behind this number).
-const JOBS_PER_CPU: usize = 3;
+const JOBS_PER_CPU: usize = 4;
 
 /// Memory counted per worker when `--jobs` is not given: nbgrader's (about 200 MB resident)
 /// and room for its kernel (the default policy's limit is 1G).
