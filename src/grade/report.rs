@@ -399,6 +399,19 @@ impl Results {
     }
 }
 
+/// The students of the report, each read back from wherever it was kept as it is written: the
+/// JSON is what a `Vec<StudentResult>` in the rows' order makes, never whole in memory.
+impl Serialize for Results {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{Error, SerializeSeq};
+        let mut seq = serializer.serialize_seq(Some(self.rows.len()))?;
+        for row in &self.rows {
+            seq.serialize_element(&self.result(row).map_err(S::Error::custom)?)?;
+        }
+        seq.end()
+    }
+}
+
 impl Spool {
     /// Append one result as a JSON line at its end; None if the file would not take it (a
     /// short write leaves a partial line past the end we know, never read).
@@ -434,7 +447,7 @@ impl Spool {
 }
 
 /// The whole batch.
-#[derive(Debug)]
+#[derive(Debug, Serialize)]
 pub struct BatchReport {
     pub schema: &'static str,
     pub course: String,
@@ -445,21 +458,6 @@ pub struct BatchReport {
     pub policy: String,
     pub counts: std::collections::BTreeMap<String, usize>,
     pub students: Results,
-}
-
-/// The report's fields before its students, in its order, with no students yet: the JSON
-/// is this, its empty `students` opened and the students written in one by one.
-#[derive(Serialize)]
-struct Head<'a> {
-    schema: &'a str,
-    course: &'a str,
-    assignment: &'a str,
-    started: &'a str,
-    wall: f64,
-    jobs: usize,
-    policy: &'a str,
-    counts: &'a std::collections::BTreeMap<String, usize>,
-    students: [(); 0],
 }
 
 pub const SCHEMA: &str = "isolate-grade/batch/1";
@@ -475,42 +473,16 @@ impl BatchReport {
 
     /// The JSON at `path` and the CSV beside it (same name, `.csv`): one row per student and
     /// notebook, one row with an empty notebook for a student with none. Both are written a
-    /// student at a time; the JSON is what `serde_json::to_string_pretty` makes of the whole
-    /// report, byte for byte.
+    /// student at a time; the JSON is what `serde_json::to_string_pretty` makes of the report
+    /// with its students in memory, byte for byte.
     pub fn write(&self, path: &Path) -> Result<PathBuf, ReportError> {
         use std::io::Write;
         let io = |p: &Path| {
             let p = p.to_path_buf();
             move |source| ReportError::Io { path: p, source }
         };
-        let head = Head {
-            schema: self.schema,
-            course: &self.course,
-            assignment: &self.assignment,
-            started: &self.started,
-            wall: self.wall,
-            jobs: self.jobs,
-            policy: &self.policy,
-            counts: &self.counts,
-            students: [],
-        };
-        let head = serde_json::to_string_pretty(&head).expect("serializes");
         let mut json = std::io::BufWriter::new(std::fs::File::create(path).map_err(io(path))?);
-        if self.students.is_empty() {
-            json.write_all(head.as_bytes()).map_err(io(path))?;
-        } else {
-            let open = head.strip_suffix("]\n}").expect("students last, empty");
-            json.write_all(open.as_bytes()).map_err(io(path))?;
-            for (i, row) in self.students.rows().iter().enumerate() {
-                let s = serde_json::to_string_pretty(&self.students.result(row)?).expect("serializes");
-                // an element of an array nested once: every line indented by two levels (a
-                // JSON string holds no raw newline)
-                let sep = if i == 0 { "\n    " } else { ",\n    " };
-                json.write_all(sep.as_bytes()).map_err(io(path))?;
-                json.write_all(s.replace('\n', "\n    ").as_bytes()).map_err(io(path))?;
-            }
-            json.write_all(b"\n  ]\n}").map_err(io(path))?;
-        }
+        serde_json::to_writer_pretty(&mut json, self).map_err(|e| io(path)(std::io::Error::from(e)))?;
         json.write_all(b"\n").map_err(io(path))?;
         json.into_inner().map_err(|e| e.into_error()).map_err(io(path))?;
         let csv_path = path.with_extension("csv");
