@@ -154,6 +154,8 @@ pub struct Facts {
     pub client_gone: bool,
     /// A kernel cell's output passed the limit: the rest was dropped, the cell interrupted.
     pub killed_for_output: bool,
+    /// The program outlived the caller's SIGTERM by [`crate::supervisor::END_GRACE`]: killed.
+    pub ended_by_caller: bool,
     /// A kernel's client had asked it to shut down (its `shutdown_request`, seen by the relay).
     pub shutdown_requested: bool,
     /// Signals the supervisor received from its caller and passed on to the program, in order.
@@ -301,6 +303,8 @@ pub enum ByCaller {
     Request,
     /// The client ended and the supervisor stopped the sandbox.
     ClientGone,
+    /// The program ignored the caller's SIGTERM; the supervisor killed it after the grace.
+    Overdue,
 }
 
 pub fn explain(
@@ -329,6 +333,13 @@ pub fn explain(
         Outcome::Signaled if by_caller == Some(ByCaller::Request) => {
             (Cause::Caller, format!("ended at its client's request ({})", signal.unwrap_or("a signal")))
         }
+        Outcome::Signaled if by_caller == Some(ByCaller::Overdue) => (
+            Cause::Caller,
+            format!(
+                "ignored its client's SIGTERM and was killed {} ms later",
+                crate::supervisor::END_GRACE.as_millis()
+            ),
+        ),
         Outcome::Signaled if by_caller == Some(ByCaller::ClientGone) => {
             (Cause::Caller, format!("was stopped because its client ended ({})", signal.unwrap_or("a signal")))
         }
@@ -366,7 +377,8 @@ pub struct Report {
     /// Limits the run ran into, even when they are not the reason it ended.
     pub limits_hit: Vec<&'static str>,
     /// Why the supervisor ended the sandbox, if it did (`wall_time`, `cpu_time`, `output`,
-    /// `client-gone`: a kernel's client ended first). A SIGKILL with none of these came from
+    /// `client-gone`: a kernel's client ended first; `caller`: the program outlived the
+    /// caller's SIGTERM by [`crate::supervisor::END_GRACE`]). A SIGKILL with none of these came from
     /// the kernel (the OOM killer, `RLIMIT_CPU`) or the program itself.
     pub stopped_by: Option<&'static str>,
     /// Signals the caller sent that were passed on to the program (a `signaled` status with
@@ -487,6 +499,8 @@ impl Report {
                 Some("wall_time")
             } else if f.client_gone {
                 Some("client-gone")
+            } else if f.ended_by_caller {
+                Some("caller")
             } else if f.killed_for_output && f.ended == Some(Ended::Signaled(libc::SIGKILL)) {
                 Some("output")
             } else {
@@ -503,7 +517,9 @@ impl Report {
             limits,
             r.signal.as_deref(),
             r.exit_code,
-            if r.signal.as_ref().is_some_and(|s| r.relayed_signals.contains(s)) || r.shutdown_requested {
+            if f.ended_by_caller {
+                Some(ByCaller::Overdue)
+            } else if r.signal.as_ref().is_some_and(|s| r.relayed_signals.contains(s)) || r.shutdown_requested {
                 Some(ByCaller::Request)
             } else if f.client_gone {
                 Some(ByCaller::ClientGone)
@@ -639,6 +655,19 @@ mod tests {
         // the client's end, not the program's crash
         let e = r.explanation.unwrap();
         assert_eq!((e.cause, e.words.as_str()), (Cause::Caller, "was stopped because its client ended (SIGKILL)"));
+        // a program that ignored the caller's SIGTERM: the caller's end, not a crash
+        let overdue = Facts {
+            relayed: vec![libc::SIGTERM],
+            ended_by_caller: true,
+            ..facts(Some(Ended::Signaled(libc::SIGKILL)))
+        };
+        let r = Report::from_facts(&overdue, &l, SandboxInfo::default());
+        assert_eq!((r.end.status(), r.stopped_by), (Status::Signaled, Some("caller")));
+        let e = r.explanation.unwrap();
+        assert_eq!(
+            (e.cause, e.words.as_str()),
+            (Cause::Caller, "ignored its client's SIGTERM and was killed 1000 ms later")
+        );
         f.usage.pids_limit_hits = 100;
         assert_eq!(classify(&f, &l).status(), Status::PidsLimit);
         f.usage.oom_kills = 1;

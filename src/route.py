@@ -172,8 +172,9 @@ def _end_at_once(km):
     nbclient has every output it waited for; the kernel is `isolate-grade kernel`, whose
     SIGTERM is relayed into the sandbox, and when the program ends the sandbox ends all of
     it and the supervisor writes its report as after any end (the client's signal: cause
-    "caller", not the student's doing). A kernel that outlives the SIGTERM by a second (the
-    student's code ignores it) is shut down the graceful way after all."""
+    "caller", not the student's doing). A program that ignores the SIGTERM is killed by the
+    supervisor a second later (`stopped_by: caller`). Only a supervisor still there after 3 s
+    (never expected) is shut down the graceful way after all."""
     import asyncio
     import signal
 
@@ -185,7 +186,7 @@ def _end_at_once(km):
         if not restart and process is not None and process.poll() is None:
             process.send_signal(signal.SIGTERM)  # the supervisor alone, not its process group
             loop = asyncio.get_running_loop()
-            deadline = loop.time() + 1.0
+            deadline = loop.time() + 3.0  # the supervisor's own grace is 1 s
             while process.poll() is None and loop.time() < deadline:
                 await asyncio.sleep(0.005)
             if process.poll() is not None:

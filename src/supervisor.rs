@@ -52,6 +52,12 @@ pub const NAMESPACES: u64 =
 /// The report lists the first signals relayed; a caller signalling in a loop can't grow it.
 const MAX_RELAYED_RECORDED: usize = 16;
 
+/// How long a program may outlive the caller's SIGTERM (relayed to it) before the sandbox is
+/// killed: a caller's SIGTERM means "end", and a program that ignores it must not make the
+/// caller escalate. jupyter_client's own escalation is a SIGKILL to the supervisor's process
+/// group 2.5 s after its SIGTERM, which would leave no report: this grace ends well before.
+pub const END_GRACE: Duration = Duration::from_secs(1);
+
 /// Clone the sandbox, watch it until its init is reaped, and say what happened.
 pub fn supervise(s: Supervision) -> Result<Outcome, Fault> {
     let Supervision { mut plan, cgroup, limits, relay, watch, stdio } = s;
@@ -119,6 +125,7 @@ pub fn supervise(s: Supervision) -> Result<Outcome, Fault> {
         watch,
         cgroup: &cgroup,
         deadline: started + limits.wall_time,
+        end_by: None,
         limits: &limits,
         facts: Facts::default(),
     };
@@ -155,7 +162,11 @@ fn read_status(status_r: &OwnedFd, facts: &mut Facts) {
         }
     }
     if facts.ended.is_none()
-        && (facts.killed_for_wall || facts.killed_for_cpu || facts.client_gone || facts.killed_for_output)
+        && (facts.killed_for_wall
+            || facts.killed_for_cpu
+            || facts.client_gone
+            || facts.ended_by_caller
+            || facts.killed_for_output)
     {
         facts.ended = Some(crate::report::Ended::Signaled(libc::SIGKILL)); // by us, through init
     }
@@ -201,6 +212,8 @@ struct Watcher<'a> {
     cgroup: &'a RunCgroup,
     limits: &'a Limits,
     deadline: Instant,
+    /// Set by the caller's first SIGTERM: the program must have ended by then.
+    end_by: Option<Instant>,
     facts: Facts,
 }
 
@@ -228,7 +241,7 @@ impl Watcher<'_> {
     }
 
     fn killed(&self) -> bool {
-        self.facts.killed_for_wall || self.facts.killed_for_cpu || self.facts.client_gone
+        self.facts.killed_for_wall || self.facts.killed_for_cpu || self.facts.client_gone || self.facts.ended_by_caller
     }
 
     /// Kill on the wall-clock or the CPU-time limit; `None` when it just killed, else how
@@ -244,6 +257,12 @@ impl Watcher<'_> {
             tracing::debug!(wall_limit = ?self.limits.wall_time, "wall-clock limit: killed");
             return Ok(None);
         }
+        if self.end_by.is_some_and(|end_by| now >= end_by) {
+            self.facts.ended_by_caller = true;
+            self.sandbox.kill();
+            tracing::debug!(grace = ?END_GRACE, "outlived the caller's SIGTERM: killed");
+            return Ok(None);
+        }
         let used = self.cgroup.cpu_usage().map_err(|e| Fault::text(HostStep::Accounting, e))?;
         let cpu_limit = self.limits.cpu_time;
         if used >= cpu_limit {
@@ -254,7 +273,7 @@ impl Watcher<'_> {
         }
         // The soonest the limit could be reached, at full quota, but at least every 100 ms.
         let soonest = (cpu_limit - used).mul_f64(1000.0 / self.limits.cpu_quota_millicores.max(1) as f64);
-        let wait = self.deadline.saturating_duration_since(now);
+        let wait = self.end_by.unwrap_or(self.deadline).min(self.deadline).saturating_duration_since(now);
         Ok(Some(wait.min(soonest.clamp(Duration::from_millis(5), Duration::from_millis(100)))))
     }
 
@@ -289,6 +308,9 @@ impl Watcher<'_> {
         while let Ok(Some(info)) = self.signals.read_signal() {
             tracing::debug!(signal = info.ssi_signo, "relaying");
             let _ = raw::pidfd_send_signal(self.sandbox.pidfd.as_raw_fd(), info.ssi_signo as i32);
+            if info.ssi_signo as i32 == libc::SIGTERM && self.end_by.is_none() {
+                self.end_by = Some(Instant::now() + END_GRACE);
+            }
             if self.facts.relayed.len() < MAX_RELAYED_RECORDED {
                 self.facts.relayed.push(info.ssi_signo as i32);
             }

@@ -274,12 +274,11 @@ fn tmp_is_bounded_by_tmp_size_and_private_to_the_run() {
     assert_nothing_left(&r);
 }
 
-#[test]
-fn sigint_to_the_supervisor_reaches_the_program() {
-    let Some(_serial) = root_serial() else { return };
+/// Run `script` (which prints "ready" once its traps are set), send the supervisor `signal`
+/// half a second later; the run, its stdout after "ready", and how long it took after the signal.
+fn signal_the_supervisor(script: &str, signal: Signal) -> (Run, Duration) {
     let dir = tempfile::tempdir().unwrap();
     let report = dir.path().join("report.json");
-    let script = r#"trap "echo got-int; exit 42" INT; echo ready; while :; do sleep 0.1; done"#;
     let mut child = Command::new(bin())
         .args(DEFAULTS)
         .arg("run")
@@ -301,22 +300,48 @@ fn sigint_to_the_supervisor_reaches_the_program() {
         panic!("the program did not start: {first:?}, stderr {}", String::from_utf8_lossy(&out.stderr));
     }
     std::thread::sleep(Duration::from_millis(500));
-    kill(Pid::from_raw(child.id() as i32), Signal::SIGINT).unwrap();
+    kill(Pid::from_raw(child.id() as i32), signal).unwrap();
+    let signalled = Instant::now();
     let mut rest = String::new();
     stdout.read_to_string(&mut rest).unwrap();
     let mut stderr = String::new();
     child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
     let code = child.wait().unwrap().code();
+    let took = signalled.elapsed();
     let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
-    assert_eq!(rest, "got-int\n", "stderr: {stderr}");
+    (Run { code: code.unwrap_or(-1), report, stdout: rest, stderr }, took)
+}
+
+#[test]
+fn sigint_to_the_supervisor_reaches_the_program() {
+    let Some(_serial) = root_serial() else { return };
+    let script = r#"trap "echo got-int; exit 42" INT; echo ready; while :; do sleep 0.1; done"#;
+    let (r, _) = signal_the_supervisor(script, Signal::SIGINT);
+    assert_eq!(r.stdout, "got-int\n", "{r:?}");
+    assert_eq!((r.status(), r.report["exit_code"].as_i64(), r.code), ("exit-nonzero", Some(42), 1), "{r:?}");
+    // the report says the signal came from the caller, and the program ended it itself
+    assert_eq!(r.report["relayed_signals"], serde_json::json!(["SIGINT"]), "{r:?}");
+    assert_eq!(r.report["stopped_by"], serde_json::Value::Null, "{r:?}");
+    assert_nothing_left(&r);
+}
+
+/// A caller's SIGTERM means "end": a program that ignores it is killed after the grace
+/// (`END_GRACE`, 1 s), long before its wall-clock limit, and the report says it was the
+/// caller's end (jupyter_client, ending a kernel whose student ignores SIGTERM).
+#[test]
+fn a_program_that_ignores_the_callers_sigterm_is_killed_after_a_grace() {
+    let Some(_serial) = root_serial() else { return };
+    let script = r#"trap "echo got-term" TERM; echo ready; while :; do sleep 0.1; done"#;
+    let (r, took) = signal_the_supervisor(script, Signal::SIGTERM);
+    assert_eq!(r.stdout, "got-term\n", "the SIGTERM reached the program first: {r:?}");
+    assert!((Duration::from_millis(900)..Duration::from_secs(4)).contains(&took), "ended {took:?} after the SIGTERM");
     assert_eq!(
-        (report["status"].as_str(), report["exit_code"].as_i64(), code),
-        (Some("exit-nonzero"), Some(42), Some(1)),
-        "{report}\nstderr: {stderr}"
+        (r.status(), r.report["signal"].as_str(), r.report["stopped_by"].as_str(), r.code),
+        ("signaled", Some("SIGKILL"), Some("caller"), 4),
+        "{r:?}"
     );
-    // the report says the signal came from the caller
-    assert_eq!(report["relayed_signals"], serde_json::json!(["SIGINT"]), "{report}");
-    let r = Run { code: code.unwrap(), report, stdout: rest, stderr };
+    assert_eq!(r.report["relayed_signals"], serde_json::json!(["SIGTERM"]), "{r:?}");
+    assert_eq!(r.report["explanation"]["cause"], "caller", "{r:?}");
     assert_nothing_left(&r);
 }
 

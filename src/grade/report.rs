@@ -172,6 +172,9 @@ pub struct KernelReport {
     pub relayed_signals: Vec<String>,
     #[serde(default)]
     pub shutdown_requested: bool,
+    /// `caller`: the kernel outlived its client's SIGTERM and its supervisor killed it.
+    #[serde(default)]
+    pub stopped_by: Option<String>,
     pub wall_time: f64,
     pub cpu_time: f64,
     pub peak_memory: Option<u64>,
@@ -190,6 +193,9 @@ impl KernelReport {
     pub fn outcome(&self) -> Status {
         match (&self.status, &self.signal) {
             (Status::Signaled, Some(sig)) if self.relayed_signals.contains(sig) => Status::Ok,
+            // the student's code ignored the client's SIGTERM: killed after a grace, the
+            // client's end all the same
+            (Status::Signaled, _) if self.stopped_by.as_deref() == Some("caller") => Status::Ok,
             // ended by a signal while shutting down, as its client asked (ipykernel 7.4's own
             // shutdown race: it aborts in libzmq after its last reply)
             (Status::Signaled, _) if self.shutdown_requested => Status::Ok,
@@ -809,6 +815,7 @@ mod tests {
             signal: None,
             relayed_signals: vec![],
             shutdown_requested: false,
+            stopped_by: None,
             wall_time: wall,
             cpu_time: 1.0,
             peak_memory: Some(5),
@@ -830,6 +837,7 @@ mod tests {
             signal: Some(signal.into()),
             relayed_signals: relayed.iter().map(|s| s.to_string()).collect(),
             shutdown_requested: false,
+            stopped_by: None,
             wall_time: 1.0,
             cpu_time: 1.0,
             peak_memory: None,
@@ -845,6 +853,7 @@ mod tests {
             signal: None,
             relayed_signals: relayed.iter().map(|s| s.to_string()).collect(),
             shutdown_requested: false,
+            stopped_by: None,
             wall_time: 1.0,
             cpu_time: 1.0,
             peak_memory: None,
@@ -864,5 +873,10 @@ mod tests {
         let aborted = KernelReport { shutdown_requested: true, ..k("SIGABRT", &[]) };
         assert_eq!(aborted.outcome(), Status::Ok);
         assert_eq!(k("SIGABRT", &[]).outcome(), Status::Signaled, "an abort before any shutdown request");
+        // the code ignored the client's SIGTERM and its supervisor killed it after the grace
+        let overdue = KernelReport { stopped_by: Some("caller".into()), ..k("SIGKILL", &["SIGTERM"]) };
+        assert_eq!(overdue.outcome(), Status::Ok);
+        let walled = KernelReport { stopped_by: Some("wall_time".into()), ..k("SIGKILL", &["SIGTERM"]) };
+        assert_eq!(walled.outcome(), Status::Signaled, "a limit's kill stays the submission's");
     }
 }
