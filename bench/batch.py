@@ -19,7 +19,9 @@ compared: the scores must be equal. Run as root with the project venv:
 Needs `bash scripts/venv.sh` and `cargo build --release` first.
 
 Besides the wall times it reports the CPU seconds each run used (its process tree, as
-getrusage counts the reaped children), the busy fraction (CPU seconds / (CPUs x wall)), and,
+getrusage counts the reaped children), the busy fraction (CPU seconds / (CPUs x wall)), the
+machine's busy share over the run (/proc/stat: every CPU's non-idle time, whoever used it;
+run it on a quiet machine), and,
 from the sandboxed run's trace (ISOLATE_GRADE_TRACE, one JSON line per step of each notebook,
 written by the workers), where each second of a notebook goes: the median and total of each
 phase, and the CPU seconds per notebook of the worker (nbgrader) and of the kernel (with its
@@ -47,13 +49,24 @@ def children_cpu():
     return r.ru_utime + r.ru_stime
 
 
+def machine_times():
+    """(busy, total) clock ticks of all CPUs so far, from /proc/stat: busy is everything but
+    idle and iowait, whoever used it (on a quiet machine, the run)."""
+    with open("/proc/stat") as f:
+        ticks = [int(x) for x in f.readline().split()[1:]]
+    idle = ticks[3] + ticks[4]
+    total = sum(ticks[:8])  # guest time is already in user
+    return total - idle, total
+
+
 def timed(argv, course, env, log):
-    """(wall s, CPU s of the whole process tree, exit code)."""
-    cpu, t = children_cpu(), time.monotonic()
+    """(wall s, CPU s of the whole process tree, exit code, share of the machine's CPU time busy)."""
+    cpu, t, (busy0, total0) = children_cpu(), time.monotonic(), machine_times()
     r = subprocess.run(argv, cwd=course, env=env, capture_output=True, text=True)
     dt = time.monotonic() - t
+    busy1, total1 = machine_times()
     (course / log).write_text(r.stdout + r.stderr)
-    return dt, children_cpu() - cpu, r.returncode
+    return dt, children_cpu() - cpu, r.returncode, (busy1 - busy0) / max(1, total1 - total0)
 
 
 def bare(course):
@@ -144,16 +157,17 @@ def main():
         order = kinds if a.order == "bare-first" else kinds[::-1]
         measured = {}
         for k in order:
-            dt, cpu, code = runs[k]()
-            measured[k] = (dt, cpu)
+            dt, cpu, code, machine = runs[k]()
+            measured[k] = (dt, cpu, machine)
             print(f"{k}: {dt:.1f} s for {n} submissions ({dt / n:.2f} s each), {cpu:.1f} CPU s "
-                  f"({cpu / (2 * n):.2f} per notebook), busy {cpu / (cpus * dt):.0%} of {cpus} CPUs, exit {code}",
-                  file=sys.stderr)
+                  f"({cpu / (2 * n):.2f} per notebook), busy {cpu / (cpus * dt):.0%} of {cpus} CPUs "
+                  f"(the machine: {machine:.0%}), exit {code}", file=sys.stderr)
         print(timeline(trace))
         result = {"submissions": n, "jobs": a.jobs or "default", "cpus": cpus, "order": a.order,
                   "isolate_grade_s": round(measured["sandboxed"][0], 1),
                   "isolate_grade_cpu_s": round(measured["sandboxed"][1], 1),
-                  "busy": round(measured["sandboxed"][1] / (cpus * measured["sandboxed"][0]), 3)}
+                  "busy": round(measured["sandboxed"][1] / (cpus * measured["sandboxed"][0]), 3),
+                  "machine_busy": round(measured["sandboxed"][2], 3)}
         if a.skip_bare:
             print(json.dumps(result))
             return 0
