@@ -41,6 +41,9 @@ pub enum Command {
     Check(CheckArgs),
     /// Check one submission and copy what passed (what formgrader's path runs; JSON on stdout).
     Stage(StageArgs),
+    /// One task of a `--slurm` batch, on a Slurm node (started by the batch's job, not by hand).
+    #[command(hide = true)]
+    SlurmTask(SlurmTaskArgs),
 }
 
 /// `isolate-grade [GLOBAL OPTIONS] X ...` with X not a subcommand (an assignment, or a grading
@@ -116,7 +119,7 @@ pub struct SandboxArgs {
 
 /// `isolate-grade ASSIGNMENT`: autograde every submission of an assignment with nbgrader, each
 /// notebook in a sandboxed kernel, in parallel, resumably.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args, serde::Serialize, serde::Deserialize)]
 pub struct GradeArgs {
     /// The assignment (nbgrader's name for it, as in `submitted/<student>/<assignment>`).
     pub assignment: String,
@@ -155,10 +158,39 @@ pub struct GradeArgs {
     /// it the worker is killed and the student gets `error`. Kernels are apart.
     #[arg(long, env = "ISOLATE_GRADE_WORKER_CPU_TIME", default_value = "5m")]
     pub worker_cpu_time: String,
+    /// Grade on a Slurm cluster: the students are shared by the tasks of one job array, each
+    /// running this batch's workers on its node (the course on a filesystem every node sees at
+    /// the same path, the gradebook in PostgreSQL). `--jobs` is then per task.
+    #[arg(long, env = "ISOLATE_GRADE_SLURM")]
+    pub slurm: bool,
+    /// With --slurm: how many tasks the job array has (default: 4, at most one per student).
+    #[arg(long, env = "ISOLATE_GRADE_SLURM_TASKS", requires = "slurm")]
+    pub slurm_tasks: Option<String>,
+    /// With --slurm: an option for sbatch (repeatable), e.g. `--slurm-arg=--partition=course`.
+    #[arg(
+        long = "slurm-arg",
+        value_name = "ARG",
+        allow_hyphen_values = true,
+        requires = "slurm",
+        env = "ISOLATE_GRADE_SLURM_ARG"
+    )]
+    pub slurm_args: Vec<String>,
+}
+
+/// `isolate-grade slurm-task RUN_DIR`: take students from a `--slurm` batch's queue until none
+/// is left, grading each as the local batch does, and record each result in the run directory.
+#[derive(Debug, Args)]
+pub struct SlurmTaskArgs {
+    /// The batch's run directory (on the shared filesystem), as the batch wrote it.
+    pub run_dir: PathBuf,
+    /// Only check that this node can grade (the course at the same path, the sandbox, nbgrader
+    /// and the gradebook), then end.
+    #[arg(long)]
+    pub preflight: bool,
 }
 
 /// The bounds a submitted notebook is checked against before nbgrader reads it.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args, serde::Serialize, serde::Deserialize)]
 pub struct NotebookLimitArgs {
     /// Refuse a submitted notebook larger than this, before nbgrader reads it (`32M`).
     #[arg(long, env = "ISOLATE_GRADE_NOTEBOOK_MAX_SIZE", default_value = "32M")]

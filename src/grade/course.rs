@@ -124,6 +124,25 @@ impl Layout {
         let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(io(&path))?;
         Flock::lock(f, FlockArg::LockExclusive).map_err(|(_, e)| CourseError::Io { path, source: e.into() })
     }
+
+    /// The student's lock if no one holds it (a `--slurm` task's claim); `None` if someone does.
+    pub fn try_student_lock(&self, student: &str) -> Result<Option<Flock<File>>, CourseError> {
+        let dir = self.state.join("students");
+        std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+        let path = dir.join(format!("{student}.lock"));
+        let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(io(&path))?;
+        match Flock::lock(f, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => Ok(Some(lock)),
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(None),
+            Err((_, e)) => Err(CourseError::Io { path, source: e.into() }),
+        }
+    }
+
+    /// Where `--slurm` runs keep their run directories.
+    pub fn slurm_runs(&self) -> PathBuf {
+        self.state.join("slurm")
+    }
+
     pub fn gradebook_lock(&self) -> PathBuf {
         self.course.join(".isolate-grade").join("gradebook.lock")
     }

@@ -15,21 +15,24 @@ pub mod course;
 pub mod progress;
 pub mod protocol;
 pub mod report;
+pub mod slurm;
 pub mod worker;
 
-use crate::cli::GradeArgs;
+use crate::cli::{GradeArgs, SlurmTaskArgs};
 use crate::identity::{Caller, IdentityError};
 use crate::kernelspec::{KernelspecError, Launcher, Maker};
 use crate::report::Status;
 use crate::submission::{self, TreeLimits};
 use crate::units;
 use course::{CourseError, Layout};
+use nix::fcntl::Flock;
 use report::{BatchReport, NotebookResult, NotebookVerdict, ReportError, Results, StudentResult, Verdict};
 use std::collections::VecDeque;
+use std::fs::File;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{mpsc, Mutex};
 use std::time::{Duration, Instant};
 use worker::{Ready, Worker, WorkerError};
 
@@ -102,6 +105,8 @@ pub enum GradeError {
     Kernel { assignment: String, message: String },
     #[error("cannot watch for Ctrl-C, SIGTERM and SIGHUP (signalfd: {0}), so nothing was graded")]
     Signals(nix::errno::Errno),
+    #[error(transparent)]
+    Slurm(#[from] slurm::SlurmError),
 }
 
 /// The kernelspec's launcher: its I/O faults stay I/O faults (exit 3); otherwise bad input
@@ -123,7 +128,8 @@ impl GradeError {
             | GradeError::Io { .. }
             | GradeError::Sandbox(_)
             | GradeError::Kernel { .. }
-            | GradeError::Signals(_) => GradeExit::Fault,
+            | GradeError::Signals(_)
+            | GradeError::Slurm(_) => GradeExit::Fault,
             GradeError::Identity(IdentityError::Credentials(_)) => GradeExit::Fault,
             _ => GradeExit::Usage,
         }
@@ -136,6 +142,10 @@ impl GradeError {
 
 /// Everything the worker threads share.
 struct Context {
+    /// Workers' logs are `<logs>/<worker_log>-<i>.log`.
+    worker_log: String,
+    /// A `--slurm` run's directory, where each result is recorded while its claim is held.
+    record: Option<slurm::RunDir>,
     layout: Layout,
     python: PathBuf,
     setup: worker::Setup,
@@ -164,6 +174,9 @@ fn batch_limits(a: &GradeArgs) -> Result<(TreeLimits, worker::Limits), GradeErro
     let cpu_time = units::parse_duration(&a.worker_cpu_time).map_err(|e| bad("--worker-cpu-time", e))?;
     Ok((TreeLimits { notebook, ..TreeLimits::default() }, worker::Limits { memory, cpu_time }))
 }
+
+/// `--slurm-tasks`' default.
+const DEFAULT_SLURM_TASKS: usize = 4;
 
 /// Workers per CPU when `--jobs` is not given. A worker spends much of a notebook waiting
 /// (for its kernel to start and answer, for a cell that sleeps or runs into its timeout), and
@@ -222,8 +235,12 @@ pub fn execute(config: Option<PathBuf>, a: GradeArgs) -> Result<u8, GradeError> 
     results.reserve(req.listed.len());
     let selection = select(&req, &mut results);
     // 6. The pool of workers, waited for until the queue is empty, a worker cannot start or a
-    //    signal stops the batch.
-    let ended = grade_all(&req, &kernels, setup, selection, results, &signals)?;
+    //    signal stops the batch; with --slurm, the pools of the job array's tasks on their
+    //    nodes, whose results are read as they are recorded.
+    let ended = match req.args.slurm {
+        false => grade_all(&req, &kernels, setup, selection, results, &signals)?,
+        true => slurm_all(&req, &kernels, setup, selection, results, &signals)?,
+    };
     // 7. The report: the table, and with --report the JSON and CSV.
     let report = report_of(&req, ended.results, ended.started)?;
     // 8. The exit status.
@@ -237,6 +254,8 @@ struct Request {
     sudo: bool,
     args: GradeArgs,
     jobs: usize,
+    /// With --slurm: the job array's tasks.
+    slurm_tasks: usize,
     student_timeout: Duration,
     limits: TreeLimits,
     worker_limits: worker::Limits,
@@ -262,6 +281,12 @@ impl Request {
                 std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
                 mem_available(Path::new("/proc/meminfo")),
             ),
+        };
+        let slurm_tasks = match &a.slurm_tasks {
+            Some(n) => {
+                units::parse_count(n, 10_000).map_err(|e| GradeError::Invalid(format!("--slurm-tasks: {e}")))? as usize
+            }
+            None => DEFAULT_SLURM_TASKS,
         };
         let student_timeout = units::parse_duration(&a.student_timeout)
             .map_err(|e| GradeError::Invalid(format!("--student-timeout: {e}")))?;
@@ -299,6 +324,7 @@ impl Request {
             config,
             sudo,
             jobs,
+            slurm_tasks,
             student_timeout,
             limits,
             worker_limits,
@@ -371,8 +397,15 @@ impl Kernels {
                 tracing::info!(kernel = %t.wraps, note = %note, "kernel runtime");
             }
         }
+        Ok(self.setup(req))
+    }
+
+    /// What the workers are told (a `--slurm` task's twins are the batch's, written already).
+    fn setup(&self, req: &Request) -> worker::Setup {
+        let layout = &req.layout;
+        let jupyter = layout.jupyter_path();
         let (twins, languages) = crate::kernels::tables(&self.twins, &self.specs);
-        Ok(worker::Setup {
+        worker::Setup {
             protocol: protocol::PROTOCOL,
             course: layout.course.clone(),
             assignment: req.assignment().to_string(),
@@ -383,7 +416,7 @@ impl Kernels {
             jupyter_path: jupyter,
             lock: layout.gradebook_lock(),
             reports: layout.state.join("kernels"),
-        })
+        }
     }
 }
 
@@ -429,6 +462,93 @@ struct Ended {
     interrupted: bool,
 }
 
+/// The progress line, begun: the students rejected before grading counted as finished.
+fn begin(
+    req: &Request,
+    to_grade: usize,
+    earlier: usize,
+    rejected: Vec<StudentResult>,
+    results: &mut Results,
+) -> progress::Progress {
+    let mut progress = progress::Progress::new(to_grade + rejected.len(), std::io::stderr().is_terminal());
+    if earlier > 0 {
+        progress.note(&format!("{earlier} students already graded (skipped; --force regrades them)"));
+    }
+    for r in rejected {
+        progress.finished(&r);
+        results.push(r);
+    }
+    tracing::info!(assignment = %req.assignment(), to_grade, jobs = req.jobs, "grading");
+    progress
+}
+
+fn now() -> (Instant, String) {
+    (Instant::now(), humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string())
+}
+
+impl Context {
+    fn new(
+        req: &Request,
+        kernels: &Kernels,
+        setup: worker::Setup,
+        worker_log: String,
+        record: Option<slurm::RunDir>,
+    ) -> Context {
+        Context {
+            worker_log,
+            record,
+            setup,
+            layout: req.layout.clone(),
+            python: kernels.maker.client.executable.clone(),
+            student_timeout: req.student_timeout,
+            limits: req.limits,
+            worker_limits: req.worker_limits,
+            stop: AtomicBool::new(false),
+        }
+    }
+}
+
+/// Where the workers take their students from.
+enum Source<'a> {
+    /// The local batch's own queue.
+    Local(Mutex<VecDeque<String>>),
+    /// A `--slurm` run's queue, shared with the other tasks by claims.
+    Shared(slurm::Claims<'a>),
+}
+
+impl Source<'_> {
+    /// The next student, with the claim that holds it if it is shared; `None` when there is
+    /// none left for this process.
+    fn next(&self, stop: &AtomicBool) -> Option<(String, Option<Flock<File>>)> {
+        match self {
+            Source::Local(q) => q.lock().expect("not poisoned").pop_front().map(|s| (s, None)),
+            Source::Shared(claims) => match claims.next(stop) {
+                Ok(next) => next.map(|(s, lock)| (s, Some(lock))),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot claim a student: this task takes no more");
+                    None
+                }
+            },
+        }
+    }
+
+    /// A student taken but not graded (no worker could start): back to the front of a local
+    /// queue; a shared one's claim is simply released.
+    fn give_back(&self, student: String) {
+        if let Source::Local(q) = self {
+            q.lock().expect("not poisoned").push_front(student);
+        }
+    }
+
+    /// What no worker took (a local queue's rest; a shared queue's rest is other tasks').
+    fn rest(self) -> Vec<String> {
+        match self {
+            Source::Local(q) => q.into_inner().expect("not poisoned").into(),
+            Source::Shared(_) => vec![],
+        }
+    }
+}
+
 /// `--jobs` worker threads, each with its own Python worker, take students from the queue;
 /// this thread collects their results and watches for a stop signal.
 fn grade_all(
@@ -439,52 +559,272 @@ fn grade_all(
     mut results: Results,
     signals: &nix::sys::signalfd::SignalFd,
 ) -> Result<Ended, GradeError> {
-    let started = (Instant::now(), humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string());
+    let started = now();
     let Selection { queue, earlier, rejected } = selection;
-    let mut progress = progress::Progress::new(queue.len() + rejected.len(), std::io::stderr().is_terminal());
-    if earlier > 0 {
-        progress.note(&format!("{earlier} students already graded (skipped; --force regrades them)"));
-    }
-    for r in rejected {
-        progress.finished(&r);
-        results.push(r);
-    }
-    tracing::info!(assignment = %req.assignment(), to_grade = queue.len(), jobs = req.jobs, "grading");
-
-    let ctx = Arc::new(Context {
-        setup,
-        layout: req.layout.clone(),
-        python: kernels.maker.client.executable.clone(),
-        student_timeout: req.student_timeout,
-        limits: req.limits,
-        worker_limits: req.worker_limits,
-        stop: AtomicBool::new(false),
-    });
+    let mut progress = begin(req, queue.len(), earlier, rejected, &mut results);
+    let ctx = Context::new(req, kernels, setup, "worker".into(), None);
     let workers = req.jobs.min(queue.len());
-    let pending = Arc::new(Mutex::new(queue));
-    let (tx, rx) = mpsc::channel();
-    let threads: Vec<_> = (0..workers)
-        .map(|i| {
-            let (ctx, pending, tx) = (ctx.clone(), pending.clone(), tx.clone());
-            std::thread::Builder::new()
-                .name(format!("worker-{i}"))
-                .spawn(move || work(i, &ctx, &pending, &tx))
-                .expect("spawn a thread")
-        })
-        .collect();
-    drop(tx);
-    let (fatal, interrupted) = wait(&rx, signals, &ctx.stop, &mut progress, &mut results);
-    for t in threads {
-        let _ = t.join();
-    }
+    let source = Source::Local(Mutex::new(queue));
+    let (fatal, interrupted) = pool(&ctx, &source, workers, signals, &mut progress, &mut results);
     progress.finish();
     if let Some(e) = fatal {
         return Err(GradeError::Worker { assignment: req.assignment().to_string(), source: e });
     }
-    for student in pending.lock().expect("not poisoned").drain(..) {
+    for student in source.rest() {
         results.push(StudentResult::without_grades(&student, Verdict::Interrupted, "not started".into()));
     }
     Ok(Ended { results, started, interrupted })
+}
+
+/// `workers` threads, each with its own Python worker, grading from `source` until it is
+/// empty, a worker cannot start or a signal stops them; the worker's fault and whether a
+/// signal came.
+fn pool(
+    ctx: &Context,
+    source: &Source,
+    workers: usize,
+    signals: &nix::sys::signalfd::SignalFd,
+    progress: &mut progress::Progress,
+    results: &mut Results,
+) -> (Option<WorkerError>, bool) {
+    let (tx, rx) = mpsc::channel();
+    std::thread::scope(|scope| {
+        for i in 0..workers {
+            let tx = tx.clone();
+            std::thread::Builder::new()
+                .name(format!("worker-{i}"))
+                .spawn_scoped(scope, move || work(i, ctx, source, &tx))
+                .expect("spawn a thread");
+        }
+        drop(tx);
+        wait(&rx, signals, &ctx.stop, progress, results)
+    })
+}
+
+/// How often the instructor's process looks for new results, and asks Slurm about the job.
+const SLURM_POLL: Duration = Duration::from_millis(500);
+const SLURM_ASK: Duration = Duration::from_secs(2);
+/// After a cancel, how long the tasks are given to end (and record what they finished).
+const SLURM_CANCEL_WAIT: Duration = Duration::from_secs(60);
+
+/// `--slurm`: the gradebook checked shareable, Slurm reachable, a preflight job run on a node,
+/// then the job array submitted; its tasks grade on their nodes and this process reads their
+/// results as they are recorded, for the same progress, table and report as a local run.
+fn slurm_all(
+    req: &Request,
+    kernels: &Kernels,
+    setup: worker::Setup,
+    selection: Selection,
+    mut results: Results,
+    signals: &nix::sys::signalfd::SignalFd,
+) -> Result<Ended, GradeError> {
+    let started = now();
+    let l = &req.layout;
+    // Before anything is submitted: a gradebook every node can share, and Slurm answering.
+    let (w, ready) = Worker::start(&kernels.maker.client.executable, &setup, &l.log("slurm-check"))
+        .map_err(|e| GradeError::Worker { assignment: req.assignment().to_string(), source: e })?;
+    w.kill();
+    if ready.gradebook == "sqlite" {
+        return Err(GradeError::Invalid(
+            "--slurm: the gradebook is SQLite, which the nodes cannot share safely (SQLite's locks do not hold \
+             across machines on a network filesystem); set c.CourseDirectory.db_url to a PostgreSQL database \
+             (README: \"Grading on a Slurm cluster\")"
+                .into(),
+        ));
+    }
+    slurm::check_reachable()?;
+    // An earlier run's job (its instructor's process was killed) is cancelled, its directory
+    // removed: only this run's tasks grade from here on.
+    let runs = l.slurm_runs();
+    for earlier in slurm::earlier_runs(&runs) {
+        if let Some(job) = earlier.job() {
+            slurm::cancel(&job);
+        }
+        course::remove_tree(&earlier.path)?;
+    }
+    let Selection { queue, earlier, rejected } = selection;
+    let mut progress = begin(req, queue.len(), earlier, rejected, &mut results);
+    if queue.is_empty() {
+        progress.finish();
+        return Ok(Ended { results, started, interrupted: false });
+    }
+    let mut args = req.args.clone();
+    args.course = l.course.clone();
+    args.policy = req.policy.clone();
+    args.python = Some(kernels.maker.client.executable.clone());
+    (args.slurm, args.slurm_tasks, args.slurm_args, args.report) = (false, None, vec![], None);
+    let spec = slurm::TaskSpec { config: req.config.clone(), args };
+    let run = slurm::RunDir::create(&runs, &spec, &queue)?;
+    let binary = std::env::current_exe().map_err(|e| GradeError::Io { path: "/proc/self/exe".into(), source: e })?;
+    let submission = |tasks: usize, preflight: bool| slurm::Submission {
+        run: &run,
+        course: &l.course,
+        assignment: req.assignment(),
+        binary: &binary,
+        extra: &req.args.slurm_args,
+        tasks,
+        preflight,
+    };
+    // A node runs what every task will: the course read at the same path, the sandbox, nbgrader
+    // and the gradebook.
+    progress.note("isolate-grade: --slurm: the preflight job is running on a node");
+    let job = slurm::submit(&submission(1, true))?;
+    run.set_job(&job)?;
+    if watch(&job, signals, || Ok(false))? {
+        slurm::cancel(&job);
+        progress.finish();
+        return Ok(slurm_ended(&run, queue, results, started, true));
+    }
+    match run.preflight() {
+        Some(Ok(())) => {}
+        Some(Err(m)) => return Err(slurm::SlurmError::Preflight(crate::escape::text(&m)).into()),
+        None => {
+            return Err(slurm::SlurmError::Preflight(format!(
+                "its job ended without a verdict: can the nodes read {} at the same path? (its output: {})",
+                run.path.display(),
+                run.path.join("preflight.out").display()
+            ))
+            .into())
+        }
+    }
+    let tasks = req.slurm_tasks.min(queue.len());
+    let job = slurm::submit(&submission(tasks, false))?;
+    run.set_job(&job)?;
+    progress.note(&format!("isolate-grade: --slurm: job {job}, {tasks} tasks; their output: {}", run.outputs()));
+    let mut seen = std::collections::BTreeSet::new();
+    let mut take = |progress: &mut progress::Progress, results: &mut Results| -> Result<bool, GradeError> {
+        for r in run.new_results(&seen)? {
+            seen.insert(r.student.clone());
+            progress.finished(&r);
+            results.push(r);
+        }
+        Ok(seen.len() == queue.len())
+    };
+    let interrupted = watch(&job, signals, || take(&mut progress, &mut results))?;
+    if interrupted {
+        progress.note(&format!(
+            "isolate-grade: stopping: job {job} cancelled; graded students stay graded, a rerun does the rest"
+        ));
+        slurm::cancel(&job);
+        let until = Instant::now() + SLURM_CANCEL_WAIT;
+        while slurm::active(&job) != Some(false) && Instant::now() < until {
+            std::thread::sleep(SLURM_POLL);
+        }
+    }
+    take(&mut progress, &mut results)?;
+    progress.finish();
+    let rest = queue.into_iter().filter(|s| !seen.contains(s)).collect();
+    Ok(slurm_ended(&run, rest, results, started, interrupted))
+}
+
+/// Until the job has left Slurm's queue (every task ended), `done` says all is done, or a
+/// signal came (then `true`); `done` is asked every SLURM_POLL, Slurm every SLURM_ASK.
+fn watch(
+    job: &str,
+    signals: &nix::sys::signalfd::SignalFd,
+    mut done: impl FnMut() -> Result<bool, GradeError>,
+) -> Result<bool, GradeError> {
+    let mut asked = Instant::now();
+    let mut unanswered = 0;
+    loop {
+        if let Ok(Some(sig)) = signals.read_signal() {
+            tracing::info!(signal = sig.ssi_signo, job = %job, "stop signal");
+            return Ok(true);
+        }
+        if done()? {
+            return Ok(false);
+        }
+        if asked.elapsed() >= SLURM_ASK {
+            asked = Instant::now();
+            match slurm::active(job) {
+                Some(true) => unanswered = 0,
+                Some(false) => return Ok(false),
+                None => {
+                    unanswered += 1;
+                    if unanswered == 1 {
+                        tracing::warn!(job = %job, "squeue does not answer: still waiting for the job");
+                    }
+                }
+            }
+        }
+        std::thread::sleep(SLURM_POLL);
+    }
+}
+
+/// The end of a `--slurm` batch: a student with no result was stopped (a signal) or left by
+/// a job that ended without grading it (every task failed or was cancelled from outside:
+/// a fault, whose cause is in the tasks' output).
+fn slurm_ended(
+    run: &slurm::RunDir,
+    rest: VecDeque<String>,
+    mut results: Results,
+    started: (Instant, String),
+    interrupted: bool,
+) -> Ended {
+    for student in rest {
+        let r = match interrupted {
+            true => StudentResult::without_grades(&student, Verdict::Interrupted, "not graded (stopped)".into()),
+            false => StudentResult::without_grades(
+                &student,
+                Verdict::SandboxError,
+                format!("the Slurm job ended without grading this student (its tasks' output: {})", run.outputs()),
+            ),
+        };
+        results.push(r);
+    }
+    Ended { results, started, interrupted }
+}
+
+/// `isolate-grade slurm-task RUN_DIR`, on a node: the run read at the path the batch wrote it
+/// (the course's filesystem is shared), the caller, options and kernels as the batch had them
+/// (the sandbox's preflight run here, on this node), then the local batch's pool taking
+/// students by claim until every student of the run has a result. Its own exit status is the
+/// local batch's for what it graded; the instructor's process reads the results.
+pub fn slurm_task(t: SlurmTaskArgs) -> Result<u8, GradeError> {
+    let run = slurm::RunDir::open(&t.run_dir);
+    let spec = run.spec()?;
+    let task = || -> Result<(Request, Kernels), GradeError> {
+        let req = Request::new(spec.config.clone(), spec.args.clone())?;
+        let kernels = Kernels::make(&req)?;
+        Ok((req, kernels))
+    };
+    if t.preflight {
+        let verdict = task().and_then(|(req, kernels)| {
+            let setup = kernels.setup(&req);
+            let (w, _) = Worker::start(&kernels.maker.client.executable, &setup, &req.layout.log("slurm-preflight"))
+                .map_err(|e| GradeError::Worker { assignment: req.assignment().to_string(), source: e })?;
+            w.kill();
+            Ok(())
+        });
+        let host = nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default();
+        let verdict = verdict.map_err(|e| format!("on {host}: {e}"));
+        run.set_preflight(&verdict)?;
+        return Ok(match &verdict {
+            Ok(()) => GradeExit::AllGraded.code(),
+            Err(m) => {
+                eprintln!("isolate-grade: {}", crate::escape::text(m));
+                GradeExit::Fault.code()
+            }
+        });
+    }
+    let (req, kernels) = task()?;
+    let signals = stop_signals().map_err(GradeError::Signals)?;
+    let queue = run.queue()?;
+    let host = nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default();
+    let index = std::env::var("SLURM_ARRAY_TASK_ID").unwrap_or_default();
+    let log = format!("slurm-{}-{index}-worker", crate::escape::line(&host).replace(['/', ' '], "_"));
+    let ctx = Context::new(&req, &kernels, kernels.setup(&req), log, Some(run.clone()));
+    let workers = req.jobs.min(queue.len());
+    let mut progress = progress::Progress::new(queue.len(), false);
+    tracing::info!(run = %run.path.display(), host = %host, workers, "slurm task");
+    let source = Source::Shared(slurm::Claims::new(&run, &req.layout, queue));
+    let mut results = Results::rows_only();
+    let (fatal, interrupted) = pool(&ctx, &source, workers, &signals, &mut progress, &mut results);
+    if let Some(e) = fatal {
+        return Err(GradeError::Worker { assignment: req.assignment().to_string(), source: e });
+    }
+    let verdicts: Vec<Verdict> = results.rows().iter().map(|r| r.verdict).collect();
+    Ok(GradeExit::of(&verdicts, interrupted).code())
 }
 
 /// Collect the workers' results until they are all done; the first worker that cannot start,
@@ -553,18 +893,26 @@ fn report_of(
     Ok(report)
 }
 
-/// One worker thread: its own Python worker, students from the shared queue until it is
-/// empty or the batch stops.
-fn work(i: usize, ctx: &Context, pending: &Mutex<VecDeque<String>>, tx: &mpsc::Sender<Event>) {
+/// One worker thread: its own Python worker, students from the source until it is empty or
+/// the batch stops. In a `--slurm` task each result is recorded in the run before its claim is
+/// released (the next claimer then sees it graded).
+fn work(i: usize, ctx: &Context, source: &Source, tx: &mpsc::Sender<Event>) {
     let mut worker: Option<(Worker, Ready)> = None;
     while !ctx.stop.load(Ordering::SeqCst) {
-        let Some(student) = pending.lock().expect("not poisoned").pop_front() else { break };
-        match grade_one(i, ctx, &mut worker, &student) {
+        let Some((student, claim)) = source.next(&ctx.stop) else { break };
+        match grade_one(i, ctx, &mut worker, &student, claim.is_none()) {
             Ok(r) => {
+                if let (Some(run), false) = (&ctx.record, r.verdict == Verdict::Interrupted) {
+                    if let Err(e) = run.write_result(&r) {
+                        tracing::error!(student = %student, error = %e, "cannot record the result: it is graded again");
+                    }
+                }
+                drop(claim);
                 let _ = tx.send(Event::Done(r));
             }
             Err(e) => {
-                pending.lock().expect("not poisoned").push_front(student);
+                drop(claim);
+                source.give_back(student);
                 let _ = tx.send(Event::Fatal(e));
                 break;
             }
@@ -578,6 +926,7 @@ fn grade_one(
     ctx: &Context,
     slot: &mut Option<(Worker, Ready)>,
     student: &str,
+    lock: bool,
 ) -> Result<StudentResult, WorkerError> {
     let started = Instant::now();
     let fault = |msg: String| {
@@ -586,8 +935,9 @@ fn grade_one(
         r
     };
     let l = &ctx.layout;
-    // A formgrader click grading this student (src/route.py) finishes first.
-    let _graded_by_us = match l.student_lock(student) {
+    // A formgrader click grading this student (src/route.py) finishes first (a --slurm
+    // task's claim is this lock, taken already).
+    let _graded_by_us = match lock.then(|| l.student_lock(student)).transpose() {
         Ok(lock) => lock,
         Err(e) => return Ok(fault(e.to_string())),
     };
@@ -620,7 +970,7 @@ fn grade_one(
     }
 
     if slot.is_none() {
-        let log = l.log(&format!("worker-{i}"));
+        let log = l.log(&format!("{}-{i}", ctx.worker_log));
         *slot = Some(Worker::start(&ctx.python, &ctx.setup, &log)?);
         tracing::debug!(worker = i, pid = slot.as_ref().map(|w| w.0.pid()), "worker ready");
     }

@@ -3,8 +3,8 @@
 //! one place that encodes and decodes them; both ends check [`PROTOCOL`].
 //!
 //! ```text
-//! batch → worker   {"msg": "setup", "protocol": 1, ...}       once, first
-//! worker → batch   {"msg": "ready", "protocol": 1, ...}       or {"msg": "fatal", "error": "..."}
+//! batch → worker   {"msg": "setup", "protocol": 2, ...}       once, first
+//! worker → batch   {"msg": "ready", "protocol": 2, ...}       or {"msg": "fatal", "error": "..."}
 //! batch → worker   {"msg": "grade", "student": "..."}         then, one at a time
 //! worker → batch   {"msg": "answer", "student": "...", ...}   (end of input: the worker exits)
 //! ```
@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 /// The version of these messages; `worker.py`'s `PROTOCOL` must be the same.
-pub const PROTOCOL: u32 = 1;
+pub const PROTOCOL: u32 = 2;
 
 /// What the batch sends.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -77,6 +77,9 @@ pub struct Ready {
     pub notebooks: Vec<String>,
     /// `nbgrader.__version__`.
     pub nbgrader: String,
+    /// The gradebook's database as SQLAlchemy names its backend (`sqlite`, `postgresql`...):
+    /// a `--slurm` batch needs one the nodes can share.
+    pub gradebook: String,
 }
 
 /// The worker cannot grade this assignment at all (no nbgrader, an nbgrader it was not tested
@@ -222,6 +225,7 @@ mod tests {
                 pid: 7,
                 notebooks: vec!["p1".into()],
                 nbgrader: "0.9.6".into(),
+                gradebook: "sqlite".into(),
             }),
             FromWorker::Fatal(Fatal { error: "no nbgrader".into() }),
             FromWorker::Answer(Box::new(answer)),
@@ -242,7 +246,7 @@ mod tests {
         // even a ready we could not otherwise read says which protocol it speaks
         let e = FromWorker::decode(r#"{"msg": "ready", "protocol": 0}"#).unwrap_err();
         assert!(matches!(e, DecodeError::Version { worker: 0 }), "{e}");
-        let extra = r#"{"msg": "ready", "protocol": 1, "pid": 1, "notebooks": [], "nbgrader": "0.9.6", "x": 1}"#;
+        let extra = r#"{"msg": "ready", "protocol": 2, "pid": 1, "notebooks": [], "nbgrader": "0.9.6", "gradebook": "sqlite", "x": 1}"#;
         assert!(FromWorker::decode(extra).unwrap_err().to_string().contains("unknown field"));
         assert!(FromWorker::decode(r#"{"student": "s"}"#).is_err(), "untagged");
         assert!(serde_json::from_str::<ToWorker>(r#"{"msg": "grade", "student": "s", "force": true}"#).is_err());

@@ -54,7 +54,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, TextIO, Tuple, Type, Union
 
 # The version of the messages below; src/grade/protocol.rs's PROTOCOL must be the same.
-PROTOCOL = 1
+PROTOCOL = 2
 
 # The nbgrader releases this worker was tested with (it patches nbgrader's Autograde and
 # Gradebook): at least the first, below the second. Another refuses to start unless
@@ -89,6 +89,8 @@ class Ready:
     pid: int
     notebooks: List[str]
     nbgrader: str
+    # the gradebook's database, as SQLAlchemy names its backend ("sqlite", "postgresql"...)
+    gradebook: str
 
 
 @dataclass(frozen=True)
@@ -426,6 +428,14 @@ def load(cfg: Setup) -> Union[Grader, Fatal]:
     return Grader(cfg, app, Autograde, lock, notebooks, version, kernels, trace)
 
 
+def gradebook_backend(db_url: str) -> str:
+    """The database of a gradebook URL, without its driver: `postgresql+psycopg://...` is
+    "postgresql" (never the URL itself: it may hold a password)."""
+    from sqlalchemy.engine import make_url
+
+    return str(make_url(db_url).get_backend_name())
+
+
 class TracedLock:
     """The gradebook lock, with how long each use waited for it and held it in the trace."""
 
@@ -557,7 +567,8 @@ def serve(lines: TextIO, channel: Channel) -> int:
     if isinstance(loaded, Fatal):
         channel.send(loaded)
         return 2
-    channel.send(Ready(protocol=PROTOCOL, pid=os.getpid(), notebooks=loaded.notebooks, nbgrader=loaded.nbgrader))
+    channel.send(Ready(protocol=PROTOCOL, pid=os.getpid(), notebooks=loaded.notebooks, nbgrader=loaded.nbgrader,
+                       gradebook=gradebook_backend(loaded.app.coursedir.db_url)))
     for line in lines:
         try:
             request = decode(line)

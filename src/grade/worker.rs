@@ -338,8 +338,9 @@ mod tests {
 
     /// The same, saying ready in protocol `version`; the setup it read goes to `setup.json`.
     fn fake_start(dir: &Path, version: u32, then: &str) -> Result<(Worker, Ready), WorkerError> {
-        let ready =
-            format!(r#"{{"msg": "ready", "protocol": {version}, "pid": 1, "notebooks": [], "nbgrader": "0.9.6"}}"#);
+        let ready = format!(
+            r#"{{"msg": "ready", "protocol": {version}, "pid": 1, "notebooks": [], "nbgrader": "0.9.6", "gradebook": "sqlite"}}"#
+        );
         fake_hello(dir, &ready, then)
     }
 
@@ -381,7 +382,10 @@ mod tests {
         // the setup it was sent says which protocol the batch speaks
         let setup: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(d.path().join("setup.json")).unwrap()).unwrap();
-        assert_eq!((setup["msg"].as_str(), setup["protocol"].as_u64()), (Some("setup"), Some(1)));
+        assert_eq!(
+            (setup["msg"].as_str(), setup["protocol"].as_u64()),
+            (Some("setup"), Some(u64::from(super::super::protocol::PROTOCOL)))
+        );
     }
 
     const ROOMY: Limits = Limits { memory: 1 << 40, cpu_time: Duration::from_secs(3600) };

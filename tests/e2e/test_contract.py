@@ -92,8 +92,9 @@ def test_messages_round_trip(worker, tmp_path):
     assert got["failure"] == {"type": "KeyError", "errno": None, "notebook": "p1", "summary": "'k'", "ours": False}
     assert got["notebooks"]["p1"] == {"score": 1.0, "max_score": 2.0, "needs_manual_grade": False}
     assert json.loads(worker.encode(worker.Fatal("e"))) == {"msg": "fatal", "error": "e"}
-    ready = json.loads(worker.encode(worker.Ready(worker.PROTOCOL, 7, ["p1"], "0.9.6")))
-    assert ready == {"msg": "ready", "protocol": worker.PROTOCOL, "pid": 7, "notebooks": ["p1"], "nbgrader": "0.9.6"}
+    ready = json.loads(worker.encode(worker.Ready(worker.PROTOCOL, 7, ["p1"], "0.9.6", "sqlite")))
+    assert ready == {"msg": "ready", "protocol": worker.PROTOCOL, "pid": 7, "notebooks": ["p1"], "nbgrader": "0.9.6",
+                     "gradebook": "sqlite"}
     for bad in ('{"student": "s1"}', '{"msg": "grade", "student": "s1", "force": true}', '{"msg": "grade"}',
                 '{"msg": "answer", "student": "s1"}', "[]", "not json"):
         with pytest.raises(worker.ProtocolError):
