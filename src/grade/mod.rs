@@ -712,6 +712,11 @@ fn slurm_all(
         }
     }
     take(&mut progress, &mut results)?;
+    if !interrupted && slurm::active(&job) == Some(true) {
+        // every student has a result: what is left of the job has nothing to do (a task Slurm
+        // requeued after its node failed waits for a node)
+        slurm::cancel(&job);
+    }
     progress.finish();
     let rest = queue.into_iter().filter(|s| !seen.contains(s)).collect();
     Ok(slurm_ended(&run, rest, results, started, interrupted))
