@@ -41,9 +41,9 @@ pub enum Command {
     Check(CheckArgs),
     /// Check one submission and copy what passed (what formgrader's path runs; JSON on stdout).
     Stage(StageArgs),
-    /// One task of a `--slurm` batch, on a Slurm node (started by the batch's job, not by hand).
-    #[command(hide = true)]
-    SlurmTask(SlurmTaskArgs),
+    /// One task of a batch shared by several machines: started by `--slurm`'s job array, or by
+    /// whatever runs the tasks of `--external-tasks` (a Kubernetes Job: deploy/kubernetes/).
+    Task(TaskArgs),
 }
 
 /// `isolate-grade [GLOBAL OPTIONS] X ...` with X not a subcommand (an assignment, or a grading
@@ -175,12 +175,17 @@ pub struct GradeArgs {
         env = "ISOLATE_GRADE_SLURM_ARG"
     )]
     pub slurm_args: Vec<String>,
+    /// Grade with tasks that something else starts on other machines (a Kubernetes Job:
+    /// deploy/kubernetes/grade-job.yaml): the run directory is printed, and each task runs
+    /// `isolate-grade task RUN_DIR`; as --slurm otherwise (the gradebook in PostgreSQL).
+    #[arg(long, env = "ISOLATE_GRADE_EXTERNAL_TASKS", conflicts_with = "slurm")]
+    pub external_tasks: bool,
 }
 
-/// `isolate-grade slurm-task RUN_DIR`: take students from a `--slurm` batch's queue until none
-/// is left, grading each as the local batch does, and record each result in the run directory.
+/// `isolate-grade task RUN_DIR`: take students from a shared batch's queue until none is left,
+/// grading each as the local batch does, and record each result in the run directory.
 #[derive(Debug, Args)]
-pub struct SlurmTaskArgs {
+pub struct TaskArgs {
     /// The batch's run directory (on the shared filesystem), as the batch wrote it.
     pub run_dir: PathBuf,
     /// Only check that this node can grade (the course at the same path, the sandbox, nbgrader

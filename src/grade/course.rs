@@ -125,7 +125,7 @@ impl Layout {
         Flock::lock(f, FlockArg::LockExclusive).map_err(|(_, e)| CourseError::Io { path, source: e.into() })
     }
 
-    /// The student's lock if no one holds it (a `--slurm` task's claim); `None` if someone does.
+    /// The student's lock if no one holds it (a shared batch's claim); `None` if someone does.
     pub fn try_student_lock(&self, student: &str) -> Result<Option<Flock<File>>, CourseError> {
         let dir = self.state.join("students");
         std::fs::create_dir_all(&dir).map_err(io(&dir))?;
@@ -138,9 +138,9 @@ impl Layout {
         }
     }
 
-    /// Where `--slurm` runs keep their run directories.
-    pub fn slurm_runs(&self) -> PathBuf {
-        self.state.join("slurm")
+    /// Where shared batches (`--slurm`, `--external-tasks`) keep their run directories.
+    pub fn runs(&self) -> PathBuf {
+        self.state.join("runs")
     }
 
     pub fn gradebook_lock(&self) -> PathBuf {

@@ -15,10 +15,11 @@ pub mod course;
 pub mod progress;
 pub mod protocol;
 pub mod report;
+pub mod shared;
 pub mod slurm;
 pub mod worker;
 
-use crate::cli::{GradeArgs, SlurmTaskArgs};
+use crate::cli::GradeArgs;
 use crate::identity::{Caller, IdentityError};
 use crate::kernelspec::{KernelspecError, Launcher, Maker};
 use crate::report::Status;
@@ -27,6 +28,7 @@ use crate::units;
 use course::{CourseError, Layout};
 use nix::fcntl::Flock;
 use report::{BatchReport, NotebookResult, NotebookVerdict, ReportError, Results, StudentResult, Verdict};
+pub use shared::task;
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io::IsTerminal;
@@ -107,6 +109,8 @@ pub enum GradeError {
     Signals(nix::errno::Errno),
     #[error(transparent)]
     Slurm(#[from] slurm::SlurmError),
+    #[error(transparent)]
+    Shared(#[from] shared::SharedError),
 }
 
 /// The kernelspec's launcher: its I/O faults stay I/O faults (exit 3); otherwise bad input
@@ -129,7 +133,8 @@ impl GradeError {
             | GradeError::Sandbox(_)
             | GradeError::Kernel { .. }
             | GradeError::Signals(_)
-            | GradeError::Slurm(_) => GradeExit::Fault,
+            | GradeError::Slurm(_)
+            | GradeError::Shared(_) => GradeExit::Fault,
             GradeError::Identity(IdentityError::Credentials(_)) => GradeExit::Fault,
             _ => GradeExit::Usage,
         }
@@ -144,8 +149,8 @@ impl GradeError {
 struct Context {
     /// Workers' logs are `<logs>/<worker_log>-<i>.log`.
     worker_log: String,
-    /// A `--slurm` run's directory, where each result is recorded while its claim is held.
-    record: Option<slurm::RunDir>,
+    /// A shared batch's run directory, where each result is recorded while its claim is held.
+    record: Option<shared::RunDir>,
     layout: Layout,
     python: PathBuf,
     setup: worker::Setup,
@@ -235,11 +240,18 @@ pub fn execute(config: Option<PathBuf>, a: GradeArgs) -> Result<u8, GradeError> 
     results.reserve(req.listed.len());
     let selection = select(&req, &mut results);
     // 6. The pool of workers, waited for until the queue is empty, a worker cannot start or a
-    //    signal stops the batch; with --slurm, the pools of the job array's tasks on their
-    //    nodes, whose results are read as they are recorded.
-    let ended = match req.args.slurm {
-        false => grade_all(&req, &kernels, setup, selection, results, &signals)?,
-        true => slurm_all(&req, &kernels, setup, selection, results, &signals)?,
+    //    signal stops the batch; with --slurm (or --external-tasks), the pools of tasks on
+    //    other machines, whose results are read as they are recorded.
+    let (a, tasks) = (&req.args, req.slurm_tasks);
+    let ended = match (a.slurm, a.external_tasks) {
+        (true, _) => {
+            let starter = shared::Starter::Slurm { extra: &a.slurm_args, tasks };
+            shared::grade_all(&req, &kernels, setup, selection, results, &signals, starter)?
+        }
+        (false, true) => {
+            shared::grade_all(&req, &kernels, setup, selection, results, &signals, shared::Starter::External)?
+        }
+        (false, false) => grade_all(&req, &kernels, setup, selection, results, &signals)?,
     };
     // 7. The report: the table, and with --report the JSON and CSV.
     let report = report_of(&req, ended.results, ended.started)?;
@@ -492,7 +504,7 @@ impl Context {
         kernels: &Kernels,
         setup: worker::Setup,
         worker_log: String,
-        record: Option<slurm::RunDir>,
+        record: Option<shared::RunDir>,
     ) -> Context {
         Context {
             worker_log,
@@ -512,8 +524,8 @@ impl Context {
 enum Source<'a> {
     /// The local batch's own queue.
     Local(Mutex<VecDeque<String>>),
-    /// A `--slurm` run's queue, shared with the other tasks by claims.
-    Shared(slurm::Claims<'a>),
+    /// A shared batch's queue, shared with the other tasks by claims.
+    Shared(shared::Claims<'a>),
 }
 
 impl Source<'_> {
@@ -599,237 +611,6 @@ fn pool(
         drop(tx);
         wait(&rx, signals, &ctx.stop, progress, results)
     })
-}
-
-/// How often the instructor's process looks for new results, and asks Slurm about the job.
-const SLURM_POLL: Duration = Duration::from_millis(500);
-const SLURM_ASK: Duration = Duration::from_secs(2);
-/// After a cancel, how long the tasks are given to end (and record what they finished).
-const SLURM_CANCEL_WAIT: Duration = Duration::from_secs(60);
-
-/// `--slurm`: the gradebook checked shareable, Slurm reachable, a preflight job run on a node,
-/// then the job array submitted; its tasks grade on their nodes and this process reads their
-/// results as they are recorded, for the same progress, table and report as a local run.
-fn slurm_all(
-    req: &Request,
-    kernels: &Kernels,
-    setup: worker::Setup,
-    selection: Selection,
-    mut results: Results,
-    signals: &nix::sys::signalfd::SignalFd,
-) -> Result<Ended, GradeError> {
-    let started = now();
-    let l = &req.layout;
-    // Before anything is submitted: a gradebook every node can share, and Slurm answering.
-    let (w, ready) = Worker::start(&kernels.maker.client.executable, &setup, &l.log("slurm-check"))
-        .map_err(|e| GradeError::Worker { assignment: req.assignment().to_string(), source: e })?;
-    w.kill();
-    if ready.gradebook == "sqlite" {
-        return Err(GradeError::Invalid(
-            "--slurm: the gradebook is SQLite, which the nodes cannot share safely (SQLite's locks do not hold \
-             across machines on a network filesystem); set c.CourseDirectory.db_url to a PostgreSQL database \
-             (README: \"Grading on a Slurm cluster\")"
-                .into(),
-        ));
-    }
-    slurm::check_reachable()?;
-    // An earlier run's job (its instructor's process was killed) is cancelled, its directory
-    // removed: only this run's tasks grade from here on.
-    let runs = l.slurm_runs();
-    for earlier in slurm::earlier_runs(&runs) {
-        if let Some(job) = earlier.job() {
-            slurm::cancel(&job);
-        }
-        course::remove_tree(&earlier.path)?;
-    }
-    let Selection { queue, earlier, rejected } = selection;
-    let mut progress = begin(req, queue.len(), earlier, rejected, &mut results);
-    if queue.is_empty() {
-        progress.finish();
-        return Ok(Ended { results, started, interrupted: false });
-    }
-    let mut args = req.args.clone();
-    args.course = l.course.clone();
-    args.policy = req.policy.clone();
-    args.python = Some(kernels.maker.client.executable.clone());
-    (args.slurm, args.slurm_tasks, args.slurm_args, args.report) = (false, None, vec![], None);
-    let spec = slurm::TaskSpec { config: req.config.clone(), args };
-    let run = slurm::RunDir::create(&runs, &spec, &queue)?;
-    let binary = std::env::current_exe().map_err(|e| GradeError::Io { path: "/proc/self/exe".into(), source: e })?;
-    let submission = |tasks: usize, preflight: bool| slurm::Submission {
-        run: &run,
-        course: &l.course,
-        assignment: req.assignment(),
-        binary: &binary,
-        extra: &req.args.slurm_args,
-        tasks,
-        preflight,
-    };
-    // A node runs what every task will: the course read at the same path, the sandbox, nbgrader
-    // and the gradebook.
-    progress.note("isolate-grade: --slurm: the preflight job is running on a node");
-    let job = slurm::submit(&submission(1, true))?;
-    run.set_job(&job)?;
-    if watch(&job, signals, || Ok(false))? {
-        slurm::cancel(&job);
-        progress.finish();
-        return Ok(slurm_ended(&run, queue, results, started, true));
-    }
-    match run.preflight() {
-        Some(Ok(())) => {}
-        Some(Err(m)) => return Err(slurm::SlurmError::Preflight(crate::escape::text(&m)).into()),
-        None => {
-            return Err(slurm::SlurmError::Preflight(format!(
-                "its job ended without a verdict: can the nodes read {} at the same path? (its output: {})",
-                run.path.display(),
-                run.path.join("preflight.out").display()
-            ))
-            .into())
-        }
-    }
-    let tasks = req.slurm_tasks.min(queue.len());
-    let job = slurm::submit(&submission(tasks, false))?;
-    run.set_job(&job)?;
-    progress.note(&format!("isolate-grade: --slurm: job {job}, {tasks} tasks; their output: {}", run.outputs()));
-    let mut seen = std::collections::BTreeSet::new();
-    let mut take = |progress: &mut progress::Progress, results: &mut Results| -> Result<bool, GradeError> {
-        for r in run.new_results(&seen)? {
-            seen.insert(r.student.clone());
-            progress.finished(&r);
-            results.push(r);
-        }
-        Ok(seen.len() == queue.len())
-    };
-    let interrupted = watch(&job, signals, || take(&mut progress, &mut results))?;
-    if interrupted {
-        progress.note(&format!(
-            "isolate-grade: stopping: job {job} cancelled; graded students stay graded, a rerun does the rest"
-        ));
-        slurm::cancel(&job);
-        let until = Instant::now() + SLURM_CANCEL_WAIT;
-        while slurm::active(&job) != Some(false) && Instant::now() < until {
-            std::thread::sleep(SLURM_POLL);
-        }
-    }
-    take(&mut progress, &mut results)?;
-    if !interrupted && slurm::active(&job) == Some(true) {
-        // every student has a result: what is left of the job has nothing to do (a task Slurm
-        // requeued after its node failed waits for a node)
-        slurm::cancel(&job);
-    }
-    progress.finish();
-    let rest = queue.into_iter().filter(|s| !seen.contains(s)).collect();
-    Ok(slurm_ended(&run, rest, results, started, interrupted))
-}
-
-/// Until the job has left Slurm's queue (every task ended), `done` says all is done, or a
-/// signal came (then `true`); `done` is asked every SLURM_POLL, Slurm every SLURM_ASK.
-fn watch(
-    job: &str,
-    signals: &nix::sys::signalfd::SignalFd,
-    mut done: impl FnMut() -> Result<bool, GradeError>,
-) -> Result<bool, GradeError> {
-    let mut asked = Instant::now();
-    let mut unanswered = 0;
-    loop {
-        if let Ok(Some(sig)) = signals.read_signal() {
-            tracing::info!(signal = sig.ssi_signo, job = %job, "stop signal");
-            return Ok(true);
-        }
-        if done()? {
-            return Ok(false);
-        }
-        if asked.elapsed() >= SLURM_ASK {
-            asked = Instant::now();
-            match slurm::active(job) {
-                Some(true) => unanswered = 0,
-                Some(false) => return Ok(false),
-                None => {
-                    unanswered += 1;
-                    if unanswered == 1 {
-                        tracing::warn!(job = %job, "squeue does not answer: still waiting for the job");
-                    }
-                }
-            }
-        }
-        std::thread::sleep(SLURM_POLL);
-    }
-}
-
-/// The end of a `--slurm` batch: a student with no result was stopped (a signal) or left by
-/// a job that ended without grading it (every task failed or was cancelled from outside:
-/// a fault, whose cause is in the tasks' output).
-fn slurm_ended(
-    run: &slurm::RunDir,
-    rest: VecDeque<String>,
-    mut results: Results,
-    started: (Instant, String),
-    interrupted: bool,
-) -> Ended {
-    for student in rest {
-        let r = match interrupted {
-            true => StudentResult::without_grades(&student, Verdict::Interrupted, "not graded (stopped)".into()),
-            false => StudentResult::without_grades(
-                &student,
-                Verdict::SandboxError,
-                format!("the Slurm job ended without grading this student (its tasks' output: {})", run.outputs()),
-            ),
-        };
-        results.push(r);
-    }
-    Ended { results, started, interrupted }
-}
-
-/// `isolate-grade slurm-task RUN_DIR`, on a node: the run read at the path the batch wrote it
-/// (the course's filesystem is shared), the caller, options and kernels as the batch had them
-/// (the sandbox's preflight run here, on this node), then the local batch's pool taking
-/// students by claim until every student of the run has a result. Its own exit status is the
-/// local batch's for what it graded; the instructor's process reads the results.
-pub fn slurm_task(t: SlurmTaskArgs) -> Result<u8, GradeError> {
-    let run = slurm::RunDir::open(&t.run_dir);
-    let spec = run.spec()?;
-    let task = || -> Result<(Request, Kernels), GradeError> {
-        let req = Request::new(spec.config.clone(), spec.args.clone())?;
-        let kernels = Kernels::make(&req)?;
-        Ok((req, kernels))
-    };
-    if t.preflight {
-        let verdict = task().and_then(|(req, kernels)| {
-            let setup = kernels.setup(&req);
-            let (w, _) = Worker::start(&kernels.maker.client.executable, &setup, &req.layout.log("slurm-preflight"))
-                .map_err(|e| GradeError::Worker { assignment: req.assignment().to_string(), source: e })?;
-            w.kill();
-            Ok(())
-        });
-        let host = nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default();
-        let verdict = verdict.map_err(|e| format!("on {host}: {e}"));
-        run.set_preflight(&verdict)?;
-        return Ok(match &verdict {
-            Ok(()) => GradeExit::AllGraded.code(),
-            Err(m) => {
-                eprintln!("isolate-grade: {}", crate::escape::text(m));
-                GradeExit::Fault.code()
-            }
-        });
-    }
-    let (req, kernels) = task()?;
-    let signals = stop_signals().map_err(GradeError::Signals)?;
-    let queue = run.queue()?;
-    let host = nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default();
-    let index = std::env::var("SLURM_ARRAY_TASK_ID").unwrap_or_default();
-    let log = format!("slurm-{}-{index}-worker", crate::escape::line(&host).replace(['/', ' '], "_"));
-    let ctx = Context::new(&req, &kernels, kernels.setup(&req), log, Some(run.clone()));
-    let workers = req.jobs.min(queue.len());
-    let mut progress = progress::Progress::new(queue.len(), false);
-    tracing::info!(run = %run.path.display(), host = %host, workers, "slurm task");
-    let source = Source::Shared(slurm::Claims::new(&run, &req.layout, queue));
-    let mut results = Results::rows_only();
-    let (fatal, interrupted) = pool(&ctx, &source, workers, &signals, &mut progress, &mut results);
-    if let Some(e) = fatal {
-        return Err(GradeError::Worker { assignment: req.assignment().to_string(), source: e });
-    }
-    let verdicts: Vec<Verdict> = results.rows().iter().map(|r| r.verdict).collect();
-    Ok(GradeExit::of(&verdicts, interrupted).code())
 }
 
 /// Collect the workers' results until they are all done; the first worker that cannot start,

@@ -155,3 +155,118 @@ def test_a_node_killed_while_grading_then_the_same_command_ends_as_an_uninterrup
     assert got == gradebook(want_url, "env-course", "env1")
     assert {s: sum(nb["score"] for nb in d["notebooks"].values()) for s, d in got.items()} == expected
     wait_for("the job to leave the queue", lambda: queue_empty(slurm_cluster), 60)
+
+
+def test_a_cancelled_job_leaves_its_students_to_the_same_command_and_ctrl_c_cancels_the_job(
+        pg_cluster, slurm_cluster, tmp_path):
+    want_url = pg_cluster.create_db("cancel_want")
+    want, expected = small(tmp_path, "want", want_url, students=6, sleep=1.5)
+    code, out = finish(run_batch(want.root, None, "--jobs", "2"))
+    assert code == 0, out
+    url = pg_cluster.create_db("cancel")
+    c, _ = small(tmp_path, "course", url, students=6, sleep=1.5)
+    conf = slurm_cluster.env["SLURM_CONF"]
+    args = ["--slurm", "--slurm-tasks", "1", "--jobs", "1"]
+    results = ".isolate-grade/env1/slurm/*/results/*.json"
+    # cancelled from outside (an admin, a time limit): those left are sandbox-error, exit 3
+    p = run_batch(c.root, conf, *args)
+    try:
+        wait_for("a first result", lambda: any(c.root.glob(results)))
+        job = (run_dir(c.root) / "job").read_text().strip()
+        slurm_cluster.slurm("scancel", job)
+        code, out = finish(p, 300)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert code == 3, out
+    report = json.loads((c.root / "report.json").read_text())
+    left = [s for s in report["students"] if s["verdict"] == "sandbox-error"]
+    assert left and all("the Slurm job ended without grading this student" in s["message"] for s in left), report
+    # Ctrl-C: the job is cancelled, exit 130
+    p = run_batch(c.root, conf, *args)
+    try:
+        def array_running() -> bool:
+            runs = [r for r in c.root.glob(".isolate-grade/env1/slurm/*")
+                    if (r / "job").exists() and (r / "job").read_text().strip() != job]
+            return any(r.glob("task-*.out") for r in runs)
+        wait_for("the new job's tasks to run", array_running)
+        p.send_signal(signal.SIGINT)
+        code, out = finish(p, 300)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert code == 130 and "cancelled" in out, out
+    wait_for("the job to leave the queue", lambda: queue_empty(slurm_cluster), 60)
+    # the same command again: the rest, and the gradebook of an uninterrupted run
+    code, out = finish(run_batch(c.root, conf, *args))
+    assert code == 0, out
+    assert gradebook(url, "env-course", "env1") == gradebook(want_url, "env-course", "env1")
+
+
+class Forward(threading.Thread):
+    """127.0.0.1:PORT in this network namespace, forwarded to a unix socket: a database the
+    instructor's machine reaches and the nodes (other hosts) do not."""
+
+    def __init__(self, unix_path: Path) -> None:
+        super().__init__(daemon=True)
+        self.unix_path = unix_path
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+
+    def run(self) -> None:
+        while True:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            back = socket.socket(socket.AF_UNIX)
+            back.connect(str(self.unix_path))
+            for a, b in ((conn, back), (back, conn)):
+                threading.Thread(target=self.pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def pipe(a: socket.socket, b: socket.socket) -> None:
+        try:
+            while data := a.recv(65536):
+                b.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (a, b):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+
+def nothing_graded(course: Path) -> bool:
+    return not list((course / "autograded").glob("*")) if (course / "autograded").exists() else True
+
+
+def test_refusals_before_anything_is_graded(pg_cluster, slurm_cluster, tmp_path):
+    conf = slurm_cluster.env["SLURM_CONF"]
+    # a SQLite gradebook: the nodes can't share it (exit 2, no job submitted)
+    lite, _ = small(tmp_path, "sqlite", "sqlite:///" + str(tmp_path / "sqlite" / "gradebook.db"), students=2)
+    code, out = finish(run_batch(lite.root, conf, "--slurm"))
+    assert code == 2 and "SQLite" in out and "PostgreSQL" in out, out
+    assert queue_empty(slurm_cluster) and nothing_graded(lite.root)
+    # Slurm not reachable
+    url = pg_cluster.create_db("refusals")
+    c, _ = small(tmp_path, "course", url, students=2)
+    code, out = finish(run_batch(c.root, str(tmp_path / "no-slurm.conf"), "--slurm"))
+    assert code == 3 and "Slurm is not reachable" in out, out
+    assert nothing_graded(c.root)
+    # a gradebook the instructor's machine reaches (127.0.0.1 here) and the nodes don't (their
+    # own loopback): the preflight job on a node says so, exit 3, nothing graded
+    fwd = Forward(pg_cluster.socket_dir / ".s.PGSQL.5432")
+    fwd.start()
+    try:
+        tcp = f"postgresql+psycopg://{pg_cluster.user}:{pg_cluster.password}@127.0.0.1:{fwd.port}/refusals"
+        (c.root / "nbgrader_config.py").write_text(
+            (c.root / "nbgrader_config.py").read_text() + f"\nc.CourseDirectory.db_url = {tcp!r}\n")
+        code, out = finish(run_batch(c.root, conf, "--slurm"))
+    finally:
+        fwd.server.close()
+    assert code == 3 and "preflight job on a Slurm node failed" in out and "on node" in out, out
+    assert pg_cluster.password not in out + (run_dir(c.root) / "preflight.out").read_text()
+    assert nothing_graded(c.root) and queue_empty(slurm_cluster)
