@@ -35,7 +35,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 # where each cluster's state file lives while it exists (tmpfs: a reboot clears it, and the
 # namespaces and bridges with it)
@@ -46,9 +46,9 @@ SUBNET = "10.231"
 DAEMONS = ("slurmctld", "slurmd", "munged")
 
 
-def installed() -> Optional[str]:
+def missing() -> Optional[str]:
     """None if Slurm and munge are installed, else what is missing."""
-    missing = [c for c in (*DAEMONS, "sbatch", "ip", "unshare") if shutil.which(c) is None]
+    missing = [c for c in (*DAEMONS, "sbatch", "ip", "unshare", "nsenter") if shutil.which(c) is None]
     return f"{', '.join(missing)} missing (run: bash scripts/slurm.sh)" if missing else None
 
 
@@ -373,6 +373,9 @@ SwitchType=switch/none
 JobCompType=jobcomp/none
 JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/none
+# a node that answers again is back in service; one that stops answering is DOWN in ~12 s
+# (pings every SlurmdTimeout/3 s, each failing after MessageTimeout: the node's address
+# still refuses connections, which Slurm retries until then)
 ReturnToService=2
 SlurmdTimeout=5
 MessageTimeout=3
@@ -395,7 +398,7 @@ PartitionName=main Nodes={",".join(self.nodes)} Default=YES MaxTime=INFINITE Sta
         self.state.procs[name] = Proc(p.pid, start_time(p.pid) or 0)
         self.state.save()
 
-    def _wait_for(self, what: str, ready, name: str, timeout: float = 10) -> None:
+    def _wait_for(self, what: str, ready: Callable[[], bool], name: str, timeout: float = 10) -> None:
         deadline = time.monotonic() + timeout
         while not ready():
             p = self._popen[name]
