@@ -4,9 +4,11 @@
 #   slurmctld, slurmd  the controller and the compute node daemon
 #   slurm-client       sbatch, squeue, sinfo, scontrol, scancel
 #   munge              the authentication daemon and its library
-# No service is started or enabled by the install: a /usr/sbin/policy-rc.d answering 101 is
-# in place while apt-get runs (removed afterwards if this script made it). The tests start
-# their own munged and Slurm daemons with their own keys, configuration and sockets.
+# No service is started by the install: a /usr/sbin/policy-rc.d answering 101 is in place
+# while apt-get runs (removed afterwards if this script made it); on a machine run by systemd
+# the units of the packages installed here are disabled too, so that none starts at boot.
+# The tests start their own munged and Slurm daemons with their own keys, configuration and
+# sockets.
 # Idempotent; needs root for apt-get when something is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -35,6 +37,11 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
   remove_policy
   trap - EXIT
+  if [[ -d /run/systemd/system ]]; then
+    for pkg in "${missing[@]}"; do
+      case $pkg in slurmctld | slurmd | munge) systemctl disable -q "$pkg.service" 2>/dev/null || true ;; esac
+    done
+  fi
 fi
 
 need slurmctld slurmctld
