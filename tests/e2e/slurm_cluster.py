@@ -466,17 +466,23 @@ PartitionName=main Nodes={",".join(self.nodes)} Default=YES MaxTime=INFINITE Sta
         return dict(line.split() for line in out.splitlines() if line.strip())
 
     def wait_state(self, node: str, state: str, timeout: float = 20) -> float:
-        """Wait until `node`'s state (without sinfo's flags * ~ # ...) is `state`; returns
-        the seconds it took."""
+        """Wait until `node`'s state is `state` (sinfo's, without its flags ~ # ! % $ @ ^ -)
+        and, unless `state` is "down", the node answers (no `*`); returns the seconds it took."""
         t0 = time.monotonic()
         seen = ""
         while time.monotonic() - t0 < timeout:
             seen = self.node_states().get(node, "")
-            if seen.rstrip("*~#!%$@^-") == state:
+            if self.state_is(seen, state):
                 return time.monotonic() - t0
             time.sleep(0.1)
         raise TimeoutError(f"{node} is {seen!r}, not {state!r}, after {timeout:.0f}s\n"
                            f"slurmctld:\n{self.log('slurmctld')[-3000:]}\n{node}:\n{self.log(node)[-3000:]}")
+
+    @staticmethod
+    def state_is(seen: str, state: str) -> bool:
+        """Whether sinfo's `seen` ("idle", "down*", "mixed~", ...) is `state`, answering
+        (no `*`) unless `state` is "down"."""
+        return seen.rstrip("*~#!%$@^-") == state and ("*" not in seen or state == "down")
 
     def job(self, job_id: str) -> Dict[str, str]:
         """`scontrol show job` as {key: value} (of the first record, for an array job's task
