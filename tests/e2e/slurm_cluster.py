@@ -48,8 +48,8 @@ DAEMONS = ("slurmctld", "slurmd", "munged")
 
 def missing() -> Optional[str]:
     """None if Slurm and munge are installed, else what is missing."""
-    missing = [c for c in (*DAEMONS, "sbatch", "ip", "unshare", "nsenter") if shutil.which(c) is None]
-    return f"{', '.join(missing)} missing (run: bash scripts/slurm.sh)" if missing else None
+    absent = [c for c in (*DAEMONS, "sbatch", "ip", "unshare", "nsenter") if shutil.which(c) is None]
+    return f"{', '.join(absent)} missing (run: bash scripts/slurm.sh)" if absent else None
 
 
 def run(*args: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess:
@@ -75,6 +75,13 @@ def netns_pids(netns: str) -> List[int]:
     """Every process whose network namespace is `netns` (`ip netns pids`)."""
     r = run("ip", "netns", "pids", netns, check=False)
     return [int(p) for p in r.stdout.split()]
+
+
+def host_pids(netns: str) -> List[int]:
+    """Every process of the host whose network namespace is `netns`, and their descendants
+    (a job step that made a namespace of its own, as a sandbox does, is still the node's)."""
+    pids = netns_pids(netns)
+    return pids + descendants(pids)
 
 
 def descendants(pids: Sequence[int]) -> List[int]:
@@ -150,7 +157,7 @@ class State:
     def remove(self) -> None:
         """Kill what is left of this cluster and delete its namespaces, links and files."""
         for ns in self.netns:
-            kill_pids(netns_pids(ns))
+            kill_pids(host_pids(ns))
         alive = [proc.pid for proc in self.procs.values() if proc.alive()]
         kill_pids(alive + descendants(alive))
         for ns in self.netns:
@@ -192,7 +199,8 @@ def lock_setup() -> int:
 
 
 def free_subnet() -> int:
-    """N for 10.231.N.0/24, starting from this PID, that no address here or live cluster uses."""
+    """N for 10.231.N.0/24, starting from this PID, that no address on this machine uses (a
+    live cluster's bridge has its .1; the caller holds lock_setup())."""
     used = set(int(m) for m in re.findall(rf"inet {re.escape(SUBNET)}\.(\d+)\.", run("ip", "-4", "-o", "addr").stdout))
     start = os.getpid() % 254
     for i in range(254):
@@ -437,14 +445,18 @@ PartitionName=main Nodes={",".join(self.nodes)} Default=YES MaxTime=INFINITE Sta
 
     # --- what the tests do ------------------------------------------------------------
     def netns_pids(self, node: str) -> List[int]:
-        """Every process of `node`: its slurmd, slurmstepds and job steps."""
+        """The processes in `node`'s network namespace: its slurmd, slurmstepds and job steps."""
         return netns_pids(self.netns(node))
+
+    def node_pids(self, node: str) -> List[int]:
+        """netns_pids and their descendants (job steps in namespaces of their own)."""
+        return host_pids(self.netns(node))
 
     def kill_node(self, node: str) -> None:
         """The node dies: SIGKILL its slurmd and every job step on it (every process in its
-        network namespace), as when a machine loses power."""
+        network namespace and their descendants), as when a machine loses power."""
         for _ in range(20):
-            pids = self.netns_pids(node)
+            pids = self.node_pids(node)
             if not pids:
                 break
             kill_pids(pids)
@@ -452,7 +464,7 @@ PartitionName=main Nodes={",".join(self.nodes)} Default=YES MaxTime=INFINITE Sta
         p = self._popen.get(node)
         if p is not None:
             p.wait(timeout=10)
-        assert not self.netns_pids(node), f"{node} still has processes: {self.netns_pids(node)}"
+        assert not self.node_pids(node), f"{node} still has processes: {self.node_pids(node)}"
 
     def restart_node(self, node: str) -> None:
         """Start the node's slurmd again (after kill_node); its state is not waited for."""
