@@ -70,7 +70,7 @@ def test_killed_node_is_down_its_jobs_requeued_or_failed_then_back(slurm_cluster
     out = c.tmp / "jobs" / f"kill-{secrets.token_hex(4)}"
     out.mkdir()
     # one step leaves the node's network namespace, as a sandboxed kernel does: still the node's
-    mark = f"sleep 3{secrets.randbelow(10**6):06d}"
+    mark = f"sleep 7{secrets.randbelow(10**6):06d}"
     requeue = sbatch(c, "--requeue", "-w", "node1", "-o", f"{out}/requeue-%j.out", "--wrap",
                      f"hostname; unshare --net {mark} & sleep 300")
     no_requeue = sbatch(c, "--no-requeue", "-w", "node1", "-o", f"{out}/no-requeue-%j.out", "--wrap",
@@ -80,11 +80,13 @@ def test_killed_node_is_down_its_jobs_requeued_or_failed_then_back(slurm_cluster
             c.job(j)["JobState"] == "RUNNING" and (out / f"{n}-{j}.out").exists()
             for n, j in (("requeue", requeue), ("no-requeue", no_requeue))))
         # the job steps are node1's processes, in its network namespace or below it
-        wait_for("the step in a namespace of its own", lambda: any(mark in cmd for cmd in cmdlines(c.node_pids("node1"))))
+        wait_for("the step in a namespace of its own",
+                 lambda: any(mark in cmd for cmd in cmdlines(c.node_pids("node1"))))
         assert sum("sleep 300" in cmd for cmd in cmdlines(c.netns_pids("node1"))) == 2
         assert not any(mark in cmd for cmd in cmdlines(c.netns_pids("node1")))
         c.kill_node("node1")
-        assert not any(mark in cmd for cmd in cmdlines([int(d.name) for d in Path("/proc").iterdir() if d.name.isdigit()]))
+        everyone = [int(d.name) for d in Path("/proc").iterdir() if d.name.isdigit()]
+        assert not any(mark in cmd for cmd in cmdlines(everyone)), f"{mark} outlived node1"
         took = c.wait_state("node1", "down", timeout=20)
         print(f"node1 DOWN {took:.1f}s after its slurmd and job steps were killed")
         r = c.job(requeue)
