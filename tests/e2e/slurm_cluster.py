@@ -12,7 +12,9 @@ What it starts:
 - compute nodes `node1`, `node2`: each a slurmd in its own network namespace (`sg<id>-<node>`,
   its address 10.231.N.11, .12, ... on a veth pair to the bridge) and its own UTS namespace
   (hostname = node name). A node is a separate host for Slurm and the network; every process
-  sees the host's filesystem, which is the cluster's shared filesystem.
+  sees the host's filesystem, which is the cluster's shared filesystem. From a node, this
+  machine is `ctl_addr` (10.231.N.1), never 127.0.0.1 (the node's own loopback): a service
+  the jobs need (a database) listens there or on a unix socket in the shared filesystem.
 
 The daemons are root's children and know nothing of cgroups (proctrack/linuxproc,
 task/none). Everything the cluster creates is recorded, before it is created, in a state
