@@ -281,3 +281,23 @@ def stdout_of(kc, code: str, timeout: float = 60) -> str:
             out += m["content"]["text"]
         if m["msg_type"] == "status" and m["content"]["execution_state"] == "idle":
             return out
+
+
+from collections.abc import Iterator  # noqa: E402
+
+from slurm_cluster import SlurmCluster, missing as slurm_missing  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def slurm_cluster() -> Iterator[SlurmCluster]:
+    """A throwaway Slurm cluster of real daemons (tests/e2e/slurm_cluster.py): a controller and
+    compute nodes node1 and node2, each its own host on the network, sharing this machine's
+    filesystem; removed when the module's tests are done. Skipped without Slurm (bash
+    scripts/slurm.sh) or root, except under CI=true, where it fails."""
+    missing = slurm_missing() or (None if os.geteuid() == 0 else "the Slurm cluster needs root")
+    if missing:
+        if os.environ.get("CI") == "true":
+            pytest.fail(missing)
+        pytest.skip(missing)
+    with SlurmCluster() as cluster:
+        yield cluster
