@@ -469,8 +469,8 @@ fn ended(
 /// `isolate-grade task RUN_DIR`, on a node or in a pod: the run read at the path the batch
 /// wrote it (the course's filesystem is shared), the caller, options and kernels as the batch
 /// had them (the sandbox's own check run here, on this machine), then the local batch's pool
-/// taking students by claim until every student of the run has a result. Its exit status is
-/// the local batch's for what it graded; the instructor's process reads the results.
+/// taking students by claim until every student of the run has a result. It exits 0 unless a
+/// fault (3) or a signal (130) ended it; the instructor's process reads the results.
 pub fn task(t: TaskArgs) -> Result<u8, GradeError> {
     let run = RunDir::open(&t.run_dir);
     let spec = run.spec()?;
@@ -512,8 +512,14 @@ pub fn task(t: TaskArgs) -> Result<u8, GradeError> {
     if let Some(e) = fatal {
         return Err(GradeError::Worker { assignment: req.assignment().to_string(), source: e });
     }
+    // A student not graded because of their submission is a result like any other (the
+    // instructor's report has it): the task failed only on a fault or a stop.
     let verdicts: Vec<Verdict> = results.rows().iter().map(|r| r.verdict).collect();
-    Ok(GradeExit::of(&verdicts, interrupted).code())
+    Ok(match GradeExit::of(&verdicts, interrupted) {
+        GradeExit::NotAllGraded => GradeExit::AllGraded,
+        e => e,
+    }
+    .code())
 }
 
 #[cfg(test)]

@@ -55,7 +55,7 @@ def slurm_args(cluster, tasks: int = 2) -> List[str]:
 
 
 def run_dir(course: Path) -> Path:
-    runs = [p for p in (course / ".isolate-grade").glob("*/slurm/*") if p.is_dir()]
+    runs = [p for p in (course / ".isolate-grade").glob("*/runs/*") if p.is_dir()]
     assert len(runs) == 1, runs
     return runs[0]
 
@@ -103,7 +103,7 @@ def test_the_course_is_graded_on_both_nodes_as_a_local_run_grades_it(local, pg_c
     report = json.loads((course / "report.json").read_text())
     assert verdicts(report) == verdicts(local["report"]) and report["counts"] == local["report"]["counts"]
     # each task on its own node, and the lines the tasks printed are the instructor's
-    logs = {p.name for p in (course / ".isolate-grade/ps1/logs").glob("slurm-node*-worker-*.log")}
+    logs = {p.name for p in (course / ".isolate-grade/ps1/logs").glob("task-node*-worker-*.log")}
     assert {n.split("-")[1] for n in logs} == {"node1", "node2"}, logs
     run = run_dir(course)
     tasks = "".join(p.read_text() for p in run.glob("task-*.out"))
@@ -114,11 +114,11 @@ def test_the_course_is_graded_on_both_nodes_as_a_local_run_grades_it(local, pg_c
 
 
 def tasks_on(cluster, node: str) -> List[int]:
-    """The `isolate-grade slurm-task` processes running on `node`."""
+    """The `isolate-grade task` processes running on `node`."""
     found = []
     for pid in cluster.netns_pids(node):
         try:
-            if b"slurm-task" in Path(f"/proc/{pid}/cmdline").read_bytes():
+            if b"\x00task\x00" in Path(f"/proc/{pid}/cmdline").read_bytes():
                 found.append(pid)
         except OSError:
             pass
@@ -138,7 +138,7 @@ def test_a_node_killed_while_grading_then_the_same_command_ends_as_an_uninterrup
                   "--slurm-arg=--exclusive")
     try:
         wait_for("a result, and a task grading on node1",
-                 lambda: any(c.root.glob(".isolate-grade/env1/slurm/*/results/*.json"))
+                 lambda: any(c.root.glob(".isolate-grade/env1/runs/*/results/*.json"))
                  and bool(tasks_on(slurm_cluster, "node1")))
         slurm_cluster.kill_node("node1")
         code, out = finish(p, 600)
@@ -167,7 +167,7 @@ def test_a_cancelled_job_leaves_its_students_to_the_same_command_and_ctrl_c_canc
     c, _ = small(tmp_path, "course", url, students=6, sleep=1.5)
     conf = slurm_cluster.env["SLURM_CONF"]
     args = ["--slurm", "--slurm-tasks", "1", "--jobs", "1"]
-    results = ".isolate-grade/env1/slurm/*/results/*.json"
+    results = ".isolate-grade/env1/runs/*/results/*.json"
     # cancelled from outside (an admin, a time limit): those left are sandbox-error, exit 3
     p = run_batch(c.root, conf, *args)
     try:
@@ -186,7 +186,7 @@ def test_a_cancelled_job_leaves_its_students_to_the_same_command_and_ctrl_c_canc
     p = run_batch(c.root, conf, *args)
     try:
         def array_running() -> bool:
-            runs = [r for r in c.root.glob(".isolate-grade/env1/slurm/*")
+            runs = [r for r in c.root.glob(".isolate-grade/env1/runs/*")
                     if (r / "job").exists() and (r / "job").read_text().strip() != job]
             return any(r.glob("task-*.out") for r in runs)
         wait_for("the new job's tasks to run", array_running)
