@@ -102,6 +102,10 @@ pub enum GradeError {
     Kernel { assignment: String, message: String },
     #[error("cannot watch for Ctrl-C, SIGTERM and SIGHUP (signalfd: {0}), so nothing was graded")]
     Signals(nix::errno::Errno),
+    /// The gradebook can't be reached (server down, login refused, driver missing): found by
+    /// the first worker before any student was touched. The message never holds a password.
+    #[error("cannot grade {assignment}, so nothing was graded: {message}")]
+    Gradebook { assignment: String, message: String },
 }
 
 /// The kernelspec's launcher: its I/O faults stay I/O faults (exit 3); otherwise bad input
@@ -123,6 +127,7 @@ impl GradeError {
             | GradeError::Io { .. }
             | GradeError::Sandbox(_)
             | GradeError::Kernel { .. }
+            | GradeError::Gradebook { .. }
             | GradeError::Signals(_) => GradeExit::Fault,
             GradeError::Identity(IdentityError::Credentials(_)) => GradeExit::Fault,
             _ => GradeExit::Usage,
@@ -221,12 +226,17 @@ pub fn execute(config: Option<PathBuf>, a: GradeArgs) -> Result<u8, GradeError> 
     };
     results.reserve(req.listed.len());
     let selection = select(&req, &mut results);
-    // 6. The pool of workers, waited for until the queue is empty, a worker cannot start or a
+    // 6. The first worker, started before any student is claimed: it loads nbgrader and opens
+    //    the gradebook (and takes its lock once), so a gradebook that can't be reached (its
+    //    server down, a refused login, a missing driver) or refused stops the batch here,
+    //    with every student as they were.
+    let first = first_worker(&req, &kernels, &setup, &selection)?;
+    // 7. The pool of workers, waited for until the queue is empty, a worker cannot start or a
     //    signal stops the batch.
-    let ended = grade_all(&req, &kernels, setup, selection, results, &signals)?;
-    // 7. The report: the table, and with --report the JSON and CSV.
+    let ended = grade_all(&req, &kernels, setup, selection, first, results, &signals)?;
+    // 8. The report: the table, and with --report the JSON and CSV.
     let report = report_of(&req, ended.results, ended.started)?;
-    // 8. The exit status.
+    // 9. The exit status.
     let verdicts: Vec<Verdict> = report.students.rows().iter().map(|r| r.verdict).collect();
     Ok(GradeExit::of(&verdicts, ended.interrupted).code())
 }
@@ -422,6 +432,24 @@ fn select(req: &Request, results: &mut Results) -> Selection {
     s
 }
 
+/// Worker 0, started and ready, when there is anyone to grade.
+fn first_worker(
+    req: &Request,
+    kernels: &Kernels,
+    setup: &worker::Setup,
+    selection: &Selection,
+) -> Result<Option<(Worker, Ready)>, GradeError> {
+    if selection.queue.is_empty() {
+        return Ok(None);
+    }
+    let assignment = req.assignment().to_string();
+    match Worker::start(&kernels.maker.client.executable, setup, &req.layout.log("worker-0")) {
+        Ok(w) => Ok(Some(w)),
+        Err(WorkerError::Gradebook(message)) => Err(GradeError::Gradebook { assignment, message }),
+        Err(source) => Err(GradeError::Worker { assignment, source }),
+    }
+}
+
 /// What the pool did.
 struct Ended {
     results: Results,
@@ -436,6 +464,7 @@ fn grade_all(
     kernels: &Kernels,
     setup: worker::Setup,
     selection: Selection,
+    mut first: Option<(Worker, Ready)>,
     mut results: Results,
     signals: &nix::sys::signalfd::SignalFd,
 ) -> Result<Ended, GradeError> {
@@ -466,9 +495,10 @@ fn grade_all(
     let threads: Vec<_> = (0..workers)
         .map(|i| {
             let (ctx, pending, tx) = (ctx.clone(), pending.clone(), tx.clone());
+            let started = first.take();
             std::thread::Builder::new()
                 .name(format!("worker-{i}"))
-                .spawn(move || work(i, &ctx, &pending, &tx))
+                .spawn(move || work(i, &ctx, started, &pending, &tx))
                 .expect("spawn a thread")
         })
         .collect();
@@ -553,10 +583,16 @@ fn report_of(
     Ok(report)
 }
 
-/// One worker thread: its own Python worker, students from the shared queue until it is
-/// empty or the batch stops.
-fn work(i: usize, ctx: &Context, pending: &Mutex<VecDeque<String>>, tx: &mpsc::Sender<Event>) {
-    let mut worker: Option<(Worker, Ready)> = None;
+/// One worker thread: its own Python worker (`started`: worker 0, already started by the
+/// preflight), students from the shared queue until it is empty or the batch stops.
+fn work(
+    i: usize,
+    ctx: &Context,
+    started: Option<(Worker, Ready)>,
+    pending: &Mutex<VecDeque<String>>,
+    tx: &mpsc::Sender<Event>,
+) {
+    let mut worker = started;
     while !ctx.stop.load(Ordering::SeqCst) {
         let Some(student) = pending.lock().expect("not poisoned").pop_front() else { break };
         match grade_one(i, ctx, &mut worker, &student) {
@@ -621,7 +657,13 @@ fn grade_one(
 
     if slot.is_none() {
         let log = l.log(&format!("worker-{i}"));
-        *slot = Some(Worker::start(&ctx.python, &ctx.setup, &log)?);
+        *slot = match Worker::start(&ctx.python, &ctx.setup, &log) {
+            Ok(w) => Some(w),
+            // lost since the preflight (its server went down): this student's fault verdict;
+            // the next student tries again, and a rerun grades those it missed
+            Err(WorkerError::Gradebook(m)) => return Ok(fault(m)),
+            Err(e) => return Err(e),
+        };
         tracing::debug!(worker = i, pid = slot.as_ref().map(|w| w.0.pid()), "worker ready");
     }
     let (w, ready) = slot.as_mut().expect("started");
@@ -998,6 +1040,11 @@ mod tests {
         assert_eq!(GradeExit::of(&[Verdict::Graded, Verdict::Rejected], false), GradeExit::NotAllGraded);
         assert_eq!(GradeExit::of(&[Verdict::Rejected, Verdict::Kernel(Status::SandboxError)], false), GradeExit::Fault);
         assert_eq!(GradeExit::of(&[Verdict::SandboxError], true), GradeExit::Interrupted);
+        // a gradebook that can't be reached is a fault; a worker that can't grade it, bad input
+        let unreachable = GradeError::Gradebook { assignment: "ps1".into(), message: "down".into() };
+        assert_eq!(unreachable.exit_code(), 3);
+        let refused = GradeError::Worker { assignment: "ps1".into(), source: WorkerError::Fatal("mysql".into()) };
+        assert_eq!(refused.exit_code(), 2);
     }
 
     #[test]
