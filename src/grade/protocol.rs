@@ -55,7 +55,8 @@ pub struct Setup {
     /// route.py's source.
     pub route: String,
     pub jupyter_path: PathBuf,
-    /// The course's gradebook lock.
+    /// The course's gradebook lock file (a SQLite gradebook's; a PostgreSQL gradebook is
+    /// locked in its database, route.py's `_gradebook_lock`).
     pub lock: PathBuf,
     /// Where the kernels write their reports: `<reports>/<student>/<notebook>/`.
     pub reports: PathBuf,

@@ -13,7 +13,9 @@ of behaviour:
 - every use of the gradebook holds an exclusive lock shared by all the workers. nbgrader opens
   the gradebook briefly and often; SQLite lets one writer in at a time, and a reader that wants
   to write while another process writes gets "database is locked" at once, without waiting
-  (nbgrader#174). Executing notebooks, the slow part, holds no lock.
+  (nbgrader#174). A PostgreSQL gradebook's lock is an advisory lock in its database (route.py,
+  `_gradebook_lock`); another database is refused. Executing notebooks, the slow part, holds
+  no lock. A gradebook that can't be opened at start is a "fatal" with fault "gradebook".
 
 Two changes make it cheaper than `nbgrader autograde` without changing what it does: one
 SQLAlchemy engine per gradebook for the worker's life (`share_engines`), and no IRI grammar
