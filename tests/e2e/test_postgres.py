@@ -5,7 +5,8 @@ auth), one database per test.
 - the fixture course graded by the batch with 16 workers into PostgreSQL gives, row by row,
   the gradebook SQLite gets, and loses nothing;
 - nbgrader's find-then-add writes, run at once by several processes through route.py's lock,
-  don't collide (without the advisory lock, some fail with a unique violation);
+  don't collide (without the advisory lock, some fail with a unique violation); the lock is
+  held in the database, and a lock connection that dropped is replaced;
 - a gradebook that can't be reached (wrong password, server down, driver missing) stops the
   batch before any student is touched (exit 3), and its password is shown nowhere; a database
   other than SQLite or PostgreSQL is refused (exit 2);
@@ -174,6 +175,32 @@ def test_nbgraders_concurrent_creations_do_not_collide_under_the_lock(pg_cluster
     assert not found, found
     with Gradebook(url, "race") as gb:
         assert sorted(s.id for s in gb.students) == ["s0", "s1", "s2"]
+
+
+def test_the_lock_is_held_in_the_database_and_survives_a_dropped_connection(pg_cluster, tmp_path):
+    """route.py's advisory lock: held while a Gradebook is open (one key, granted, in the
+    gradebook's database), released when it closes; a lock connection the server dropped is
+    replaced on the next use."""
+    url = pg_cluster.create_db("reconnect")
+    route: dict = {}
+    exec(compile((ROOT / "src" / "route.py").read_text(), "route.py", "exec"), route)
+    lock = route["_gradebook_lock"](url, str(tmp_path / "gradebook.lock"))
+    held = "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database " \
+           "WHERE l.locktype = 'advisory' AND l.granted AND d.datname = 'reconnect'"
+    from sqlalchemy import text
+
+    for _ in range(2):
+        lock.acquire()
+        lock.acquire()  # (Gradebooks nest)
+        assert pg_cluster.sql(held).strip() == "1"
+        lock.release()
+        assert pg_cluster.sql(held).strip() == "1"
+        pid = lock.conn.execute(text("SELECT pg_backend_pid()")).scalar()
+        lock.release()
+        assert pg_cluster.sql(held).strip() == "0"
+        pg_cluster.sql(f"SELECT pg_terminate_backend({pid})")  # the next acquire finds it gone
+    lock.close()
+    assert not (tmp_path / "gradebook.lock").exists(), "a PostgreSQL gradebook takes no lock file"
 
 
 def small(tmp_path: Path, name: str, url: str, students: int = 3, sleep: float = 0.0):
