@@ -42,6 +42,7 @@ bash scripts/venv.sh
 .venv/bin/python -m pip install -q -r scripts/requirements-dev.txt
 bash scripts/kernels.sh # IRkernel (Debian) and xeus-python (PyPI) for tests/e2e/test_kernels.py
 bash scripts/slurm.sh # Debian's Slurm and munge (no service started) for tests/e2e/test_slurm_cluster.py
+bash scripts/postgres.sh # Debian's PostgreSQL 15 (no service started) for tests/e2e/test_postgres.py
 bash scripts/browser.sh # Debian's chromium and playwright-core (npm) for tests/e2e/test_browser.py
 .venv/bin/python -m pytest -q tests/e2e 2>&1 | tee target/e2e-output.txt
 # the adversarial suite's summary (tests/e2e/test_attacks.py writes it)

@@ -57,7 +57,8 @@ want=$(pyver "$py")
 req_sha=$(sha256sum "$req" | cut -d' ' -f1)
 
 # Every "name==version" pin of requirements.txt appears in `pip freeze` (names
-# compared case-insensitively, with -, _ and . treated alike as pip does).
+# compared case-insensitively, with -, _ and . treated alike as pip does; an extra,
+# "name[extra]", is not part of the name).
 freeze_ok() {
   "$venv/bin/python" -m pip freeze --disable-pip-version-check 2>/dev/null |
     "$venv/bin/python" -c '
@@ -71,6 +72,7 @@ for line in open(sys.argv[1]):
     if not line:
         continue
     name, _, ver = line.partition("==")
+    name = name.split("[")[0]  # psycopg[binary]: the extra is installed as its own pin's package
     if have.get(norm(name)) != ver.strip():
         missing.append(line)
 if missing:

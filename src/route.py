@@ -320,6 +320,123 @@ class _GradebookLock:
         os.close(self.fd)
 
 
+# The key of the advisory lock every use of a PostgreSQL gradebook holds ("isograde" in ASCII).
+# One key per database, not one per student or row: PostgreSQL lets many writers in, but
+# nbgrader's writes are find-then-add (a student, an assignment, a submission, the tables of a
+# new gradebook), and two workers that both find nothing both add, and one fails with a unique
+# violation. Serializing every gradebook use, as the flock does for SQLite, keeps nbgrader's
+# own sequence of writes whole; executing notebooks, the slow part, holds no lock. Advisory
+# locks are per database, so courses in other databases of the same server do not wait.
+_GRADEBOOK_LOCK_KEY = 0x69736F6772616465
+
+
+class _AdvisoryLock:
+    """The gradebook lock of a PostgreSQL gradebook: `pg_advisory_lock` on a connection of its
+    own (autocommit: it holds no transaction open), taken and released as _GradebookLock is.
+    The lock is the session's: it ends with the connection, so a process that dies releases it.
+    A connection that dropped (the server restarted) is replaced once before the lock is
+    given up on; the error then is SQLAlchemy's, a fault of the gradebook's, never the
+    student's."""
+
+    def __init__(self, db_url):
+        self.url = db_url
+        self.engine = None
+        self.conn = None
+        self.depth = 0
+
+    def _lock_once(self):
+        from sqlalchemy import create_engine, text
+        from sqlalchemy.pool import NullPool
+
+        if self.engine is None:
+            self.engine = create_engine(self.url, poolclass=NullPool, isolation_level="AUTOCOMMIT")
+        if self.conn is None:
+            self.conn = self.engine.connect()
+        self.conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": _GRADEBOOK_LOCK_KEY})
+
+    def _drop(self):
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:
+                pass
+
+    def acquire(self):
+        from sqlalchemy.exc import DBAPIError
+
+        if self.depth == 0:
+            had = self.conn is not None
+            try:
+                self._lock_once()
+            except DBAPIError:
+                self._drop()
+                if not had:
+                    raise
+                self._lock_once()  # the connection we had dropped: once more, on a new one
+        self.depth += 1
+
+    def _unlock(self):
+        from sqlalchemy import text
+
+        try:
+            self.conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": _GRADEBOOK_LOCK_KEY})
+        except Exception:
+            self._drop()  # the connection is gone, and the lock with it
+
+    def release(self):
+        self.depth -= 1
+        if self.depth == 0:
+            self._unlock()
+
+    def reset(self):
+        leaked = self.depth
+        if self.depth:
+            self.depth = 0
+            self._unlock()
+        return leaked
+
+    def close(self):
+        self.reset()
+        self._drop()
+        if self.engine is not None:
+            self.engine.dispose()
+
+
+class _UnsupportedGradebook(ValueError):
+    """A gradebook whose writes isolate-grade cannot serialize (bad input: nothing is graded)."""
+
+
+def _shown_url(db_url):
+    """A database URL as it may be shown: its password hidden."""
+    import re
+
+    return re.sub(r"(://[^/@:\s]*:)[^@\s]*@", r"\1***@", str(db_url))
+
+
+def _gradebook_lock(db_url, path):
+    """The lock every gradebook use holds, for nbgrader's db_url (CourseDirectory.db_url, as
+    nbgrader resolved it): SQLite, the flock on `path`; PostgreSQL (any of SQLAlchemy's drivers
+    for it: postgresql+psycopg://, or postgresql:// which SQLAlchemy reads as psycopg2), an
+    advisory lock in that database. Any other database is refused: isolate-grade has not been
+    shown to keep nbgrader's writes to it whole."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        backend = make_url(db_url).get_backend_name()
+    except ArgumentError:
+        backend = None
+    if backend == "sqlite":
+        return _GradebookLock(path)
+    if backend == "postgresql":
+        return _AdvisoryLock(db_url)
+    what = f"a {backend} database" if backend else "not a database URL SQLAlchemy can read"
+    raise _UnsupportedGradebook(
+        f"the gradebook {_shown_url(db_url)} (CourseDirectory.db_url) is {what}: isolate-grade grades with a "
+        "SQLite (sqlite:///...) or PostgreSQL (postgresql+psycopg://...) gradebook only")
+
+
 def _lock_gradebooks(lock_for):
     """Every Gradebook opened while `lock_for()` returns a lock holds it until closed. Patched
     once per process; a later call only changes `lock_for`."""
@@ -366,8 +483,11 @@ def _isolate_grade_guard(c, binary):
       malformed notebook is never followed, copied or run. A rejected submission fails in
       nbgrader's way (its log and formgrader's modal say `rejected:` with paths and reasons);
     - each student is graded holding `<course>/.isolate-grade/<assignment>/students/<id>.lock`,
-      and every gradebook use holding `<course>/.isolate-grade/gradebook.lock`, the locks a
+      and every gradebook use holding the gradebook lock (`_gradebook_lock`: for SQLite
+      `<course>/.isolate-grade/gradebook.lock`, for PostgreSQL an advisory lock), the locks a
       running batch takes: a click during a batch waits for that student, and loses nothing.
+      A gradebook of another database is refused, and one that can't be reached stops the run
+      before anything is staged.
     Not in the batch's own workers (they do both themselves): ISOLATE_GRADE_BATCH_WORKER.
     """
     import fcntl
@@ -449,6 +569,36 @@ def _isolate_grade_guard(c, binary):
         if guard.get("student_fd") is not None:
             os.close(guard.pop("student_fd"))
 
+    def refuse(self, message, status):
+        """Nothing is graded: `nbgrader autograde` exits with the batch's status for it (2 bad
+        input, 3 a fault); formgrader's button and NbGraderAPI.autograde show the message."""
+        from nbgrader.apps.autogradeapp import AutogradeApp
+
+        self.log.error("isolate-grade: %s", message)
+        if isinstance(self.parent, AutogradeApp):
+            raise SystemExit(status)
+        raise NbGraderException(message)
+
+    def open_gradebook_lock(self, path):
+        """The gradebook's lock, for the db_url nbgrader resolved, taken once to show that the
+        gradebook can be reached before anything is staged."""
+        db_url = self.coursedir.db_url
+        try:
+            lock = _gradebook_lock(db_url, path)
+        except _UnsupportedGradebook as e:
+            refuse(self, f"{e}; nothing was graded", 2)
+        if isinstance(lock, _GradebookLock):
+            shared(path, 0o660)
+        try:
+            lock.acquire()
+            lock.release()
+        except Exception as e:
+            lock.close()
+            first = (str(e).strip().splitlines() or [""])[0][:300]
+            refuse(self, f"the gradebook {_shown_url(db_url)} cannot be opened ({type(e).__name__}: "
+                         f"{_shown_url(first)}); nothing was graded", 3)
+        return lock
+
     start, init_notebooks, init_destination = Autograde.start, Autograde.init_notebooks, Autograde.init_destination
 
     def guarded_start(self):
@@ -457,9 +607,8 @@ def _isolate_grade_guard(c, binary):
         base = os.path.join(course, ".isolate-grade")
         os.makedirs(base, exist_ok=True)
         shared(base)
+        lock = open_gradebook_lock(self, os.path.join(base, "gradebook.lock"))
         staged = os.path.relpath(tempfile.mkdtemp(prefix="staged-", dir=base), course)
-        lock = _GradebookLock(os.path.join(base, "gradebook.lock"))
-        shared(os.path.join(base, "gradebook.lock"), 0o660)
         guard = {"course": course}
         try:
             guard["rejected"], guard["staged"] = stage_all(self, course, staged)

@@ -111,6 +111,10 @@ pub enum GradeError {
     Slurm(#[from] slurm::SlurmError),
     #[error(transparent)]
     Shared(#[from] shared::SharedError),
+    /// The gradebook can't be reached (server down, login refused, driver missing): found by
+    /// the first worker before any student was touched. The message never holds a password.
+    #[error("cannot grade {assignment}, so nothing was graded: {message}")]
+    Gradebook { assignment: String, message: String },
 }
 
 /// The kernelspec's launcher: its I/O faults stay I/O faults (exit 3); otherwise bad input
@@ -133,6 +137,7 @@ impl GradeError {
             | GradeError::Sandbox(_)
             | GradeError::Kernel { .. }
             | GradeError::Signals(_)
+            | GradeError::Gradebook { .. }
             | GradeError::Slurm(_)
             | GradeError::Shared(_) => GradeExit::Fault,
             GradeError::Identity(IdentityError::Credentials(_)) => GradeExit::Fault,
@@ -241,7 +246,11 @@ pub fn execute(config: Option<PathBuf>, a: GradeArgs) -> Result<u8, GradeError> 
     let selection = select(&req, &mut results);
     // 6. The pool of workers, waited for until the queue is empty, a worker cannot start or a
     //    signal stops the batch; with --slurm (or --external-tasks), the pools of tasks on
-    //    other machines, whose results are read as they are recorded.
+    //    other machines, whose results are read as they are recorded. Locally, the first
+    //    worker is started before any student is claimed: it loads nbgrader and opens the
+    //    gradebook (and takes its lock once), so a gradebook that can't be reached (its server
+    //    down, a refused login, a missing driver) or refused stops the batch with every
+    //    student as they were (a shared batch's own check worker does the same).
     let (a, tasks) = (&req.args, req.slurm_tasks);
     let ended = match (a.slurm, a.external_tasks) {
         (true, _) => {
@@ -251,11 +260,14 @@ pub fn execute(config: Option<PathBuf>, a: GradeArgs) -> Result<u8, GradeError> 
         (false, true) => {
             shared::grade_all(&req, &kernels, setup, selection, results, &signals, shared::Starter::External)?
         }
-        (false, false) => grade_all(&req, &kernels, setup, selection, results, &signals)?,
+        (false, false) => {
+            let first = first_worker(&req, &kernels, &setup, &selection)?;
+            grade_all(&req, &kernels, setup, selection, first, results, &signals)?
+        }
     };
     // 7. The report: the table, and with --report the JSON and CSV.
     let report = report_of(&req, ended.results, ended.started)?;
-    // 8. The exit status.
+    // 9. The exit status.
     let verdicts: Vec<Verdict> = report.students.rows().iter().map(|r| r.verdict).collect();
     Ok(GradeExit::of(&verdicts, ended.interrupted).code())
 }
@@ -467,6 +479,24 @@ fn select(req: &Request, results: &mut Results) -> Selection {
     s
 }
 
+/// Worker 0, started and ready, when there is anyone to grade.
+fn first_worker(
+    req: &Request,
+    kernels: &Kernels,
+    setup: &worker::Setup,
+    selection: &Selection,
+) -> Result<Option<(Worker, Ready)>, GradeError> {
+    if selection.queue.is_empty() {
+        return Ok(None);
+    }
+    let assignment = req.assignment().to_string();
+    match Worker::start(&kernels.maker.client.executable, setup, &req.layout.log("worker-0")) {
+        Ok(w) => Ok(Some(w)),
+        Err(WorkerError::Gradebook(message)) => Err(GradeError::Gradebook { assignment, message }),
+        Err(source) => Err(GradeError::Worker { assignment, source }),
+    }
+}
+
 /// What the pool did.
 struct Ended {
     results: Results,
@@ -568,6 +598,7 @@ fn grade_all(
     kernels: &Kernels,
     setup: worker::Setup,
     selection: Selection,
+    mut first: Option<(Worker, Ready)>,
     mut results: Results,
     signals: &nix::sys::signalfd::SignalFd,
 ) -> Result<Ended, GradeError> {
@@ -577,7 +608,7 @@ fn grade_all(
     let ctx = Context::new(req, kernels, setup, "worker".into(), None);
     let workers = req.jobs.min(queue.len());
     let source = Source::Local(Mutex::new(queue));
-    let (fatal, interrupted) = pool(&ctx, &source, workers, signals, &mut progress, &mut results);
+    let (fatal, interrupted) = pool(&ctx, &source, workers, first.take(), signals, &mut progress, &mut results);
     progress.finish();
     if let Some(e) = fatal {
         return Err(GradeError::Worker { assignment: req.assignment().to_string(), source: e });
@@ -595,6 +626,7 @@ fn pool(
     ctx: &Context,
     source: &Source,
     workers: usize,
+    mut first: Option<(Worker, Ready)>,
     signals: &nix::sys::signalfd::SignalFd,
     progress: &mut progress::Progress,
     results: &mut Results,
@@ -603,9 +635,10 @@ fn pool(
     std::thread::scope(|scope| {
         for i in 0..workers {
             let tx = tx.clone();
+            let started = first.take();
             std::thread::Builder::new()
                 .name(format!("worker-{i}"))
-                .spawn_scoped(scope, move || work(i, ctx, source, &tx))
+                .spawn_scoped(scope, move || work(i, ctx, started, source, &tx))
                 .expect("spawn a thread");
         }
         drop(tx);
@@ -679,11 +712,12 @@ fn report_of(
     Ok(report)
 }
 
-/// One worker thread: its own Python worker, students from the source until it is empty or
-/// the batch stops. In a `--slurm` task each result is recorded in the run before its claim is
-/// released (the next claimer then sees it graded).
-fn work(i: usize, ctx: &Context, source: &Source, tx: &mpsc::Sender<Event>) {
-    let mut worker: Option<(Worker, Ready)> = None;
+/// One worker thread: its own Python worker (`started`: worker 0, already started by the
+/// local batch's preflight), students from the source until it is empty or the batch stops. In
+/// a `--slurm` task each result is recorded in the run before its claim is released (the next
+/// claimer then sees it graded).
+fn work(i: usize, ctx: &Context, started: Option<(Worker, Ready)>, source: &Source, tx: &mpsc::Sender<Event>) {
+    let mut worker = started;
     while !ctx.stop.load(Ordering::SeqCst) {
         let Some((student, claim)) = source.next(&ctx.stop) else { break };
         match grade_one(i, ctx, &mut worker, &student, claim.is_none()) {
@@ -757,7 +791,13 @@ fn grade_one(
 
     if slot.is_none() {
         let log = l.log(&format!("{}-{i}", ctx.worker_log));
-        *slot = Some(Worker::start(&ctx.python, &ctx.setup, &log)?);
+        *slot = match Worker::start(&ctx.python, &ctx.setup, &log) {
+            Ok(w) => Some(w),
+            // lost since the preflight (its server went down): this student's fault verdict;
+            // the next student tries again, and a rerun grades those it missed
+            Err(WorkerError::Gradebook(m)) => return Ok(fault(m)),
+            Err(e) => return Err(e),
+        };
         tracing::debug!(worker = i, pid = slot.as_ref().map(|w| w.0.pid()), "worker ready");
     }
     let (w, ready) = slot.as_mut().expect("started");
@@ -1134,6 +1174,11 @@ mod tests {
         assert_eq!(GradeExit::of(&[Verdict::Graded, Verdict::Rejected], false), GradeExit::NotAllGraded);
         assert_eq!(GradeExit::of(&[Verdict::Rejected, Verdict::Kernel(Status::SandboxError)], false), GradeExit::Fault);
         assert_eq!(GradeExit::of(&[Verdict::SandboxError], true), GradeExit::Interrupted);
+        // a gradebook that can't be reached is a fault; a worker that can't grade it, bad input
+        let unreachable = GradeError::Gradebook { assignment: "ps1".into(), message: "down".into() };
+        assert_eq!(unreachable.exit_code(), 3);
+        let refused = GradeError::Worker { assignment: "ps1".into(), source: WorkerError::Fatal("mysql".into()) };
+        assert_eq!(refused.exit_code(), 2);
     }
 
     #[test]

@@ -10,7 +10,8 @@
 //! ```
 //!
 //! A `fatal` is the one message whose shape never changes, so that a worker of another
-//! protocol can still say so. Each notebook's kernels are named in the answer
+//! protocol can still say so (its optional `fault`, left out when absent, says when it is not
+//! bad input: `"gradebook"`, the gradebook can't be reached). Each notebook's kernels are named in the answer
 //! ([`Answer::kernel_reports`]): the report file each kernel was told to write (`route.py`
 //! gives every kernel of the batch `--report <reports>/<student>/<notebook>/kernel-<uuid>.json`
 //! and `--submission`); the batch reads those files and nothing else.
@@ -54,7 +55,8 @@ pub struct Setup {
     /// route.py's source.
     pub route: String,
     pub jupyter_path: PathBuf,
-    /// The course's gradebook lock.
+    /// The course's gradebook lock file (a SQLite gradebook's; a PostgreSQL gradebook is
+    /// locked in its database, route.py's `_gradebook_lock`).
     pub lock: PathBuf,
     /// Where the kernels write their reports: `<reports>/<student>/<notebook>/`.
     pub reports: PathBuf,
@@ -87,6 +89,18 @@ pub struct Ready {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Fatal {
     pub error: String,
+    /// Whose doing it is, when it is not the request's (absent: bad input).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fault: Option<FatalFault>,
+}
+
+/// A worker's fatal that is a fault, not bad input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FatalFault {
+    /// The gradebook can't be reached: its server is down, refuses the login, or its driver
+    /// is not installed.
+    Gradebook,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -227,14 +241,23 @@ mod tests {
                 nbgrader: "0.9.6".into(),
                 gradebook: "sqlite".into(),
             }),
-            FromWorker::Fatal(Fatal { error: "no nbgrader".into() }),
+            FromWorker::Fatal(Fatal { error: "no nbgrader".into(), fault: None }),
+            FromWorker::Fatal(Fatal {
+                error: "the gradebook ... cannot be opened".into(),
+                fault: Some(FatalFault::Gradebook),
+            }),
             FromWorker::Answer(Box::new(answer)),
         ] {
             let line = serde_json::to_string(&m).unwrap();
             assert_eq!(FromWorker::decode(&line).unwrap(), m, "{line}");
         }
-        let fatal = serde_json::to_string(&FromWorker::Fatal(Fatal { error: "e".into() })).unwrap();
+        let fatal = serde_json::to_string(&FromWorker::Fatal(Fatal { error: "e".into(), fault: None })).unwrap();
         assert_eq!(fatal, r#"{"msg":"fatal","error":"e"}"#, "a fatal's shape never changes");
+        let gradebook = r#"{"msg": "fatal", "error": "e", "fault": "gradebook"}"#;
+        let want = Fatal { error: "e".into(), fault: Some(FatalFault::Gradebook) };
+        assert_eq!(FromWorker::decode(gradebook).unwrap(), FromWorker::Fatal(want));
+        let null = r#"{"msg": "fatal", "error": "e", "fault": null}"#;
+        assert_eq!(FromWorker::decode(null).unwrap(), FromWorker::Fatal(Fatal { error: "e".into(), fault: None }));
     }
 
     #[test]

@@ -273,8 +273,13 @@ pub(super) fn grade_all(
     let started = super::now();
     let l = &req.layout;
     // Before anything is started: a gradebook every machine can share, and Slurm answering.
-    let (w, ready) = Worker::start(&kernels.maker.client.executable, &setup, &l.log("shared-check"))
-        .map_err(|e| GradeError::Worker { assignment: req.assignment().to_string(), source: e })?;
+    let (w, ready) =
+        Worker::start(&kernels.maker.client.executable, &setup, &l.log("shared-check")).map_err(|e| match e {
+            worker::WorkerError::Gradebook(message) => {
+                GradeError::Gradebook { assignment: req.assignment().to_string(), message }
+            }
+            e => GradeError::Worker { assignment: req.assignment().to_string(), source: e },
+        })?;
     w.kill();
     if ready.gradebook == "sqlite" {
         return Err(GradeError::Invalid(
@@ -508,7 +513,7 @@ pub fn task(t: TaskArgs) -> Result<u8, GradeError> {
     tracing::info!(run = %run.path.display(), host = %host, workers, "task");
     let source = Source::Shared(Claims::new(&run, &req.layout, queue));
     let mut results = Results::rows_only();
-    let (fatal, interrupted) = super::pool(&ctx, &source, workers, &signals, &mut progress, &mut results);
+    let (fatal, interrupted) = super::pool(&ctx, &source, workers, None, &signals, &mut progress, &mut results);
     if let Some(e) = fatal {
         return Err(GradeError::Worker { assignment: req.assignment().to_string(), source: e });
     }

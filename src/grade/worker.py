@@ -13,7 +13,9 @@ of behaviour:
 - every use of the gradebook holds an exclusive lock shared by all the workers. nbgrader opens
   the gradebook briefly and often; SQLite lets one writer in at a time, and a reader that wants
   to write while another process writes gets "database is locked" at once, without waiting
-  (nbgrader#174). Executing notebooks, the slow part, holds no lock.
+  (nbgrader#174). A PostgreSQL gradebook's lock is an advisory lock in its database (route.py,
+  `_gradebook_lock`); another database is refused. Executing notebooks, the slow part, holds
+  no lock. A gradebook that can't be opened at start is a "fatal" with fault "gradebook".
 
 Two changes make it cheaper than `nbgrader autograde` without changing what it does: one
 SQLAlchemy engine per gradebook for the worker's life (`share_engines`), and no IRI grammar
@@ -96,6 +98,9 @@ class Ready:
 @dataclass(frozen=True)
 class Fatal:
     error: str
+    # None: the worker can't grade this assignment (bad input); "gradebook": the gradebook can't
+    # be reached (server down, refused login, its driver missing), a fault. Left out when None.
+    fault: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -139,8 +144,11 @@ class ProtocolError(Exception):
 
 
 def encode(msg: Union[Incoming, Outgoing]) -> str:
-    """One line (without its newline), every string valid UTF-8."""
-    return json.dumps(utf8({"msg": TAGS[type(msg)], **dataclasses.asdict(msg)}))
+    """One line (without its newline), every string valid UTF-8 and without secrets (`scrub`)."""
+    data = dataclasses.asdict(msg)
+    if isinstance(msg, Fatal) and msg.fault is None:
+        del data["fault"]  # a fatal's shape never changes
+    return json.dumps(scrub(utf8({"msg": TAGS[type(msg)], **data})))
 
 
 def decode(line: str) -> Incoming:
@@ -211,15 +219,39 @@ UNSAFE.update({c: f"\\u{{{c:04x}}}" for c in [*range(0x80, 0xA0), 0xAD, 0x61C, 0
                                               *range(0xFFF9, 0xFFFC), *range(0xE0000, 0xE0080)]})
 
 
+# A password in a database URL (`postgresql+psycopg://user:PASSWORD@host/db`, the gradebook's
+# CourseDirectory.db_url) or in a libpq connection string (`password=PASSWORD`): what nbgrader,
+# SQLAlchemy or a driver may quote in an error or a log line.
+URL_PASSWORD = r"(?P<keep>[A-Za-z][A-Za-z0-9+.-]*://[^/@:\s]*:)[^@\s]*@"
+KEYWORD_PASSWORD = r"(?P<key>\bpassword\s*=\s*)(?:'(?:[^'\\]|\\.)*'|[^\s'\"]+)"
+
+
+def scrub(value: Any) -> Any:
+    """`value` with every password in a database URL or connection string replaced by `***`:
+    applied to every message the worker sends and every line of its log, so a gradebook's
+    password is never shown (on the terminal, in the report, in a log)."""
+    import re
+
+    if isinstance(value, str):
+        value = re.sub(URL_PASSWORD, lambda m: m.group("keep") + "***@", value)
+        return re.sub(KEYWORD_PASSWORD, lambda m: m.group("key") + "***", value, flags=re.I)
+    if isinstance(value, dict):
+        return {scrub(k): scrub(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [scrub(v) for v in value]
+    return value
+
+
 class EscapingStream(io.TextIOBase):
     """The log (stderr) with every unsafe character escaped: nbgrader logs file names and
-    messages a student chose, and the instructor reads the log in a terminal."""
+    messages a student chose, and the instructor reads the log in a terminal. Passwords are
+    scrubbed from it too (`scrub`)."""
 
     def __init__(self, raw: io.TextIOBase):
         self.raw = raw
 
     def write(self, s: str) -> int:
-        self.raw.write(s.translate(UNSAFE))
+        self.raw.write(scrub(s).translate(UNSAFE))
         return len(s)
 
     def flush(self) -> None:
@@ -408,16 +440,27 @@ def load(cfg: Setup) -> Union[Grader, Fatal]:
     app.coursedir.root = cfg.course
     app.coursedir.submitted_directory = cfg.submitted
 
-    # every gradebook use holds the course's gradebook lock (src/route.py)
-    lock = route["_GradebookLock"](cfg.lock)
+    # every gradebook use holds the gradebook's lock (src/route.py: the course's flock for
+    # SQLite, an advisory lock for PostgreSQL; another database is refused)
+    db_url = app.coursedir.db_url
+    try:
+        lock = route["_gradebook_lock"](db_url, cfg.lock)
+    except route["_UnsupportedGradebook"] as e:
+        return Fatal(str(e))
     if trace.fd is not None:
         lock = TracedLock(lock, trace)
     route["_lock_gradebooks"](lambda: lock)
 
     from nbgrader.api import Gradebook, MissingEntry
+    from sqlalchemy.exc import SQLAlchemyError
 
     assignment = cfg.assignment
-    with Gradebook(app.coursedir.db_url, app.coursedir.course_id) as gb:
+    try:
+        gb = Gradebook(db_url, app.coursedir.course_id)
+    except (SQLAlchemyError, ImportError, OSError) as e:
+        print(traceback.format_exc(), file=sys.stderr)
+        return Fatal(unreachable(db_url, e), fault="gradebook")
+    with gb:
         try:
             a = gb.find_assignment(assignment)
         except MissingEntry:
@@ -434,6 +477,17 @@ def gradebook_backend(db_url: str) -> str:
     from sqlalchemy.engine import make_url
 
     return str(make_url(db_url).get_backend_name())
+
+
+def unreachable(db_url: str, e: BaseException) -> str:
+    """Why the gradebook can't be opened, in one line (its URL without the password)."""
+    first = (str(e).strip().splitlines() or [""])[0][:300]
+    why = f"{type(e).__name__}: {first}" if first else type(e).__name__
+    hint = ""
+    if isinstance(e, ImportError):
+        hint = (f"; SQLAlchemy's driver for this URL is not installed for {sys.executable} (for a "
+                "postgresql+psycopg:// URL: pip install 'psycopg[binary]')")
+    return scrub(f"the gradebook {db_url} (CourseDirectory.db_url) cannot be opened ({why}){hint}")
 
 
 class TracedLock:

@@ -16,7 +16,7 @@
 //! their kernels with them. The peak between two samples is not missed: the kernel's
 //! high-water mark (`VmHWM`) is reset for each submission (`clear_refs`) and read with the rest.
 
-pub use super::protocol::{Answer, Failure, Ready, Setup};
+pub use super::protocol::{Answer, Failure, FatalFault, Ready, Setup};
 use super::protocol::{DecodeError, FromWorker, Grade, ToWorker};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::process::CommandExt;
@@ -41,6 +41,9 @@ pub enum WorkerError {
     /// The worker cannot grade this assignment at all (no nbgrader, not in the gradebook...).
     #[error("{0}")]
     Fatal(String),
+    /// The gradebook can't be reached (the worker's message: its URL without the password).
+    #[error("{0}")]
+    Gradebook(String),
     #[error("the grading worker died (its log: {log})")]
     Died { log: PathBuf },
     #[error("no answer from the grading worker within {0:?}")]
@@ -58,6 +61,15 @@ pub enum WorkerError {
     /// outcome, not a fault.
     #[error(transparent)]
     OverLimit(Exceeded),
+}
+
+impl WorkerError {
+    fn fatal(f: super::protocol::Fatal) -> WorkerError {
+        match f.fault {
+            None => WorkerError::Fatal(f.error),
+            Some(FatalFault::Gradebook) => WorkerError::Gradebook(f.error),
+        }
+    }
 }
 
 /// What one worker may use for one submission.
@@ -183,7 +195,7 @@ impl Worker {
         let line = w.receive(START_TIMEOUT)?;
         match FromWorker::decode(&line) {
             Ok(FromWorker::Ready(r)) => Ok((w, r)),
-            Ok(FromWorker::Fatal(f)) => Err(WorkerError::Fatal(f.error)),
+            Ok(FromWorker::Fatal(f)) => Err(WorkerError::fatal(f)),
             Ok(FromWorker::Answer(_)) => Err(WorkerError::Protocol("an answer before it was ready".into())),
             Err(DecodeError::Version { worker }) => {
                 Err(WorkerError::Version(DecodeError::Version { worker }.to_string()))
@@ -240,7 +252,7 @@ impl Worker {
         };
         let a = match FromWorker::decode(&line) {
             Ok(FromWorker::Answer(a)) => *a,
-            Ok(FromWorker::Fatal(f)) => return Err(WorkerError::Fatal(f.error)),
+            Ok(FromWorker::Fatal(f)) => return Err(WorkerError::fatal(f)),
             Ok(FromWorker::Ready(_)) => return Err(WorkerError::Protocol("ready again, asked to grade".into())),
             Err(DecodeError::Version { worker }) => {
                 return Err(WorkerError::Version(DecodeError::Version { worker }.to_string()))
