@@ -27,6 +27,7 @@ FIXTURE_COURSE = ROOT / "fixtures" / "course"
 # The fixture course's helpers (course_tools, make_course): the suites import them by name.
 sys.path.insert(0, str(FIXTURE_COURSE))
 import course_tools  # noqa: E402
+from make_course import DUEDATES  # noqa: E402  (the fixture course's due dates)
 # Where `install` puts the twins of this venv's kernels: off the Jupyter path (out of
 # JupyterLab's Launcher); JUPYTER_PATH=TWIN_HOME starts one by name.
 TWIN_HOME = Path(sys.prefix) / "share" / "isolate-grade" / "jupyter"
@@ -303,87 +304,84 @@ def slurm_cluster() -> Iterator[SlurmCluster]:
         yield cluster
 
 
-# PostgreSQL (tests/e2e/test_postgres.py): Debian's server, installed by scripts/postgres.sh.
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
-
-
-@dataclass
-class PgCluster:
-    """A throwaway PostgreSQL cluster: its data and unix socket in a temp dir under /tmp (no
-    TCP), run by the `postgres` OS user; the role `grader` logs in with `password`
-    (scram-sha-256), the superuser `postgres` only by peer auth."""
-
-    base: Path
-    password: str
-    user: str = "grader"
-
-    @property
-    def socket_dir(self) -> Path:
-        return self.base / "sock"
-
-    def _as_postgres(self, *argv: str) -> subprocess.CompletedProcess:
-        r = subprocess.run(["setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups", *argv],
-                           capture_output=True, text=True, timeout=120, cwd=self.base)
-        assert r.returncode == 0, f"{argv}: {r.stdout}{r.stderr}"
-        return r
-
-    def start(self) -> None:
-        self._as_postgres(str(PG_BIN / "pg_ctl"), "start", "-w", "-D", str(self.base / "data"),
-                          "-l", str(self.base / "server.log"), "-o",
-                          f"-c listen_addresses='' -c unix_socket_directories='{self.socket_dir}' "
-                          # fsync off: only the server is ever killed, never the machine; synchronous_commit
-                          # stays on, or a grade the batch saw committed could be lost in a crash
-                          "-c max_connections=200 -c fsync=off -c full_page_writes=off")
-
-    def stop(self) -> None:
-        """At once, as a crash (-m immediate): every connection is cut."""
-        self._as_postgres(str(PG_BIN / "pg_ctl"), "stop", "-m", "immediate", "-D", str(self.base / "data"))
-
-    def sql(self, statement: str, db: str = "postgres") -> str:
-        return self._as_postgres(str(PG_BIN / "psql"), "-h", str(self.socket_dir), "-U", "postgres",
-                                 "-d", db, "-tAc", statement).stdout
-
-    def create_db(self, name: str) -> str:
-        """A new database owned by the grader role; its URL (nbgrader's db_url)."""
-        self.sql(f'CREATE DATABASE "{name}" OWNER {self.user}')
-        return self.url(name)
-
-    def url(self, db: str, password: Optional[str] = None, scheme: str = "postgresql+psycopg",
-            socket_dir: Optional[Path] = None) -> str:
-        pw = self.password if password is None else password
-        return f"{scheme}://{self.user}:{pw}@/{db}?host={socket_dir or self.socket_dir}"
+# PostgreSQL (tests/e2e/test_postgres.py, test_slurm.py, test_kubernetes.py): Debian's server,
+# installed by scripts/postgres.sh; the cluster is tests/e2e/pg_cluster.py's.
+import pg_cluster as pg  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def pg_cluster():
+def pg_cluster() -> Iterator[pg.PgCluster]:
     """One cluster per module (each test makes its own database). Skipped without PostgreSQL
     15 (scripts/postgres.sh) or root, except under CI=true, where it fails."""
-    missing = [p for p in ("initdb", "pg_ctl", "postgres") if not (PG_BIN / p).exists()]
-    why = (f"PostgreSQL 15 is not installed ({PG_BIN}: no {', '.join(missing)}; run scripts/postgres.sh)"
-           if missing else "needs root (starts the cluster as the postgres user)" if os.geteuid() != 0 else None)
+    why = pg.missing()
     if why:
         if os.environ.get("CI") == "true":
             pytest.fail(why)
         pytest.skip(why)
-    import tempfile
-
-    base = Path(tempfile.mkdtemp(prefix="isolate-grade-pg-", dir="/tmp"))
-    cluster = PgCluster(base, "pw-" + secrets.token_hex(12))
-    (base / "sock").mkdir()
-    shutil.chown(base, "postgres", "postgres")
-    shutil.chown(base / "sock", "postgres", "postgres")
-    cluster._as_postgres(str(PG_BIN / "initdb"), "-D", str(base / "data"), "-U", "postgres", "--auth-local=peer",
-                         "--auth-host=reject", "-E", "UTF8", "--no-sync")
-    (base / "data" / "pg_hba.conf").write_text("local all postgres peer\nlocal all all scram-sha-256\n")
-    started = False
-    try:
-        cluster.start()
-        started = True
-        cluster.sql(f"CREATE ROLE {cluster.user} LOGIN PASSWORD '{cluster.password}'")
+    with pg.pg_cluster() as cluster:
         yield cluster
-    finally:
-        if started:
-            subprocess.run(["setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups",
-                            str(PG_BIN / "pg_ctl"), "stop", "-m", "immediate", "-D", str(base / "data")],
-                           capture_output=True, timeout=60)
-        shutil.rmtree(base, ignore_errors=True)
+
+
+def set_db_url(course: Path, url: str) -> None:
+    with open(course / "nbgrader_config.py", "a") as f:
+        f.write(f"\nc.CourseDirectory.db_url = {url!r}\n")
+
+
+def prepare_fixture(dst: Path, db_url: str = "", copies: int = 1) -> Path:
+    """course_tools.prepare, with the gradebook at `db_url` (SQLite in the course if empty)."""
+    from nbgrader.api import Gradebook
+
+    os.environ["PATH"] = course_tools.nbgrader_env()["PATH"]  # the Gradebook runs `alembic` from PATH
+
+    copy_fixture_course(dst)
+    for student in course_tools.STUDENTS:
+        for i in range(1, copies):
+            shutil.copytree(dst / "submitted" / student, dst / "submitted" / f"{student}-{i + 1}")
+    with open(dst / "nbgrader_config.py", "a") as f:
+        f.write("\nc.Execute.iopub_timeout = 60\n")  # 16 workers on 2 cores (test_batch.py)
+    if db_url:
+        set_db_url(dst, db_url)
+    url = db_url or f"sqlite:///{dst / 'gradebook.db'}"
+    with Gradebook(url, course_tools.course_id(dst)) as gb:
+        gb.update_or_create_assignment("ps1", duedate=DUEDATES["ps1"])
+    subprocess.run([sys.executable, "-m", "nbgrader", "generate_assignment", "ps1", "--force"], cwd=dst,
+                   env=course_tools.nbgrader_env(), check=True, capture_output=True)
+    return dst
+
+
+def gradebook_at(url: str, course_id: str, assignment: str) -> Dict[str, dict]:
+    """course_tools.gradebook's rows, from the database at `url`."""
+    from nbgrader.api import Gradebook, MissingEntry
+
+    os.environ["PATH"] = course_tools.nbgrader_env()["PATH"]  # the Gradebook runs `alembic` from PATH
+
+    out = {}
+    with Gradebook(url, course_id) as gb:
+        for student in sorted(s.id for s in gb.students):
+            try:
+                sub = gb.find_submission(assignment, student)
+            except MissingEntry:
+                continue
+            out[student] = {
+                "late": float(sub.total_seconds_late or 0),
+                "notebooks": {nb.name: {
+                    "score": float(nb.score), "max": float(nb.max_score),
+                    "grades": sorted((g.name, g.auto_score, g.manual_score, g.needs_manual_grade) for g in nb.grades),
+                    "comments": sorted((c.name, c.auto_comment) for c in nb.comments),
+                } for nb in sub.notebooks},
+            }
+    return out
+
+
+def small_course(tmp_path: Path, name: str, url: str, students: int = 3, sleep: float = 0.0):
+    """A one-notebook course whose gradebook is at `url`; student k answers k % 3, which scores
+    min(k % 3, 2) of 2. The course and the expected scores."""
+    cells = [
+        nb_cell("code", "def answer():\n    return 2\n", grade_id="answer", solution=True),
+        nb_cell("code", f"import time\ntime.sleep({sleep})\nassert answer() >= 1", grade_id="t1", points=1),
+        nb_cell("code", "assert answer() >= 2", grade_id="t2", points=1),
+    ]
+    answers = {f"s{k:02d}": {"env": f"def answer():\n    return {k % 3}\n"} for k in range(students)}
+    c = make_assignment(tmp_path / name, Python("debian", Path(sys.executable)), [Notebook("env", cells)], answers,
+                        config=f"c.CourseDirectory.db_url = {url!r}\n")
+    return c, {s: float(min(k % 3, 2)) for k, s in enumerate(sorted(answers))}

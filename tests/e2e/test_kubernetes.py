@@ -16,13 +16,12 @@ import re
 import string
 import subprocess
 import time
-from pathlib import Path
 from typing import Dict, List
 
 import pytest
 import yaml
 
-from conftest import BIN, NEEDS_ROOT, ROOT, grader_env, pg_gradebook, small_pg_course
+from conftest import BIN, NEEDS_ROOT, ROOT, grader_env, gradebook_at, small_course
 
 MANIFEST = ROOT / "deploy" / "kubernetes" / "grade-job.yaml"
 
@@ -87,12 +86,12 @@ def test_every_command_the_manifest_gives_names_real_options():
 @NEEDS_ROOT
 def test_the_pods_command_grades_what_external_tasks_waits_for(pg_cluster, tmp_path):
     want_url = pg_cluster.create_db("k8s_want")
-    want, expected = small_pg_course(tmp_path, "want", want_url, students=4)
+    want, expected = small_course(tmp_path, "want", want_url, students=4)
     r = subprocess.run([str(BIN), "env1", "--course", str(want.root), "--jobs", "2"], env=grader_env(),
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
     url = pg_cluster.create_db("k8s")
-    c, _ = small_pg_course(tmp_path, "course", url, students=4)
+    c, _ = small_course(tmp_path, "course", url, students=4)
     report = c.root / "report.json"
     instructor = subprocess.Popen([str(BIN), "env1", "--course", str(c.root), "--external-tasks", "--report",
                                    str(report)], env=grader_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -123,7 +122,7 @@ def test_the_pods_command_grades_what_external_tasks_waits_for(pg_cluster, tmp_p
         for p in [instructor, *pods]:
             if p.poll() is None:
                 p.kill()
-    assert pg_gradebook(url, "env-course", "env1") == pg_gradebook(want_url, "env-course", "env1")
+    assert gradebook_at(url, "env-course", "env1") == gradebook_at(want_url, "env-course", "env1")
     got = json.loads(report.read_text())
     assert {s["student"]: s["score"] for s in got["students"]} == expected
     logs = {p.name.split("-worker")[0] for p in (c.root / ".isolate-grade/env1/logs").glob("task-*-worker-*.log")}

@@ -19,72 +19,17 @@ auth), one database per test.
 import json
 import multiprocessing
 import os
-import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
-from typing import Dict
 
-import pytest
 
-import course_tools
 import make_course
-from conftest import BIN, NEEDS_ROOT, ROOT, Notebook, Python, copy_fixture_course, grader_env, make_assignment, nb_cell
+from conftest import BIN, NEEDS_ROOT, ROOT, gradebook_at, grader_env, prepare_fixture, set_db_url, small_course
 
 pytestmark = NEEDS_ROOT
 
-# nbgrader's Gradebook runs `alembic` from PATH when it creates one
-os.environ["PATH"] = course_tools.nbgrader_env()["PATH"]
-
 EXPECTED = {s: per["ps1"] for s, per in make_course.EXPECTED.items() if "ps1" in per}
-
-
-def set_db_url(course: Path, url: str) -> None:
-    with open(course / "nbgrader_config.py", "a") as f:
-        f.write(f"\nc.CourseDirectory.db_url = {url!r}\n")
-
-
-def prepare_fixture(dst: Path, db_url: str = "", copies: int = 1) -> Path:
-    """course_tools.prepare, with the gradebook at `db_url` (SQLite in the course if empty)."""
-    from nbgrader.api import Gradebook
-
-    copy_fixture_course(dst)
-    for student in course_tools.STUDENTS:
-        for i in range(1, copies):
-            shutil.copytree(dst / "submitted" / student, dst / "submitted" / f"{student}-{i + 1}")
-    with open(dst / "nbgrader_config.py", "a") as f:
-        f.write("\nc.Execute.iopub_timeout = 60\n")  # 16 workers on 2 cores (test_batch.py)
-    if db_url:
-        set_db_url(dst, db_url)
-    url = db_url or f"sqlite:///{dst / 'gradebook.db'}"
-    with Gradebook(url, course_tools.course_id(dst)) as gb:
-        gb.update_or_create_assignment("ps1", duedate=make_course.DUEDATES["ps1"])
-    subprocess.run([sys.executable, "-m", "nbgrader", "generate_assignment", "ps1", "--force"], cwd=dst,
-                   env=course_tools.nbgrader_env(), check=True, capture_output=True)
-    return dst
-
-
-def gradebook(url: str, course_id: str, assignment: str) -> Dict[str, dict]:
-    """course_tools.gradebook's rows, from the database at `url`."""
-    from nbgrader.api import Gradebook, MissingEntry
-
-    out = {}
-    with Gradebook(url, course_id) as gb:
-        for student in sorted(s.id for s in gb.students):
-            try:
-                sub = gb.find_submission(assignment, student)
-            except MissingEntry:
-                continue
-            out[student] = {
-                "late": float(sub.total_seconds_late or 0),
-                "notebooks": {nb.name: {
-                    "score": float(nb.score), "max": float(nb.max_score),
-                    "grades": sorted((g.name, g.auto_score, g.manual_score, g.needs_manual_grade) for g in nb.grades),
-                    "comments": sorted((c.name, c.auto_comment) for c in nb.comments),
-                } for nb in sub.notebooks},
-            }
-    return out
 
 
 def batch(course: Path, assignment: str, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -119,8 +64,8 @@ def test_fixture_course_into_postgres_with_16_workers_matches_sqlite(pg_cluster,
         assert r.returncode == 0, outs[course]
         assert json.loads((course / "report.json").read_text())["counts"] == {"graded": n}
     assert not (pg / "gradebook.db").exists(), "the batch wrote a SQLite gradebook"
-    got = gradebook(url, "fixture-course", "ps1")
-    want = gradebook(f"sqlite:///{lite / 'gradebook.db'}", "fixture-course", "ps1")
+    got = gradebook_at(url, "fixture-course", "ps1")
+    want = gradebook_at(f"sqlite:///{lite / 'gradebook.db'}", "fixture-course", "ps1")
     # every student twice (alice and alice-2), each row as SQLite has the student's
     assert len(want) == 10 and got == {name: row for s, row in want.items() for name in (s, f"{s}-2")}
     assert {s: {nb: v["score"] for nb, v in d["notebooks"].items()} for s, d in got.items() if "-" not in s} \
@@ -203,25 +148,11 @@ def test_the_lock_is_held_in_the_database_and_survives_a_dropped_connection(pg_c
     assert not (tmp_path / "gradebook.lock").exists(), "a PostgreSQL gradebook takes no lock file"
 
 
-def small(tmp_path: Path, name: str, url: str, students: int = 3, sleep: float = 0.0):
-    """A one-notebook course whose gradebook is at `url`; student k answers k % 3, which scores
-    min(k % 3, 2) of 2. The course and the expected scores."""
-    cells = [
-        nb_cell("code", "def answer():\n    return 2\n", grade_id="answer", solution=True),
-        nb_cell("code", f"import time\ntime.sleep({sleep})\nassert answer() >= 1", grade_id="t1", points=1),
-        nb_cell("code", "assert answer() >= 2", grade_id="t2", points=1),
-    ]
-    answers = {f"s{k:02d}": {"env": f"def answer():\n    return {k % 3}\n"} for k in range(students)}
-    c = make_assignment(tmp_path / name, Python("debian", Path(sys.executable)), [Notebook("env", cells)], answers,
-                        config=f"c.CourseDirectory.db_url = {url!r}\n")
-    return c, {s: float(min(k % 3, 2)) for k, s in enumerate(sorted(answers))}
-
-
 def test_an_unreachable_or_refused_gradebook_stops_the_batch_before_anyone_is_touched(pg_cluster, tmp_path):
     """Wrong password, server down, driver missing: exit 3; another database: exit 2. Nothing
     graded, nothing of a student's touched, and the password shown nowhere."""
     url = pg_cluster.create_db("unreachable")
-    c, _ = small(tmp_path, "course", url, students=2)
+    c, _ = small_course(tmp_path, "course", url, students=2)
     wrong = "wrong-" + pg_cluster.password[::-1]
     (tmp_path / "nothing").mkdir()
     cases = [
@@ -250,12 +181,12 @@ def test_an_unreachable_or_refused_gradebook_stops_the_batch_before_anyone_is_to
         assert not any((c.root / "autograded").iterdir()) and set(before) <= set(after), case
         assert not graded_markers(c.root, "env1"), case
         assert not list((c.root / ".isolate-grade" / "env1" / "submitted").glob("*")), case
-    assert gradebook(url, "env-course", "env1") == {}
+    assert gradebook_at(url, "env-course", "env1") == {}
 
 
 def test_a_server_killed_mid_batch_costs_faults_and_a_rerun_completes(pg_cluster, tmp_path):
     url = pg_cluster.create_db("killed")
-    c, want = small(tmp_path, "course", url, students=6, sleep=1.0)
+    c, want = small_course(tmp_path, "course", url, students=6, sleep=1.0)
     report = c.root / "report.json"
     p = subprocess.Popen([str(BIN), "env1", "--course", str(c.root), "--jobs", "2", "--report", str(report)],
                          env=grader_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -288,17 +219,17 @@ def test_a_server_killed_mid_batch_costs_faults_and_a_rerun_completes(pg_cluster
     again = {s["student"]: s for s in json.loads(report.read_text())["students"]}
     assert {s for s, v in again.items() if not v["from_earlier_run"]} == \
         {s for s, v in verdicts.items() if v != "graded"}
-    got = gradebook(url, "env-course", "env1")
+    got = gradebook_at(url, "env-course", "env1")
     assert {s: d["notebooks"]["env"]["score"] for s, d in got.items()} == want
 
 
 def test_plain_nbgrader_after_install_grades_into_postgres(pg_cluster, install_twin, tmp_path):
     url = pg_cluster.create_db("plain")
-    c, want = small(tmp_path, "course", url, students=2)
+    c, want = small_course(tmp_path, "course", url, students=2)
     install_twin(c.root, "pgtest-")
     r = c.nbgrader("autograde", "env1", check=False)
     assert r.returncode == 0, r.stdout + r.stderr
-    got = gradebook(url, "env-course", "env1")
+    got = gradebook_at(url, "env-course", "env1")
     assert {s: d["notebooks"]["env"]["score"] for s, d in got.items()} == want
     assert not (c.root / "gradebook.db").exists()
     # the same gradebooks refused or found unreachable as by the batch, before anything is staged

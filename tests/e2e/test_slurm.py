@@ -15,7 +15,6 @@ namespace, sharing this machine's filesystem) and a PostgreSQL gradebook (pg_clu
 """
 
 import json
-import os
 import re
 import signal
 import socket
@@ -27,8 +26,7 @@ from typing import Dict, List, Optional, Set, Tuple
 
 import pytest
 
-from conftest import BIN, NEEDS_ROOT, grader_env
-from test_postgres import gradebook, prepare_fixture, small
+from conftest import BIN, NEEDS_ROOT, gradebook_at, grader_env, prepare_fixture, small_course
 
 pytestmark = NEEDS_ROOT
 
@@ -86,8 +84,21 @@ def local(pg_cluster, tmp_path_factory) -> Dict[str, dict]:
     course = prepare_fixture(tmp_path_factory.mktemp("local") / "course", url)
     code, out = finish(run_batch(course, None, "--jobs", "4"))
     assert code == 0, out
-    return {"gradebook": gradebook(url, COURSE_ID, "ps1"),
+    return {"gradebook": gradebook_at(url, COURSE_ID, "ps1"),
             "report": json.loads((course / "report.json").read_text())}
+
+
+SMALL = {"students": 6, "sleep": 1.5}  # 1.5 s a notebook: a node dies, a job is cancelled, mid-student
+
+
+@pytest.fixture(scope="module")
+def small_want(pg_cluster, tmp_path_factory) -> Dict[str, dict]:
+    """The small course graded on this machine alone: the gradebook the others must end with."""
+    url = pg_cluster.create_db("small_want")
+    want, expected = small_course(tmp_path_factory.mktemp("small"), "want", url, **SMALL)
+    code, out = finish(run_batch(want.root, None, "--jobs", "2"))
+    assert code == 0, out
+    return {"gradebook": gradebook_at(url, "env-course", "env1"), "scores": expected}
 
 
 def verdicts(report: dict) -> Dict[str, Tuple[str, Optional[float]]]:
@@ -99,7 +110,7 @@ def test_the_course_is_graded_on_both_nodes_as_a_local_run_grades_it(local, pg_c
     course = prepare_fixture(tmp_path / "course", url)
     code, out = finish(run_batch(course, slurm_cluster.env["SLURM_CONF"], *slurm_args(slurm_cluster)))
     assert code == 0, out
-    assert gradebook(url, COURSE_ID, "ps1") == local["gradebook"]
+    assert gradebook_at(url, COURSE_ID, "ps1") == local["gradebook"]
     report = json.loads((course / "report.json").read_text())
     assert verdicts(report) == verdicts(local["report"]) and report["counts"] == local["report"]["counts"]
     # each task on its own node, and the lines the tasks printed are the instructor's
@@ -126,14 +137,9 @@ def tasks_on(cluster, node: str) -> List[int]:
 
 
 def test_a_node_killed_while_grading_then_the_same_command_ends_as_an_uninterrupted_run(
-        pg_cluster, slurm_cluster, tmp_path):
-    # students who take a while each (1.5 s a notebook), so that node1 dies mid-student
-    want_url = pg_cluster.create_db("kill_want")
-    want_course, expected = small(tmp_path, "want", want_url, students=8, sleep=1.5)
-    code, out = finish(run_batch(want_course.root, None, "--jobs", "2"))
-    assert code == 0, out
+        small_want, pg_cluster, slurm_cluster, tmp_path):
     url = pg_cluster.create_db("kill")
-    c, _ = small(tmp_path, "course", url, students=8, sleep=1.5)
+    c, _ = small_course(tmp_path, "course", url, **SMALL)
     p = run_batch(c.root, slurm_cluster.env["SLURM_CONF"], "--slurm", "--slurm-tasks", "2", "--jobs", "1",
                   "--slurm-arg=--exclusive")
     try:
@@ -151,20 +157,16 @@ def test_a_node_killed_while_grading_then_the_same_command_ends_as_an_uninterrup
     assert code in (0, 3), out
     code, out = finish(run_batch(c.root, slurm_cluster.env["SLURM_CONF"], *slurm_args(slurm_cluster)))
     assert code == 0, out
-    got = gradebook(url, "env-course", "env1")
-    assert got == gradebook(want_url, "env-course", "env1")
-    assert {s: sum(nb["score"] for nb in d["notebooks"].values()) for s, d in got.items()} == expected
+    got = gradebook_at(url, "env-course", "env1")
+    assert got == small_want["gradebook"]
+    assert {s: sum(nb["score"] for nb in d["notebooks"].values()) for s, d in got.items()} == small_want["scores"]
     wait_for("the job to leave the queue", lambda: queue_empty(slurm_cluster), 60)
 
 
 def test_a_cancelled_job_leaves_its_students_to_the_same_command_and_ctrl_c_cancels_the_job(
-        pg_cluster, slurm_cluster, tmp_path):
-    want_url = pg_cluster.create_db("cancel_want")
-    want, expected = small(tmp_path, "want", want_url, students=6, sleep=1.5)
-    code, out = finish(run_batch(want.root, None, "--jobs", "2"))
-    assert code == 0, out
+        small_want, pg_cluster, slurm_cluster, tmp_path):
     url = pg_cluster.create_db("cancel")
-    c, _ = small(tmp_path, "course", url, students=6, sleep=1.5)
+    c, _ = small_course(tmp_path, "course", url, **SMALL)
     conf = slurm_cluster.env["SLURM_CONF"]
     args = ["--slurm", "--slurm-tasks", "1", "--jobs", "1"]
     results = ".isolate-grade/env1/runs/*/results/*.json"
@@ -200,7 +202,7 @@ def test_a_cancelled_job_leaves_its_students_to_the_same_command_and_ctrl_c_canc
     # the same command again: the rest, and the gradebook of an uninterrupted run
     code, out = finish(run_batch(c.root, conf, *args))
     assert code == 0, out
-    assert gradebook(url, "env-course", "env1") == gradebook(want_url, "env-course", "env1")
+    assert gradebook_at(url, "env-course", "env1") == small_want["gradebook"]
 
 
 class Forward(threading.Thread):
@@ -246,14 +248,16 @@ def nothing_graded(course: Path) -> bool:
 def test_refusals_before_anything_is_graded(pg_cluster, slurm_cluster, tmp_path):
     conf = slurm_cluster.env["SLURM_CONF"]
     # a SQLite gradebook: the nodes can't share it (exit 2, no job submitted)
-    lite, _ = small(tmp_path, "sqlite", "sqlite:///" + str(tmp_path / "sqlite" / "gradebook.db"), students=2)
+    lite, _ = small_course(tmp_path, "sqlite", "sqlite:///" + str(tmp_path / "sqlite" / "gradebook.db"), students=2)
     code, out = finish(run_batch(lite.root, conf, "--slurm"))
     assert code == 2 and "SQLite" in out and "PostgreSQL" in out, out
     assert queue_empty(slurm_cluster) and nothing_graded(lite.root)
-    # Slurm not reachable
+    # Slurm not reachable: its controller does not answer (the cluster's config, another port)
     url = pg_cluster.create_db("refusals")
-    c, _ = small(tmp_path, "course", url, students=2)
-    code, out = finish(run_batch(c.root, str(tmp_path / "no-slurm.conf"), "--slurm"))
+    c, _ = small_course(tmp_path, "course", url, students=2)
+    down = tmp_path / "down.conf"
+    down.write_text(re.sub(r"(?m)^SlurmctldPort=.*$", "SlurmctldPort=1", Path(conf).read_text()))
+    code, out = finish(run_batch(c.root, str(down), "--slurm"))
     assert code == 3 and "Slurm is not reachable" in out, out
     assert nothing_graded(c.root)
     # a gradebook the instructor's machine reaches (127.0.0.1 here) and the nodes don't (their
