@@ -48,10 +48,13 @@ fuzz_target!(|data: &[u8]| {
                 let _ = units::parse_count(j, 256);
             }
             let _ = units::parse_duration(&g.student_timeout);
+            if let Some(n) = &g.slurm_tasks {
+                let _ = units::parse_count(n, 10_000);
+            }
         }
         Command::Stage(a) => {
             let _ = stage::validate(&a);
         }
-        Command::Install(_) | Command::Check(_) => {}
+        Command::Install(_) | Command::Check(_) | Command::Task(_) => {}
     }
 });

@@ -384,6 +384,7 @@ fn start_slurm(
         course: &req.layout.course,
         assignment: req.assignment(),
         binary: &binary,
+        sudo: req.sudo,
         extra,
         tasks,
         preflight,

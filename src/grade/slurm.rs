@@ -29,6 +29,9 @@ pub struct Submission<'a> {
     pub course: &'a Path,
     pub assignment: &'a str,
     pub binary: &'a Path,
+    /// The batch was started through sudo: so is each task (`sudo -n`, the same rule on the
+    /// nodes), which then makes its kernels' sandboxes as the local batch does.
+    pub sudo: bool,
     /// The instructor's own sbatch options, after ours (so theirs win where they overlap).
     pub extra: &'a [String],
     pub tasks: usize,
@@ -44,7 +47,8 @@ impl Submission<'_> {
             (format!("isolate-grade-{}", self.assignment), self.run.path.join("task-%a.out"))
         };
         // the task reads the batch's options, its system config included, from the run
-        let mut command = vec![sh_quote(&self.binary.display().to_string())];
+        let mut command = if self.sudo { vec!["sudo".to_string(), "-n".to_string()] } else { vec![] };
+        command.push(sh_quote(&self.binary.display().to_string()));
         command.extend(["task".to_string(), sh_quote(&self.run.path.display().to_string())]);
         if self.preflight {
             command.push("--preflight".into());
@@ -137,6 +141,7 @@ mod tests {
             course: Path::new("/srv/course it's"),
             assignment: "ps1",
             binary: Path::new("/usr/local/bin/isolate-grade"),
+            sudo: false,
             extra,
             tasks: 3,
             preflight,
@@ -156,6 +161,8 @@ mod tests {
         let wrap = a.iter().position(|x| x.starts_with("--wrap=")).unwrap();
         assert!(part < wrap && wrap == a.len() - 1);
         assert_eq!(a[wrap], "--wrap=exec '/usr/local/bin/isolate-grade' task '/srv/run'");
+        let through_sudo = Submission { sudo: true, ..sub(&run, &[], false) }.args();
+        assert_eq!(through_sudo.last().unwrap(), "--wrap=exec sudo -n '/usr/local/bin/isolate-grade' task '/srv/run'");
         let p = sub(&run, &[], true).args();
         assert!(!p.iter().any(|x| x.starts_with("--array")), "{p:?}");
         assert!(p.last().unwrap().ends_with(" --preflight"));
