@@ -72,7 +72,7 @@ for line in open(sys.argv[1]):
     if not line:
         continue
     name, _, ver = line.partition("==")
-    name = name.split("[")[0]  # psycopg[binary]: the extra is installed as its own pin's package
+    name = name.split("[")[0]  # psycopg[binary]: the extra is not part of the name
     if have.get(norm(name)) != ver.strip():
         missing.append(line)
 if missing:
