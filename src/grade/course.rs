@@ -118,19 +118,22 @@ impl Layout {
     /// Held while a student is graded, by the batch and by formgrader's path (src/route.py):
     /// a click on a student the batch is grading waits for it.
     pub fn student_lock(&self, student: &str) -> Result<Flock<File>, CourseError> {
+        let (f, path) = self.student_lock_file(student)?;
+        Flock::lock(f, FlockArg::LockExclusive).map_err(|(_, e)| CourseError::Io { path, source: e.into() })
+    }
+
+    /// The student's lock file, opened (made if need be), and its path.
+    fn student_lock_file(&self, student: &str) -> Result<(File, PathBuf), CourseError> {
         let dir = self.state.join("students");
         std::fs::create_dir_all(&dir).map_err(io(&dir))?;
         let path = dir.join(format!("{student}.lock"));
         let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(io(&path))?;
-        Flock::lock(f, FlockArg::LockExclusive).map_err(|(_, e)| CourseError::Io { path, source: e.into() })
+        Ok((f, path))
     }
 
     /// The student's lock if no one holds it (a shared batch's claim); `None` if someone does.
     pub fn try_student_lock(&self, student: &str) -> Result<Option<Flock<File>>, CourseError> {
-        let dir = self.state.join("students");
-        std::fs::create_dir_all(&dir).map_err(io(&dir))?;
-        let path = dir.join(format!("{student}.lock"));
-        let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(io(&path))?;
+        let (f, path) = self.student_lock_file(student)?;
         match Flock::lock(f, FlockArg::LockExclusiveNonblock) {
             Ok(lock) => Ok(Some(lock)),
             Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(None),
