@@ -220,11 +220,11 @@ impl<'a> Claims<'a> {
             let waiting = {
                 let mut st = self.state.lock().expect("not poisoned");
                 while let Some(student) = st.pending.pop_front() {
-                    if self.run.has_result(&student) {
-                        continue;
-                    }
                     match self.layout.try_student_lock(&student)? {
-                        // looked at again after the claim: it may have been recorded in between
+                        // Looked at only once claimed: a result is recorded before its claim
+                        // is released, so one seen now is final, and none seen now can appear
+                        // until we release. (Looking first, unclaimed, would leave a window
+                        // where another task records it and lets go just before we claim.)
                         Some(_) if self.run.has_result(&student) => continue,
                         Some(lock) => return Ok(Some((student, lock))),
                         None => st.busy.push(student),
