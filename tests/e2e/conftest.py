@@ -1,5 +1,7 @@
 """Shared by the end-to-end suites: where things are, and small courses made on the fly."""
 
+import fcntl
+import hashlib
 import json
 import os
 import secrets
@@ -114,6 +116,25 @@ class Notebook:
     language: str = "python"
 
 
+# The same exercise in R (IRkernel) and in Python: a solution `square`, tests worth 2 and 3.
+def r_notebook(name: str = "r") -> Notebook:
+    return Notebook(name, [
+        nb_cell("code", "square <- function(x) {\n  ### BEGIN SOLUTION\n  x^2\n  ### END SOLUTION\n}",
+                grade_id="answer", solution=True),
+        nb_cell("code", "stopifnot(square(3) == 9)", grade_id="test_three", points=2),
+        nb_cell("code", "stopifnot(identical(square(1:3), c(1, 4, 9)))", grade_id="test_vector", points=3),
+    ], kernel="ir", language="R")
+
+
+def py_notebook(name: str, kernel: str = "python3") -> Notebook:
+    return Notebook(name, [
+        nb_cell("code", "def square(x):\n    ### BEGIN SOLUTION\n    return x * x\n    ### END SOLUTION",
+                grade_id="answer", solution=True),
+        nb_cell("code", "assert square(3) == 9", grade_id="test_three", points=2),
+        nb_cell("code", "assert [square(i) for i in (1, 2, 3)] == [1, 4, 9]", grade_id="test_list", points=3),
+    ], kernel=kernel)
+
+
 def make_assignment(root: Path, python: Python, notebooks: List[Notebook], answers: Dict[str, Dict[str, str]],
                     assignment: str = "env1", config: str = "") -> Course:
     """A course with one assignment of several notebooks (any kernels). The cell with grade_id
@@ -161,6 +182,64 @@ def copy_course(c: Course, dst: Path) -> Course:
 def project_python() -> Python:
     """The project venv (Debian's /usr/bin/python3.11, scripts/venv.sh): the tests' own."""
     return Python("debian", Path(sys.executable))
+
+
+# Environments the tests build from other interpreters (tests/e2e/test_pythons.py has them all;
+# the Slurm suite grades with pyenv's too), kept between runs and rebuilt when the pins change.
+PYTHONS = ROOT / "target" / "pythons"
+REQUIREMENTS = [ROOT / "scripts" / "requirements.txt"]
+
+
+def default_python3() -> Path:
+    """The first python3 on PATH whose installation is outside /usr (pyenv's on this image)."""
+    for d in os.environ.get("PATH", "").split(os.pathsep):
+        p = Path(d) / "python3"
+        if p.exists():
+            real = Path(subprocess.run([str(p), "-c", "import sys; print(sys.base_prefix)"], capture_output=True,
+                                       text=True, check=True).stdout.strip())
+            if not str(real).startswith("/usr"):
+                exe = subprocess.run([str(p), "-c", "import sys; print(sys.executable)"], capture_output=True,
+                                     text=True, check=True).stdout.strip()
+                return Path(exe)
+    for c in sorted(Path("/root/.pyenv/versions").glob("3.1[1-9]*/bin/python3")):
+        return c
+    pytest.fail("no python3 installed outside /usr on this machine (pyenv's is expected on this image)")
+
+
+def pip_install(target_python: Path, *args: str, via: Optional[Path] = None) -> None:
+    """pip install into `target_python`'s environment (with `via`'s pip when it has none)."""
+    cmd = [str(via), "-m", "pip", "--python", str(target_python)] if via else [str(target_python), "-m", "pip"]
+    subprocess.run([*cmd, "install", "--disable-pip-version-check", "-q", "--progress-bar", "off", *args],
+                   check=True, capture_output=True, text=True)
+
+
+def built_venv(path: Path, *flags: str, maker: Optional[Path] = None, install: bool = True) -> Path:
+    """`maker -m venv FLAGS PATH` (maker: default_python3()) with the project's requirements,
+    built once and kept while the pins and the maker are the same; its python. Two pytest
+    processes (CI runs two at once) build it one after the other, under a lock beside it."""
+    maker = maker or default_python3()
+    base = default_python3()
+    key = hashlib.sha256(b"".join(r.read_bytes() for r in REQUIREMENTS) + str(maker).encode()
+                         + " ".join(flags).encode() + b"3").hexdigest()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    stamp = path / ".isolate-grade-test"
+    with open(path.parent / f".{path.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (stamp.exists() and stamp.read_text() == key):
+            shutil.rmtree(path, ignore_errors=True)
+            subprocess.run([str(maker), "-m", "venv", *flags, str(path)], check=True)
+            if install:
+                reqs = [a for r in REQUIREMENTS for a in ("-r", str(r))]
+                pip_install(path / "bin" / "python", *reqs, via=base if "--without-pip" in flags else None)
+            stamp.write_text(key)
+    return path / "bin" / "python"
+
+
+@pytest.fixture(scope="session")
+def pyenv_python() -> Python:
+    """A venv made from the machine's default python3 (pyenv's here: its base under
+    /root/.pyenv, not /usr), the way most instructors make one."""
+    return Python("pyenv", built_venv(PYTHONS / "pyenv"))
 
 
 

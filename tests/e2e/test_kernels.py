@@ -22,7 +22,8 @@ from typing import Dict, List
 
 import pytest
 
-from conftest import BIN, NEEDS_ROOT, TWIN_HOME, Course, Notebook, copy_course, make_assignment, nb_cell
+from conftest import (BIN, NEEDS_ROOT, TWIN_HOME, Course, Notebook, copy_course, make_assignment, nb_cell,
+                      py_notebook, r_notebook)
 
 pytestmark = NEEDS_ROOT
 
@@ -38,24 +39,6 @@ def kernels_installed():
     specs = json.loads(have.stdout)["kernelspecs"]
     missing = [k for k in ("ir", "xpython", "octave") if k not in specs]
     assert not missing, f"kernelspecs {missing} missing: run `bash scripts/kernels.sh` (scripts/test.sh does)"
-
-
-def r_notebook(name: str = "r") -> Notebook:
-    return Notebook(name, [
-        nb_cell("code", "square <- function(x) {\n  ### BEGIN SOLUTION\n  x^2\n  ### END SOLUTION\n}",
-                grade_id="answer", solution=True),
-        nb_cell("code", "stopifnot(square(3) == 9)", grade_id="test_three", points=2),
-        nb_cell("code", "stopifnot(identical(square(1:3), c(1, 4, 9)))", grade_id="test_vector", points=3),
-    ], kernel="ir", language="R")
-
-
-def py_notebook(name: str, kernel: str = "python3") -> Notebook:
-    return Notebook(name, [
-        nb_cell("code", "def square(x):\n    ### BEGIN SOLUTION\n    return x * x\n    ### END SOLUTION",
-                grade_id="answer", solution=True),
-        nb_cell("code", "assert square(3) == 9", grade_id="test_three", points=2),
-        nb_cell("code", "assert [square(i) for i in (1, 2, 3)] == [1, 4, 9]", grade_id="test_list", points=3),
-    ], kernel=kernel)
 
 
 R_ANSWERS = {

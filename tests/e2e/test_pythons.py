@@ -21,7 +21,6 @@ marker module, sees NBGRADER_EXECUTION=autograde, and can read back a file it wr
 working directory; that file must then be in `autograded/` as bare nbgrader leaves it.
 """
 
-import hashlib
 import json
 import os
 import shutil
@@ -32,29 +31,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BIN, NEEDS_ROOT, ROOT, Python, copy_course, make_course, nb_cell
+from conftest import BIN, NEEDS_ROOT, PYTHONS, Python, built_venv, copy_course, default_python3, make_course, nb_cell
 
 pytestmark = NEEDS_ROOT
 
-REQS = [ROOT / "scripts" / "requirements.txt"]
-WORK = ROOT / "target" / "pythons"
+WORK = PYTHONS
 OPT = Path("/opt/isolate-grade-test")  # the conda-like environment lives under /opt, as conda's does
-
-
-def default_python3() -> Path:
-    """The first python3 on PATH whose installation is outside /usr (pyenv's on this image)."""
-    for d in os.environ.get("PATH", "").split(os.pathsep):
-        p = Path(d) / "python3"
-        if p.exists():
-            real = Path(subprocess.run([str(p), "-c", "import sys; print(sys.base_prefix)"], capture_output=True,
-                                       text=True, check=True).stdout.strip())
-            if not str(real).startswith("/usr"):
-                exe = subprocess.run([str(p), "-c", "import sys; print(sys.executable)"], capture_output=True,
-                                     text=True, check=True).stdout.strip()
-                return Path(exe)
-    for c in sorted(Path("/root/.pyenv/versions").glob("3.1[1-9]*/bin/python3")):
-        return c
-    pytest.fail("no python3 installed outside /usr on this machine (pyenv's is expected on this image)")
 
 
 def wheel(dst: Path, name: str, source: str) -> Path:
@@ -72,43 +54,15 @@ def wheel(dst: Path, name: str, source: str) -> Path:
     return path
 
 
-def pip_install(target_python: Path, *args: str, via: Path = None):
-    """pip install into `target_python`'s environment (with `via`'s pip when it has none)."""
-    cmd = [str(via), "-m", "pip", "--python", str(target_python)] if via else [str(target_python), "-m", "pip"]
-    subprocess.run([*cmd, "install", "--disable-pip-version-check", "-q", "--progress-bar", "off", *args],
-                   check=True, capture_output=True, text=True)
-
-
-def fresh(marker: Path, key: str) -> bool:
-    return marker.exists() and marker.read_text() == key
-
-
 @pytest.fixture(scope="session")
-def pythons(project_python, tmp_path_factory) -> dict:
+def pythons(project_python, pyenv_python, tmp_path_factory) -> dict:
     """Every environment, built once (kept in target/pythons and /opt/isolate-grade-test,
     rebuilt when the pins change)."""
     base = default_python3()
-    key = hashlib.sha256(b"".join(r.read_bytes() for r in REQS) + str(base).encode() + b"2").hexdigest()
-    WORK.mkdir(parents=True, exist_ok=True)
-    reqs = [a for r in REQS for a in ("-r", str(r))]
     envs = {"debian": project_python}
-
-    def venv(path: Path, *flags: str, maker: Path = base, install: bool = True) -> Path:
-        stamp = path / ".isolate-grade-test"
-        if not fresh(stamp, key):
-            shutil.rmtree(path, ignore_errors=True)
-            subprocess.run([str(maker), "-m", "venv", *flags, str(path)], check=True)
-            if install:
-                if "--without-pip" in flags:
-                    pip_install(path / "bin" / "python", *reqs, via=base)
-                else:
-                    pip_install(path / "bin" / "python", *reqs)
-            stamp.write_text(key)
-        return path / "bin" / "python"
-
-    envs["pyenv"] = Python("pyenv", venv(WORK / "pyenv"))
-    envs["conda-like"] = Python("conda-like", venv(OPT / "conda-like", "--copies"))
-    sysvenv = venv(WORK / "system-site", "--system-site-packages", "--without-pip")
+    envs["pyenv"] = pyenv_python
+    envs["conda-like"] = Python("conda-like", built_venv(OPT / "conda-like", "--copies"))
+    sysvenv = built_venv(WORK / "system-site", "--system-site-packages", "--without-pip")
     envs["system-site"] = Python("system-site", sysvenv)
     # pip install --user, for a caller whose home is made here
     home = tmp_path_factory.mktemp("home") / "instructor"
@@ -124,7 +78,7 @@ def pythons(project_python, tmp_path_factory) -> dict:
     real_base = Path(os.path.realpath(base))
     (links / "b" / "python3").symlink_to(real_base)
     (links / "a").symlink_to(links / "b" / "python3")
-    envs["chain"] = Python("chain", venv(WORK / "chain", maker=links / "a"))
+    envs["chain"] = Python("chain", built_venv(WORK / "chain", maker=links / "a"))
     return envs
 
 

@@ -9,6 +9,9 @@ namespace, sharing this machine's filesystem) and a PostgreSQL gradebook (pg_clu
   run, every student graded once;
 - the job cancelled from outside: the rest are `sandbox-error`, exit 3; Ctrl-C: the job is
   cancelled, exit 130; the same command then finishes, with the uninterrupted run's gradebook;
+- the field, not the lab: the grader's interpreter a venv of the machine's default python3
+  (pyenv's here) and an assignment with an R notebook beside a Python one, graded by the job
+  array with the scores bare nbgrader gives and the gradebook of a local run;
 - refusals before anything is submitted: a SQLite gradebook (exit 2), Slurm not reachable
   (exit 3), and a gradebook the instructor reaches but the nodes don't (the preflight job's
   verdict, exit 3), each with nothing graded and no password shown.
@@ -26,17 +29,21 @@ from typing import Dict, List, Optional, Set, Tuple
 
 import pytest
 
-from conftest import BIN, NEEDS_ROOT, gradebook_at, grader_env, prepare_fixture, small_course
+from conftest import (BIN, NEEDS_ROOT, Python, gradebook_at, grader_env, make_assignment, prepare_fixture,
+                      py_notebook, r_notebook, small_course)
 
 pytestmark = NEEDS_ROOT
 
 COURSE_ID = "fixture-course"
 
 
-def run_batch(course: Path, slurm_conf: Optional[str], *args: str, timeout: float = 900) -> subprocess.Popen:
+def run_batch(course: Path, slurm_conf: Optional[str], *args: str, python: Optional[Python] = None) -> subprocess.Popen:
+    """The batch on `course`, with Slurm's config if given, with `python` as the grader's
+    interpreter if given (its environment: PATH and ISOLATE_GRADE_PYTHON), else this venv's."""
     report = course / "report.json"
     report.unlink(missing_ok=True)
-    env = grader_env(**({"SLURM_CONF": slurm_conf} if slurm_conf else {}))
+    extra = {"SLURM_CONF": slurm_conf} if slurm_conf else {}
+    env = python.run_env(ISOLATE_GRADE_PYTHON=str(python.python), **extra) if python else grader_env(**extra)
     return subprocess.Popen([str(BIN), "ps1" if (course / "source" / "ps1").exists() else "env1",
                              "--course", str(course), "--report", str(report), *args],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -243,6 +250,34 @@ class Forward(threading.Thread):
                     s.shutdown(socket.SHUT_RDWR)
                 except OSError:
                     pass
+
+
+def test_a_pyenv_grader_and_an_r_notebook_are_graded_on_the_nodes_as_locally(pg_cluster, slurm_cluster,
+                                                                              pyenv_python, tmp_path):
+    """The instructor's interpreter is a venv of the machine's default python3 (its base under
+    /root/.pyenv, not /usr: the task on each node must find the same runtime to bind), and the
+    assignment mixes IRkernel with ipykernel: each task routes each notebook to its own
+    sandboxed kernel, as the local batch does, and nothing is graded by the wrong one."""
+    answers = {"alice": {"py": "def square(x):\n    return x * x", "r": "square <- function(x) x^2"},
+               "bob": {"py": "def square(x):\n    return x * 3", "r": "square <- function(x) x^2"},
+               "carol": {"py": "def square(x):\n    return x * x", "r": 'square <- function(x) stop("no")'}}
+    # computed from the notebooks' tests (2 points for square(3), 3 for the list or vector)
+    want = {"alice": {"py": 5.0, "r": 5.0}, "bob": {"py": 2.0, "r": 5.0}, "carol": {"py": 5.0, "r": 0.0}}
+    books = {}
+    for how, conf, args in (("local", None, ["--jobs", "2"]),
+                            ("slurm", slurm_cluster.env["SLURM_CONF"], slurm_args(slurm_cluster))):
+        url = pg_cluster.create_db(f"mixed_{how}")
+        c = make_assignment(tmp_path / how, pyenv_python, [py_notebook("py"), r_notebook("r")], answers,
+                            config=f"c.CourseDirectory.db_url = {url!r}\n")
+        code, out = finish(run_batch(c.root, conf, "--python", str(pyenv_python.python), *args, python=pyenv_python))
+        assert code == 0, out
+        report = json.loads((c.root / "report.json").read_text())
+        for s in report["students"]:
+            assert [nb["verdict"] for nb in s["notebooks"]] == ["ok", "ok"], s
+        books[how] = gradebook_at(url, "env-course", "env1")
+        assert {s: {nb: g["score"] for nb, g in b["notebooks"].items()} for s, b in books[how].items()} == want, how
+    assert books["slurm"] == books["local"]
+    wait_for("the job to leave the queue", lambda: queue_empty(slurm_cluster), 60)
 
 
 def nothing_graded(course: Path) -> bool:
