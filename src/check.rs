@@ -34,11 +34,43 @@ pub fn check(config_path: Option<&Path>, args: &CheckArgs) -> CheckExit {
     let mut insecure_config = false;
     let mut add = |name, ok, detail: String| items.push(Item { name, ok, warn: false, detail });
 
-    let euid = nix::unistd::geteuid();
+    // The mode, and whether a user namespace could hold the sandbox: rootless mode needs it,
+    // and an admin deciding between the modes wants to know (the probe forks: no thread yet).
+    let choice = crate::userns::choose();
+    let probe = crate::userns::probe();
+    let privileged = choice.mode == crate::userns::Mode::Privileged;
     add(
-        "privileges",
-        euid.is_root(),
-        format!("effective uid {euid} (root is needed: run as root, via sudo, or install setuid)"),
+        "mode",
+        privileged,
+        match choice.mode {
+            crate::userns::Mode::Privileged => format!("privileged: {}", choice.why),
+            crate::userns::Mode::Rootless => format!(
+                "rootless: {}; the rootless sandbox is not built yet (issue #17), so this needs the privileged \
+                 helper: run as root, via sudo, or install setuid",
+                choice.why
+            ),
+        },
+    );
+    add(
+        "user-namespaces",
+        privileged || probe.userns.is_ok(),
+        match &probe.userns {
+            Ok(()) => "an unprivileged user namespace with its own mounts can be made here".into(),
+            Err(f) if privileged => format!("{f} (not needed in privileged mode)"),
+            Err(f) => format!("{f}: {}", crate::userns::ALTERNATIVES),
+        },
+    );
+    add(
+        "userns-procfs",
+        true,
+        match (&probe.userns, probe.proc) {
+            (Ok(()), Ok(())) => "a fresh procfs can be mounted in one".into(),
+            (Ok(()), Err(e)) => format!(
+                "a fresh procfs cannot be mounted in one ({e}): this /proc has masked or read-only paths, as a \
+                 container's has"
+            ),
+            (Err(_), _) => "not tried (no user namespace)".into(),
+        },
     );
     let exe = std::fs::metadata("/proc/self/exe").ok();
     let setuid = exe.as_ref().is_some_and(|m| m.mode() & 0o4000 != 0 && m.uid() == 0);

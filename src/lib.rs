@@ -41,4 +41,5 @@ pub mod submission;
 pub mod supervisor;
 pub mod sys;
 pub mod units;
+pub mod userns;
 pub mod zmtp;
