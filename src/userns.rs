@@ -267,6 +267,7 @@ fn run_probe() -> Result<(Vec<(ProbeStep, i32)>, Option<Signal>), (ProbeStep, Er
     use std::os::fd::AsRawFd;
     // Everything the child needs, made before the fork: it must not allocate.
     let uid = nix::unistd::getuid().as_raw();
+    let euid_root = nix::unistd::geteuid().is_root();
     let gid = nix::unistd::getgid().as_raw();
     let uid_map = CString::new(format!("{uid} {uid} 1")).expect("no NUL");
     let gid_map = CString::new(format!("{gid} {gid} 1")).expect("no NUL");
@@ -307,9 +308,12 @@ fn run_probe() -> Result<(Vec<(ProbeStep, i32)>, Option<Signal>), (ProbeStep, Er
             // SAFETY: raw syscalls on NUL-terminated strings prepared before the fork, and on
             // nothing else; no allocation, and the child leaves by _exit.
             unsafe {
-                // main.rs made us not dumpable, which makes /proc/self/* root's: this child's
-                // own map files would be closed to it (EACCES). It exits in a moment.
-                libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0);
+                // main.rs made us not dumpable, which makes /proc/self/* root's: an unprivileged
+                // child's own map files would be closed to it (EACCES). It exits in a moment.
+                // Root needs no such thing, and a setuid process is never made dumpable.
+                if !euid_root {
+                    libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0);
+                }
                 if !report(ProbeStep::UserNamespace, libc::unshare(libc::CLONE_NEWUSER)) {
                     libc::_exit(0);
                 }

@@ -13,8 +13,9 @@ namespace, sharing this machine's filesystem) and a PostgreSQL gradebook (pg_clu
   (pyenv's here) and an assignment with an R notebook beside a Python one, graded by the job
   array with the scores bare nbgrader gives and the gradebook of a local run;
 - refusals before anything is submitted: a SQLite gradebook (exit 2), Slurm not reachable
-  (exit 3), and a gradebook the instructor reaches but the nodes don't (the preflight job's
-  verdict, exit 3), each with nothing graded and no password shown.
+  (exit 3), a gradebook the instructor reaches but the nodes don't (the preflight job's
+  verdict, exit 3), and a course directory the nodes don't see at the instructor's path (the
+  preflight job ends without a verdict, exit 3), each with nothing graded and no password shown.
 """
 
 import json
@@ -313,3 +314,26 @@ def test_refusals_before_anything_is_graded(pg_cluster, slurm_cluster, tmp_path)
     assert code == 3 and "preflight job on a Slurm node failed" in out and "on node" in out, out
     assert pg_cluster.password not in out + (run_dir(c.root) / "preflight.out").read_text()
     assert nothing_graded(c.root) and queue_empty(slurm_cluster)
+
+
+def test_a_course_the_nodes_do_not_see_at_the_same_path_is_refused_at_the_preflight(pg_cluster, slurm_cluster,
+                                                                                     tmp_path):
+    """The instructor's course at a path the nodes don't have (here: bound onto an empty
+    directory in the instructor's own mount namespace, as an automounted or per-user mount
+    would be): the preflight job can't read the run, so it ends without a verdict; the batch
+    says what to check, exit 3, nothing graded and nothing left in the queue."""
+    url = pg_cluster.create_db("unseen")
+    c, _ = small_course(tmp_path, "course", url, students=2)
+    seen_here = tmp_path / "instructor-only"
+    seen_here.mkdir()  # the nodes see it too, empty
+    env = grader_env(SLURM_CONF=slurm_cluster.env["SLURM_CONF"])
+    script = 'mount --bind "$1" "$2" && shift 2 && exec "$@"'
+    r = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh", str(c.root),
+                        str(seen_here), str(BIN), "env1", "--course", str(seen_here), *slurm_args(slurm_cluster)],
+                       env=env, capture_output=True, text=True, timeout=600)
+    out = r.stdout + r.stderr
+    assert r.returncode == 3, out
+    assert "preflight job on a Slurm node failed" in out and "at the same path" in out, out
+    assert str(seen_here) in out, out
+    assert nothing_graded(c.root) and not list(seen_here.iterdir())
+    wait_for("the job to leave the queue", lambda: queue_empty(slurm_cluster), 60)
