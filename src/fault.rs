@@ -13,6 +13,8 @@ use std::path::PathBuf;
 /// The host's steps, before the sandbox exists and around it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HostStep {
+    /// The mode (privileged or rootless) and what it allows this caller.
+    Mode,
     /// The state directory and the new root's mount point in it.
     StateDir,
     /// A free slot (uid and cgroup), locked.
@@ -51,6 +53,7 @@ impl HostStep {
     fn names(self) -> (&'static str, Option<&'static str>) {
         use HostStep::*;
         match self {
+            Mode => ("mode", None),
             StateDir => ("state-dir", None),
             Slot => ("slot", None),
             Cgroup => ("cgroup", None),

@@ -10,10 +10,14 @@
 
 use crate::cgroup::{CgroupLimits, Hierarchies, RunCgroup};
 use crate::fault::{Fault, HostStep};
+use crate::plan::Outside;
+use crate::policy::LimitsMode;
 use crate::report::Report;
 use crate::request::Request;
 use crate::slot;
 use crate::supervisor;
+use crate::userns::{self, Mode};
+use nix::unistd::{getgid, getuid};
 use std::path::Path;
 use std::time::Instant;
 
@@ -33,33 +37,62 @@ pub fn run(req: Request) -> Report {
 
 fn steps(req: Request, info: &mut crate::report::SandboxInfo) -> Result<supervisor::Outcome, Fault> {
     let config = &req.config;
-    // 1. The state directory, root-owned and writable by nobody else, before anything is
-    //    created in it: it holds the slot locks and the empty directory each new root is
-    //    mounted on.
-    let root_dir = slot::prepare_state_dir(&config.state_dir).map_err(|e| Fault::text(HostStep::StateDir, e))?;
-    // 2. A slot: the lowest free lock, held until the run has ended. Its index is the run's
+    // 1. The mode, from what we hold, before anything is made: privileged with CAP_SYS_ADMIN
+    //    in the host's user namespace; otherwise rootless, the sandbox in a user namespace of
+    //    its own mapping its one uid to the caller. A setuid or sudo install without that
+    //    capability (a container's) is refused: it would be root in name only.
+    let mode = userns::choose();
+    info.mode = Some(mode.mode);
+    let rootless = match mode.mode {
+        Mode::Privileged => None,
+        Mode::Rootless if req.caller.trusted() => Some(Outside { uid: getuid().as_raw(), gid: getgid().as_raw() }),
+        Mode::Rootless => return Err(Fault::text(HostStep::Mode, setuid_without_privilege(&mode))),
+    };
+    // 2. The state directory, before anything is created in it: it holds the slot locks and
+    //    the empty directory each new root is mounted on. Root's, writable by nobody else; in
+    //    rootless mode the caller's own, open to nobody else.
+    let (state_dir, owner) = match rootless {
+        None => (config.state_dir.clone(), 0),
+        Some(o) => (slot::rootless_state_dir(o.uid), o.uid),
+    };
+    let root_dir = slot::prepare_state_dir(&state_dir, owner).map_err(|e| Fault::text(HostStep::StateDir, e))?;
+    // 3. A slot: the lowest free lock, held until the run has ended. Its index is the run's
     //    own uid and cgroup name, so two runs never share either, and a caller can't choose it.
-    let slot = slot::acquire_slot(&config.state_dir, config.slots).map_err(|e| Fault::text(HostStep::Slot, e))?;
+    //    (Rootless, the uid is the sandbox's own inside its user namespace, the caller's on
+    //    the host.)
+    let slot = slot::acquire_slot(&state_dir, config.slots).map_err(|e| Fault::text(HostStep::Slot, e))?;
     let uid = config.slot_uid(slot.index);
     (info.slot, info.uid) = (Some(slot.index), Some(uid));
-    // 3. The run's cgroup with its memory, pids and CPU limits, before the sandbox exists:
+    // 4. The run's cgroup with its memory, pids and CPU limits, before the sandbox exists:
     //    on v2 it is born inside it (clone3), on v1 joining it is the sandbox's first step, so
-    //    nothing of the student's ever runs unlimited.
-    let backend = Hierarchies::read(Path::new("/proc/self/mountinfo"))
-        .and_then(|h| h.choose())
-        .map_err(|e| Fault::text(HostStep::Cgroup, e))?;
+    //    nothing of the student's ever runs unlimited. Rootless, there is none unless the
+    //    policy accepts best-effort limits (no delegated subtree is used yet): fail closed.
     let l = &req.policy.limits;
-    let cg_limits = CgroupLimits { memory: l.memory, pids: l.pids, cpu_millicores: l.cpu_quota_millicores };
-    let cgroup = RunCgroup::create(&backend, &config.cgroup_root, slot.index, cg_limits)
-        .map_err(|e| Fault::text(HostStep::Cgroup, e))?;
+    let cgroup = match (rootless, req.policy.limits_mode) {
+        (None, _) => {
+            let backend = Hierarchies::read(Path::new("/proc/self/mountinfo"))
+                .and_then(|h| h.choose())
+                .map_err(|e| Fault::text(HostStep::Cgroup, e))?;
+            let cg_limits = CgroupLimits { memory: l.memory, pids: l.pids, cpu_millicores: l.cpu_quota_millicores };
+            RunCgroup::create(&backend, &config.cgroup_root, slot.index, cg_limits)
+                .map_err(|e| Fault::text(HostStep::Cgroup, e))?
+        }
+        (Some(_), LimitsMode::BestEffort) => {
+            // what the report must own up to (rlimits, wall time and per-process CPU hold)
+            info.not_enforced = vec!["memory", "pids", "cpu_quota", "cpu_time (per process only)"];
+            RunCgroup::Absent
+        }
+        (Some(_), LimitsMode::Required) => return Err(Fault::text(HostStep::Cgroup, ROOTLESS_LIMITS)),
+    };
     info.cgroup = Some(cgroup.version());
     let join = cgroup.join_files().map_err(|e| Fault::text(HostStep::Cgroup, e))?;
-    tracing::debug!(slot = slot.index, uid, cgroup = cgroup.version(), "cgroup ready");
-    // 4. The sandbox's plan, for this slot's uid and cgroup, from the request: made in one
+    tracing::debug!(slot = slot.index, uid, cgroup = cgroup.version(), mode = mode.mode.as_str(), "cgroup ready");
+    // 5. The sandbox's plan, for this slot's uid and cgroup, from the request: made in one
     //    place (Request::into_plan), with its Landlock rules derived from its mounts.
-    let (plan, kept) = req.into_plan(root_dir, uid, join);
-    // 5. clone3 into new mount, PID, network, IPC and UTS namespaces (supervisor::NAMESPACES;
-    //    the cgroup namespace comes from inside, once it is in its cgroup), with every relayed signal
+    let (plan, kept) = req.into_plan(root_dir, uid, join, rootless);
+    // 6. clone3 into new mount, PID, network, IPC and UTS namespaces (supervisor::NAMESPACES;
+    //    the cgroup namespace comes from inside, once it is in its cgroup; rootless, a user
+    //    namespace first, which the sandbox maps itself), with every relayed signal
     //    blocked so none is lost; then, and only then, threads: a kernel's relay of its five
     //    channels and the stdio pumps. Then wait, enforcing wall and CPU time, relaying
     //    signals, ending the sandbox with its client; reap.
@@ -71,11 +104,26 @@ fn steps(req: Request, info: &mut crate::report::SandboxInfo) -> Result<supervis
         watch: kept.watch,
         stdio: kept.stdio,
     })?;
-    // 6. The slot is released last, once nothing of the run is left (supervise killed what
+    // 7. The slot is released last, once nothing of the run is left (supervise killed what
     //    remained in the cgroup, read its counters and removed it): only then may the next
     //    run take its uid.
     drop(slot);
     Ok(outcome)
+}
+
+/// Why a rootless run of a policy with required limits is refused.
+const ROOTLESS_LIMITS: &str = "rootless mode has no cgroup for the policy's memory, pids and CPU limits (a \
+     delegated cgroup v2 subtree is not used yet); set limits = \"best-effort\" in the policy's [sandbox] table to run \
+     with rlimits and the wall-clock limit only (the report lists what was not enforced), or run the privileged helper \
+     (as root, through sudo, or installed setuid) on a host that grants it CAP_SYS_ADMIN";
+
+fn setuid_without_privilege(mode: &userns::Choice) -> String {
+    format!(
+        "installed setuid-root or run through sudo, but {}: the privileged helper can't build a sandbox here (a \
+         container's runtime dropped the capability); run the binary as an ordinary program (not setuid) for rootless \
+         mode, or on a host that grants it",
+        mode.why
+    )
 }
 
 #[cfg(test)]

@@ -51,6 +51,10 @@ pub enum Via {
     Sudo,
     /// The binary is installed setuid-root; the real uid is the caller's.
     Setuid,
+    /// No privilege at all (rootless mode): we are the caller, and can do no more than they
+    /// can, so there is nothing to protect from them; the sandbox is built in a user
+    /// namespace ([`crate::userns`]).
+    Unprivileged,
 }
 
 impl Via {
@@ -59,6 +63,7 @@ impl Via {
             Via::Root => "root",
             Via::Sudo => "sudo",
             Via::Setuid => "setuid",
+            Via::Unprivileged => "unprivileged",
         }
     }
 }
@@ -70,9 +75,11 @@ impl std::fmt::Display for Via {
 }
 
 impl Caller {
-    /// Only a real root caller is trusted (can pick another config, bind anything).
+    /// Only a real root caller is trusted (can pick another config, bind anything); and an
+    /// unprivileged one, whose process has only their own rights to misuse (nothing is done
+    /// as anyone else: reading as the caller is reading).
     pub fn trusted(&self) -> bool {
-        self.via == Via::Root
+        matches!(self.via, Via::Root | Via::Unprivileged)
     }
 
     /// Work out the caller from our credentials (and, under sudo, from what sudo recorded:
@@ -101,7 +108,8 @@ impl Caller {
         }
         let groups =
             nix::unistd::getgroups().map(|gs| gs.into_iter().map(|g| g.as_raw()).collect()).unwrap_or_default();
-        Caller { uid: r.real.as_raw(), gid: g.real.as_raw(), groups, via: Via::Setuid }
+        let via = if r.effective.is_root() { Via::Setuid } else { Via::Unprivileged };
+        Caller { uid: r.real.as_raw(), gid: g.real.as_raw(), groups, via }
     }
 
     /// The system config this caller gets: `requested` only for root; everyone else always
@@ -220,6 +228,10 @@ impl Caller {
                 Ok(x) => x,
                 Err(link) => return Ok(BindSource::Symlink(link)),
             };
+            // Rootless, the sandbox copies it from its own mount namespace (no privilege here).
+            if crate::userns::choose().mode == crate::userns::Mode::Rootless {
+                return Ok(BindSource::Path { path: path.to_path_buf(), is_dir });
+            }
             // As root again: a detached copy of the mount, to attach inside the sandbox.
             crate::sys::raw::open_tree_clone(fd.as_raw_fd()).map(|tree| BindSource::Tree { fd: tree, is_dir }).map_err(
                 |errno| IdentityError::Denied { path: path.into(), what: "a bind source (open_tree)", uid, errno },

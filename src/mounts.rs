@@ -68,6 +68,10 @@ pub enum BindSource {
     Tree { fd: OwnedFd, is_dir: bool },
     /// The source was a symlink and the policy said `symlink = "copy"`.
     Symlink(PathBuf),
+    /// Rootless: the path, checked as the caller (who we are), copied from inside the
+    /// sandbox's mount namespace (its own copy of the caller's), since `open_tree` here needs
+    /// `CAP_SYS_ADMIN` and a mount copied in one namespace can't be attached in another.
+    Path { path: PathBuf, is_dir: bool },
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -212,14 +216,22 @@ impl Root {
     /// devices would not work; it is read-only and `noexec`, and the program can't mknod.
     /// With `ptys > 0`, a devpts instance of the sandbox's own at `/dev/pts` (`newinstance`:
     /// none of the host's terminals are in it; at most `ptys` of them) and `/dev/ptmx` to it.
-    pub fn dev(&mut self, sys: &impl Sys, shm_size: u64, ptys: u32) -> Result<(), MountError> {
+    pub fn dev(&mut self, sys: &impl Sys, shm_size: u64, ptys: u32, bound: bool) -> Result<(), MountError> {
         let dev = Path::new("/dev");
         self.tmpfs(sys, "/dev", 64 << 10, "0755", MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC)?;
         let (parent, name) = self.mount_point(dev, Kind::Dir)?;
         let dir = reopen_dir(&parent, &name, dev)?;
         for &(node, major, minor) in DEVICES {
-            sys.mknod_char(dir.as_raw_fd(), node, major, minor)
-                .map_err(|source| MountError::Sys { target: PathBuf::from(format!("/dev/{node}")), source })?;
+            let target = PathBuf::from(format!("/dev/{node}"));
+            let made = if bound {
+                // the host's own node (a user namespace may not make one), on an empty file
+                let (at_parent, at_name) = self.mount_point(&target, Kind::File)?;
+                let at = reopen(&at_parent, &at_name, &target)?;
+                sys.bind_device(&target, at.as_raw_fd())
+            } else {
+                sys.mknod_char(dir.as_raw_fd(), node, major, minor)
+            };
+            made.map_err(|source| MountError::Sys { target, source })?;
         }
         for (link, to) in [
             ("/dev/fd", "/proc/self/fd"),
@@ -313,6 +325,13 @@ impl Root {
                 let (parent, name) = self.mount_point(&b.target, kind)?;
                 let at = reopen(&parent, &name, &b.target)?;
                 sys.attach_tree(fd.as_raw_fd(), at.as_raw_fd(), b.writable)
+                    .map_err(|source| MountError::Sys { target: b.target.clone(), source })
+            }
+            BindSource::Path { path, is_dir } => {
+                let kind = if *is_dir { Kind::Dir } else { Kind::File };
+                let (parent, name) = self.mount_point(&b.target, kind)?;
+                let at = reopen(&parent, &name, &b.target)?;
+                sys.attach_path(path, at.as_raw_fd(), b.writable)
                     .map_err(|source| MountError::Sys { target: b.target.clone(), source })
             }
         }

@@ -16,6 +16,13 @@ use std::ffi::CString;
 use std::fmt;
 use std::path::PathBuf;
 
+/// Rootless mode: whom the sandbox's user namespace maps its one uid and gid to (the caller).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outside {
+    pub uid: u32,
+    pub gid: u32,
+}
+
 /// Everything the sandbox needs, prepared (and validated) by the supervisor beforehand.
 pub struct Plan {
     /// Empty host directory the new root tmpfs is mounted on (in our mount namespace only).
@@ -28,6 +35,11 @@ pub struct Plan {
     /// A kernel's runtime directory: its connection file and sockets.
     pub runtime: Option<RuntimeDir>,
     pub limits: Limits,
+    /// The program's rlimits, (resource, soft, hard): [`rlimits`], and rootless within the
+    /// hard limits we were given (only `CAP_SYS_RESOURCE` on the host may raise those).
+    pub rlimits: Vec<(Resource, u64, u64)>,
+    /// Rootless: the sandbox is in a user namespace of its own, to be mapped to the caller.
+    pub rootless: Option<Outside>,
     pub hostname: String,
     pub workdir: PathBuf,
     pub proc: ProcMode,
@@ -61,6 +73,7 @@ pub struct Channels {
 /// The step that failed, for the report's `sandbox_error.step`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Step {
+    UserNamespace,
     Cgroup,
     CgroupNamespace,
     RootFs,
@@ -100,7 +113,8 @@ impl fmt::Display for Step {
 
 impl Step {
     /// Every step but [`Step::Bind`], in the order of their tags.
-    pub const ALL: [Step; 25] = [
+    pub const ALL: [Step; 26] = [
+        Step::UserNamespace,
         Step::Cgroup,
         Step::CgroupNamespace,
         Step::RootFs,
@@ -191,27 +205,35 @@ pub fn landlock_enough(mode: LandlockMode, got: &LandlockOutcome) -> Result<(), 
 /// program's side never returns unless a step failed.
 pub fn enter_sandbox<S: Sys>(sys: &S, mut p: Plan, ch: Channels) -> Result<Pid, Fault> {
     use Step::*;
-    // 1. Into the slot's cgroups (v1; on v2 we were born inside), before anything else runs
-    //    and before step 2. Still single-threaded, so moving our thread moves the process.
+    // 1. Rootless: our user namespace's map, before anything, since until it is written we
+    //    are nobody in it: the slot's uid and gid inside, the caller's outside, one each
+    //    (setgroups denied first, as the kernel requires of an unprivileged map).
+    if let Some(outside) = p.rootless {
+        sys.map_user_namespace(p.uid, outside).at(UserNamespace)?;
+    }
+    // 2. Into the slot's cgroups (v1; on v2 we were born inside), before anything else runs
+    //    and before step 3. Still single-threaded, so moving our thread moves the process.
     for tasks in std::mem::take(&mut p.cgroup_join) {
         sys.join_cgroup(std::os::fd::AsRawFd::as_raw_fd(&tasks)).at(Cgroup)?;
     }
-    // 2. A cgroup namespace rooted at the run's cgroup: the host's tree stays hidden.
+    // 3. A cgroup namespace rooted at the run's cgroup: the host's tree stays hidden.
     sys.unshare(CloneFlags::CLONE_NEWCGROUP).at(CgroupNamespace)?;
-    // 3. All mounts private, then a fresh tmpfs root: nothing leaks out to the host, and only
+    // 4. All mounts private, then a fresh tmpfs root: nothing leaks out to the host, and only
     //    what we mount next is visible.
     let mut root = Root::create(sys, &p.root_dir).at(RootFs)?;
-    // 4. The sandbox's own filesystems before the binds, so binds may target beneath /tmp.
+    // 5. The sandbox's own filesystems before the binds, so binds may target beneath /tmp.
+    //    Rootless, the devices are the host's, bound: a user namespace can't make any.
     root.tmpfs(sys, "/tmp", p.limits.tmp_size, "1777", NOSUID_NODEV).at(Tmp)?;
-    root.dev(sys, p.limits.shm_size, p.ptys).at(Dev)?;
-    // 5. procfs of our own PID namespace: we are PID 1 here, so it shows only the sandbox.
+    root.dev(sys, p.limits.shm_size, p.ptys, p.rootless.is_some()).at(Dev)?;
+    // 6. procfs of our own PID namespace: we are PID 1 here, so it shows only the sandbox.
     root.proc(sys, p.proc).at(Proc)?;
-    // 6. The policy's binds, parents first, from fds opened as the caller; then those fds are
-    //    closed: a host directory fd would outlive pivot_root as a way back out.
+    // 7. The policy's binds, parents first, from fds opened as the caller (rootless: by path,
+    //    as the caller we are); then those fds are closed: a host directory fd would outlive
+    //    pivot_root as a way back out.
     for b in std::mem::take(&mut p.binds) {
         root.bind(sys, &b).at(Bind(b.target.clone()))?;
     }
-    // 7. A kernel's working directory, the submission under a scratch that takes its writes,
+    // 8. A kernel's working directory, the submission under a scratch that takes its writes,
     //    and its runtime directory, which only it and the relay can reach.
     if let Some(ov) = p.overlay.take() {
         root.overlay(sys, &ov, p.uid).at(Overlay)?;
@@ -219,20 +241,20 @@ pub fn enter_sandbox<S: Sys>(sys: &S, mut p: Plan, ch: Channels) -> Result<Pid, 
     if let Some(rt) = p.runtime.take() {
         root.runtime(sys, &rt, p.uid).at(Runtime)?;
     }
-    // 8. Every mount point exists now: make the root itself read-only.
+    // 9. Every mount point exists now: make the root itself read-only.
     root.seal(sys).at(Seal)?;
-    // Its fds now: step 12 closes everything, and an owned fd must not be closed twice.
+    // Its fds now: step 13 closes everything, and an owned fd must not be closed twice.
     drop(root);
-    // 9. Switch to the new root and detach the old one entirely.
+    // 10. Switch to the new root and detach the old one entirely.
     sys.pivot_root(&p.root_dir).at(PivotRoot)?;
-    // 10. Network and UTS namespaces are empty: a hostname of ours, and only `lo`, up.
+    // 11. Network and UTS namespaces are empty: a hostname of ours, and only `lo`, up.
     sys.sethostname(&p.hostname).at(Hostname)?;
     sys.loopback_up().at(Loopback)?;
-    // 11. rlimits while we are still root (hard limits can only be lowered afterwards).
-    for (resource, soft, hard) in rlimits(&p.limits) {
+    // 12. rlimits while we are still root (hard limits can only be lowered afterwards).
+    for &(resource, soft, hard) in &p.rlimits {
         sys.setrlimit(resource, soft, hard).at(Rlimits)?;
     }
-    // 12. stdio: the supervisor's pipes, never the caller's terminal or files, then close every
+    // 13. stdio: the supervisor's pipes, never the caller's terminal or files, then close every
     //     other fd but our pipes (the pipes' originals, cgroup dir, slot lock, report file...).
     if let Some(stdio) = p.stdio.take() {
         sys.set_stdio(std::array::from_fn(|i| std::os::fd::AsRawFd::as_raw_fd(&stdio[i]))).at(Stdio)?;
@@ -242,38 +264,46 @@ pub fn enter_sandbox<S: Sys>(sys: &S, mut p: Plan, ch: Channels) -> Result<Pid, 
         }
     }
     sys.close_fds_except(&[ch.alive, ch.status, ch.error]).at(CloseFds)?;
-    // 13. Empty the bounding, ambient and inheritable sets: needs CAP_SETPCAP, so before the
+    // 14. Empty the bounding, ambient and inheritable sets: needs CAP_SETPCAP, so before the
     //     uid change, which then clears the permitted and effective sets.
     sys.drop_capability_bounds().at(Capabilities)?;
-    // 14. The slot's own unprivileged uid and gid, real on the host; no supplementary groups.
-    sys.setgroups_empty().at(Identity)?;
+    // 15. The slot's own unprivileged uid and gid, real on the host; no supplementary groups.
+    //     Rootless: the same ids inside, the caller's outside, whose groups stay (an
+    //     unprivileged map can't drop them), and the capabilities the user namespace gave us
+    //     are cleared here, since no uid change from 0 clears them.
+    if p.rootless.is_none() {
+        sys.setgroups_empty().at(Identity)?;
+    }
     sys.setresgid(p.uid).at(Identity)?;
     sys.setresuid(p.uid).at(Identity)?;
-    // 15. Trust, but verify: not one capability left in any set.
+    if p.rootless.is_some() {
+        sys.clear_capabilities().at(Identity)?;
+    }
+    // 16. Trust, but verify: not one capability left in any set.
     sys.verify_no_capabilities().at(Capabilities)?;
-    // 16. No setuid binary or file capability can give anything back.
+    // 17. No setuid binary or file capability can give anything back.
     sys.set_no_new_privs().at(NoNewPrivs)?;
-    // 17. Die with the supervisor. Credential changes clear this, hence only now.
+    // 18. Die with the supervisor. Credential changes clear this, hence only now.
     sys.set_parent_death_kill(ch.alive).at(ParentDeath)?;
-    // 18. The working directory, entered as the sandbox user (so it must be accessible).
+    // 19. The working directory, entered as the sandbox user (so it must be accessible).
     sys.chdir(&p.workdir).at(Workdir)?;
-    // 19. We stay PID 1 (reaper and signal relay); the child becomes the program.
+    // 20. We stay PID 1 (reaper and signal relay); the child becomes the program.
     if let Forked::Parent(pid) = sys.fork().at(Fork)? {
         return Ok(pid);
     }
-    // 20. A new session: no controlling terminal, so no TIOCSTI into the caller's. Default
+    // 21. A new session: no controlling terminal, so no TIOCSTI into the caller's. Default
     //     signal actions and an empty mask: nothing ignored or blocked carries into the program.
     sys.setsid().at(Session)?;
     sys.reset_signals().at(Session)?;
-    // 21. Landlock on top of the mount tree (where the kernel has it, or required).
+    // 22. Landlock on top of the mount tree (where the kernel has it, or required).
     if p.landlock != LandlockMode::Off {
         let got = sys.landlock(&p.landlock_rules).at(Landlock)?;
         landlock_enough(p.landlock, &got).at(Landlock)?;
     }
-    // 22. seccomp last: the filter then only has to allow the program itself, and execve.
+    // 23. seccomp last: the filter then only has to allow the program itself, and execve.
     let program = resolve(&p.program, &p.search_path);
     sys.seccomp(&p.seccomp).at(Seccomp)?;
-    // 23. Run it.
+    // 24. Run it.
     Err(sys.execve(&program, &p.argv, &p.env)).at(Exec)
 }
 
@@ -282,7 +312,7 @@ pub fn enter_sandbox<S: Sys>(sys: &S, mut p: Plan, ch: Channels) -> Result<Pid, 
 /// counts per uid, and the uid is the slot's own: a second fence for fork bombs, one above the
 /// pids cgroup so that the cgroup (which the report can see) is the one that fires. Memory is
 /// the memory cgroup's to limit, so the address space itself is not.
-fn rlimits(l: &Limits) -> Vec<(Resource, u64, u64)> {
+pub fn rlimits(l: &Limits) -> Vec<(Resource, u64, u64)> {
     let same = |r, v| (r, v, v);
     const INFINITY: u64 = libc::RLIM_INFINITY;
     vec![
@@ -306,6 +336,23 @@ fn rlimits(l: &Limits) -> Vec<(Resource, u64, u64)> {
         same(Resource::RLIMIT_RTPRIO, 0),
         same(Resource::RLIMIT_RTTIME, INFINITY),
     ]
+}
+
+/// Rootless: each of `wanted` within the hard limit we have (`current(resource)`), since
+/// raising one takes `CAP_SYS_RESOURCE` on the host. Lowering is always possible, so every
+/// fence still holds; only a limit the policy wanted higher than the caller's stays the
+/// caller's.
+pub fn within_hard_limits(
+    wanted: Vec<(Resource, u64, u64)>,
+    current: impl Fn(Resource) -> u64,
+) -> Vec<(Resource, u64, u64)> {
+    wanted
+        .into_iter()
+        .map(|(r, soft, hard)| {
+            let ceiling = current(r);
+            (r, soft.min(ceiling), hard.min(ceiling))
+        })
+        .collect()
 }
 
 /// `execvp`'s search, done ourselves so the path and the error are ours to report.
@@ -335,6 +382,8 @@ mod tests {
             binds: vec![],
             overlay: None,
             runtime: None,
+            rlimits: rlimits(&policy.limits),
+            rootless: None,
             limits: policy.limits,
             hostname: "sandbox".into(),
             workdir: "/tmp".into(),
@@ -356,6 +405,51 @@ mod tests {
 
     fn position(calls: &[String], prefix: &str) -> usize {
         calls.iter().position(|c| c.starts_with(prefix)).unwrap_or_else(|| panic!("no {prefix:?} in {calls:#?}"))
+    }
+
+    /// Rootless: the map before anything, the host's devices bound (no mknod), no setgroups
+    /// (denied in the namespace, the caller's groups stay), and the capabilities the user
+    /// namespace gave cleared after the uid is set and before they are verified gone.
+    #[test]
+    fn rootless_steps_map_first_and_clear_the_namespaces_capabilities() {
+        let root = tempfile::tempdir().unwrap();
+        let sys = FakeSys { root: Some(root.path().into()), ..Default::default() };
+        let mut p = plan(root.path());
+        p.rootless = Some(Outside { uid: 1000, gid: 1001 });
+        let err = enter_sandbox(&sys, p, CH).unwrap_err();
+        assert_eq!(err.step, Step::Exec, "{err}");
+        let calls = sys.calls();
+        assert_eq!(calls[0], "map user namespace 60007 -> 1000:1001", "{calls:#?}");
+        assert!(!calls.iter().any(|c| c.starts_with("mknod") || c.starts_with("setgroups")), "{calls:#?}");
+        for d in ["null", "zero", "full", "random", "urandom"] {
+            assert!(calls.iter().any(|c| c == &format!("bind device /dev/{d} -> /dev/{d}")), "{d}: {calls:#?}");
+        }
+        for (a, b) in [
+            ("setresuid", "clear capabilities"),
+            ("clear capabilities", "verify no capabilities"),
+            ("drop bounding", "clear capabilities"),
+        ] {
+            assert!(position(&calls, a) < position(&calls, b), "{a:?} must come before {b:?}:\n{calls:#?}");
+        }
+        // a failed map stops everything: nothing is mounted as nobody
+        let sys = FakeSys { root: Some(root.path().into()), fail_on: Some("map user".into()), ..Default::default() };
+        let mut p = plan(root.path());
+        p.rootless = Some(Outside { uid: 1000, gid: 1001 });
+        assert_eq!(enter_sandbox(&sys, p, CH).unwrap_err().step, Step::UserNamespace);
+        assert_eq!(sys.calls().len(), 1);
+    }
+
+    #[test]
+    fn rootless_rlimits_stay_within_the_hard_limits_given() {
+        let wanted = rlimits(&crate::policy::Policy::builtin("default").unwrap().limits);
+        let nofile = |v: &[(Resource, u64, u64)]| *v.iter().find(|(r, ..)| *r == Resource::RLIMIT_NOFILE).unwrap();
+        let (_, soft, hard) = nofile(&wanted);
+        // a caller allowed more keeps the policy's fence, one allowed less keeps theirs
+        let roomy = within_hard_limits(wanted.clone(), |_| u64::MAX);
+        assert_eq!(nofile(&roomy), (Resource::RLIMIT_NOFILE, soft, hard));
+        let tight = within_hard_limits(wanted, |_| 64);
+        assert_eq!(nofile(&tight), (Resource::RLIMIT_NOFILE, soft.min(64), 64));
+        assert!(tight.iter().all(|&(_, s, h)| s <= 64 && h <= 64));
     }
 
     /// The documented order holds: each pair is (earlier, later).
@@ -552,7 +646,8 @@ mod tests {
     /// quote must be added here.
     #[test]
     fn step_numbers_quoted_elsewhere_still_match() {
-        let meant = [("src/stdio.rs", 12, "stdio"), ("src/cgroup/mod.rs", 1, "cgroup")];
+        let meant =
+            [("src/stdio.rs", 13, "stdio"), ("src/cgroup/mod.rs", 2, "cgroup"), ("src/supervisor.rs", 1, "map")];
         let steps = steps_of_the_code();
         let mut dirs = vec![std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/src"))];
         let mut found = Vec::new();

@@ -357,6 +357,11 @@ pub struct SandboxInfo {
     pub cgroup: Option<&'static str>,
     pub landlock: String,
     pub seccomp: String,
+    /// Privileged or rootless ([`crate::userns`]), once the host side chose.
+    pub mode: Option<crate::userns::Mode>,
+    /// The policy's limits this run did not enforce (rootless with best-effort limits).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub not_enforced: Vec<&'static str>,
 }
 
 /// Serialized by [`Wire`], which puts `status` and `sandbox_error` where they always were.

@@ -240,7 +240,13 @@ impl Request {
     /// The one place a [`Plan`] is made: for the slot's uid, its cgroup (v1: the `tasks`
     /// files to join), and the empty directory the new root is mounted on. Also returns what
     /// the supervisor keeps.
-    pub fn into_plan(self, root_dir: PathBuf, uid: u32, cgroup_join: Vec<OwnedFd>) -> (Plan, Supervised) {
+    pub fn into_plan(
+        self,
+        root_dir: PathBuf,
+        uid: u32,
+        cgroup_join: Vec<OwnedFd>,
+        rootless: Option<crate::plan::Outside>,
+    ) -> (Plan, Supervised) {
         let landlock_rules = landlock_rules(&self.binds, self.kernel.as_ref().map(|k| &k.overlay), self.policy.ptys);
         let search_path = search_path(&self.env);
         let (overlay, runtime, relay, watch) = match self.kernel {
@@ -248,6 +254,12 @@ impl Request {
             None => (None, None, None, None),
         };
         let p = self.policy;
+        let rlimits = match rootless {
+            None => crate::plan::rlimits(&p.limits),
+            Some(_) => crate::plan::within_hard_limits(crate::plan::rlimits(&p.limits), |r| {
+                nix::sys::resource::getrlimit(r).map_or(libc::RLIM_INFINITY, |(_, hard)| hard)
+            }),
+        };
         let plan = Plan {
             root_dir,
             cgroup_join,
@@ -255,6 +267,8 @@ impl Request {
             overlay,
             runtime,
             limits: p.limits.clone(),
+            rlimits,
+            rootless,
             hostname: p.hostname,
             workdir: self.workdir,
             proc: p.proc,

@@ -86,7 +86,7 @@ pub struct HostEnds {
 }
 
 /// Close-on-exec pipes, made before the clone. The sandbox `dup2`s its ends onto 0-2 (plan
-/// step 12), which clears close-on-exec on those copies only.
+/// step 13), which clears close-on-exec on those copies only.
 pub fn pipes() -> Result<Pipes, Errno> {
     let (stdin_r, stdin_w) = pipe2(OFlag::O_CLOEXEC)?;
     let (stdout_r, stdout_w) = pipe2(OFlag::O_CLOEXEC)?;

@@ -83,7 +83,10 @@ pub fn supervise(s: Supervision) -> Result<Outcome, Fault> {
         relayed.thread_swap_mask(SigmaskHow::SIG_BLOCK).map_err(|e| Fault::errno(HostStep::SignalMask, e))?;
     let started = Instant::now();
 
-    let cloned = raw::clone3(NAMESPACES, cgroup.clone_into_fd()).map_err(|e| Fault::errno(HostStep::Clone, e))?;
+    // Rootless: a user namespace too, created first by the kernel and owning the others, in
+    // which the sandbox maps itself (plan step 1).
+    let flags = NAMESPACES | if plan.rootless.is_some() { libc::CLONE_NEWUSER as u64 } else { 0 };
+    let cloned = raw::clone3(flags, cgroup.clone_into_fd()).map_err(|e| Fault::errno(HostStep::Clone, e))?;
     let (pid, pidfd) = match cloned {
         Cloned::Child => {
             drop((alive_w, status_r, error_r));

@@ -46,12 +46,19 @@ pub struct Choice {
 /// Privileged only with `CAP_SYS_ADMIN` in the initial user namespace: root inside a container
 /// whose runtime dropped it, or inside a user namespace, has no more power over the host than
 /// any user, so it is rootless too.
+/// Read once per process: what we hold doesn't change while we run (a setuid or sudo
+/// caller's own switches of the effective uid come later and are temporary).
 pub fn choose() -> Choice {
-    choose_from(
-        &std::fs::read_to_string("/proc/self/uid_map").unwrap_or_default(),
-        &std::fs::read_to_string("/proc/self/status").unwrap_or_default(),
-        nix::unistd::geteuid().as_raw(),
-    )
+    static CHOSEN: std::sync::OnceLock<Choice> = std::sync::OnceLock::new();
+    CHOSEN
+        .get_or_init(|| {
+            choose_from(
+                &std::fs::read_to_string("/proc/self/uid_map").unwrap_or_default(),
+                &std::fs::read_to_string("/proc/self/status").unwrap_or_default(),
+                nix::unistd::geteuid().as_raw(),
+            )
+        })
+        .clone()
 }
 
 fn choose_from(uid_map: &str, status: &str, euid: u32) -> Choice {

@@ -55,6 +55,19 @@ pub enum LandlockMode {
     Off,
 }
 
+/// Whether the cgroup limits (memory, pids, CPU bandwidth, the sandbox's total CPU time) must
+/// hold. Only rootless mode can lack them: the privileged helper always has its cgroups.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LimitsMode {
+    /// Refuse to run where they can't be enforced (rootless without a delegated cgroup).
+    Required,
+    /// Run anyway, with what remains: rlimits (open files, file size, stack, processes per
+    /// uid in the sandbox's own user namespace, CPU time per process) and the supervisor's
+    /// wall-clock limit; the report says which limits were not enforced.
+    BestEffort,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum SeccompAction {
@@ -121,6 +134,7 @@ pub struct Policy {
     /// no `/dev/ptmx` at all). Kernels that drive a REPL through a pty need them (pexpect:
     /// `octave_kernel` and other metakernel kernels). Never the caller's terminal.
     pub ptys: u32,
+    pub limits_mode: LimitsMode,
 }
 
 /// The most pseudo-terminals a policy may give.

@@ -69,6 +69,9 @@ pub struct SandboxFile {
     pub seccomp: Option<String>,
     /// Pseudo-terminals the program may open, in a devpts of its own (0: none, no /dev/ptmx).
     pub ptys: Option<u32>,
+    /// "required" (default) or "best-effort": whether a rootless run without a delegated
+    /// cgroup may go on without the memory and pids caps.
+    pub limits: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

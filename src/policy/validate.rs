@@ -1,7 +1,7 @@
 //! From [`schema::PolicyFile`] (what the file says) to [`Policy`] (what we will do).
 
 use super::schema::{self, Scalar};
-use super::{Bind, LandlockMode, Limits, Policy, PolicyError, ProcMode, SeccompAction, SymlinkMode};
+use super::{Bind, LandlockMode, Limits, LimitsMode, Policy, PolicyError, ProcMode, SeccompAction, SymlinkMode};
 use crate::units::{parse_cores, parse_count, parse_duration, parse_size};
 use std::collections::BTreeSet;
 use std::path::{Component, Path, PathBuf};
@@ -75,6 +75,11 @@ pub(super) fn validate(file: &str, name: String, raw: schema::PolicyFile) -> Res
         env.push((k.clone(), v.clone()));
     }
 
+    let limits_mode = match s.limits.as_deref().unwrap_or("required") {
+        "required" => LimitsMode::Required,
+        "best-effort" => LimitsMode::BestEffort,
+        o => return Err(err("sandbox.limits", format!("unknown value {o:?} (use \"required\" or \"best-effort\")"))),
+    };
     let ptys = s.ptys.unwrap_or(0);
     if ptys > super::MAX_PTYS {
         return Err(err("sandbox.ptys", format!("{ptys} is more than {}", super::MAX_PTYS)));
@@ -92,6 +97,7 @@ pub(super) fn validate(file: &str, name: String, raw: schema::PolicyFile) -> Res
         landlock,
         seccomp,
         ptys,
+        limits_mode,
     })
 }
 

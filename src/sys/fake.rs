@@ -143,6 +143,20 @@ impl Sys for FakeSys {
     fn drop_capability_bounds(&self) -> Result<(), SysError> {
         self.rec("prctl", "drop bounding ambient inheritable".into())
     }
+    fn map_user_namespace(&self, inside: u32, outside: crate::plan::Outside) -> Result<(), SysError> {
+        self.rec("write", format!("map user namespace {inside} -> {}:{}", outside.uid, outside.gid))
+    }
+    fn attach_path(&self, source: &Path, target: std::os::fd::RawFd, writable: bool) -> Result<(), SysError> {
+        let shown = self.show(Path::new(&format!("/proc/self/fd/{target}")));
+        self.rec("move_mount", format!("attach {} -> {shown} {}", source.display(), if writable { "rw" } else { "ro" }))
+    }
+    fn clear_capabilities(&self) -> Result<(), SysError> {
+        self.rec("capset", "clear capabilities".into())
+    }
+    fn bind_device(&self, source: &Path, target: std::os::fd::RawFd) -> Result<(), SysError> {
+        let shown = self.show(Path::new(&format!("/proc/self/fd/{target}")));
+        self.rec("mount", format!("bind device {} -> {shown}", source.display()))
+    }
     fn setgroups_empty(&self) -> Result<(), SysError> {
         self.rec("setgroups", "setgroups []".into())
     }

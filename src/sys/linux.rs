@@ -8,7 +8,7 @@ use nix::sched::CloneFlags;
 use nix::sys::resource::Resource;
 use nix::unistd::{Gid, Uid};
 use std::ffi::CString;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 pub struct LinuxSys;
 
@@ -53,6 +53,20 @@ impl Sys for LinuxSys {
         let attrs = MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | if writable { 0 } else { MOUNT_ATTR_RDONLY };
         mount_setattr(tree, attrs).map_err(|e| SysError::new("mount_setattr", format!("fd {tree}"), e))?;
         move_mount(tree, target).map_err(|e| SysError::new("move_mount", format!("fd {target}"), e))
+    }
+
+    fn attach_path(&self, source: &Path, target: std::os::fd::RawFd, writable: bool) -> Result<(), SysError> {
+        use nix::fcntl::{open, OFlag};
+        use std::os::fd::AsRawFd;
+        let fd = open(source, OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC, nix::sys::stat::Mode::empty())
+            .map_err(|e| SysError::new("open", disp(source), e))?;
+        let tree = match super::raw::open_tree_clone(fd.as_raw_fd()) {
+            // mounts from the host beneath it, locked in a user namespace: copied along
+            Err(Errno::EINVAL) => super::raw::open_tree_clone_recursive(fd.as_raw_fd()),
+            other => other,
+        }
+        .map_err(|e| SysError::new("open_tree", disp(source), e))?;
+        self.attach_tree(tree.as_raw_fd(), target, writable)
     }
 
     fn chown_at(&self, dir: std::os::fd::RawFd, name: &str, uid: u32) -> Result<(), SysError> {
@@ -181,6 +195,39 @@ impl Sys for LinuxSys {
         prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong)
             .map_err(|e| SysError::new("prctl", "PR_CAP_AMBIENT_CLEAR_ALL", e))?;
         caps::clear(None, caps::CapSet::Inheritable).map_err(|_| SysError::new("capset", "inheritable", Errno::EPERM))
+    }
+
+    fn map_user_namespace(&self, inside: u32, outside: crate::plan::Outside) -> Result<(), SysError> {
+        // Our /proc/self files are root's while we are not dumpable (main.rs), and root is
+        // not mapped here: dumpable for the three writes, then not again.
+        prctl(libc::PR_SET_DUMPABLE, 1).map_err(|e| SysError::new("prctl", "PR_SET_DUMPABLE 1", e))?;
+        let write = |file: &str, text: String| {
+            std::fs::write(file, &text).map_err(|e| {
+                SysError::new(
+                    "write",
+                    format!("{file}: {text}"),
+                    Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
+                )
+            })
+        };
+        write("/proc/self/setgroups", "deny".into())?;
+        write("/proc/self/uid_map", format!("{inside} {} 1", outside.uid))?;
+        write("/proc/self/gid_map", format!("{inside} {} 1", outside.gid))?;
+        prctl(libc::PR_SET_DUMPABLE, 0).map_err(|e| SysError::new("prctl", "PR_SET_DUMPABLE 0", e)).map(drop)
+    }
+
+    fn clear_capabilities(&self) -> Result<(), SysError> {
+        use caps::CapSet::*;
+        for set in [Effective, Permitted, Inheritable] {
+            caps::clear(None, set).map_err(|_| SysError::new("capset", format!("{set:?}"), Errno::EPERM))?;
+        }
+        Ok(())
+    }
+
+    fn bind_device(&self, source: &Path, target: std::os::fd::RawFd) -> Result<(), SysError> {
+        let at = PathBuf::from(format!("/proc/self/fd/{target}"));
+        nix::mount::mount(Some(source), &at, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+            .map_err(|e| SysError::new("mount", format!("bind {}", disp(source)), e))
     }
 
     fn setgroups_empty(&self) -> Result<(), SysError> {

@@ -59,6 +59,15 @@ pub struct LandlockRules {
 
 /// The calls the sandbox setup makes, in the vocabulary of the steps rather than of libc.
 pub trait Sys {
+    /// Rootless: map `inside` (uid and gid) of our new user namespace to `outside`: deny
+    /// setgroups, then one line in each of our own `uid_map` and `gid_map`.
+    fn map_user_namespace(&self, inside: u32, outside: crate::plan::Outside) -> Result<(), SysError>;
+    /// Empty the permitted, effective and inheritable sets (rootless: no uid change from 0
+    /// does it for us).
+    fn clear_capabilities(&self) -> Result<(), SysError>;
+    /// Bind the host's device `source` (a character device) onto the empty file open at
+    /// `target` (rootless: a user namespace can't make device nodes).
+    fn bind_device(&self, source: &Path, target: std::os::fd::RawFd) -> Result<(), SysError>;
     /// Write `0` to an open cgroup v1 `tasks` file: the calling thread moves itself.
     fn join_cgroup(&self, tasks: std::os::fd::RawFd) -> Result<(), SysError>;
     fn unshare(&self, flags: nix::sched::CloneFlags) -> Result<(), SysError>;
@@ -74,6 +83,9 @@ pub trait Sys {
     /// after setting its flags: always nosuid and nodev, read-only unless `writable`.
     fn attach_tree(&self, tree: std::os::fd::RawFd, target: std::os::fd::RawFd, writable: bool)
         -> Result<(), SysError>;
+    /// Rootless: copy the mount at `source` (not following a final symlink) as [`Sys::attach_tree`]
+    /// attaches a tree, from our own mount namespace.
+    fn attach_path(&self, source: &Path, target: std::os::fd::RawFd, writable: bool) -> Result<(), SysError>;
     fn umount_detach(&self, target: &Path) -> Result<(), SysError>;
     /// `fchownat(dir, name, uid, uid)`, not following a symlink.
     fn chown_at(&self, dir: std::os::fd::RawFd, name: &str, uid: u32) -> Result<(), SysError>;

@@ -155,9 +155,24 @@ pub const MOUNT_ATTR_NODEV: u64 = 0x4;
 /// Done in the supervisor's mount namespace, where the source lives; the sandbox attaches it
 /// in its own with [`move_mount`] (a plain bind across namespaces is refused with EINVAL).
 pub fn open_tree_clone(fd: RawFd) -> Result<OwnedFd, Errno> {
+    open_tree_clone_with(fd, 0)
+}
+
+/// [`open_tree_clone`] with the mounts beneath it too (`AT_RECURSIVE`): in a user namespace,
+/// a mount with mounts beneath it that came from the host (locked) can only be copied whole.
+pub fn open_tree_clone_recursive(fd: RawFd) -> Result<OwnedFd, Errno> {
+    open_tree_clone_with(fd, libc::AT_RECURSIVE as u32)
+}
+
+fn open_tree_clone_with(fd: RawFd, extra: u32) -> Result<OwnedFd, Errno> {
     // SAFETY: the path is a valid NUL-terminated empty string; the kernel returns a new fd.
     let rc = check(unsafe {
-        libc::syscall(libc::SYS_open_tree, fd, c"".as_ptr(), OPEN_TREE_CLONE | libc::O_CLOEXEC as u32 | AT_EMPTY_PATH)
+        libc::syscall(
+            libc::SYS_open_tree,
+            fd,
+            c"".as_ptr(),
+            OPEN_TREE_CLONE | libc::O_CLOEXEC as u32 | AT_EMPTY_PATH | extra,
+        )
     })?;
     // SAFETY: a fresh fd owned by nobody else.
     Ok(unsafe { OwnedFd::from_raw_fd(rc as RawFd) })
