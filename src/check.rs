@@ -41,12 +41,14 @@ pub fn check(config_path: Option<&Path>, args: &CheckArgs) -> CheckExit {
     let privileged = choice.mode == crate::userns::Mode::Privileged;
     add(
         "mode",
-        privileged,
+        privileged || probe.userns.is_ok(),
         match choice.mode {
             crate::userns::Mode::Privileged => format!("privileged: {}", choice.why),
             crate::userns::Mode::Rootless => format!(
-                "rootless: {}; the rootless sandbox is not built yet (issue #17), so this needs the privileged \
-                 helper: run as root, via sudo, or install setuid",
+                "rootless: {}; the sandbox is built in a user namespace that maps its uid to yours. No cgroup is \
+                 used (a delegated cgroup v2 subtree is not supported yet), so only policies with [sandbox] limits = \
+                 \"best-effort\" run, without memory and pids caps; and only `run` works rootless so far: the \
+                 kernel, install and the batch need the privileged helper (issue #17)",
                 choice.why
             ),
         },

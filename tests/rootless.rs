@@ -1,13 +1,23 @@
-//! Rootless mode (issue #17), from outside: what `isolate-grade check` says about the mode and
-//! about user namespaces for an unprivileged caller, in the places instructors' servers run:
-//! a plain host, a host or container whose `user.max_user_namespaces` is 0, a container-like
-//! `/proc` (read-only `/proc/sys`, as Docker leaves it), and a process under a seccomp filter
-//! that refuses user namespaces (isolate-grade's own sandbox, which kills the process that
-//! tries). Each environment is made by the test; the unprivileged caller is `nobody` with no
+//! Rootless mode (issue #17), from outside.
+//!
+//! - What `isolate-grade check` says about the mode and about user namespaces for an
+//!   unprivileged caller, in the places instructors' servers run: a plain host, a host or
+//!   container whose `user.max_user_namespaces` is 0, a container-like `/proc` (read-only
+//!   `/proc/sys`, as Docker leaves it), and a process under a seccomp filter that refuses user
+//!   namespaces (isolate-grade's own sandbox, which kills the process that tries).
+//! - `isolate-grade run` by that caller: the probe inside sees the same sandbox as privileged
+//!   mode's (slot uid, no capability in any set, no_new_privs, seccomp, only `lo`, only the
+//!   binds), the report says `rootless` and which limits were not enforced; the default policy
+//!   (limits required) is refused, exit 3; the wall-clock limit and the end of everything in
+//!   the sandbox hold; and as a hostile caller's tests would have it: the sandbox can't write
+//!   the caller's files it was given read-only, can't see their others, can't signal their
+//!   processes, can't reach a port they listen on, and can't make a user namespace of its own.
+//!
+//! Each environment is made by the test; the unprivileged caller is `nobody` with no
 //! capabilities (`setpriv`).
 
 mod common;
-use common::{bin, require_root};
+use common::{bin, probe, require_root, serial, test_config};
 use serde_json::Value;
 use std::process::Command;
 
@@ -51,7 +61,7 @@ fn root_is_privileged_and_an_unprivileged_caller_is_rootless_with_a_usable_user_
     let items = check_items(NOBODY);
     let (ok, mode) = &items["mode"];
     assert!(mode.starts_with("rootless: effective uid 65534 without CAP_SYS_ADMIN"), "{mode}");
-    assert!(!ok, "the rootless sandbox is not built yet, so check must not call it ready: {mode}");
+    assert!(*ok && mode.contains("best-effort") && mode.contains("only `run`"), "{mode}");
     assert!(items["user-namespaces"].0, "{items:?}");
     assert!(items["userns-procfs"].1.contains("can be mounted"), "{items:?}");
 }
@@ -118,4 +128,302 @@ fn a_seccomp_filter_that_kills_the_attempt_is_named() {
     let detail = userns["detail"].as_str().unwrap();
     assert_eq!(userns["ok"], false, "{detail}");
     assert!(detail.contains("a seccomp filter") && detail.contains("SIGSYS"), "{detail}");
+}
+
+/// A best-effort policy (no cgroup needed), readable by nobody, in a directory nobody owns.
+struct Rootless {
+    dir: tempfile::TempDir,
+}
+
+const NOBODY_UID: u32 = 65534;
+
+impl Rootless {
+    fn new() -> Rootless {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("best-effort.toml"),
+            r#"description = "rootless tests: best-effort limits"
+[limits]
+memory = "512M"
+cpu_time = "10s"
+wall_time = "30s"
+pids = 64
+cpu_quota = 1.0
+open_files = 256
+file_size = "64M"
+stack = "8M"
+tmp_size = "64M"
+shm_size = "16M"
+[sandbox]
+limits = "best-effort"
+[[bind]]
+source = "/usr"
+[[bind]]
+source = "/lib"
+symlink = "copy"
+optional = true
+[[bind]]
+source = "/lib64"
+symlink = "copy"
+optional = true
+[[bind]]
+source = "/bin"
+symlink = "copy"
+optional = true
+[env]
+PATH = "/usr/bin:/bin"
+"#,
+        )
+        .unwrap();
+        std::os::unix::fs::chown(dir.path(), Some(NOBODY_UID), Some(NOBODY_UID)).unwrap();
+        // the caller's runtime directory, as systemd makes it: the state directory goes there
+        let runtime = dir.path().join("runtime");
+        std::fs::create_dir(&runtime).unwrap();
+        std::fs::set_permissions(&runtime, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+        std::os::unix::fs::chown(&runtime, Some(NOBODY_UID), Some(NOBODY_UID)).unwrap();
+        Rootless { dir }
+    }
+
+    fn runtime(&self) -> std::path::PathBuf {
+        self.dir.path().join("runtime")
+    }
+
+    fn policy(&self) -> String {
+        self.dir.path().join("best-effort.toml").display().to_string()
+    }
+
+    /// `isolate-grade run --report R ARGS -- PROGRAM` as nobody; (exit code, report, stdout, stderr).
+    fn run(&self, args: &[&str], program: &[&str]) -> (i32, Value, String, String) {
+        let report = self.dir.path().join("report.json");
+        let _ = std::fs::remove_file(&report);
+        let out = Command::new(NOBODY[0])
+            .args(&NOBODY[1..])
+            .arg(bin())
+            .args(["run", "--report"])
+            .arg(&report)
+            .args(args)
+            .arg("--")
+            .args(program)
+            .env("ISOLATE_GRADE_CONFIG", test_config())
+            .env("XDG_RUNTIME_DIR", self.runtime())
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        let report =
+            std::fs::read_to_string(&report).ok().and_then(|s| serde_json::from_str(&s).ok()).unwrap_or(Value::Null);
+        (
+            out.status.code().unwrap_or(-1),
+            report,
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    fn probe(&self, args: &[&str], probe_args: &[&str]) -> (i32, Value, Value) {
+        let bind = format!("{}:/probe", probe().display());
+        let policy = self.policy();
+        let mut all = vec!["--policy", policy.as_str(), "--bind", bind.as_str()];
+        all.extend_from_slice(args);
+        let mut program = vec!["/probe"];
+        program.extend_from_slice(probe_args);
+        let (code, report, stdout, stderr) = self.run(&all, &program);
+        let seen = serde_json::from_str(stdout.trim())
+            .unwrap_or_else(|e| panic!("probe output: {e}\nstdout: {stdout}\nstderr: {stderr}\nreport: {report}"));
+        (code, report, seen)
+    }
+}
+
+/// Processes on the host running as `uid`.
+fn processes_of(uid: u32) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/status"))
+                .ok()
+                .and_then(|s| {
+                    s.lines()
+                        .find(|l| l.starts_with("Uid:"))
+                        .map(|l| l.split_whitespace().nth(1) == Some(&uid.to_string()))
+                })
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
+#[test]
+fn an_unprivileged_caller_gets_the_same_sandbox_in_a_user_namespace() {
+    if !require_root() {
+        return;
+    }
+    let _s = serial();
+    let r = Rootless::new();
+    let (code, report, seen) = r.probe(&[], &[]);
+    assert_eq!(code, 0, "{report}");
+    let sandbox = &report["sandbox"];
+    assert_eq!(sandbox["mode"], "rootless", "{report}");
+    assert_eq!(sandbox["cgroup"], "none", "{report}");
+    let not: Vec<&str> = sandbox["not_enforced"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    assert!(not.contains(&"memory") && not.contains(&"pids"), "{not:?}");
+    // the slot's uid inside, no supplementary group, not one capability, no_new_privs, seccomp
+    assert_eq!(seen["uid"], serde_json::json!([60000, 60000, 60000]), "{seen}");
+    assert_eq!(seen["groups"], serde_json::json!([]), "{seen}");
+    for set in ["CapAmb", "CapBnd", "CapEff", "CapInh", "CapPrm"] {
+        assert_eq!(seen["status"][set], "0000000000000000", "{set}: {seen}");
+    }
+    assert_eq!(seen["status"]["NoNewPrivs"], "1");
+    assert_eq!(seen["status"]["Seccomp"], "2");
+    assert_eq!(seen["net_devices"], serde_json::json!(["lo"]));
+    assert_eq!(seen["hostname"], "sandbox");
+    // only what was bound, and the sandbox's own filesystems
+    let points: Vec<&str> =
+        seen["mounts"].as_array().unwrap().iter().map(|m| m["mount_point"].as_str().unwrap()).collect();
+    for p in &points {
+        assert!(
+            ["/", "/tmp", "/dev", "/dev/shm", "/proc", "/usr", "/probe"].contains(p) || p.starts_with("/dev/"),
+            "{p} mounted: {points:?}"
+        );
+    }
+    // the caller's processes are out of sight: the probe is PID 2, its init PID 1
+    assert_eq!(seen["pid"], 2);
+}
+
+#[test]
+fn required_limits_are_refused_without_a_cgroup() {
+    if !require_root() {
+        return;
+    }
+    let _s = serial();
+    let r = Rootless::new();
+    // the built-in default policy: limits required
+    let (code, report, _, stderr) = r.run(&[], &["/bin/true"]);
+    assert_eq!(code, 3, "{report} {stderr}");
+    assert_eq!(report["status"], "sandbox-error");
+    assert_eq!(report["sandbox_error"]["step"], "cgroup", "{report}");
+    let msg = report["sandbox_error"]["message"].as_str().unwrap();
+    assert!(msg.contains("best-effort") && msg.contains("privileged helper"), "{msg}");
+    assert_eq!(report["sandbox"]["mode"], "rootless");
+}
+
+#[test]
+fn the_wall_clock_holds_and_nothing_of_the_run_is_left() {
+    if !require_root() {
+        return;
+    }
+    let _s = serial();
+    let r = Rootless::new();
+    let before = processes_of(NOBODY_UID);
+    // a daemon that double-forks and ignores SIGTERM, then the program sleeps past the limit
+    let script = "(trap '' TERM; sleep 300) & (setsid sh -c 'trap \"\" TERM; sleep 300' &) ; sleep 300";
+    let started = std::time::Instant::now();
+    let (code, report, _, stderr) = r.run(&["--policy", &r.policy(), "--wall-time", "1s"], &["/bin/sh", "-c", script]);
+    assert_eq!(report["status"], "timeout-wall", "{report} {stderr}");
+    assert_eq!(code, 5);
+    assert!(started.elapsed() < std::time::Duration::from_secs(20), "{:?}", started.elapsed());
+    let after: Vec<u32> = processes_of(NOBODY_UID).into_iter().filter(|p| !before.contains(p)).collect();
+    assert!(after.is_empty(), "left running as the caller: {after:?}");
+}
+
+#[test]
+fn the_sandbox_gets_nothing_of_the_callers_beyond_its_binds() {
+    if !require_root() {
+        return;
+    }
+    let _s = serial();
+    let r = Rootless::new();
+    // the caller's own files: one bound read-only, one not bound at all
+    let mine = r.dir.path().join("mine");
+    std::fs::create_dir(&mine).unwrap();
+    std::fs::write(mine.join("given.txt"), "given").unwrap();
+    std::fs::write(r.dir.path().join("secret.txt"), "secret").unwrap();
+    for p in [&mine, &mine.join("given.txt"), &r.dir.path().join("secret.txt")] {
+        std::os::unix::fs::chown(p, Some(NOBODY_UID), Some(NOBODY_UID)).unwrap();
+    }
+    let bind = format!("{}:/data", mine.display());
+    let secret = r.dir.path().join("secret.txt").display().to_string();
+    let (code, report, seen) = r.probe(
+        &["--bind", &bind],
+        &[
+            "--try-read",
+            "/data/given.txt",
+            "--try-write",
+            "/data/given.txt",
+            "--try-write",
+            "/data/new",
+            "--exists",
+            &secret,
+        ],
+    );
+    assert_eq!(code, 0, "{report}");
+    let checks = seen["checks"].as_array().unwrap();
+    let result = |what: &str, path: &str| {
+        checks
+            .iter()
+            .find(|c| c["kind"] == what && c["path"] == path)
+            .unwrap_or_else(|| panic!("{what} {path}: {seen}"))["ok"]
+            .clone()
+    };
+    assert_eq!(result("read", "/data/given.txt"), true, "{seen}");
+    assert_eq!(result("write", "/data/given.txt"), false, "a read-only bind of the caller's own file: {seen}");
+    assert_eq!(result("write", "/data/new"), false, "{seen}");
+    assert_eq!(result("exists", secret.as_str()), false, "{seen}");
+    assert_eq!(std::fs::read_to_string(mine.join("given.txt")).unwrap(), "given");
+    assert!(!mine.join("new").exists());
+
+    // the caller's other processes and ports: a sleeper and a listener of theirs on the
+    // host's loopback, out of reach (another PID and network namespace)
+    let sleeper = Command::new(NOBODY[0]).args(&NOBODY[1..]).args(["sleep", "60"]).spawn().unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    listener.set_nonblocking(true).unwrap();
+    let attack = format!(
+        "kill -9 {pid} && echo KILLED; (exec 3<>/dev/tcp/127.0.0.1/{port}) 2>/dev/null && echo CONNECTED; true",
+        pid = sleeper.id()
+    );
+    let (code, report, stdout, stderr) = r.run(&["--policy", &r.policy()], &["/bin/bash", "-c", &attack]);
+    let mut sleeper = sleeper;
+    let still = sleeper.try_wait().unwrap().is_none();
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+    assert_eq!(code, 0, "{report} {stderr}");
+    assert!(!stdout.contains("KILLED") && still, "the sandbox signalled the caller's process: {stdout}");
+    assert!(!stdout.contains("CONNECTED"), "the sandbox reached the caller's port: {stdout}");
+    assert!(listener.accept().is_err(), "a connection arrived from the sandbox");
+}
+
+#[test]
+fn a_user_namespace_inside_is_refused_by_seccomp() {
+    if !require_root() {
+        return;
+    }
+    let _s = serial();
+    let r = Rootless::new();
+    let (code, report, _, _) = r.run(&["--policy", &r.policy()], &["/usr/bin/unshare", "--user", "true"]);
+    assert_eq!(report["status"], "seccomp-violation", "{report}");
+    assert_eq!(code, 9);
+}
+
+#[test]
+fn the_state_directory_is_the_callers_own_and_one_someone_else_made_is_refused() {
+    if !require_root() {
+        return;
+    }
+    let _s = serial();
+    let r = Rootless::new();
+    let state = r.runtime().join("isolate-grade");
+    // made by the first run, the caller's and closed to others
+    let (code, report, _, stderr) = r.run(&["--policy", &r.policy()], &["/bin/true"]);
+    assert_eq!(code, 0, "{report} {stderr}");
+    let md = std::fs::symlink_metadata(&state).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!((md.uid(), md.mode() & 0o777), (NOBODY_UID, 0o700));
+    // root's instead (closed to others too: only whose it is tells it apart)
+    std::fs::remove_dir_all(&state).unwrap();
+    std::fs::create_dir(&state).unwrap();
+    std::fs::set_permissions(&state, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    let (code, report, _, stderr) = r.run(&["--policy", &r.policy()], &["/bin/true"]);
+    assert_eq!(code, 3, "{report} {stderr}");
+    assert_eq!(report["sandbox_error"]["step"], "state-dir", "{report}");
+    assert!(report["sandbox_error"]["message"].as_str().unwrap().contains("owned by uid 65534"), "{report}");
 }
