@@ -28,11 +28,31 @@ pub fn run(req: Request) -> Report {
     let limits = req.policy.limits.clone();
     match steps(req, &mut info) {
         Ok(outcome) => match outcome.setup_failure {
-            Some(f) => Report::fault(f, &limits, info, outcome.facts.wall),
+            Some(f) => {
+                let f = explained(f, &info);
+                Report::fault(f, &limits, info, outcome.facts.wall)
+            }
             None => Report::from_facts(&outcome.facts, &limits, info),
         },
         Err(fault) => Report::fault(fault, &limits, info, started.elapsed()),
     }
+}
+
+/// A sandbox fault whose cause the caller can't guess from the errno, said in words: in
+/// rootless mode, a fresh procfs refused (EPERM) means the caller's own `/proc` has masked
+/// or read-only paths, as a container runtime leaves it (the kernel's "too revealing" check).
+fn explained(mut f: Fault, info: &crate::report::SandboxInfo) -> Fault {
+    let rootless = info.mode == Some(Mode::Rootless);
+    if rootless
+        && f.step == crate::fault::Step::Sandbox(crate::plan::Step::Proc)
+        && f.errno == Some(nix::errno::Errno::EPERM)
+    {
+        f.context +=
+            " (rootless: the kernel refuses a fresh procfs in a user namespace while this /proc has masked or \
+                      read-only paths, as a container runtime leaves it; run the privileged helper on a grading host, \
+                      or the Kubernetes Job, or ask the admin for an unmasked /proc in this container)";
+    }
+    f
 }
 
 fn steps(req: Request, info: &mut crate::report::SandboxInfo) -> Result<supervisor::Outcome, Fault> {

@@ -427,3 +427,36 @@ fn the_state_directory_is_the_callers_own_and_one_someone_else_made_is_refused()
     assert_eq!(report["sandbox_error"]["step"], "state-dir", "{report}");
     assert!(report["sandbox_error"]["message"].as_str().unwrap().contains("owned by uid 65534"), "{report}");
 }
+
+#[test]
+fn in_a_container_like_mount_namespace_a_masked_proc_is_refused_in_words() {
+    if !require_root() {
+        return;
+    }
+    let _s = serial();
+    let r = Rootless::new();
+    // what Docker leaves: /proc/sys and /sys/fs/cgroup read-only, /proc/kcore-like files
+    // covered (here /proc/timer_list), then the unprivileged caller inside
+    let report = r.dir.path().join("report.json");
+    let script = format!(
+        "mount --bind /proc/sys /proc/sys && mount -o remount,bind,ro /proc/sys && \
+         mount --bind /dev/null /proc/timer_list && \
+         mount --bind /sys/fs/cgroup /sys/fs/cgroup && mount -o remount,bind,ro /sys/fs/cgroup && \
+         exec {nobody} env ISOLATE_GRADE_CONFIG={config} XDG_RUNTIME_DIR={runtime} {bin} run --policy {policy} \
+         --report {report} -- /bin/true",
+        nobody = NOBODY.join(" "),
+        config = test_config().display(),
+        runtime = r.runtime().display(),
+        bin = bin().display(),
+        policy = r.policy(),
+        report = report.display(),
+    );
+    let out =
+        Command::new("unshare").args(["--mount", "--propagation", "private", "sh", "-c", &script]).output().unwrap();
+    let text = std::fs::read_to_string(&report).unwrap_or_else(|_| panic!("{out:?}"));
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(out.status.code(), Some(3), "{v}");
+    assert_eq!(v["sandbox_error"]["step"], "proc", "{v}");
+    let msg = v["sandbox_error"]["message"].as_str().unwrap();
+    assert!(msg.contains("masked") && msg.contains("privileged helper"), "{msg}");
+}
