@@ -1,6 +1,7 @@
 //! THE host side of a sandboxed run, in order, in one function: [`run`]. The sandbox's own
 //! steps are [`crate::plan::enter_sandbox`]; this is everything around them, in the
-//! supervising process, which is root and single-threaded until the clone.
+//! supervising process, which is root (or, rootless, the caller: [`crate::userns`]) and
+//! single-threaded until the clone.
 //!
 //! Before [`run`], as the caller and without privilege in effect: the process sanitized itself
 //! at start (`main.rs`: fds 0-2 open, every inherited fd close-on-exec, not dumpable, the
