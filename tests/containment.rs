@@ -65,6 +65,16 @@ fn live_processes_of_uid(uid: u32) -> Vec<u32> {
     processes_of_uid(uid).into_iter().filter(|&p| state(p).is_some_and(|s| s != 'Z')).collect()
 }
 
+/// The processes of the run on the host: those of its slot's uid; rootless (where every
+/// sandbox is nobody's, other callers' too) the live ones with its marker.
+fn processes_of_run(r: &Run) -> Vec<u32> {
+    if rootless() {
+        processes_with_marker(&r.marker)
+    } else {
+        processes_of_uid(uid_of(r))
+    }
+}
+
 /// Nothing of the run is left on the host: no process of its slot's uid, zombies included.
 /// Rootless, every sandbox is nobody's on the host (other callers' too): no live process of
 /// this run (its marker, see `common::command`) is left.
@@ -300,11 +310,10 @@ fn nothing_outlives_a_run_not_even_a_daemon() {
     let r = sandboxed(&["--wall-time", "10s"], &["python3", "-c", DAEMON]);
     assert!(r.stdout.contains("daemon up"), "{r:?}");
     assert_eq!((r.status(), r.code), ("ok", 0), "{r:?}");
-    let uid = uid_of(&r);
     assert!(
-        eventually(Duration::from_secs(1), || processes_of_uid(uid).is_empty()),
+        eventually(Duration::from_secs(1), || processes_of_run(&r).is_empty()),
         "the daemon outlived the run: {:#?}",
-        processes_of_uid(uid).into_iter().map(describe).collect::<Vec<_>>()
+        processes_of_run(&r).into_iter().map(describe).collect::<Vec<_>>()
     );
 }
 
