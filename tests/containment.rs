@@ -226,9 +226,10 @@ fn busy_loop_is_stopped_at_the_cpu_time_limit() {
             (&"SIGXCPU".into(), &serde_json::Value::Null),
             "{r:?}"
         );
-        let (cpu, wall) = (secs(&r, "cpu_time"), secs(&r, "wall_time"));
+        // (its wall time depends on the host's load: CI runs this beside the e2e suites; the
+        // status says it was not the wall clock)
+        let cpu = secs(&r, "cpu_time");
         assert!((1.0..2.6).contains(&cpu), "cpu_time {cpu}: {r:?}");
-        assert!(wall < 6.0, "wall_time {wall}: {r:?}");
         assert_nothing_left(&r);
         return;
     }
