@@ -312,11 +312,13 @@ impl Root {
     pub fn proc(&mut self, sys: &impl Sys, mode: ProcMode) -> Result<(), MountError> {
         let target = Path::new("/proc");
         let (parent, name) = self.mount_point(target, Kind::Dir)?;
-        let at = reopen(&parent, &name, target)?;
         let data = match mode {
             ProcMode::PidsOnly => "hidepid=2,subset=pid",
             ProcMode::Full => "hidepid=2",
+            // the empty directory, in the root made read-only at step 9
+            ProcMode::None => return Ok(()),
         };
+        let at = reopen(&parent, &name, target)?;
         sys.mount(Some(Path::new("proc")), &fd_path(&at), Some("proc"), NOSUID_NODEV | MsFlags::MS_NOEXEC, Some(data))
             .map_err(|source| MountError::Sys { target: target.into(), source })?;
         if mode == ProcMode::Full {

@@ -230,3 +230,49 @@ def test_a_rootless_kernel_gets_nothing_of_the_callers_beyond_its_submission(ins
     made = submission / "made-inside.txt"
     assert made.read_text() == "from the kernel" and made.stat().st_uid == NOBODY
     assert victim.read_text() == "" and (submission / "data.csv").read_text() == "1,2\n"
+
+
+# What Docker leaves in a container: /proc/sys and /sys/fs/cgroup read-only, files such as
+# /proc/kcore covered (here /proc/timer_list); then the instructor inside, unprivileged.
+CONTAINER_LIKE = ("mount --bind /proc/sys /proc/sys && mount -o remount,bind,ro /proc/sys && "
+                  "mount --bind /dev/null /proc/timer_list && "
+                  "mount --bind /sys/fs/cgroup /sys/fs/cgroup && mount -o remount,bind,ro /sys/fs/cgroup && "
+                  'exec "$@"')
+
+NOTEBOOK_WORK = """
+import numpy, pandas, matplotlib
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+plt.plot(numpy.arange(3))
+print(pandas.DataFrame({"a": numpy.arange(3)})["a"].sum(), sorted(__import__("os").listdir("/proc")))
+"""
+
+
+def test_in_a_container_like_namespace_a_kernel_runs_without_proc_and_is_refused_in_words_with_it(instructor):
+    submission = instructor.home / "container-submission"
+    submission.mkdir(exist_ok=True)
+    no_proc = instructor.home / "no-proc.toml"
+    no_proc.write_text(instructor.policy.read_text().replace('\nproc = "full"\n', '\nproc = "none"\n', 1))
+    assert 'proc = "none"' in no_proc.read_text() and 'proc = "full"' not in no_proc.read_text()
+    instructor.own(instructor.home)
+    python = str(instructor.venv / "bin" / "python")
+
+    def kernel(policy: Path) -> subprocess.CompletedProcess:
+        report = instructor.home / f"report-{policy.stem}.json"
+        argv = [str(BIN), "kernel", "--policy", str(policy), "--bind", str(PROJECT_VENV), "--bind",
+                str(instructor.venv), "--submission", str(submission), "--report", str(report), "--", python, "-m",
+                "ipykernel_launcher", "-f", "{connection_file}"]
+        return subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", CONTAINER_LIKE, "sh",
+                               *AS_NOBODY, python, "-c", CLIENT, json.dumps(argv), NOTEBOOK_WORK],
+                              cwd=instructor.home, env=instructor.env(), capture_output=True, text=True, timeout=300)
+
+    r = kernel(no_proc)
+    assert r.returncode == 0 and "SEEN" in r.stdout, r.stdout + r.stderr
+    # (matplotlib's fontconfig may warn on stderr first: no /etc/fonts is bound)
+    assert r.stdout.split("SEEN", 1)[1].strip().splitlines()[-1] == "3 []", r.stdout
+    # the default policy's full procfs: refused, in words that name the way out
+    r = kernel(instructor.policy)
+    assert r.returncode != 0
+    got = json.loads((instructor.home / f"report-{instructor.policy.stem}.json").read_text())
+    assert got["status"] == "sandbox-error" and got["sandbox_error"]["step"] == "proc", got
+    assert 'proc = \\"none\\"' in json.dumps(got["sandbox_error"]["message"]), got
