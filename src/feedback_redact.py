@@ -392,8 +392,10 @@ def _check_clean(nb, ctx, strict, summary):
             cell["outputs"] = clean
 
 
-def _isolate_grade_feedback(c, errors="full", strict=True):
-    """Make nbgrader's GenerateFeedback redact the hidden tests (see the module's doc)."""
+def _isolate_grade_feedback(c, errors=None, strict=None):
+    """Make nbgrader's GenerateFeedback redact the hidden tests (see the module's doc). `errors`
+    and `strict`, if given, set `c.RedactHiddenTests.errors`/`.strict` (else the config's, or
+    `full` and strict)."""
     from nbconvert.preprocessors import Preprocessor
     from nbgrader.converters import GenerateFeedback
     from nbgrader.preprocessors import ClearHiddenTests
@@ -405,6 +407,11 @@ def _isolate_grade_feedback(c, errors="full", strict=True):
         errors = Enum(list(ERROR_MODES), default_value="full",
                       help="what a failed test's error shows: full, message, none").tag(config=True)
         strict = Bool(True, help="refuse a notebook that can't be redacted with certainty").tag(config=True)
+
+        def __call__(self, nb, resources):
+            # always: nbconvert skips a preprocessor that is not `enabled`, and nbgrader
+            # registers its list without enabling what is not enabled by default
+            return self.preprocess(nb, resources)
 
         def preprocess(self, nb, resources):
             cfg = self.config.get("ClearHiddenTests", {})
@@ -421,11 +428,13 @@ def _isolate_grade_feedback(c, errors="full", strict=True):
                           where.get("student"), where.get("notebook"), summary)
             return nb, resources
 
-    c.RedactHiddenTests.errors = errors
-    c.RedactHiddenTests.strict = strict
+    if errors is not None:
+        c.RedactHiddenTests.errors = errors
+    if strict is not None:
+        c.RedactHiddenTests.strict = strict
     pre = c.GenerateFeedback.get("preprocessors")
     if not isinstance(pre, list):
-        pre = list(GenerateFeedback.preprocessors.default_value)
+        pre = list(GenerateFeedback.class_traits()["preprocessors"].default())
     c.GenerateFeedback.preprocessors = [RedactHiddenTests] + [
         p for p in pre if getattr(p, "__name__", p) != "RedactHiddenTests"]
 
