@@ -138,7 +138,10 @@ class _Context:
         # hidden lines not also written in the visible part (those would reveal nothing)
         self.hidden_lines = {ln.strip() for ln in hidden_lines} - visible_lines - {""}
         visible_tokens = set(_TOKEN.findall(visible_text))
-        self.hidden_tokens = set(_TOKEN.findall("\n".join(hidden_lines))) - visible_tokens
+        # (not a one-letter name: a frame's header names its function's parameters; a digit,
+        # yes: it can be an expected value)
+        self.hidden_tokens = {t for t in _TOKEN.findall("\n".join(hidden_lines)) if len(t) > 1 or t.isdigit()} \
+            - visible_tokens
         self.delimiters = (begin, end)
 
     def quotes_hidden(self, text, ignore=frozenset()):
