@@ -395,10 +395,11 @@ def _check_clean(nb, ctx, strict, summary):
             cell["outputs"] = clean
 
 
-def _isolate_grade_feedback(c, errors=None, strict=None):
+def _isolate_grade_feedback(c, errors=None, strict=None, on_notebook=None):
     """Make nbgrader's GenerateFeedback redact the hidden tests (see the module's doc). `errors`
     and `strict`, if given, set `c.RedactHiddenTests.errors`/`.strict` (else the config's, or
-    `full` and strict)."""
+    `full` and strict). `on_notebook(student, notebook, summary_dict, refusal)`, if given, is
+    told each notebook's outcome (`isolate-grade feedback`'s report)."""
     from nbconvert.preprocessors import Preprocessor
     from nbgrader.converters import GenerateFeedback
     from nbgrader.preprocessors import ClearHiddenTests
@@ -424,9 +425,13 @@ def _isolate_grade_feedback(c, errors=None, strict=None):
             try:
                 nb, summary = redact(nb, self.errors, begin, end, strict=self.strict)
             except RedactError as e:
+                if on_notebook is not None:
+                    on_notebook(where.get("student"), where.get("notebook"), None, str(e))
                 raise RedactError(f"isolate-grade: no feedback for {where.get('student')}/"
                                   f"{where.get('assignment')}/{where.get('notebook')}: {e}") from None
             resources.setdefault("isolate_grade", {})["redaction"] = summary.as_dict()
+            if on_notebook is not None:
+                on_notebook(where.get("student"), where.get("notebook"), summary.as_dict(), None)
             self.log.info("isolate-grade: hidden tests redacted from the feedback of %s/%s: %s",
                           where.get("student"), where.get("notebook"), summary)
             return nb, resources

@@ -451,3 +451,51 @@ def test_the_block_install_writes_redacts_the_formgrader_path(graded, tmp_path):
     finally:
         for d in (TWIN_HOME / "kernels").glob(prefix + "*"):
             shutil.rmtree(d)
+
+
+# ---------------------------------------------------------------------------------------------
+# isolate-grade feedback ASSIGNMENT (no sandbox: nbgrader's GenerateFeedback, as the instructor)
+
+def feedback_cmd(c, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN), "feedback", c.assignment, "--course", str(c.root), "--python", sys.executable,
+                           *args], capture_output=True, text=True, timeout=600)
+
+
+def test_the_feedback_command_redacts_rewrites_nbgraders_own_feedback_and_resumes(graded, tmp_path):
+    c = copy_of(graded, tmp_path / "course")
+    # nbgrader's own feedback, with the hidden tests in it, is there already: written again
+    shutil.copytree(graded.root / "feedback", c.root / "feedback")
+    report = tmp_path / "report.json"
+    r = feedback_cmd(c, "--jobs", "2", "--report", str(report))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert_no_marker(c.root)
+    assert scores(c.root) == scores(graded.root)
+    assert "bad: feedback written; p: 3 hidden region(s)" in r.stdout, r.stdout
+    import json
+    rep = json.loads(report.read_text())
+    assert [s["student"] for s in rep["students"]] == sorted(ANSWERS)
+    assert all(s["ok"] for s in rep["students"])
+    assert rep["students"][0]["notebooks"]["p"]["summary"]["regions"] == 3
+    # resumes: nothing to do; another errors mode: written again
+    again = feedback_cmd(c)
+    assert again.returncode == 0 and again.stdout.count("feedback up to date") == 3, again.stdout
+    none = feedback_cmd(c, "--student", "bad", "--feedback-errors", "none")
+    assert none.returncode == 0 and "bad: feedback written" in none.stdout, none.stdout
+    assert "AssertionError" not in (c.root / "feedback/bad/env1/p.html").read_text()
+    assert_no_marker(c.root)
+
+
+def test_the_feedback_command_names_a_refused_notebook_and_writes_none_for_it(graded, tmp_path):
+    c = copy_of(graded, tmp_path / "course")
+    path = c.root / "autograded/bad/env1/p.ipynb"
+    nb = nbformat.read(path, as_version=4)
+    nb.cells[0].outputs.append(nbformat.v4.new_output(
+        "stream", name="stdout", text=f"assert square(4) == {M}_VALUE, '{M} message'\n"))
+    nbformat.write(nb, path, version=4)
+    r = feedback_cmd(c)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "bad: NO feedback: " in r.stdout and "p: refused (cell 1: an output still quotes" in r.stdout, r.stdout
+    assert not (c.root / "feedback/bad/env1/p.html").exists()
+    assert (c.root / "feedback/good/env1/p.html").exists()
+    assert_no_marker(c.root)
+    assert feedback_cmd(c, "--student", "nobody").returncode == 2
