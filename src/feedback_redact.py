@@ -84,6 +84,20 @@ class Summary:
         return "Summary(" + ", ".join(f"{f}={getattr(self, f)}" for f in self.FIELDS) + ")"
 
 
+_GRAM = 4
+_PIECE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*|[0-9]+(?:\.[0-9]+)?|\S")
+
+
+def _grams(text):
+    """Every run of _GRAM pieces (names, numbers, single other characters; whitespace left
+    out) of each line of `text`."""
+    out = set()
+    for ln in text.split("\n"):
+        t = _PIECE.findall(ln)
+        out.update(tuple(t[i:i + _GRAM]) for i in range(len(t) - _GRAM + 1))
+    return out
+
+
 def strip_ansi(text):
     return _ANSI.sub("", text)
 
@@ -143,6 +157,11 @@ class _Context:
         self.hidden_tokens = {t for t in _TOKEN.findall("\n".join(hidden_lines)) if len(t) > 1 or t.isdigit()} \
             - visible_tokens
         self.delimiters = (begin, end)
+        # runs of the hidden text's pieces, whitespace left out, that the visible part does not
+        # have: a kernel that quotes code reformatted (R's deparse: `square(4)==16` as
+        # `square(4) == 16`) still quotes them
+        visible_grams = _grams(visible_text)
+        self.hidden_grams = {g for ln in hidden_lines for g in _grams(ln)} - visible_grams
 
     def quotes_hidden(self, text, ignore=frozenset()):
         """Whether `text` quotes a delimiter, a hidden line, or a word, name or number written
@@ -152,8 +171,10 @@ class _Context:
             return True
         if self.hidden_tokens and not (self.hidden_tokens - ignore).isdisjoint(_TOKEN.findall(text)):
             return True
-        return any(ln.strip() in self.hidden_lines for ln in text.split("\n") if ln.strip()) or any(
-            h in text for h in self.hidden_lines if len(h) >= 8)
+        if any(ln.strip() in self.hidden_lines for ln in text.split("\n") if ln.strip()) or any(
+                h in text for h in self.hidden_lines if len(h) >= 8):
+            return True
+        return not self.hidden_grams.isdisjoint(_grams(text))
 
 
 def _frame_location(first_line):
@@ -271,7 +292,21 @@ def _redact_error(out, ctx, cell_has_hidden, is_test, errors, summary):
 _NUMBER = re.compile(r"^\s*-?[0-9]+(?:\.[0-9]*)?(?:[eE][-+]?[0-9]+)?\s*$")
 
 
-def _hide_outputs(outputs, summary):
+def _partial_credit(out, points):
+    """A result nbgrader takes for partial credit (a number from 0 to the cell's points): the
+    score the feedback shows anyway."""
+    data = out.get("data", {})
+    text = data.get("text/plain", "x")
+    text = "".join(text) if isinstance(text, list) else str(text)
+    if set(data) != {"text/plain"} or not _NUMBER.match(text):
+        return False
+    try:
+        return 0 <= float(text) <= float(points)
+    except (TypeError, ValueError):
+        return False
+
+
+def _hide_outputs(outputs, points, summary):
     """A cell with a hidden region: its errors (handled elsewhere) and, for stream/display/result
     outputs, one note each for stdout and stderr (stderr marks the test failed, for nbgrader)."""
     kept, stdout, stderr = [], False, False
@@ -279,8 +314,7 @@ def _hide_outputs(outputs, summary):
         t = out.get("output_type")
         if t == "error":
             kept.append(out)
-        elif t == "execute_result" and _NUMBER.match(str(out.get("data", {}).get("text/plain", "x"))) \
-                and set(out.get("data", {})) == {"text/plain"}:
+        elif t == "execute_result" and _partial_credit(out, points):
             kept.append(out)  # nbgrader's partial credit: the score, shown anyway
         else:
             summary.outputs += 1
@@ -359,7 +393,7 @@ def redact(nb, errors, begin, end, *, strict):
             else:
                 summary.outputs += 1
         if in_cell[n]:
-            good = _hide_outputs(good, summary)
+            good = _hide_outputs(good, cell.get("metadata", {}).get("nbgrader", {}).get("points", 0), summary)
         new_outputs = []
         for out in good:
             if out.get("output_type") == "error":

@@ -170,16 +170,18 @@ def test_a_frame_at_a_visible_line_loses_the_hidden_lines_it_quotes():
     assert (s.frames, s.lines) == (0, 3)
 
 
-def test_irkernels_errors_keep_the_visible_calls_only():
+def test_irkernels_errors_keep_only_the_calls_that_quote_nothing_hidden():
     src = f"stopifnot(square(2) == 4)\n### {B}\n{M}_v <- 16\nstopifnot(square(4) == {M}_v)\n### {E}"
     err = new_output("error", ename="ERROR", evalue=f"Error: square(4) == {M}_v is not TRUE\n", traceback=[
         f"Error: square(4) == {M}_v is not TRUE\nTraceback:\n", f"1. stopifnot(square(4) == {M}_v)",
-        "2. square(4)"])
+        "2. square(4)",  # the hidden test's input, 4: only the hidden region calls square(4)
+        "3. stopifnot(square(2) == 4)"])
     nb = notebook([grade_cell(src, 2, [err])])
     nb, s = redacted(nb)
     out = nb.cells[0].outputs[0]
     assert out.traceback == ["ERROR: (message hidden: it quotes the hidden tests)",
-                             "(1 traceback entry of the hidden tests removed)", "2. square(4)"], out.traceback
+                             "(2 traceback entries of the hidden tests removed)", "3. stopifnot(square(2) == 4)"], \
+        out.traceback
 
 
 def test_a_file_frame_as_xeus_python_writes_it_goes_by_what_it_quotes():
@@ -499,3 +501,22 @@ def test_the_feedback_command_names_a_refused_notebook_and_writes_none_for_it(gr
     assert (c.root / "feedback/good/env1/p.html").exists()
     assert_no_marker(c.root)
     assert feedback_cmd(c, "--student", "nobody").returncode == 2
+
+
+def test_a_quote_reformatted_by_the_kernel_is_still_found():
+    # R deparses the failing call: spacing changed, every word and number also in the visible part
+    src = f"stopifnot(square(2) == 4)\nx <- c(4, 16)\n### {B}\nstopifnot(square(4)==16)  # {M}\n### {E}"
+    err = new_output("error", ename="ERROR", evalue="Error: square(4) == 16 is not TRUE\n", traceback=[
+        "Error: square(4) == 16 is not TRUE\nTraceback:\n", "1. stopifnot(square(4) == 16)"])
+    nb = notebook([grade_cell(src, 2, [err])])
+    nb, s = redacted(nb)
+    out = nb.cells[0].outputs[0]
+    assert "square(4)" not in "".join(out.traceback) + out.evalue, out
+
+
+def test_a_result_that_is_no_partial_credit_is_hidden():
+    src = f"### {B}\n49\n### {E}"
+    nb = notebook([grade_cell(src, 1, [new_output("execute_result", data={"text/plain": "49"}, execution_count=1)],
+                              points=2)])
+    nb, _ = fr.redact(nb, "full", B, E, strict=True)
+    assert "49" not in nbformat.writes(nb)
