@@ -182,6 +182,15 @@ pub struct GradeArgs {
     /// `isolate-grade task RUN_DIR`; as --slurm otherwise (the gradebook in PostgreSQL).
     #[arg(long, env = "ISOLATE_GRADE_EXTERNAL_TASKS", conflicts_with = "slurm")]
     pub external_tasks: bool,
+    /// Then write the graded students' feedback without the hidden tests, as `isolate-grade
+    /// feedback` does (its report, with --report, next to the batch's: `NAME.feedback.json`).
+    #[arg(long, env = "ISOLATE_GRADE_FEEDBACK")]
+    #[serde(default)]
+    pub feedback: bool,
+    /// With --feedback: what a failed test's error shows (`full`, `message`, `none`).
+    #[arg(long = "feedback-errors", value_enum, env = "ISOLATE_GRADE_FEEDBACK_ERRORS", default_value_t = FeedbackErrors::Full, requires = "feedback")]
+    #[serde(default)]
+    pub feedback_errors: FeedbackErrors,
 }
 
 /// `isolate-grade feedback ASSIGNMENT`: nbgrader's generate_feedback for each graded student
@@ -218,9 +227,10 @@ pub struct FeedbackArgs {
     pub python: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum FeedbackErrors {
+    #[default]
     Full,
     Message,
     None,

@@ -10,7 +10,7 @@
 //! with the redaction first, for each graded student, a few nbgrader processes at once, and
 //! reports each notebook's redaction.
 
-use crate::cli::FeedbackArgs;
+use crate::cli::{FeedbackArgs, FeedbackErrors};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -77,9 +77,37 @@ pub fn execute(a: FeedbackArgs) -> Result<u8, FeedbackError> {
     for s in &a.students {
         crate::grade::course::check_id("--student", s).map_err(FeedbackError::Invalid)?;
     }
+    run(&Job {
+        course: &a.course,
+        assignment: &a.assignment,
+        students: &a.students,
+        errors: a.errors,
+        jobs: a.jobs,
+        force: a.force,
+        report: a.report.as_deref(),
+        python: a.python.as_deref(),
+    })
+}
+
+/// One feedback run: `isolate-grade feedback`'s, or the batch's after grading (`--feedback`).
+pub struct Job<'a> {
+    pub course: &'a Path,
+    pub assignment: &'a str,
+    /// Empty: every graded student.
+    pub students: &'a [String],
+    pub errors: FeedbackErrors,
+    pub jobs: Option<usize>,
+    pub force: bool,
+    pub report: Option<&'a Path>,
+    pub python: Option<&'a Path>,
+}
+
+/// Run a feedback job as the caller (the ids already checked): 0 when every student's feedback
+/// was written or up to date, 1 when some student's was not.
+pub fn run(a: &Job) -> Result<u8, FeedbackError> {
     let course =
-        std::fs::canonicalize(&a.course).map_err(|source| FeedbackError::Io { path: a.course.clone(), source })?;
-    let graded = graded_students(&course, &a.assignment)?;
+        std::fs::canonicalize(a.course).map_err(|source| FeedbackError::Io { path: a.course.to_path_buf(), source })?;
+    let graded = graded_students(&course, a.assignment)?;
     let students: Vec<String> = if a.students.is_empty() {
         graded.clone()
     } else {
@@ -90,7 +118,7 @@ pub fn execute(a: FeedbackArgs) -> Result<u8, FeedbackError> {
                 course.display()
             )));
         }
-        a.students.clone()
+        a.students.to_vec()
     };
     if students.is_empty() {
         return Err(FeedbackError::Invalid(format!(
@@ -100,8 +128,8 @@ pub fn execute(a: FeedbackArgs) -> Result<u8, FeedbackError> {
             a.assignment
         )));
     }
-    let python = match &a.python {
-        Some(p) => p.clone(),
+    let python = match a.python {
+        Some(p) => p.to_path_buf(),
         None => crate::python::python_of_nbgrader()?,
     };
     let jobs = a.jobs.unwrap_or(4).clamp(1, students.len());
@@ -170,10 +198,10 @@ pub fn execute(a: FeedbackArgs) -> Result<u8, FeedbackError> {
         course.join("feedback").display(),
         a.errors.as_str()
     );
-    if let Some(path) = &a.report {
+    if let Some(path) = a.report {
         let report = serde_json::json!({"assignment": a.assignment, "errors": a.errors.as_str(), "students": results});
         std::fs::write(path, serde_json::to_vec_pretty(&report).expect("json"))
-            .map_err(|source| FeedbackError::Io { path: path.clone(), source })?;
+            .map_err(|source| FeedbackError::Io { path: path.to_path_buf(), source })?;
     }
     Ok(u8::from(failed > 0))
 }
