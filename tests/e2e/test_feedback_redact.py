@@ -520,3 +520,23 @@ def test_a_result_that_is_no_partial_credit_is_hidden():
                               points=2)])
     nb, _ = fr.redact(nb, "full", B, E, strict=True)
     assert "49" not in nbformat.writes(nb)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the batch needs root here (the sandbox)")
+def test_the_batch_with_feedback_grades_in_the_sandbox_then_writes_the_redacted_feedback(graded, tmp_path):
+    from conftest import grader_env
+    while subprocess.run(["pgrep", "-f", "test_attacks.py"], capture_output=True).stdout:
+        import time
+        time.sleep(30)  # CI's adversarial suite checks the host for stray sandboxes
+    c = copy_of(graded, tmp_path / "course")
+    shutil.rmtree(c.root / "autograded")
+    report = tmp_path / "report.json"
+    r = subprocess.run([str(BIN), c.assignment, "--course", str(c.root), "--feedback", "--feedback-errors", "message",
+                        "--report", str(report)], env=grader_env(), capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "bad: feedback written; p: 3 hidden region(s)" in r.stdout, r.stdout
+    assert_no_marker(c.root)
+    assert scores(c.root) == scores(graded.root)
+    import json
+    rep = json.loads((tmp_path / "report.feedback.json").read_text())
+    assert rep["errors"] == "message" and len(rep["students"]) == 3
