@@ -405,13 +405,15 @@ def redact(nb, errors, begin, end, *, strict):
 
 
 def _check_clean(nb, ctx, strict, summary):
-    """The last line of defence: no delimiter, and no hidden line (one not also in the visible
-    part), anywhere in a source or an output after redaction."""
+    """The last line of defence: no delimiter, and no hidden line of 8 characters or more (one
+    not also in the visible part), anywhere in a source or an output after redaction. (Not the
+    words and pieces `quotes_hidden` looks for: a student's own output may share those, and
+    strict would then refuse the notebook.)"""
 
     def leaks(text):
         text = strip_ansi(text)
         return any(d in text for d in ctx.delimiters) or any(h in text for h in ctx.hidden_lines if len(h) >= 8) \
-            or any(ln.strip() in ctx.hidden_lines for ln in text.split("\n") if len(ln.strip()) >= 4)
+            or any(ln.strip() in ctx.hidden_lines for ln in text.split("\n") if len(ln.strip()) >= 8)
 
     for n, cell in enumerate(nb.cells):
         if leaks(_source(cell)):
