@@ -187,8 +187,9 @@ pub struct GradeArgs {
     #[arg(long, env = "ISOLATE_GRADE_FEEDBACK")]
     #[serde(default)]
     pub feedback: bool,
-    /// With --feedback: what a failed test's error shows (`full`, `message`, `none`).
-    #[arg(long = "feedback-errors", value_enum, env = "ISOLATE_GRADE_FEEDBACK_ERRORS", default_value_t = FeedbackErrors::Full, requires = "feedback")]
+    /// With --feedback: what a failed test's error shows (`full`, `message`, `none`); without
+    /// it, unused (its environment twin is `isolate-grade feedback`'s too).
+    #[arg(long = "feedback-errors", value_enum, env = "ISOLATE_GRADE_FEEDBACK_ERRORS", default_value_t = FeedbackErrors::Full)]
     #[serde(default)]
     pub feedback_errors: FeedbackErrors,
 }
