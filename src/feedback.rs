@@ -183,13 +183,15 @@ pub fn run(a: &Job) -> Result<u8, FeedbackError> {
                 _ => {}
             }
         }
-        match r["error"].as_str() {
-            None if parts.is_empty() => println!("{student}: feedback up to date"),
-            None => println!("{student}: feedback written; {}", parts.join("; ")),
+        let msg = match r["error"].as_str() {
+            None if parts.is_empty() => format!("{student}: feedback up to date"),
+            None => format!("{student}: feedback written; {}", parts.join("; ")),
             Some(e) => {
-                println!("{student}: NO feedback: {e}{}{}", if parts.is_empty() { "" } else { "; " }, parts.join("; "))
+                format!("{student}: NO feedback: {e}{}{}", if parts.is_empty() { "" } else { "; " }, parts.join("; "))
             }
-        }
+        };
+        // nbgrader's exceptions and a refusal's reason may quote a submission: one escaped line
+        println!("{}", crate::escape::line(&msg));
     }
     println!(
         "{} of {} students' feedback in {} (errors shown: {})",
