@@ -450,6 +450,14 @@ def test_the_block_install_writes_redacts_the_formgrader_path(graded, tmp_path):
         c.nbgrader("generate_feedback", c.assignment)
         assert_no_marker(c.root)
         assert scores(c.root) == scores(graded.root)
+        # the block fails closed: if the redaction can't be set up, no feedback at all
+        cfg = c.root / "nbgrader_config.py"
+        cfg.write_text(cfg.read_text().replace("    from nbconvert.preprocessors import Preprocessor\n",
+                                                "    raise ImportError('no nbconvert')\n", 1))
+        shutil.rmtree(c.root / "feedback")
+        r = c.nbgrader("generate_feedback", c.assignment, check=False)
+        assert r.returncode != 0 and "the feedback redaction could not be set up" in r.stderr, r.stderr
+        assert not list((c.root / "feedback").rglob("*.html"))
     finally:
         for d in (TWIN_HOME / "kernels").glob(prefix + "*"):
             shutil.rmtree(d)
