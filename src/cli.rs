@@ -41,6 +41,8 @@ pub enum Command {
     Check(CheckArgs),
     /// Check one submission and copy what passed (what formgrader's path runs; JSON on stdout).
     Stage(StageArgs),
+    /// Write nbgrader's feedback for graded students, without the hidden tests (issue #18).
+    Feedback(FeedbackArgs),
     /// One task of a batch shared by several machines: started by `--slurm`'s job array, or by
     /// whatever runs the tasks of `--external-tasks` (a Kubernetes Job: deploy/kubernetes/).
     Task(TaskArgs),
@@ -180,6 +182,69 @@ pub struct GradeArgs {
     /// `isolate-grade task RUN_DIR`; as --slurm otherwise (the gradebook in PostgreSQL).
     #[arg(long, env = "ISOLATE_GRADE_EXTERNAL_TASKS", conflicts_with = "slurm")]
     pub external_tasks: bool,
+    /// Then write the graded students' feedback without the hidden tests, as `isolate-grade
+    /// feedback` does (its report, with --report, next to the batch's: `NAME.feedback.json`).
+    #[arg(long, env = "ISOLATE_GRADE_FEEDBACK")]
+    #[serde(default)]
+    pub feedback: bool,
+    /// With --feedback: what a failed test's error shows (`full`, `message`, `none`); without
+    /// it, unused (its environment twin is `isolate-grade feedback`'s too).
+    #[arg(long = "feedback-errors", value_enum, env = "ISOLATE_GRADE_FEEDBACK_ERRORS", default_value_t = FeedbackErrors::Full)]
+    #[serde(default)]
+    pub feedback_errors: FeedbackErrors,
+}
+
+/// `isolate-grade feedback ASSIGNMENT`: nbgrader's generate_feedback for each graded student
+/// (`autograded/<student>/<assignment>`), into `feedback/<student>/<assignment>/` where
+/// `nbgrader release_feedback` finds it, with the hidden test regions and every trace of them
+/// removed (src/feedback_redact.py); students in parallel, those whose feedback is up to date
+/// skipped (nbgrader's own timestamps), so a second run resumes.
+#[derive(Debug, Args)]
+pub struct FeedbackArgs {
+    /// The assignment (nbgrader's name for it).
+    pub assignment: String,
+    /// The course directory (default: the current one, as for nbgrader).
+    #[arg(long, env = "ISOLATE_GRADE_COURSE", default_value = ".")]
+    pub course: PathBuf,
+    /// Only this student (repeatable); default: every student with an autograded submission.
+    #[arg(long = "student", value_name = "ID")]
+    pub students: Vec<String>,
+    /// What a failed test's error shows: `full` (the frames of the visible code, and the error
+    /// line), `message` (the error line), `none` (`failed`). A message that quotes the hidden
+    /// tests is hidden in every mode.
+    #[arg(long = "feedback-errors", value_enum, env = "ISOLATE_GRADE_FEEDBACK_ERRORS", default_value_t = FeedbackErrors::Full)]
+    pub errors: FeedbackErrors,
+    /// nbgrader processes at once (default: 4, at most one per student).
+    #[arg(long, env = "ISOLATE_GRADE_JOBS")]
+    pub jobs: Option<usize>,
+    /// Write feedback again even where it is up to date.
+    #[arg(long)]
+    pub force: bool,
+    /// Write the report (each student's outcome, each notebook's redaction counts) here as JSON.
+    #[arg(long, env = "ISOLATE_GRADE_REPORT")]
+    pub report: Option<PathBuf>,
+    /// The Python with nbgrader (default: the one that runs `nbgrader`).
+    #[arg(long, env = "ISOLATE_GRADE_PYTHON")]
+    pub python: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FeedbackErrors {
+    #[default]
+    Full,
+    Message,
+    None,
+}
+
+impl FeedbackErrors {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FeedbackErrors::Full => "full",
+            FeedbackErrors::Message => "message",
+            FeedbackErrors::None => "none",
+        }
+    }
 }
 
 /// `isolate-grade task RUN_DIR`: take students from a shared batch's queue until none is left,

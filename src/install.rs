@@ -180,6 +180,8 @@ fn course_notebooks(course: &Path) -> Vec<(PathBuf, Value)> {
 /// The block also guards nbgrader's Autograde converter as the batch does (`binary stage`
 /// checks and copies each submission first; the batch's locks): `_isolate_grade_guard`.
 /// `kernels` is the directory the twins are in (not on the Jupyter path: [`twin_home`]).
+/// And it makes GenerateFeedback remove the hidden tests from the feedback
+/// ([`crate::feedback::config_block`]).
 pub fn config_block(twins: &[Twin], specs: &[Spec], binary: &str, kernels: &Path) -> String {
     let (names, languages) = kernels::tables(twins, specs);
     let names = serde_json::to_string(&names).expect("json");
@@ -204,9 +206,11 @@ except Exception as e:  # fail closed: no notebook runs at all, rather than unsa
     c.Execute.kernel_name = "isolate-grade-could-not-route-kernels-see-nbgrader_config.py"
     # and nbgrader finds no submission to copy files from
     c.CourseDirectory.submitted_directory = "isolate-grade-could-not-set-up-see-nbgrader_config.py"
-{END}
+
+{feedback}{END}
 "#,
-        route = kernels::ROUTE_PY.trim_end()
+        route = kernels::ROUTE_PY.trim_end(),
+        feedback = crate::feedback::config_block()
     )
 }
 
@@ -288,5 +292,8 @@ mod tests {
         assert!(other.contains(r#"_isolate_grade(c, {"python":"other","python3":"other"}, {"other":"python"}, "/k")"#));
         assert!(!other.contains("\"ig-ir\""));
         assert_eq!(with_block("", &block), block);
+        // the feedback redaction, once, inside the markers
+        assert_eq!(block.matches("_isolate_grade_feedback(c)\n").count(), 1);
+        assert!(block.find("_isolate_grade_feedback(c)").unwrap() < block.find(END).unwrap());
     }
 }

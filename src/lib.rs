@@ -15,6 +15,7 @@ pub mod copyout;
 pub mod escape;
 pub mod exit;
 pub mod fault;
+pub mod feedback;
 pub mod grade;
 pub mod host;
 pub mod identity;

@@ -62,6 +62,7 @@ fn real_main(cli: Cli) -> Result<u8, (u8, anyhow::Error)> {
         }
         Command::Check(args) => Ok(isolate_grade::check::check(cli.config.as_deref(), &args).code()),
         Command::Stage(args) => isolate_grade::stage::execute(args).map_err(|e| (e.exit_code(), e.into())),
+        Command::Feedback(args) => isolate_grade::feedback::execute(args).map_err(|e| (e.exit_code(), e.into())),
         Command::Task(args) => isolate_grade::grade::task(args).map_err(|e| (e.exit_code(), e.into())),
     }
     // An error is never success: one without a code of its own is bad input.

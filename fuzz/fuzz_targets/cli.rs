@@ -55,6 +55,6 @@ fuzz_target!(|data: &[u8]| {
         Command::Stage(a) => {
             let _ = stage::validate(&a);
         }
-        Command::Install(_) | Command::Check(_) | Command::Task(_) => {}
+        Command::Install(_) | Command::Check(_) | Command::Task(_) | Command::Feedback(_) => {}
     }
 });

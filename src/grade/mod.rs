@@ -267,9 +267,27 @@ pub fn execute(config: Option<PathBuf>, a: GradeArgs) -> Result<u8, GradeError> 
     };
     // 7. The report: the table, and with --report the JSON and CSV.
     let report = report_of(&req, ended.results, ended.started, &kernels.sandbox)?;
-    // 9. The exit status.
+    // 8. With --feedback: the graded students' feedback, without the hidden tests.
     let verdicts: Vec<Verdict> = report.students.rows().iter().map(|r| r.verdict).collect();
-    Ok(GradeExit::of(&verdicts, ended.interrupted).code())
+    let mut feedback_failed = false;
+    if req.args.feedback && !ended.interrupted {
+        let report = req.report_path.as_ref().map(|p| p.with_extension("feedback.json"));
+        let code = crate::feedback::run(&crate::feedback::Job {
+            course: &req.layout.course,
+            assignment: &req.args.assignment,
+            students: &req.args.students,
+            errors: req.args.feedback_errors,
+            jobs: Some(req.jobs),
+            force: false,
+            report: report.as_deref(),
+            python: Some(&kernels.maker.client.executable),
+        })
+        .map_err(|e| GradeError::Invalid(format!("--feedback: {e}")))?;
+        feedback_failed = code != 0;
+    }
+    // 9. The exit status (a student whose feedback was not written counts as not graded).
+    let code = GradeExit::of(&verdicts, ended.interrupted).code();
+    Ok(if feedback_failed && code == 0 { 1 } else { code })
 }
 
 /// A batch as asked for, validated, by the caller (nothing privileged is left).
