@@ -230,6 +230,7 @@ def _isolate_grade(c, twins, languages, kernels=None, on_kernel_report=None, on_
                 on_kernel_restart(dict(record))
 
         def preprocess(self, nb, resources, *args, **kwargs):
+            settings = IsolateGrade(parent=self)  # a bad value: traitlets' TraitError, nothing run
             before = self.kernel_name
             self.kernel_name = route(nb, before)
             who = resources.get("nbgrader") or {}
@@ -243,7 +244,6 @@ def _isolate_grade(c, twins, languages, kernels=None, on_kernel_report=None, on_
             os.environ["ISOLATE_GRADE_LABEL"] = label
             self._isolate_grade_cell = None
             outer_kms, self._isolate_grade_kms = getattr(self, "_isolate_grade_kms", None), []
-            settings = IsolateGrade(parent=self)  # a bad value: traitlets' TraitError, nothing run
             # the flag is ours alone: a submission's own is never shown as if we had set it
             nb.metadata.pop("isolate_grade", None)
             outer_deaths = getattr(self, "_isolate_grade_deaths", None)
