@@ -20,7 +20,7 @@ def _isolate_grade(c, twins, languages, kernels=None, on_kernel_report=None, on_
     When the student's code ends a kernel in a cell (a limit of the sandbox, a crash, an exit:
     its report says so), the notebook is not failed, unless `c.IsolateGrade.on_kernel_death =
     "fail"` (nbgrader's own behaviour): see `_KernelDeaths`. `on_kernel_restart(record)`, if
-    given, is told each such end (the batch's report: `_KernelDeaths.record`).
+    given, is told each such end (the batch's report: a record of `_KernelDeaths.end`).
     (isolate-grade's src/route.py: written into nbgrader_config.py by `isolate-grade install`,
     and used by the batch with its own twins.)
     """
