@@ -31,7 +31,10 @@ goes to stderr (the log). Strings are made valid UTF-8 first (a surrogate escape
 that isn't, becomes the text `\\udcXX`): an answer is always readable. An answer names each
 kernel's report file, per notebook: `<reports>/<student>/<notebook>/kernel-<uuid>.json`, given to
 the kernel on its command line (`--report`, with `--submission`) by route.py, which tells us
-each one (`on_kernel_report`).
+each one (`on_kernel_report`), and, per notebook, each end of a kernel the student's code made
+and grading went on past (`kernel_deaths`: route.py's `on_kernel_restart`). The setup's
+`on_kernel_death` and `max_restarts` (the batch's options; None: the course's settings) become
+`c.IsolateGrade.on_kernel_death` and `max_kernel_restarts` over the course's config.
 
 The worker patches nbgrader's internals: it refuses an nbgrader outside the range it was tested
 with (TESTED_NBGRADER), unless ISOLATE_GRADE_UNTESTED_NBGRADER=1.
