@@ -2,7 +2,9 @@
 
 A notebook of five exercises (an autograded answer and a test cell each, worth POINTS); a
 student's third answer ends the kernel (a memory bomb past the policy's limit, `os._exit(1)`, a
-segfault, a fork bomb against a small pids limit). With the default `--on-kernel-death restart`:
+segfault), or hits the pids limit (a fork bomb: its forks fail at the limit, and ipykernel, which
+starts no thread per cell, survives them here; with a larger limit its copies reach the memory
+limit first and the kernel ends). With the default `--on-kernel-death restart`:
 
 - the student gets exactly the points of the other four exercises (computed from POINTS, not
   from running nbgrader), in the batch and in plain `nbgrader autograde` after `install`;
