@@ -69,7 +69,7 @@ pub fn check(config_path: Option<&Path>, args: &CheckArgs) -> CheckExit {
             (Ok(()), Ok(())) => "a fresh procfs can be mounted in one".into(),
             (Ok(()), Err(e)) => format!(
                 "a fresh procfs cannot be mounted in one ({e}): this /proc has masked or read-only paths, as a \
-                 container's has"
+                 container's has; a policy with proc = \"none\" runs without /proc"
             ),
             (Err(_), _) => "not tried (no user namespace)".into(),
         },

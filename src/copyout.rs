@@ -28,6 +28,9 @@ pub enum CopyOutError {
     Sys { path: PathBuf, errno: nix::errno::Errno },
     #[error(transparent)]
     Identity(#[from] crate::identity::IdentityError),
+    /// Rootless: the scratch the sandbox should have sent us.
+    #[error("the kernel's scratch: {0}")]
+    Scratch(std::io::Error),
 }
 
 #[derive(Debug, Clone, Copy)]

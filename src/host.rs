@@ -50,8 +50,10 @@ fn explained(mut f: Fault, info: &crate::report::SandboxInfo) -> Fault {
     {
         f.context +=
             " (rootless: the kernel refuses a fresh procfs in a user namespace while this /proc has masked or \
-                      read-only paths, as a container runtime leaves it; run the privileged helper on a grading host, \
-                      or the Kubernetes Job, or ask the admin for an unmasked /proc in this container)";
+                      read-only paths, as a container runtime leaves it; set proc = \"none\" in the policy's [sandbox] \
+                      table to run without /proc (ipykernel runs without it; psutil's process and memory queries fail), \
+                      or run the privileged helper on a grading host, or the Kubernetes Job, or ask the admin for an \
+                      unmasked /proc in this container)";
     }
     f
 }

@@ -26,7 +26,7 @@
 use crate::cli::KernelArgs;
 use crate::fault::{Fault, HostStep};
 use crate::identity::Caller;
-use crate::mounts::{BindSource, PreparedOverlay, RuntimeDir};
+use crate::mounts::{BindSource, Lower, PreparedOverlay, RuntimeDir, Scratch};
 use crate::policy::SymlinkMode;
 use crate::relay::{Channel, RelaySpec};
 use crate::report::KernelInfo;
@@ -172,7 +172,7 @@ struct After {
     submission: PathBuf,
     output_limit: u64,
     /// Our copy of the scratch: what the kernel wrote is copied out of it.
-    scratch: OwnedFd,
+    scratch: Kept,
     caller: Caller,
     sink: Option<std::fs::File>,
 }
@@ -230,7 +230,7 @@ fn prepare(config_override: Option<PathBuf>, a: &KernelArgs, client: OwnedFd) ->
 
 /// The submission: by default the working directory jupyter_client gave us (the notebook's
 /// directory): the one part of the course inside, opened as the caller.
-fn submission(a: &KernelArgs, caller: &Caller) -> Result<(PathBuf, OwnedFd), RunError> {
+fn submission(a: &KernelArgs, caller: &Caller) -> Result<(PathBuf, Lower), RunError> {
     let (submission, input) = match &a.submission {
         Some(dir) => (dir.clone(), Input::Option("--submission")),
         None => {
@@ -241,7 +241,8 @@ fn submission(a: &KernelArgs, caller: &Caller) -> Result<(PathBuf, OwnedFd), Run
     let submission = crate::policy::sandbox_path(&submission.to_string_lossy(), true)
         .map_err(|r| RequestError::invalid(input.clone(), r))?;
     match caller.open_bind_source(&submission, false, false, SymlinkMode::Error)? {
-        Some(BindSource::Tree { fd, is_dir: true }) => Ok((submission, fd)),
+        Some(BindSource::Tree { fd, is_dir: true }) => Ok((submission, Lower::Tree(fd))),
+        Some(BindSource::Path { path, is_dir: true }) => Ok((submission, Lower::Path(path))),
         _ => Err(RequestError::invalid(input, format!("{} is not a directory", submission.display())).into()),
     }
 }
@@ -260,15 +261,39 @@ fn take_ports(conn: &Connection) -> Result<Vec<Channel>, RequestError> {
 /// The scratch that takes the kernel's writes, and our copy of it: once the kernel has
 /// ended, what it wrote there is copied out to the submission, as bare nbgrader's kernel
 /// would have written it.
-fn scratch(size: u64) -> Result<(OwnedFd, OwnedFd), RunError> {
-    let scratch = crate::sys::raw::tmpfs_detached(&[
-        ("size", size.to_string()),
-        ("nr_inodes", crate::mounts::tmpfs_inodes(size).to_string()),
-        ("mode", "0700".into()),
-    ])
-    .map_err(|errno| RunError::Host(Fault::errno(HostStep::Scratch, errno)))?;
+/// Rootless, the host can't make a tmpfs: the sandbox makes it in its own user namespace and
+/// sends us a copy over a unix socket ([`Scratch::InSandbox`]).
+fn scratch(size: u64) -> Result<(Scratch, Kept), RunError> {
+    let options = crate::mounts::scratch_options(size);
+    let fault = |errno| RunError::Host(Fault::errno(HostStep::Scratch, errno));
+    if crate::userns::choose().mode == crate::userns::Mode::Rootless {
+        use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+        let (send, receive) =
+            socketpair(AddressFamily::Unix, SockType::Datagram, None, SockFlag::SOCK_CLOEXEC).map_err(fault)?;
+        return Ok((Scratch::InSandbox { options, send }, Kept::FromSandbox(receive)));
+    }
+    let scratch = crate::sys::raw::tmpfs_detached(&options).map_err(fault)?;
     let kept = scratch.try_clone().map_err(|e| RunError::Host(Fault::io(HostStep::Scratch, &e)))?;
-    Ok((scratch, kept))
+    Ok((Scratch::Detached(scratch), Kept::Fd(kept)))
+}
+
+/// Our copy of a kernel's scratch.
+enum Kept {
+    Fd(OwnedFd),
+    /// Rootless: the socket the sandbox sends it over (step 8 of its setup, before anything of
+    /// the submission runs; its end is closed right after, so nothing else can be sent).
+    FromSandbox(OwnedFd),
+}
+
+impl Kept {
+    /// The scratch's fd; rootless, the one the sandbox sent, if it got that far.
+    fn fd(&self) -> std::io::Result<OwnedFd> {
+        match self {
+            Kept::Fd(fd) => fd.try_clone(),
+            // never waiting: it was sent before the kernel started, or never
+            Kept::FromSandbox(socket) => crate::sys::raw::receive_fds::<1>(socket, false).map(|[fd]| fd),
+        }
+    }
 }
 
 /// The kernel's variables beyond the policy's. Its parent is the sandbox's init, PID 1:
@@ -294,7 +319,10 @@ impl After {
     /// ran), and say what the kernel was.
     fn finish(&self, report: &crate::report::Report) -> KernelInfo {
         let copied_out = if report.sandbox_error().is_none() {
-            match crate::copyout::copy_out(&self.scratch, &self.submission, &self.caller, crate::copyout::LIMITS) {
+            let copied = self.scratch.fd().map_err(crate::copyout::CopyOutError::Scratch).and_then(|scratch| {
+                crate::copyout::copy_out(&scratch, &self.submission, &self.caller, crate::copyout::LIMITS)
+            });
+            match copied {
                 Ok(c) => {
                     if c.not_copied_count > 0 {
                         // into nbgrader's log, where the instructor looks (names escaped)

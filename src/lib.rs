@@ -10,6 +10,7 @@ pub mod cli;
 pub mod client;
 
 pub mod config;
+pub mod connector;
 pub mod copyout;
 pub mod escape;
 pub mod exit;

@@ -39,18 +39,43 @@ pub struct PreparedBind {
     pub writable: bool,
 }
 
-/// A kernel's working directory: the submission (a detached mount, opened as the caller)
-/// read-only beneath, a size-capped scratch on top that takes every write and vanishes with
-/// the sandbox, and the listed files (the notebooks, which carry the hidden tests) whited out.
+/// A kernel's working directory: the submission (opened as the caller) read-only beneath, a
+/// size-capped scratch on top that takes every write and vanishes with the sandbox, and the
+/// listed files (the notebooks, which carry the hidden tests) whited out.
 #[derive(Debug)]
 pub struct PreparedOverlay {
-    pub lower: OwnedFd,
+    pub lower: Lower,
     pub target: PathBuf,
-    /// A detached, size-capped tmpfs ([`crate::sys::raw::tmpfs_detached`]) that holds the
-    /// upper and work layers; the kernel's supervisor keeps a copy of the fd, to copy the
-    /// files the kernel made out once it has ended ([`crate::copyout`]).
-    pub scratch: OwnedFd,
+    pub scratch: Scratch,
     pub hide: Vec<String>,
+}
+
+/// The submission beneath a kernel's scratch.
+#[derive(Debug)]
+pub enum Lower {
+    /// A detached copy of its mount, made as the caller checked it (privileged).
+    Tree(OwnedFd),
+    /// Its path, bound from the sandbox's own mount namespace (rootless: the sandbox is the
+    /// caller, with nothing more than the caller could open).
+    Path(PathBuf),
+}
+
+/// The tmpfs that holds a kernel's upper and work layers; the kernel's supervisor keeps a copy
+/// of it, to copy the files the kernel made out once it has ended ([`crate::copyout`]).
+#[derive(Debug)]
+pub enum Scratch {
+    /// Made by the host, detached ([`crate::sys::raw::tmpfs_detached`]).
+    Detached(OwnedFd),
+    /// Rootless: the host can't make a tmpfs (no `CAP_SYS_ADMIN` where it is), so the sandbox
+    /// makes it in its own user namespace with these options and sends a copy of it over
+    /// `send` (a unix socket whose other end the supervisor keeps) before anything of the
+    /// submission runs.
+    InSandbox { options: Vec<(&'static str, String)>, send: OwnedFd },
+}
+
+/// The options of a kernel's scratch: `size` bytes, inodes in proportion, only its owner in.
+pub fn scratch_options(size: u64) -> Vec<(&'static str, String)> {
+    vec![("size", size.to_string()), ("nr_inodes", tmpfs_inodes(size).to_string()), ("mode", "0700".into())]
 }
 
 /// A private tmpfs owned by the sandbox user, for a kernel's connection file and sockets.
@@ -168,12 +193,25 @@ impl Root {
         let stage = Path::new("/.overlay");
         let (parent, name) = self.mount_point(stage, Kind::Dir)?;
         let at = reopen(&parent, &name, stage)?;
-        sys.attach_tree(ov.scratch.as_raw_fd(), at.as_raw_fd(), true).map_err(err(stage))?;
+        let made;
+        let scratch = match &ov.scratch {
+            Scratch::Detached(fd) => fd.as_raw_fd(),
+            Scratch::InSandbox { options, send } => {
+                made = sys.make_tmpfs(options).map_err(err(stage))?;
+                sys.send_fd(send.as_raw_fd(), made.as_raw_fd()).map_err(err(stage))?;
+                made.as_raw_fd()
+            }
+        };
+        sys.attach_tree(scratch, at.as_raw_fd(), true).map_err(err(stage))?;
         self.record_own(&parent, &name, stage)?;
         let lower = Path::new("/.overlay/lower");
         let (parent, name) = self.mount_point(lower, Kind::Dir)?;
         let at = reopen(&parent, &name, lower)?;
-        sys.attach_tree(ov.lower.as_raw_fd(), at.as_raw_fd(), false).map_err(err(lower))?;
+        match &ov.lower {
+            Lower::Tree(fd) => sys.attach_tree(fd.as_raw_fd(), at.as_raw_fd(), false),
+            Lower::Path(path) => sys.attach_path(path, at.as_raw_fd(), false),
+        }
+        .map_err(err(lower))?;
         for layer in ["/.overlay/upper", "/.overlay/work"] {
             self.mount_point(Path::new(layer), Kind::Dir)?;
         }
@@ -274,11 +312,13 @@ impl Root {
     pub fn proc(&mut self, sys: &impl Sys, mode: ProcMode) -> Result<(), MountError> {
         let target = Path::new("/proc");
         let (parent, name) = self.mount_point(target, Kind::Dir)?;
-        let at = reopen(&parent, &name, target)?;
         let data = match mode {
             ProcMode::PidsOnly => "hidepid=2,subset=pid",
             ProcMode::Full => "hidepid=2",
+            // the empty directory, in the root made read-only at step 9
+            ProcMode::None => return Ok(()),
         };
+        let at = reopen(&parent, &name, target)?;
         sys.mount(Some(Path::new("proc")), &fd_path(&at), Some("proc"), NOSUID_NODEV | MsFlags::MS_NOEXEC, Some(data))
             .map_err(|source| MountError::Sys { target: target.into(), source })?;
         if mode == ProcMode::Full {

@@ -40,6 +40,9 @@ pub struct Plan {
     pub rlimits: Vec<(Resource, u64, u64)>,
     /// Rootless: the sandbox is in a user namespace of its own, to be mapped to the caller.
     pub rootless: Option<Outside>,
+    /// Rootless with a relay: where the sandbox sends its user and network namespaces, for
+    /// the relay's [`crate::connector::Connector`] (set by the supervisor).
+    pub namespaces: Option<std::os::fd::OwnedFd>,
     pub hostname: String,
     pub workdir: PathBuf,
     pub proc: ProcMode,
@@ -208,8 +211,13 @@ pub fn enter_sandbox<S: Sys>(sys: &S, mut p: Plan, ch: Channels) -> Result<Pid, 
     // 1. Rootless: our user namespace's map, before anything, since until it is written we
     //    are nobody in it: the slot's uid and gid inside, the caller's outside, one each
     //    (setgroups denied first, as the kernel requires of an unprivileged map).
+    //    Then, for a kernel's relay, our user and network namespaces to the supervisor: our
+    //    own, opened before anything of the submission runs.
     if let Some(outside) = p.rootless {
         sys.map_user_namespace(p.uid, outside).at(UserNamespace)?;
+    }
+    if let Some(socket) = p.namespaces.take() {
+        sys.send_namespaces(std::os::fd::AsRawFd::as_raw_fd(&socket)).at(UserNamespace)?;
     }
     // 2. Into the slot's cgroups (v1; on v2 we were born inside), before anything else runs
     //    and before step 3. Still single-threaded, so moving our thread moves the process.
@@ -384,6 +392,7 @@ mod tests {
             runtime: None,
             rlimits: rlimits(&policy.limits),
             rootless: None,
+            namespaces: None,
             limits: policy.limits,
             hostname: "sandbox".into(),
             workdir: "/tmp".into(),
@@ -437,6 +446,36 @@ mod tests {
         p.rootless = Some(Outside { uid: 1000, gid: 1001 });
         assert_eq!(enter_sandbox(&sys, p, CH).unwrap_err().step, Step::UserNamespace);
         assert_eq!(sys.calls().len(), 1);
+    }
+
+    /// A rootless kernel: its namespaces go to the supervisor right after the map (before
+    /// any mount), and its scratch is made in the sandbox, sent out, then attached beneath
+    /// the submission bound by path; nothing of the scratch is sent after the overlay.
+    #[test]
+    fn a_rootless_kernel_sends_its_namespaces_first_and_makes_its_own_scratch() {
+        use crate::mounts::{Lower, PreparedOverlay, Scratch};
+        let root = tempfile::tempdir().unwrap();
+        let sys = FakeSys { root: Some(root.path().into()), ..Default::default() };
+        let mut p = plan(root.path());
+        p.rootless = Some(Outside { uid: 1000, gid: 1001 });
+        let (a, b) = std::os::unix::net::UnixDatagram::pair().unwrap();
+        p.namespaces = Some(a.into());
+        p.overlay = Some(PreparedOverlay {
+            lower: Lower::Path("/course/submitted/alice/ps1".into()),
+            target: "/course/submitted/alice/ps1".into(),
+            scratch: Scratch::InSandbox { options: crate::mounts::scratch_options(1 << 20), send: b.into() },
+            hide: vec!["problem1.ipynb".into()],
+        });
+        enter_sandbox(&sys, p, CH).unwrap_err();
+        let calls = sys.calls();
+        assert_eq!(calls[0], "map user namespace 60007 -> 1000:1001", "{calls:#?}");
+        assert_eq!(calls[1], "send our user and network namespaces", "{calls:#?}");
+        let made = position(&calls, "make tmpfs size=1048576");
+        assert_eq!(calls[made + 1], "send the scratch", "{calls:#?}");
+        let lower = position(&calls, "attach /course/submitted/alice/ps1 -> /.overlay/lower ro");
+        let whiteout = position(&calls, "mknod /.overlay/upper/problem1.ipynb c 0:0");
+        assert!(made < lower && lower < whiteout, "{calls:#?}");
+        assert!(position(&calls, "mount overlay") > whiteout, "{calls:#?}");
     }
 
     #[test]

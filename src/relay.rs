@@ -8,7 +8,8 @@
 //! pump bytes between each accepted connection and the matching port inside. The relay's
 //! thread enters the sandbox's network namespace (through the sandbox's pidfd) once, before
 //! it opens any socket, so its connections can only reach the sandbox's loopback, and nothing
-//! inside can reach a host port. The listeners were bound on the host before. The relay needs
+//! inside can reach a host port (rootless, it can't enter: each socket comes from a
+//! [`crate::connector::Connector`] instead, made in that namespace). The listeners were bound on the host before. The relay needs
 //! no knowledge of the protocol.
 //!
 //! The kernel's output channel (iopub, kernel to client) goes through [`crate::zmtp`]'s
@@ -92,6 +93,8 @@ impl Drop for Relay {
 
 struct Shared {
     pidfd: RawFd,
+    /// Rootless: where sockets in the sandbox's network namespace come from.
+    connector: Option<std::sync::Mutex<crate::connector::Connector>>,
     limit: u64,
     output: Arc<AtomicU64>,
     exceeded: Arc<AtomicBool>,
@@ -124,14 +127,16 @@ impl ShutdownWatch {
 }
 
 /// Start relaying for the sandbox behind `pidfd` (its init), interrupting it through `pidfd`
-/// if its output passes the limit. `pidfd` must outlive the relay.
-pub fn start(spec: RelaySpec, pidfd: RawFd) -> std::io::Result<Relay> {
+/// if its output passes the limit. `pidfd` must outlive the relay. With a `connector`
+/// (rootless), the sockets inside come from it instead.
+pub fn start(spec: RelaySpec, pidfd: RawFd, connector: Option<crate::connector::Connector>) -> std::io::Result<Relay> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     let exceeded = Arc::new(AtomicBool::new(false));
     let output = Arc::new(AtomicU64::new(0));
     let shutdown = Arc::new(AtomicBool::new(false));
     let shared = Arc::new(Shared {
         pidfd,
+        connector: connector.map(std::sync::Mutex::new),
         limit: spec.output_limit,
         output: output.clone(),
         exceeded: exceeded.clone(),
@@ -145,8 +150,12 @@ pub fn start(spec: RelaySpec, pidfd: RawFd) -> std::io::Result<Relay> {
     }
     let (entered_tx, entered_rx) = std::sync::mpsc::channel();
     let thread = std::thread::Builder::new().name("relay".into()).spawn(move || {
-        // Every socket this thread opens from now on is in the sandbox's network namespace.
-        let entered = crate::sys::raw::enter_netns_of(shared.pidfd);
+        // Every socket this thread opens from now on is in the sandbox's network namespace
+        // (rootless: the connector's are).
+        let entered = match shared.connector {
+            Some(_) => Ok(()),
+            None => crate::sys::raw::enter_netns_of(shared.pidfd),
+        };
         let ok = entered.is_ok();
         let _ = entered_tx.send(entered);
         if !ok {
@@ -174,6 +183,20 @@ pub fn start(spec: RelaySpec, pidfd: RawFd) -> std::io::Result<Relay> {
     Ok(Relay { thread: Some(thread), stop: Some(tx), exceeded, output, shutdown })
 }
 
+/// A connection to `inside` on a socket the connector made in the sandbox's network namespace
+/// (a loopback connect: it completes or is refused at once).
+fn connect_through(
+    connector: &std::sync::Mutex<crate::connector::Connector>,
+    inside: std::net::SocketAddr,
+) -> std::io::Result<TcpStream> {
+    let fd = connector.lock().map_err(|_| std::io::Error::other("connector lock"))?.socket()?;
+    let std::net::SocketAddr::V4(v4) = inside else { return Err(std::io::Error::other("not IPv4")) };
+    nix::sys::socket::connect(std::os::fd::AsRawFd::as_raw_fd(&fd), &nix::sys::socket::SockaddrIn::from(v4))?;
+    let stream = std::net::TcpStream::from(fd);
+    stream.set_nonblocking(true)?;
+    TcpStream::from_std(stream)
+}
+
 async fn serve(listener: TcpListener, name: &'static str, inside_port: u16, is_output: bool, shared: Arc<Shared>) {
     loop {
         match listener.accept().await {
@@ -195,7 +218,11 @@ async fn pipe(tcp: TcpStream, inside_port: u16, name: &'static str, is_output: b
     // thread is in the sandbox's network namespace: this is the sandbox's loopback.
     let inside = std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, inside_port));
     let kernel = loop {
-        match TcpStream::connect(inside).await {
+        let connected = match &shared.connector {
+            None => TcpStream::connect(inside).await,
+            Some(connector) => connect_through(connector, inside),
+        };
+        match connected {
             Ok(s) => break s,
             Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
         }

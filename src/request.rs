@@ -269,6 +269,7 @@ impl Request {
             limits: p.limits.clone(),
             rlimits,
             rootless,
+            namespaces: None,
             hostname: p.hostname,
             workdir: self.workdir,
             proc: p.proc,

@@ -85,7 +85,20 @@ pub fn supervise(s: Supervision) -> Result<Outcome, Fault> {
 
     // Rootless: a user namespace too, created first by the kernel and owning the others, in
     // which the sandbox maps itself (plan step 1).
-    let flags = NAMESPACES | if plan.rootless.is_some() { libc::CLONE_NEWUSER as u64 } else { 0 };
+    let rootless = plan.rootless.is_some();
+    let flags = NAMESPACES | if rootless { libc::CLONE_NEWUSER as u64 } else { 0 };
+    // Rootless, a relay's sockets inside come from a connector, which takes the sandbox's
+    // namespaces from it over this socket (crate::connector).
+    let namespaces = match (rootless, relay.is_some()) {
+        (true, true) => {
+            use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+            let (send, receive) = socketpair(AddressFamily::Unix, SockType::Datagram, None, SockFlag::SOCK_CLOEXEC)
+                .map_err(|e| Fault::errno(HostStep::Relay, e))?;
+            plan.namespaces = Some(send);
+            Some(receive)
+        }
+        _ => None,
+    };
     let cloned = raw::clone3(flags, cgroup.clone_into_fd()).map_err(|e| Fault::errno(HostStep::Clone, e))?;
     let (pid, pidfd) = match cloned {
         Cloned::Child => {
@@ -105,9 +118,15 @@ pub fn supervise(s: Supervision) -> Result<Outcome, Fault> {
     let sandbox = Sandbox { pid, pidfd, reaped: false };
     // A kernel's protocol, relayed on a thread of its own: no fork happens here any more.
     // Declared after `sandbox`, so it stops (on any return) before the pidfd it uses closes.
+    // Rootless, its sockets inside come from the connector, forked now, while we have one thread.
     let relay = match relay {
         Some(spec) => {
-            Some(crate::relay::start(spec, sandbox.pidfd.as_raw_fd()).map_err(|e| Fault::io(HostStep::Relay, &e))?)
+            let pidfd = sandbox.pidfd.as_raw_fd();
+            let connector = match namespaces {
+                Some(ns) => Some(crate::connector::Connector::start(ns).map_err(|e| Fault::io(HostStep::Relay, &e))?),
+                None => None,
+            };
+            Some(crate::relay::start(spec, pidfd, connector).map_err(|e| Fault::io(HostStep::Relay, &e))?)
         }
         None => None,
     };

@@ -2,6 +2,12 @@
 //! binary, as root, and checks the exact verdict (status and exit code, see `report.rs`) and
 //! that nothing of the run is left on the host afterwards.
 //!
+//! With `ISOLATE_GRADE_TEST_ROOTLESS=1` every test runs rootless (see `common`): as nobody
+//! with no capabilities, no cgroup, best-effort limits. The expectations are the same where
+//! rootless mode keeps them; where it documents a difference (README, "Threat model, plainly":
+//! no memory, pids or CPU-bandwidth cap, CPU time per process only, every sandbox nobody's on
+//! the host, no cgroup at all) the test asserts that difference, as the report shows it.
+//!
 //! The tests in this file run one at a time ([`serial`]): a slot is reused as soon as a run
 //! ends, so "no process of this uid is left" is only meaningful while no other run of ours
 //! can have taken the same slot (and uid) in the meantime.
@@ -59,8 +65,26 @@ fn live_processes_of_uid(uid: u32) -> Vec<u32> {
     processes_of_uid(uid).into_iter().filter(|&p| state(p).is_some_and(|s| s != 'Z')).collect()
 }
 
+/// The processes of the run on the host: those of its slot's uid; rootless (where every
+/// sandbox is nobody's, other callers' too) the live ones with its marker.
+fn processes_of_run(r: &Run) -> Vec<u32> {
+    if rootless() {
+        processes_with_marker(&r.marker)
+    } else {
+        processes_of_uid(uid_of(r))
+    }
+}
+
 /// Nothing of the run is left on the host: no process of its slot's uid, zombies included.
+/// Rootless, every sandbox is nobody's on the host (other callers' too): no live process of
+/// this run (its marker, see `common::command`) is left.
 fn assert_nothing_left(r: &Run) {
+    if rootless() {
+        assert_eq!(r.report["sandbox"]["mode"], "rootless", "{r:?}");
+        let left: Vec<String> = processes_with_marker(&r.marker).into_iter().map(describe).collect();
+        assert!(left.is_empty(), "processes of the run outlived it: {left:#?}");
+        return;
+    }
     let uid = uid_of(r);
     let left: Vec<String> = processes_of_uid(uid).into_iter().map(describe).collect();
     assert!(left.is_empty(), "processes of uid {uid} outlived the run: {left:#?}");
@@ -78,6 +102,23 @@ fn eventually(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
         }
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// The report's `sandbox.not_enforced`.
+fn not_enforced(r: &Run) -> Vec<String> {
+    r.report["sandbox"]["not_enforced"]
+        .as_array()
+        .map_or(vec![], |a| a.iter().map(|v| v.as_str().unwrap().to_string()).collect())
+}
+
+/// A rootless run says which of the policy's limits it does not enforce: no cgroup here.
+fn assert_rootless_without_cgroup(r: &Run) {
+    assert_eq!(
+        (&r.report["sandbox"]["mode"], &r.report["sandbox"]["cgroup"]),
+        (&"rootless".into(), &"none".into()),
+        "{r:?}"
+    );
+    assert_eq!(not_enforced(r), ["memory", "pids", "cpu_quota", "cpu_time (per process only)"], "{r:?}");
 }
 
 /// Every process forks again, forever, and ignores failures: only the pids cgroup (and
@@ -100,6 +141,16 @@ fn fork_bomb_is_held_by_the_pids_limit() {
     let r = sandboxed(&["--pids", "16", "--wall-time", "3s"], &["python3", "-c", FORK_BOMB]);
     // forks were refused (EAGAIN), and the report names the cause, not the wall-clock symptom
     assert!(r.stdout.contains("fork refused: 11"), "{r:?}");
+    if rootless() {
+        // No pids cgroup: the bomb is held by RLIMIT_NPROC (--pids, counted per uid in the
+        // sandbox's user namespace), which refuses the fork just the same, but nothing tells
+        // the supervisor: the wall clock ends it, and the report says pids was not enforced.
+        assert_rootless_without_cgroup(&r);
+        assert_eq!((r.status(), r.code), ("timeout-wall", 5), "{r:?}");
+        assert_eq!(limits_hit(&r), ["wall_time"], "{r:?}");
+        assert_nothing_left(&r);
+        return;
+    }
     assert_eq!((r.status(), r.code), ("pids-limit", 8), "{r:?}");
     assert!(limits_hit(&r).contains(&"pids".to_string()), "{r:?}");
     assert_nothing_left(&r);
@@ -115,6 +166,16 @@ fn memory_bomb_is_killed_at_the_memory_limit() {
                 print('survived', flush=True)";
     let r = sandboxed(&["--memory", "64M", "--wall-time", "10s"], &["python3", "-c", bomb]);
     assert!(r.stdout.contains("allocating"), "{r:?}");
+    if rootless() {
+        // No memory cgroup: the GiB is had, the run is ok, and the report says memory was not
+        // enforced (and measures no peak)
+        assert_rootless_without_cgroup(&r);
+        assert!(r.stdout.contains("survived"), "{r:?}");
+        assert_eq!((r.status(), r.code, &r.report["peak_memory"]), ("ok", 0, &serde_json::Value::Null), "{r:?}");
+        assert!(limits_hit(&r).is_empty(), "{r:?}");
+        assert_nothing_left(&r);
+        return;
+    }
     assert!(!r.stdout.contains("survived"), "{r:?}");
     assert_eq!((r.status(), r.code), ("memory-limit", 7), "{r:?}");
     assert_eq!(r.report["signal"], "SIGKILL", "{r:?}");
@@ -135,6 +196,14 @@ fn the_oom_killer_takes_the_process_that_used_the_memory() {
     let bomb = "b = bytearray(1 << 30)\nfor i in range(0, len(b), 4096): b[i] = 1";
     let script = format!("python3 -c '{bomb}'; echo \"helper ended: $?\"");
     let r = sandboxed(&["--memory", "64M", "--wall-time", "10s"], &["/bin/sh", "-c", &script]);
+    if rootless() {
+        // no memory cgroup, no OOM kill: the helper ends by itself, the report says why
+        assert_rootless_without_cgroup(&r);
+        assert!(r.stdout.contains("helper ended: 0"), "{r:?}");
+        assert_eq!((r.status(), r.code), ("ok", 0), "{r:?}");
+        assert_nothing_left(&r);
+        return;
+    }
     assert!(r.stdout.contains("helper ended: 137"), "{r:?}");
     assert_eq!(r.status(), "memory-limit", "{r:?}");
     assert!(limits_hit(&r).contains(&"memory".to_string()), "{r:?}");
@@ -147,6 +216,23 @@ fn busy_loop_is_stopped_at_the_cpu_time_limit() {
     let r = sandboxed(&["--cpu-time", "1s", "--wall-time", "10s"], &["/bin/sh", "-c", "while :; do :; done"]);
     assert_eq!((r.status(), r.code), ("timeout-cpu", 6), "{r:?}");
     assert_eq!(limits_hit(&r), ["cpu_time"], "{r:?}");
+    if rootless() {
+        // No cgroup to count it: the per-process RLIMIT_CPU fence (cpu_time + 1 s, SIGXCPU)
+        // stops it, about a second later than the supervisor would, and the report says CPU
+        // time was enforced per process only.
+        assert_rootless_without_cgroup(&r);
+        assert_eq!(
+            (&r.report["signal"], &r.report["stopped_by"]),
+            (&"SIGXCPU".into(), &serde_json::Value::Null),
+            "{r:?}"
+        );
+        // (its wall time depends on the host's load: CI runs this beside the e2e suites; the
+        // status says it was not the wall clock)
+        let cpu = secs(&r, "cpu_time");
+        assert!((1.0..2.6).contains(&cpu), "cpu_time {cpu}: {r:?}");
+        assert_nothing_left(&r);
+        return;
+    }
     let (cpu, wall) = (secs(&r, "cpu_time"), secs(&r, "wall_time"));
     // Stopped by the supervisor soon after 1 s of CPU: the per-process RLIMIT_CPU fence behind
     // it (cpu_time + 1 s) would only have fired at 2 s.
@@ -161,6 +247,21 @@ fn cpu_time_is_counted_across_all_processes() {
     // Four spinning processes under a parent that only waits: each stays far below 1 s of CPU
     // of its own (and below RLIMIT_CPU) while the total reaches 1 s within about a second.
     let spin = "for i in 1 2 3 4; do (echo spinning; while :; do :; done) & done; wait";
+    if rootless() {
+        // CPU time per process only (RLIMIT_CPU, cpu_time + 1 s = 2 s each; no cgroup to add
+        // them up): in 1.9 s of wall time four spinners use more than the 1 s allowed in total
+        // on any host of 2 cores or more, and none of them 2 s, so nothing stops them but the
+        // wall clock
+        let r = sandboxed(&["--cpu-time", "1s", "--wall-time", "1900ms"], &["/bin/sh", "-c", spin]);
+        assert_rootless_without_cgroup(&r);
+        assert_eq!(r.stdout.matches("spinning").count(), 4, "{r:?}");
+        assert_eq!((r.status(), r.code), ("timeout-wall", 5), "{r:?}");
+        assert_eq!(limits_hit(&r), ["wall_time"], "{r:?}");
+        // and the report's cpu_time is the program's own (the waiting shell), not the total
+        assert!(secs(&r, "cpu_time") < 1.0, "{r:?}");
+        assert_nothing_left(&r);
+        return;
+    }
     let r = sandboxed(&["--cpu-time", "1s", "--wall-time", "10s"], &["/bin/sh", "-c", spin]);
     assert_eq!(r.stdout.matches("spinning").count(), 4, "{r:?}");
     assert_eq!((r.status(), r.code), ("timeout-cpu", 6), "{r:?}");
@@ -210,11 +311,10 @@ fn nothing_outlives_a_run_not_even_a_daemon() {
     let r = sandboxed(&["--wall-time", "10s"], &["python3", "-c", DAEMON]);
     assert!(r.stdout.contains("daemon up"), "{r:?}");
     assert_eq!((r.status(), r.code), ("ok", 0), "{r:?}");
-    let uid = uid_of(&r);
     assert!(
-        eventually(Duration::from_secs(1), || processes_of_uid(uid).is_empty()),
+        eventually(Duration::from_secs(1), || processes_of_run(&r).is_empty()),
         "the daemon outlived the run: {:#?}",
-        processes_of_uid(uid).into_iter().map(describe).collect::<Vec<_>>()
+        processes_of_run(&r).into_iter().map(describe).collect::<Vec<_>>()
     );
 }
 
@@ -277,14 +377,16 @@ fn tmp_is_bounded_by_tmp_size_and_private_to_the_run() {
 /// Run `script` (which prints "ready" once its traps are set), send the supervisor `signal`
 /// half a second later; the run, its stdout after "ready", and how long it took after the signal.
 fn signal_the_supervisor(script: &str, signal: Signal) -> (Run, Duration) {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempdir();
     let report = dir.path().join("report.json");
-    let mut child = Command::new(bin())
+    let marker = new_marker();
+    let mut child = command(&marker)
         .args(DEFAULTS)
         .arg("run")
         .arg("--report")
         .arg(&report)
-        .args(["--wall-time", "10s", "--", "/bin/sh", "-c", script])
+        .args(run_args(&["--wall-time", "10s"]))
+        .args(["--", "/bin/sh", "-c", script])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -309,7 +411,8 @@ fn signal_the_supervisor(script: &str, signal: Signal) -> (Run, Duration) {
     let code = child.wait().unwrap().code();
     let took = signalled.elapsed();
     let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
-    (Run { code: code.unwrap_or(-1), report, stdout: rest, stderr }, took)
+    assert_mode(&report);
+    (Run { code: code.unwrap_or(-1), report, stdout: rest, stderr, marker }, took)
 }
 
 #[test]
@@ -365,14 +468,19 @@ fn sandbox_dies_with_a_killed_supervisor() {
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
     let marker = format!("MARKER-{}-{nanos}", std::process::id());
     let script = format!("sleep 100; echo {marker}");
-    let mut child = Command::new(bin())
+    let mut child = command(&marker)
         .args(DEFAULTS)
-        .args(["run", "--wall-time", "30s", "--", "/bin/sh", "-c", &script])
+        .arg("run")
+        .args(run_args(&["--wall-time", "30s"]))
+        .args(["--", "/bin/sh", "-c", &script])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    if rootless() {
+        return sandbox_dies_with_a_killed_supervisor_rootless(child, &marker);
+    }
     // The slot's uid, from the sandbox's shell (its command line has the marker) once its
     // `sleep` runs.
     let mut uid = None;
@@ -404,6 +512,37 @@ fn sandbox_dies_with_a_killed_supervisor() {
     // The slot was released with the supervisor: slots go lowest free first, so the next run
     // gets this one or a lower one.
     let slot = u64::from(uid - SLOT_UIDS.start);
+    let r = sandboxed(&[], &["/bin/true"]);
+    assert_eq!((r.status(), r.code), ("ok", 0), "{r:?}");
+    assert!(r.report["sandbox"]["slot"].as_u64().unwrap() <= slot, "{r:?}");
+    assert_nothing_left(&r);
+}
+
+/// Rootless, the sandbox's processes are nobody's on the host, as are other callers'
+/// sandboxes: this run's are found by its marker (in their environment), and its slot by the
+/// uid the sandbox's user namespace maps (`uid_map`: the slot's uid inside, nobody outside).
+fn sandbox_dies_with_a_killed_supervisor_rootless(mut child: std::process::Child, marker: &str) {
+    let sleeps = || processes_with_marker(marker).into_iter().filter(|&p| is_sleep(p)).collect::<Vec<_>>();
+    if !eventually(Duration::from_secs(10), || !sleeps().is_empty()) {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("the sandbox did not start");
+    }
+    let sleep = sleeps()[0];
+    let map = std::fs::read_to_string(format!("/proc/{sleep}/uid_map")).unwrap();
+    let fields: Vec<u32> = map.split_whitespace().map(|f| f.parse().unwrap()).collect();
+    assert_eq!(fields[1..], [NOBODY_UID, 1], "one uid mapped, to the caller's: {map}");
+    assert!(SLOT_UIDS.contains(&fields[0]), "the slot's uid inside: {map}");
+    let slot = u64::from(fields[0] - SLOT_UIDS.start);
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL).unwrap();
+    child.wait().unwrap();
+    // Everything of the run dies with its supervisor, at once (its init's zombie, orphaned to
+    // the host's PID 1, has no environment left to be told from other callers' by).
+    assert!(
+        eventually(Duration::from_secs(2), || processes_with_marker(marker).is_empty()),
+        "outlived the supervisor: {:#?}",
+        processes_with_marker(marker).into_iter().map(describe).collect::<Vec<_>>()
+    );
     let r = sandboxed(&[], &["/bin/true"]);
     assert_eq!((r.status(), r.code), ("ok", 0), "{r:?}");
     assert!(r.report["sandbox"]["slot"].as_u64().unwrap() <= slot, "{r:?}");
@@ -442,6 +581,9 @@ fn slot_cgroups(version: &str, slot: u64) -> Vec<std::path::PathBuf> {
 #[test]
 fn the_next_run_clears_what_a_killed_supervisor_left_in_its_cgroup() {
     let Some(_serial) = root_serial() else { return };
+    if rootless() {
+        return a_rootless_run_makes_no_cgroup_to_leave_anything_in();
+    }
     // One run first: on v1 it creates slot 0's cgroups, which are kept.
     let first = sandboxed(&[], &["/bin/true"]);
     assert_eq!((first.status(), first.report["sandbox"]["slot"].as_u64()), ("ok", Some(0)), "{first:?}");
@@ -462,7 +604,8 @@ fn the_next_run_clears_what_a_killed_supervisor_left_in_its_cgroup() {
     }
     // The next run: while its program runs, the leftover must already be gone (every run
     // also kills what is in its cgroup when it ends, which would hide a missing clean-up).
-    let mut next = Command::new(bin())
+    let marker = new_marker();
+    let mut next = command(&marker)
         .args(DEFAULTS)
         .args(["run", "--report", "-", "--", "/bin/sh", "-c", "echo started; read _; exit 0"])
         .stdin(Stdio::piped())
@@ -491,8 +634,51 @@ fn the_next_run_clears_what_a_killed_supervisor_left_in_its_cgroup() {
     );
     use std::os::unix::process::ExitStatusExt;
     assert_eq!(leftover.wait().unwrap().signal(), Some(libc::SIGKILL));
-    let r = Run { code, report: serde_json::from_str(&report).unwrap(), stdout: first, stderr };
+    let r = Run { code, report: serde_json::from_str(&report).unwrap(), stdout: first, stderr, marker };
     assert_eq!((r.status(), r.report["sandbox"]["slot"].as_u64()), ("ok", Some(0)), "{r:?}");
+    assert_nothing_left(&r);
+}
+
+/// Rootless there is no cgroup (on this host: cgroup v1, which is never delegated), so none
+/// is left to clear: the report says `cgroup: none`, and the program runs in the caller's
+/// own cgroup, in every hierarchy, not one made for the run.
+fn a_rootless_run_makes_no_cgroup_to_leave_anything_in() {
+    let marker = new_marker();
+    let mut next = command(&marker)
+        .args(DEFAULTS)
+        .arg("run")
+        .args(run_args(&["--report", "-"]))
+        .args(["--", "/bin/sh", "-c", "echo started; read _; exit 0"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(next.stdout.take().unwrap());
+    let mut first = String::new();
+    stdout.read_line(&mut first).unwrap();
+    let ours = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+    let theirs: Vec<(u32, String)> = processes_with_marker(&marker)
+        .into_iter()
+        .map(|p| (p, std::fs::read_to_string(format!("/proc/{p}/cgroup")).unwrap_or_default()))
+        .collect();
+    drop(next.stdin.take());
+    let mut report = String::new();
+    stdout.read_to_string(&mut report).unwrap();
+    let code = next.wait().unwrap().code().unwrap_or(-1);
+    assert_eq!(
+        first,
+        "started
+"
+    );
+    // the supervisor, the sandbox's init and the program at least
+    assert!(theirs.len() >= 3, "{theirs:?}");
+    for (pid, cgroup) in &theirs {
+        assert_eq!(cgroup, &ours, "process {pid} of the run is in a cgroup of its own");
+    }
+    let r = Run { code, report: serde_json::from_str(&report).unwrap(), stdout: first, stderr: String::new(), marker };
+    assert_eq!((r.status(), r.code), ("ok", 0), "{r:?}");
+    assert_rootless_without_cgroup(&r);
     assert_nothing_left(&r);
 }
 
@@ -530,17 +716,23 @@ fn concurrent_runs_get_their_own_slot_and_uid() {
 #[test]
 fn the_program_starts_with_default_signals_and_an_empty_mask() {
     let Some(_serial) = root_serial() else { return };
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempdir();
     let report = dir.path().join("report.json");
     let inner = "grep -E '^Sig(Ign|Blk)' /proc/self/status";
-    let outer = format!(
-        "trap '' INT HUP QUIT; exec {} --config /dev/null run --report {} -- /bin/sh -c \"{inner}\"",
-        bin().display(),
-        report.display()
-    );
-    let out = Command::new("/bin/sh").args(["-c", &outer]).stdin(Stdio::null()).output().unwrap();
+    // the caller: a shell that ignores them, then execs the binary (rootless, through setpriv)
+    let mut isolate_grade = command(&new_marker());
+    isolate_grade.args(DEFAULTS).arg("run").arg("--report").arg(&report).args(run_args(&[]));
+    isolate_grade.args(["--", "/bin/sh", "-c", inner]);
+    let mut caller = Command::new("/bin/sh");
+    caller.args(["-c", "trap '' INT HUP QUIT; exec \"$@\"", "sh"]).arg(isolate_grade.get_program());
+    caller.args(isolate_grade.get_args());
+    for (k, v) in isolate_grade.get_envs() {
+        caller.env(k, v.unwrap());
+    }
+    let out = caller.stdin(Stdio::null()).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout} {}", String::from_utf8_lossy(&out.stderr));
+    assert_mode(&serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap());
     assert!(stdout.contains("SigIgn:\t0000000000000000"), "inherited ignored signals: {stdout}");
     assert!(stdout.contains("SigBlk:\t0000000000000000"), "inherited blocked signals: {stdout}");
     // and SIGPIPE works as a program expects: `yes | head -1` ends quietly
@@ -557,14 +749,15 @@ fn sigint_during_setup_is_not_lost() {
     let Some(_serial) = root_serial() else { return };
     let script = r#"trap "exit 42" INT; echo ready; while :; do sleep 0.1; done"#;
     for i in 0..20u64 {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = tempdir();
         let report = dir.path().join("report.json");
-        let child = Command::new(bin())
+        let child = command(&new_marker())
             .args(DEFAULTS)
             .arg("run")
             .arg("--report")
             .arg(&report)
-            .args(["--wall-time", "3s", "--", "/bin/sh", "-c", script])
+            .args(run_args(&["--wall-time", "3s"]))
+            .args(["--", "/bin/sh", "-c", script])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -579,6 +772,7 @@ fn sigint_during_setup_is_not_lost() {
             continue;
         }
         let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+        assert_mode(&report);
         let verdict = (
             report["status"].as_str().unwrap().to_string(),
             report["exit_code"].as_i64(),

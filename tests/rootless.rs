@@ -428,6 +428,31 @@ fn the_state_directory_is_the_callers_own_and_one_someone_else_made_is_refused()
     assert!(report["sandbox_error"]["message"].as_str().unwrap().contains("owned by uid 65534"), "{report}");
 }
 
+/// In a mount namespace made container-like (what Docker leaves: /proc/sys and
+/// /sys/fs/cgroup read-only, /proc/kcore-like files covered, here /proc/timer_list), `run
+/// --policy POLICY --report R -- PROGRAM` as the unprivileged caller inside; (exit code,
+/// report, stdout).
+fn in_a_container_like_namespace(r: &Rootless, policy: &str, program: &str) -> (Option<i32>, Value, String) {
+    let report = r.dir.path().join("report.json");
+    let _ = std::fs::remove_file(&report);
+    let script = format!(
+        "mount --bind /proc/sys /proc/sys && mount -o remount,bind,ro /proc/sys && \
+         mount --bind /dev/null /proc/timer_list && \
+         mount --bind /sys/fs/cgroup /sys/fs/cgroup && mount -o remount,bind,ro /sys/fs/cgroup && \
+         exec {nobody} env ISOLATE_GRADE_CONFIG={config} XDG_RUNTIME_DIR={runtime} {bin} run --policy {policy} \
+         --report {report} -- {program}",
+        nobody = NOBODY.join(" "),
+        config = test_config().display(),
+        runtime = r.runtime().display(),
+        bin = bin().display(),
+        report = report.display(),
+    );
+    let out =
+        Command::new("unshare").args(["--mount", "--propagation", "private", "sh", "-c", &script]).output().unwrap();
+    let text = std::fs::read_to_string(&report).unwrap_or_else(|_| panic!("{out:?}"));
+    (out.status.code(), serde_json::from_str(&text).unwrap(), String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 #[test]
 fn in_a_container_like_mount_namespace_a_masked_proc_is_refused_in_words() {
     if !require_root() {
@@ -435,28 +460,30 @@ fn in_a_container_like_mount_namespace_a_masked_proc_is_refused_in_words() {
     }
     let _s = serial();
     let r = Rootless::new();
-    // what Docker leaves: /proc/sys and /sys/fs/cgroup read-only, /proc/kcore-like files
-    // covered (here /proc/timer_list), then the unprivileged caller inside
-    let report = r.dir.path().join("report.json");
-    let script = format!(
-        "mount --bind /proc/sys /proc/sys && mount -o remount,bind,ro /proc/sys && \
-         mount --bind /dev/null /proc/timer_list && \
-         mount --bind /sys/fs/cgroup /sys/fs/cgroup && mount -o remount,bind,ro /sys/fs/cgroup && \
-         exec {nobody} env ISOLATE_GRADE_CONFIG={config} XDG_RUNTIME_DIR={runtime} {bin} run --policy {policy} \
-         --report {report} -- /bin/true",
-        nobody = NOBODY.join(" "),
-        config = test_config().display(),
-        runtime = r.runtime().display(),
-        bin = bin().display(),
-        policy = r.policy(),
-        report = report.display(),
-    );
-    let out =
-        Command::new("unshare").args(["--mount", "--propagation", "private", "sh", "-c", &script]).output().unwrap();
-    let text = std::fs::read_to_string(&report).unwrap_or_else(|_| panic!("{out:?}"));
-    let v: Value = serde_json::from_str(&text).unwrap();
-    assert_eq!(out.status.code(), Some(3), "{v}");
+    let (code, v, _) = in_a_container_like_namespace(&r, &r.policy(), "/bin/true");
+    assert_eq!(code, Some(3), "{v}");
     assert_eq!(v["sandbox_error"]["step"], "proc", "{v}");
     let msg = v["sandbox_error"]["message"].as_str().unwrap();
-    assert!(msg.contains("masked") && msg.contains("privileged helper"), "{msg}");
+    assert!(msg.contains("masked") && msg.contains("privileged helper") && msg.contains(r#"proc = "none""#), "{msg}");
+}
+
+/// There, a policy with `proc = "none"` runs: no procfs inside, /proc an empty directory.
+#[test]
+fn in_a_container_like_mount_namespace_a_policy_without_proc_runs() {
+    if !require_root() {
+        return;
+    }
+    let _s = serial();
+    let r = Rootless::new();
+    let policy = r.dir.path().join("no-proc.toml");
+    let text = std::fs::read_to_string(r.policy()).unwrap();
+    std::fs::write(&policy, text.replace("[sandbox]\n", "[sandbox]\nproc = \"none\"\n")).unwrap();
+    let (code, v, stdout) = in_a_container_like_namespace(
+        &r,
+        policy.to_str().unwrap(),
+        "/bin/sh -c 'echo in; ls -A /proc; test -d /proc && echo empty'",
+    );
+    assert_eq!(code, Some(0), "{v}");
+    assert_eq!(v["sandbox"]["mode"], "rootless", "{v}");
+    assert_eq!(stdout, "in\nempty\n", "{v}");
 }

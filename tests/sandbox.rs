@@ -1,4 +1,8 @@
 //! End-to-end: the real binary, as root, with the probe inside reporting what it sees.
+//!
+//! With `ISOLATE_GRADE_TEST_ROOTLESS=1` every test runs rootless (see `common`): as nobody with
+//! no capabilities, under best-effort limits; the expectations are the same but where rootless
+//! mode documents a difference (README, "Threat model, plainly"), which is then asserted.
 
 mod common;
 use common::*;
@@ -86,6 +90,13 @@ fn probe_sees_only_the_sandbox() {
     for m in seen["mounts"].as_array().unwrap() {
         let opts = m["options"].as_str().unwrap();
         let mp = m["mount_point"].as_str().unwrap();
+        if rootless() && ["/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom"].contains(&mp) {
+            // rootless, the documented difference: the five devices are the host's nodes,
+            // bound (a node an unprivileged mknod makes can't be opened), on the host's
+            // devtmpfs with its flags
+            assert_eq!(m["fstype"], "devtmpfs", "{mp}: {m}");
+            continue;
+        }
         assert!(has(opts, "nosuid"), "{mp}: {opts}");
         if mp == "/dev" {
             assert!(has(opts, "ro") && has(opts, "noexec"), "{mp}: {opts}");
@@ -127,8 +138,14 @@ fn probe_sees_only_the_sandbox() {
         let c = checks.iter().find(|c| c.0 == *file && c.1 == "masked").unwrap();
         assert!(c.2, "{file}: {}", seen["checks"].as_array().unwrap().iter().find(|c| c["path"] == *file).unwrap());
     }
-    // nothing of the run is left on the host
-    assert!(processes_of_uid(uid as u32).is_empty());
+    // nothing of the run is left on the host (rootless, all sandboxes are nobody's there: this
+    // run's processes are those with its marker)
+    if rootless() {
+        assert_eq!(r.report["sandbox"]["mode"], "rootless", "{r:?}");
+        assert!(processes_with_marker(&r.marker).is_empty());
+    } else {
+        assert!(processes_of_uid(uid as u32).is_empty());
+    }
 }
 
 #[test]
@@ -185,7 +202,7 @@ fn cli_binds_are_read_only_unless_rw() {
     if !require_root() {
         return;
     }
-    let d = tempfile::tempdir().unwrap();
+    let d = tempdir();
     std::fs::write(d.path().join("data.txt"), "hello").unwrap();
     let ro = format!("{}:/data", d.path().display());
     let r = run(&["--bind", &ro], &["/bin/sh", "-c", "cat /data/data.txt; echo x > /data/new"]);
@@ -205,14 +222,17 @@ fn check_refuses_slot_uids_that_belong_to_accounts() {
     if !require_root() {
         return;
     }
-    let ok =
-        std::process::Command::new(bin()).args(["check"]).env("ISOLATE_GRADE_CONFIG", test_config()).output().unwrap();
-    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stdout));
+    let ok = command(&new_marker()).args(["check"]).env("ISOLATE_GRADE_CONFIG", test_config()).output().unwrap();
+    let text = String::from_utf8_lossy(&ok.stdout);
+    assert!(ok.status.success(), "{text}");
+    // rootless (nobody), `check` says so, and checks the same config the same way
+    let mode = if rootless() { "ok   mode            rootless:" } else { "ok   mode            privileged:" };
+    assert!(text.contains(mode), "{text}");
     // nobody is 65534 on Debian: a range over it must be refused
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempdir();
     let cfg = dir.path().join("config.toml");
     std::fs::write(&cfg, "first_uid = 65530\nslots = 8\n").unwrap();
-    let out = std::process::Command::new(bin()).args(["check", "--config"]).arg(&cfg).output().unwrap();
+    let out = command(&new_marker()).args(["check", "--config"]).arg(&cfg).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(text.contains("FAIL slot-uids") && text.contains("65534"), "{text}");
@@ -231,7 +251,7 @@ fn a_kernel_ends_when_its_client_is_killed() {
         return;
     }
     for (i, delay_ms) in [0u64, 10, 30, 60, 150, 2000].into_iter().enumerate() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = tempdir();
         let conn = dir.path().join("kernel-watch.json");
         let port = 47101 + 10 * i;
         std::fs::write(
@@ -249,14 +269,21 @@ fn a_kernel_ends_when_its_client_is_killed() {
         .unwrap();
         let reports = dir.path().join("reports");
         std::fs::create_dir(&reports).unwrap();
+        if rootless() {
+            std::os::unix::fs::chown(&reports, Some(NOBODY_UID), Some(NOBODY_UID)).unwrap();
+        }
         // the client: a shell that starts the kernel (a sleeper standing in for ipykernel) and
         // prints its pid
-        let mut client = std::process::Command::new("/bin/sh")
-            .arg("-c")
-            .arg(r#"JPY_PARENT_PID=$$ "$0" kernel --report-dir "$1" -- /bin/sh -c 'sleep 1000' "$2" & echo $!; wait"#)
-            .arg(bin())
-            .arg(&reports)
-            .arg(&conn)
+        let mut kernel = command(&new_marker());
+        kernel.arg("kernel").arg("--report-dir").arg(&reports).args(run_args(&[]));
+        kernel.args(["--", "/bin/sh", "-c", "sleep 1000"]).arg(&conn);
+        let mut client = std::process::Command::new("/bin/sh");
+        client.args(["-c", r#"JPY_PARENT_PID=$$ "$@" & echo $!; wait"#, "sh"]).arg(kernel.get_program());
+        client.args(kernel.get_args());
+        for (k, v) in kernel.get_envs() {
+            client.env(k, v.unwrap());
+        }
+        let mut client = client
             .current_dir(dir.path())
             .env("ISOLATE_GRADE_CONFIG", test_config())
             .stdout(std::process::Stdio::piped())
@@ -285,6 +312,7 @@ fn a_kernel_ends_when_its_client_is_killed() {
         }
         if let Ok(report) = report {
             let report: serde_json::Value = serde_json::from_str(&report).unwrap();
+            assert_mode(&report);
             assert_eq!(
                 (&report["signal"], &report["stopped_by"]),
                 (&"SIGKILL".into(), &"client-gone".into()),
@@ -316,16 +344,19 @@ fn stdio_is_the_supervisors_pipes_with_the_callers_data() {
     let mut input = tempfile::NamedTempFile::new().unwrap();
     input.write_all(data).unwrap();
     let file = std::fs::File::open(input.path()).unwrap();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempdir();
     let report = dir.path().join("report.json");
-    let out = std::process::Command::new(bin())
+    let out = command(&new_marker())
         .env("ISOLATE_GRADE_CONFIG", test_config())
-        .args(["run", "--report", report.to_str().unwrap(), "--", "/bin/cat"])
+        .args(["run", "--report", report.to_str().unwrap()])
+        .args(run_args(&[]))
+        .args(["--", "/bin/cat"])
         .stdin(file)
         .output()
         .unwrap();
     assert_eq!(out.stdout, data, "a file's bytes, in and out unchanged");
     let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_mode(&v);
     assert_eq!((v["status"].as_str(), v["output_bytes"].as_u64()), (Some("ok"), Some(data.len() as u64)));
 
     // past --output-limit: cut there and killed
@@ -336,9 +367,11 @@ fn stdio_is_the_supervisors_pipes_with_the_callers_data() {
 
     // a caller that never reads: the run ends at its wall time and reports, soon after
     let started = std::time::Instant::now();
-    let mut child = std::process::Command::new(bin())
+    let mut child = command(&new_marker())
         .env("ISOLATE_GRADE_CONFIG", test_config())
-        .args(["run", "--wall-time", "2s", "--report", report.to_str().unwrap(), "--", "/usr/bin/yes"])
+        .args(["run", "--report", report.to_str().unwrap()])
+        .args(run_args(&["--wall-time", "2s"]))
+        .args(["--", "/usr/bin/yes"])
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
@@ -357,6 +390,7 @@ fn stdio_is_the_supervisors_pipes_with_the_callers_data() {
     };
     assert_eq!(status.code(), Some(5));
     let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_mode(&v);
     assert_eq!(v["status"], "timeout-wall");
 }
 
@@ -369,9 +403,11 @@ fn the_supervisor_runs_one_output_thread_and_a_stdin_thread_only_for_data() {
         return;
     }
     for (stdin, threads) in [(std::process::Stdio::null(), 2), (std::process::Stdio::piped(), 3)] {
-        let mut child = std::process::Command::new(bin())
+        let mut child = command(&new_marker())
             .env("ISOLATE_GRADE_CONFIG", test_config())
-            .args(["run", "--", "/bin/sh", "-c", "echo started; exec sleep 2"])
+            .arg("run")
+            .args(run_args(&[]))
+            .args(["--", "/bin/sh", "-c", "echo started; exec sleep 2"])
             .stdin(stdin)
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::null())

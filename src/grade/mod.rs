@@ -266,7 +266,7 @@ pub fn execute(config: Option<PathBuf>, a: GradeArgs) -> Result<u8, GradeError> 
         }
     };
     // 7. The report: the table, and with --report the JSON and CSV.
-    let report = report_of(&req, ended.results, ended.started)?;
+    let report = report_of(&req, ended.results, ended.started, &kernels.sandbox)?;
     // 9. The exit status.
     let verdicts: Vec<Verdict> = report.students.rows().iter().map(|r| r.verdict).collect();
     Ok(GradeExit::of(&verdicts, ended.interrupted).code())
@@ -372,6 +372,8 @@ impl Request {
 /// The batch's kernels: made, not yet written.
 struct Kernels {
     maker: Maker,
+    /// The sandbox the preflight's run was given (its mode, what it does not enforce).
+    sandbox: report::SandboxInfo,
     specs: Vec<crate::kernels::Spec>,
     routed: Vec<(PathBuf, String)>,
     twins: Vec<crate::kernels::Twin>,
@@ -396,7 +398,7 @@ impl Kernels {
             Err(e) if e.exit_code() == USAGE => return Err(e.into()),
             Err(e) => return Err(req.kernel_fault(e.to_string())),
         };
-        preflight(&launcher, &req.policy)?;
+        let sandbox = preflight(&launcher, &req.policy)?;
         let notebooks = crate::kernelspec::read_notebooks(req.layout.source_notebooks());
         let BatchKernels { specs, chosen, routed } =
             batch_kernels(&maker, &notebooks).map_err(|m| req.kernel_fault(m))?;
@@ -404,7 +406,7 @@ impl Kernels {
         for t in &mut twins {
             t.spec["metadata"]["isolate_grade"]["batch"] = serde_json::json!(req.assignment());
         }
-        Ok(Kernels { maker, specs, routed, twins })
+        Ok(Kernels { maker, sandbox, specs, routed, twins })
     }
 
     /// Write the twins into the assignment's Jupyter path, each started once as nbgrader will
@@ -692,6 +694,7 @@ fn report_of(
     req: &Request,
     mut results: Results,
     (started, started_at): (Instant, String),
+    sandbox: &report::SandboxInfo,
 ) -> Result<BatchReport, GradeError> {
     results.sort();
     let report = BatchReport {
@@ -702,6 +705,7 @@ fn report_of(
         wall: started.elapsed().as_secs_f64(),
         jobs: req.jobs,
         policy: req.args.policy.clone(),
+        sandbox: Some(sandbox.clone()),
         counts: BatchReport::count(results.rows()),
         students: results,
     };
@@ -1010,25 +1014,45 @@ fn batch_kernels(maker: &Maker, notebooks: &[(PathBuf, serde_json::Value)]) -> R
 
 /// Fail closed before touching anything: one sandbox, started the way the kernels will be
 /// (same privilege, config and policy), must run `/bin/true`.
-fn preflight(launcher: &Launcher, policy: &str) -> Result<(), GradeError> {
+fn preflight(launcher: &Launcher, policy: &str) -> Result<report::SandboxInfo, GradeError> {
     let head = &launcher.head;
+    // its report says which sandbox the kernels will get (privileged or rootless) and what
+    // of the policy it can't enforce; the file is ours, and `run` writes it as us
+    let report =
+        tempfile::NamedTempFile::new().map_err(|e| GradeError::Io { path: std::env::temp_dir(), source: e })?;
     let out = std::process::Command::new(&head[0])
         .args(&head[1..])
-        .args(["run", "--policy", policy, "--", "/bin/true"])
+        .args(["run", "--policy", policy, "--report"])
+        .arg(report.path())
+        .args(["--", "/bin/true"])
         .env_remove("ISOLATE_GRADE_REPORT")
         .stdin(std::process::Stdio::null())
         .output()
         .map_err(|e| GradeError::Io { path: PathBuf::from(&head[0]), source: e })?;
+    let cmd = || format!("{} run --policy {policy} -- /bin/true", head.join(" "));
     if out.status.success() {
-        return Ok(());
+        let read = std::fs::read_to_string(report.path())
+            .map_err(|e| GradeError::Io { path: report.path().into(), source: e })?;
+        let seen: serde_json::Value = serde_json::from_str(&read).unwrap_or_default();
+        let sandbox = &seen["sandbox"];
+        // (`not_enforced` is left out when empty)
+        let strings = |v: &serde_json::Value| -> Option<Vec<String>> {
+            match v {
+                serde_json::Value::Null => Some(vec![]),
+                v => v.as_array()?.iter().map(|s| s.as_str().map(String::from)).collect(),
+            }
+        };
+        return match (sandbox["mode"].as_str(), strings(&sandbox["not_enforced"])) {
+            (Some(mode), Some(not_enforced)) => Ok(report::SandboxInfo { mode: mode.to_string(), not_enforced }),
+            _ => Err(GradeError::Sandbox(format!("`{}`: its report does not say which sandbox ran: {read}", cmd()))),
+        };
     }
     let text = String::from_utf8_lossy(&out.stderr).trim().to_string();
     if out.status.code() == Some(i32::from(USAGE)) {
         // the request was refused: a bad --policy or config, or a caller not allowed
         return Err(GradeError::Invalid(text.strip_prefix("isolate-grade: ").unwrap_or(&text).to_string()));
     }
-    let cmd = format!("{} run --policy {policy} -- /bin/true", head.join(" "));
-    Err(GradeError::Sandbox(format!("`{cmd}` failed ({}): {text}", out.status)))
+    Err(GradeError::Sandbox(format!("`{}` failed ({}): {text}", cmd(), out.status)))
 }
 
 /// SIGINT, SIGTERM and SIGHUP (blocked since `main`) as a file descriptor we poll.

@@ -480,8 +480,20 @@ pub struct BatchReport {
     pub wall: f64,
     pub jobs: usize,
     pub policy: String,
+    /// The sandbox the students' kernels ran in, as the preflight's run reported it (absent
+    /// when no sandbox ran here: with --slurm, each task's node checks its own).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<SandboxInfo>,
     pub counts: std::collections::BTreeMap<String, usize>,
     pub students: Results,
+}
+
+/// The mode of the sandbox (`privileged` or `rootless`) and the policy's limits that it does
+/// not enforce (rootless without a cgroup, under `limits = "best-effort"`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SandboxInfo {
+    pub mode: String,
+    pub not_enforced: Vec<String>,
 }
 
 pub const SCHEMA: &str = "isolate-grade/batch/1";
@@ -559,6 +571,13 @@ impl BatchReport {
             String::new()
         };
         line(&format!("{} students: {}{restarted}", self.students.len(), counts.join(", ")));
+        if let Some(s) = self.sandbox.as_ref().filter(|s| !s.not_enforced.is_empty()) {
+            line(&format!(
+                "{} sandbox, the policy's best-effort limits: not enforced: {}",
+                crate::escape::line(&s.mode),
+                crate::escape::line(&s.not_enforced.join(", "))
+            ));
+        }
     }
 
     /// The summary table as one string.
@@ -685,6 +704,7 @@ mod tests {
             wall: 1.0,
             jobs: 2,
             policy: "default".into(),
+            sandbox: Some(SandboxInfo { mode: "privileged".into(), not_enforced: vec![] }),
             counts: BatchReport::count(results.rows()),
             students: results,
         }
@@ -700,6 +720,8 @@ mod tests {
         wall: f64,
         jobs: usize,
         policy: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        sandbox: &'a Option<SandboxInfo>,
         counts: std::collections::BTreeMap<String, usize>,
         students: Vec<StudentResult>,
     }
@@ -715,6 +737,7 @@ mod tests {
             wall: r.wall,
             jobs: r.jobs,
             policy: &r.policy,
+            sandbox: &r.sandbox,
             counts: r.counts.clone(),
             students,
         };
@@ -810,6 +833,24 @@ mod tests {
         let table = r.table();
         assert!(table.contains("alice    graded    7.5/10  3.2s"), "{table}");
         assert!(table.ends_with("2 students: 1 graded, 1 rejected\n"), "{table}");
+        assert_eq!(json["sandbox"], serde_json::json!({"mode": "privileged", "not_enforced": []}));
+    }
+
+    /// A rootless batch under best-effort limits says so under the table and in the JSON.
+    #[test]
+    fn what_the_sandbox_did_not_enforce_is_said() {
+        let d = tempfile::tempdir().unwrap();
+        let mut r = batch(vec![graded("alice")]);
+        r.sandbox = Some(SandboxInfo { mode: "rootless".into(), not_enforced: vec!["memory".into(), "pids".into()] });
+        r.write(&d.path().join("report.json")).unwrap();
+        let json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(d.path().join("report.json")).unwrap()).unwrap();
+        assert_eq!(json["sandbox"]["not_enforced"], serde_json::json!(["memory", "pids"]));
+        let table = r.table();
+        assert!(
+            table.ends_with("rootless sandbox, the policy's best-effort limits: not enforced: memory, pids\n"),
+            "{table}"
+        );
     }
 
     #[test]

@@ -43,6 +43,11 @@ pub enum ProcMode {
     /// The whole procfs of the sandbox's PID namespace (still `hidepid=2`), with the files
     /// that leak kernel state masked and `/proc/sys` read-only.
     Full,
+    /// No procfs: `/proc` is an empty directory. For a container whose own `/proc` has
+    /// masked paths, where the kernel refuses a fresh procfs to a user namespace (rootless).
+    /// ipykernel runs without it (and numpy, pandas, matplotlib); psutil's process and memory
+    /// queries fail, and ipykernel logs one at shutdown.
+    None,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]

@@ -44,7 +44,8 @@ pub(super) fn validate(file: &str, name: String, raw: schema::PolicyFile) -> Res
     let proc = match s.proc.as_deref().unwrap_or("pids-only") {
         "pids-only" => ProcMode::PidsOnly,
         "full" => ProcMode::Full,
-        o => return Err(err("sandbox.proc", format!("unknown value {o:?} (use \"pids-only\" or \"full\")"))),
+        "none" => ProcMode::None,
+        o => return Err(err("sandbox.proc", format!("unknown value {o:?} (use \"pids-only\", \"full\" or \"none\")"))),
     };
     let landlock = match s.landlock.as_deref().unwrap_or("auto") {
         "auto" => LandlockMode::Auto,

@@ -153,6 +153,22 @@ impl Sys for FakeSys {
     fn clear_capabilities(&self) -> Result<(), SysError> {
         self.rec("capset", "clear capabilities".into())
     }
+    fn make_tmpfs(&self, options: &[(&'static str, String)]) -> Result<std::os::fd::OwnedFd, SysError> {
+        let shown: Vec<String> = options.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        self.rec("fsopen", format!("make tmpfs {}", shown.join(",")))?;
+        // a directory standing in for the detached tmpfs
+        std::fs::File::open(self.root.as_deref().unwrap_or(Path::new("/")))
+            .map(Into::into)
+            .map_err(|e| SysError::new("open", "fake tmpfs", Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))))
+    }
+    fn send_namespaces(&self, socket: std::os::fd::RawFd) -> Result<(), SysError> {
+        let _ = socket;
+        self.rec("sendmsg", "send our user and network namespaces".into())
+    }
+    fn send_fd(&self, socket: std::os::fd::RawFd, fd: std::os::fd::RawFd) -> Result<(), SysError> {
+        let _ = (socket, fd);
+        self.rec("sendmsg", "send the scratch".into())
+    }
     fn bind_device(&self, source: &Path, target: std::os::fd::RawFd) -> Result<(), SysError> {
         let shown = self.show(Path::new(&format!("/proc/self/fd/{target}")));
         self.rec("mount", format!("bind device {} -> {shown}", source.display()))

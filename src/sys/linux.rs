@@ -224,6 +224,26 @@ impl Sys for LinuxSys {
         Ok(())
     }
 
+    fn make_tmpfs(&self, options: &[(&'static str, String)]) -> Result<std::os::fd::OwnedFd, SysError> {
+        super::raw::tmpfs_detached(options).map_err(|e| SysError::new("fsopen", "tmpfs", e))
+    }
+
+    fn send_fd(&self, socket: std::os::fd::RawFd, fd: std::os::fd::RawFd) -> Result<(), SysError> {
+        send_fds(socket, &[fd])
+    }
+
+    fn send_namespaces(&self, socket: std::os::fd::RawFd) -> Result<(), SysError> {
+        use nix::fcntl::{open, OFlag};
+        use std::os::fd::AsRawFd;
+        let ns = |name: &str| {
+            let path = format!("/proc/self/ns/{name}");
+            open(path.as_str(), OFlag::O_RDONLY | OFlag::O_CLOEXEC, nix::sys::stat::Mode::empty())
+                .map_err(|e| SysError::new("open", path, e))
+        };
+        let (user, net) = (ns("user")?, ns("net")?);
+        send_fds(socket, &[user.as_raw_fd(), net.as_raw_fd()])
+    }
+
     fn bind_device(&self, source: &Path, target: std::os::fd::RawFd) -> Result<(), SysError> {
         let at = PathBuf::from(format!("/proc/self/fd/{target}"));
         nix::mount::mount(Some(source), &at, None::<&str>, MsFlags::MS_BIND, None::<&str>)
@@ -332,4 +352,13 @@ impl Sys for LinuxSys {
             Err(e) => SysError::new("execve", disp(path), e),
         }
     }
+}
+
+/// `fds` over the unix socket `socket`, with one byte (`SCM_RIGHTS`).
+fn send_fds(socket: std::os::fd::RawFd, fds: &[std::os::fd::RawFd]) -> Result<(), SysError> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+    let iov = [std::io::IoSlice::new(&[0u8])];
+    sendmsg::<()>(socket, &iov, &[ControlMessage::ScmRights(fds)], MsgFlags::empty(), None)
+        .map(drop)
+        .map_err(|e| SysError::new("sendmsg", "SCM_RIGHTS", e))
 }

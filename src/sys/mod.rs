@@ -65,6 +65,14 @@ pub trait Sys {
     /// Empty the permitted, effective and inheritable sets (rootless: no uid change from 0
     /// does it for us).
     fn clear_capabilities(&self) -> Result<(), SysError>;
+    /// Send our own user and network namespaces (`/proc/self/ns/{user,net}`) over the unix
+    /// socket `socket` (rootless: the relay's connector joins them).
+    fn send_namespaces(&self, socket: std::os::fd::RawFd) -> Result<(), SysError>;
+    /// A new detached tmpfs with these options (rootless: a kernel's scratch, made in the
+    /// sandbox's own user namespace).
+    fn make_tmpfs(&self, options: &[(&'static str, String)]) -> Result<std::os::fd::OwnedFd, SysError>;
+    /// Send `fd` over the unix socket `socket` (`SCM_RIGHTS`).
+    fn send_fd(&self, socket: std::os::fd::RawFd, fd: std::os::fd::RawFd) -> Result<(), SysError>;
     /// Bind the host's device `source` (a character device) onto the empty file open at
     /// `target` (rootless: a user namespace can't make device nodes).
     fn bind_device(&self, source: &Path, target: std::os::fd::RawFd) -> Result<(), SysError>;

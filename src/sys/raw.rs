@@ -305,3 +305,26 @@ pub fn reset_all_signal_actions() -> Result<(), Errno> {
     }
     Ok(())
 }
+
+/// The `N` fds that came with the next message on the unix socket `socket` (`SCM_RIGHTS`),
+/// exactly; `wait: false` takes only a message already there.
+pub fn receive_fds<const N: usize>(socket: &OwnedFd, wait: bool) -> std::io::Result<[OwnedFd; N]> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    let mut byte = [0u8; 1];
+    let mut iov = [std::io::IoSliceMut::new(&mut byte)];
+    let mut space = nix::cmsg_space!([RawFd; 4]);
+    let flags = MsgFlags::MSG_CMSG_CLOEXEC | if wait { MsgFlags::empty() } else { MsgFlags::MSG_DONTWAIT };
+    let msg = recvmsg::<()>(std::os::fd::AsRawFd::as_raw_fd(socket), &mut iov, Some(&mut space), flags)?;
+    let mut fds = Vec::new();
+    for cmsg in msg.cmsgs()? {
+        if let ControlMessageOwned::ScmRights(received) = cmsg {
+            // SAFETY: the kernel just installed these fds in our table; nothing else owns them.
+            fds.extend(received.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
+        }
+    }
+    if msg.flags.contains(MsgFlags::MSG_CTRUNC) || msg.bytes == 0 {
+        return Err(std::io::Error::other("the message was cut short, or the other end closed"));
+    }
+    let got = fds.len();
+    fds.try_into().map_err(|_| std::io::Error::other(format!("expected {N} fds in the message, got {got}")))
+}

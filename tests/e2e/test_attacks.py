@@ -15,8 +15,15 @@ loopback and an abstract Unix socket, each answering with the token. Another san
 beside the whole suite as a victim: the attacks get its host pids, and it must come out alive,
 never stopped and never traced.
 
+Every attack program runs through `isolate-grade run` rootless too (issue #17: as nobody with no
+capabilities, the default policy made best-effort), but the two whose containment needs a limit
+rootless mode documents as not enforced (the memory cap, the CPU quota): the same verdict,
+contained, nothing of the run left, no cgroup made, and besides the secrets above the caller's
+own (a file only nobody may read) and the caller's other process (nobody's, not sandboxed).
+
 The summary line, written to target/attack-summary.txt (scripts/test.sh prints it): "attack
-suite: N attacks, 2N runs (isolate-grade run and the batch), M contained".
+suite: N attacks, R runs (isolate-grade run, privileged and rootless, and the batch), M
+contained".
 
 Beyond the attack programs, the batch gets a submission whose files are swapped for symlinks
 to the solutions in a loop while it is checked and copied. The containment tests
@@ -263,7 +270,8 @@ def results():
     results = {}
     yield results
     attacks = len({name for _, name in results})
-    line = (f"attack suite: {attacks} attacks, {len(results)} runs (isolate-grade run and the batch), "
+    line = (f"attack suite: {attacks} attacks, {len(results)} runs (isolate-grade run, privileged and rootless, "
+            "and the batch), "
             f"{sum(results.values())} contained")
     print("\n" + line)
     (ROOT / "target").mkdir(exist_ok=True)
@@ -303,6 +311,135 @@ def test_attack_through_run(name, planted, victim, results, tmp_path):
     assert not cgroup_leftovers(victim)
     assert not host_scratch() - scratch
     results[("run", name)] = True
+
+
+# Rootless (issue #17): `isolate-grade run` by an unprivileged caller, nobody with no
+# capabilities, under the default policy made best-effort (no cgroup for nobody here). The
+# attacks whose containment rootless mode documents as absent are not run (each would only
+# take the shared host's memory or cores); every other one must end as its header says,
+# contained, with nothing left on the host.
+NOBODY = 65534
+AS_NOBODY = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "--inh-caps=-all",
+             "--bounding-set=-all", "--"]
+ROOTLESS_NOT_ENFORCED = {
+    "memory_bomb": "memory",  # no memory cap: it would allocate until the host's OOM killer
+    "busy_threads": "cpu_quota",  # no CPU quota: it gets every core, as its header says
+}
+ROOTLESS_NAMES = [n for n in NAMES if n not in ROOTLESS_NOT_ENFORCED]
+MARKER_VAR = "ISOLATE_GRADE_TEST_RUN"
+
+
+@dataclass(frozen=True)
+class Rootless:
+    """nobody's side: its directory (0755, under the host's /tmp, made before any test's
+    snapshot of it), the best-effort policy there, its runtime dir, a secret of its own (0600
+    in a 0700 directory: only the caller itself may read it), and another process of its own,
+    not sandboxed (the caller's: the attacks get its pid with the victims')."""
+
+    home: Path
+    policy: Path
+    runtime: Path
+    secret: Path
+    other: subprocess.Popen
+
+
+@pytest.fixture(scope="module")
+def rootless():
+    home = Path(f"/tmp/isolate-grade-rootless-attacks-{os.getpid()}")
+    home.mkdir(mode=0o755)
+    policy = home / "default-best-effort.toml"
+    text = (ROOT / "policies" / "default.toml").read_text()
+    assert "\nlimits =" not in text
+    policy.write_text(text.replace("\n[sandbox]\n", '\n[sandbox]\nlimits = "best-effort"\n', 1))
+    runtime, private = home / "runtime", home / "private"
+    for d in (runtime, private):
+        d.mkdir(mode=0o700)
+    secret = private / "secret.txt"
+    secret.write_text(TOKEN)
+    secret.chmod(0o600)
+    for q in (home, runtime, private, secret):
+        os.chown(q, NOBODY, NOBODY)
+    other = subprocess.Popen([*AS_NOBODY, "sleep", "3600"], stdin=subprocess.DEVNULL)
+    yield Rootless(home, policy, runtime, secret, other)
+    other.kill()
+    other.wait()
+    shutil.rmtree(home)
+
+
+def processes_with_marker(marker):
+    """Live processes with `marker` in their environment (a run's, rootless: on the host they
+    are all nobody's)."""
+    needle = f"{MARKER_VAR}={marker}\0".encode()
+    out = []
+    for p in Path("/proc").iterdir():
+        try:
+            if p.name.isdigit() and needle in (p / "environ").read_bytes():
+                out.append(int(p.name))
+        except OSError:
+            pass
+    return out
+
+
+def test_the_attacks_rootless_leaves_out_are_the_limits_it_documents_as_absent(rootless):
+    """An attack is left out of the rootless runs only where its verdict needs a limit that a
+    rootless run's own report lists as not enforced."""
+    r = subprocess.run([*AS_NOBODY, str(BIN), "run", "--report", "-", "--policy", str(rootless.policy),
+                        "--", "/bin/true"], env=env() | {"XDG_RUNTIME_DIR": str(rootless.runtime)},
+                       capture_output=True, text=True, timeout=60, cwd=rootless.home)
+    report = json.loads(r.stdout)
+    assert (report["status"], report["sandbox"]["mode"]) == ("ok", "rootless"), r.stderr
+    for name, limit in ROOTLESS_NOT_ENFORCED.items():
+        assert name in NAMES
+        assert limit in report["sandbox"]["not_enforced"], (name, report["sandbox"])
+        # what its header promises depends on that limit: the memory cap's verdict, or (the
+        # quota) an `ok` that is only contained because the quota held
+        assert expected(name)["run"] == {"memory": "memory-limit"}.get(limit, "ok"), name
+
+
+@pytest.mark.parametrize("name", ROOTLESS_NAMES)
+def test_attack_through_run_rootless(name, planted, victim, rootless, results):
+    results[("run-rootless", name)] = False
+    work = rootless.home / name
+    work.mkdir(mode=0o755)
+    os.chown(work, NOBODY, NOBODY)
+    targets = planted.targets()
+    targets["files"] = [*targets["files"], str(rootless.secret)]
+    targets["dirs"] = [*targets["dirs"], str(rootless.secret.parent)]
+    targets["victims"] = [*targets["victims"], rootless.other.pid]
+    script = work / "attack.py"
+    script.write_text(filled(name, targets))
+    os.chmod(script, 0o644)
+    before, scratch, cgroups = mounts(), host_scratch(), our_cgroups()
+    report = work / "report.json"
+    out, err = work / "stdout", work / "stderr"
+    stdin_r, stdin_w = os.pipe()
+    marker = f"{os.getpid()}-{name}"
+    wall = "10s" if expected(name)["run"] == "timeout-wall" else RUN_WALL
+    try:
+        with open(out, "wb") as o, open(err, "wb") as e:
+            subprocess.run([*AS_NOBODY, str(BIN), "run", "--report", str(report), "--policy", str(rootless.policy),
+                            "--env", MARKER_VAR, "--wall-time", wall, "--bind", f"{script}:/attack.py",
+                            "--", "python3", "/attack.py"],
+                           env=env() | {"XDG_RUNTIME_DIR": str(rootless.runtime), MARKER_VAR: marker},
+                           stdin=stdin_r, stdout=o, stderr=e, timeout=300, cwd=work)
+    finally:
+        os.close(stdin_r)
+        os.close(stdin_w)
+    stdout, stderr = (p.read_bytes().decode(errors="replace") for p in (out, err))
+    verdict = json.loads(report.read_text())
+    assert verdict["sandbox"]["mode"] == "rootless", verdict
+    assert verdict["sandbox"]["cgroup"] == "none", verdict
+    assert verdict["status"] == expected(name)["run"], (verdict["status"], stdout[-2000:], stderr[-2000:])
+    assert_contained([stdout, stderr, report.read_text()], name)
+    assert mounts() == before
+    # its processes were nobody's on the host, never a slot uid's: none is left with its marker
+    assert not processes_with_marker(marker)
+    # no cgroup made (nor any other left)
+    assert our_cgroups().keys() == cgroups.keys()
+    assert not host_scratch() - scratch
+    # the caller's other process: alive, never stopped nor traced
+    assert victim_state(rootless.other.pid) == ("S", 0)
+    results[("run-rootless", name)] = True
 
 
 @dataclass(frozen=True)
