@@ -152,6 +152,20 @@ pub struct GradeArgs {
     pub student_timeout: String,
     #[command(flatten)]
     pub notebook: NotebookLimitArgs,
+    /// When a cell's code ends its kernel (a limit of the sandbox, a crash, an exit): `restart`
+    /// marks the cell, starts a fresh sandboxed kernel, re-runs the cells before it that had
+    /// succeeded and goes on, so the student keeps the points of every test that passes;
+    /// `fail` fails the notebook, as nbgrader does. Default: the course's
+    /// `c.IsolateGrade.on_kernel_death` in nbgrader_config.py, else `restart`.
+    #[arg(long, value_enum, env = "ISOLATE_GRADE_ON_KERNEL_DEATH")]
+    #[serde(default)]
+    pub on_kernel_death: Option<crate::grade::protocol::OnKernelDeath>,
+    /// With `restart`: at most this many fresh kernels per notebook (0 to 100); past them the
+    /// cells left are marked not run. Default: the course's `c.IsolateGrade.max_kernel_restarts`,
+    /// else 3.
+    #[arg(long, env = "ISOLATE_GRADE_MAX_RESTARTS", value_parser = clap::value_parser!(u32).range(0..=100))]
+    #[serde(default)]
+    pub max_restarts: Option<u32>,
     /// Memory (resident) one grading worker, nbgrader itself, may use for one submission
     /// (`2G`); past it the worker is killed and the student gets `error`. Kernels are apart.
     #[arg(long, env = "ISOLATE_GRADE_WORKER_MEMORY", default_value = "2G")]

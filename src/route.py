@@ -1,4 +1,4 @@
-def _isolate_grade(c, twins, languages, kernels=None, on_kernel_report=None, on_event=None):
+def _isolate_grade(c, twins, languages, kernels=None, on_kernel_report=None, on_event=None, on_kernel_restart=None):
     """Route every notebook nbgrader autogrades to the sandboxed twin of its own kernel.
 
     `twins` maps a kernelspec name to its twin's name, `languages` each twin to its language,
@@ -16,7 +16,11 @@ def _isolate_grade(c, twins, languages, kernels=None, on_kernel_report=None, on_
     and the sandbox ends everything in it, so there is nothing to wait for. `on_event(name,
     **fields)`, if given, is told each step of a notebook's execution as it happens (the
     batch's timeline: "execute", "kernel-start", "kernel-started", "kernel-ready", "cell",
-    "kernel-stop", "kernel-stopped", "executed").
+    "kernel-stop", "kernel-stopped", "executed", "kernel-restart").
+    When the student's code ends a kernel in a cell (a limit of the sandbox, a crash, an exit:
+    its report says so), the notebook is not failed, unless `c.IsolateGrade.on_kernel_death =
+    "fail"` (nbgrader's own behaviour): see `_KernelDeaths`. `on_kernel_restart(record)`, if
+    given, is told each such end (the batch's report: a record of `_KernelDeaths.end`).
     (isolate-grade's src/route.py: written into nbgrader_config.py by `isolate-grade install`,
     and used by the batch with its own twins.)
     """
@@ -27,8 +31,27 @@ def _isolate_grade(c, twins, languages, kernels=None, on_kernel_report=None, on_
     from nbgrader.converters import Autograde
     from nbgrader.preprocessors import Execute
 
+    from traitlets import Enum, Integer
+    from traitlets.config import Configurable
+
     class KernelNotSandboxed(Exception):
         pass
+
+    class IsolateGrade(Configurable):
+        """isolate-grade's own settings, in nbgrader_config.py (`c.IsolateGrade.NAME = ...`);
+        the batch's `--on-kernel-death` and `--max-restarts` override them."""
+
+        on_kernel_death = Enum(
+            ["restart", "fail"], default_value="restart",
+            help="When the student's code ends its kernel in a cell (a limit of the sandbox, a crash, an "
+                 "exit): 'restart' marks the cell, starts a fresh sandboxed kernel, re-runs the cells before "
+                 "it that had succeeded, and goes on; 'fail' fails the notebook, as nbgrader does.",
+        ).tag(config=True)
+        max_kernel_restarts = Integer(
+            3, min=0, max=100,
+            help="With on_kernel_death = 'restart': at most this many fresh kernels per notebook; past them "
+                 "the cells left are marked not run, and the notebook keeps the points it earned.",
+        ).tag(config=True)
 
     class KernelStopped(Exception):
         """The sandboxed kernel ended in a cell: a limit, a crash, or a sandbox fault, in words."""
@@ -102,15 +125,112 @@ def _isolate_grade(c, twins, languages, kernels=None, on_kernel_report=None, on_
             finally:
                 self._isolate_grade_event("kernel-stopped")
 
+        def on_cell_executed(self, **kwargs):
+            super().on_cell_executed(**kwargs)
+            self._isolate_grade_status = kwargs["execute_reply"]["content"].get("status")
+
         def preprocess_cell(self, cell, resources, index):
             self._isolate_grade_cell = (index, cell)
+            deaths = self._isolate_grade_deaths
             try:
-                return super().preprocess_cell(cell, resources, index)
+                if deaths is None or not _runs(self, cell):
+                    return super().preprocess_cell(cell, resources, index)
+                if deaths.stopped is not None:
+                    _error_output(cell, "NotRun", deaths.not_run_words())
+                    return cell, self.resources
+                self._isolate_grade_status = None
+                try:
+                    out = super().preprocess_cell(cell, resources, index)
+                except Exception as e:
+                    why = self._isolate_grade_ended(e)
+                    if why is None:
+                        raise
+                    self._isolate_grade_recover(index, cell, why)
+                    return cell, self.resources
+                if self._isolate_grade_status == "ok":
+                    deaths.succeeded.append(index)
+                return out
             finally:
                 if cell.get("cell_type") == "code":
                     self._isolate_grade_event("cell", index=index)
 
+        def _isolate_grade_ended(self, error):
+            """The explanation in the current kernel's report when the student's code ended it
+            (cause "limit" or "program"), else None: the kernel still runs (the error is
+            another), it wrote no report (an end not explained), or the sandbox failed (a fault
+            of ours, never restarted past): the notebook then fails as before."""
+            import subprocess
+
+            from nbclient.exceptions import DeadKernelError
+
+            km = self.km
+            if km is None:
+                return None
+            process = getattr(getattr(km, "provisioner", None), "process", None)
+            if process is not None:
+                try:
+                    # the supervisor writes its report, then exits: wait for it to be whole
+                    process.wait(timeout=10 if isinstance(error, DeadKernelError) else 1)
+                except subprocess.TimeoutExpired:
+                    return None
+            elif not isinstance(error, DeadKernelError):
+                return None
+            why = _first_ended(_report_files(self._isolate_grade_reports, [km]))
+            if why is None or why.get("cause") not in ("limit", "program"):
+                return None
+            self._isolate_grade_recovered.append(km)
+            return why
+
+        def _isolate_grade_recover(self, index, cell, why):
+            """The kernel ended in cell `index`: mark the cell, then (within the bound) start a
+            fresh sandboxed kernel and restore the notebook's state on it. A cell that ends the
+            kernel again on replay is marked and left out, and costs a restart of its own."""
+            deaths = self._isolate_grade_deaths
+            record = deaths.end(index, cell, why, replay=False)
+            _error_output(cell, "KernelDied", deaths.cell_words(record))
+            self._isolate_grade_told(record)
+            while record["restarted"]:
+                self._isolate_grade_event("kernel-restart", index=record["cell"] - 1)
+                self._cleanup_kernel()  # the ended one: its client's channels closed, its manager dropped
+                # a new manager, never the old one: a new `isolate-grade kernel`, a new sandbox
+                self.km = self.create_kernel_manager()
+                self.start_new_kernel()
+                self.start_new_kernel_client()
+                again = self._isolate_grade_replay()
+                if again is None:
+                    return
+                j, why = again
+                deaths.succeeded.remove(j)
+                replayed = self.nb.cells[j]
+                record = deaths.end(j, replayed, why, replay=True)
+                _error_output(replayed, "KernelDied", deaths.cell_words(record))
+                self._isolate_grade_told(record)
+
+        def _isolate_grade_replay(self):
+            """Re-run on the fresh kernel, in order, every code cell before that had succeeded,
+            each bounded by its timeout as any cell is (on a timeout the kernel is interrupted
+            and the replay goes on). Their outputs are not read: the notebook keeps the first
+            run's. (index, why) of a cell that ended the kernel again, else None."""
+            for j in list(self._isolate_grade_deaths.succeeded):
+                replayed = self.nb.cells[j]
+                try:
+                    msg_id = self.kc.execute(replayed.source, store_history=True, stop_on_error=False)
+                    self.wait_for_reply(msg_id, replayed)
+                except Exception as e:
+                    why = self._isolate_grade_ended(e)
+                    if why is None:
+                        raise
+                    return j, why
+            return None
+
+        def _isolate_grade_told(self, record):
+            self.log.warning("isolate-grade: %s", _KernelDeaths.line(record, self._isolate_grade_notebook))
+            self._isolate_grade_event("kernel-died", index=record["cell"] - 1, restarted=record["restarted"])
+            if on_kernel_restart is not None:
+                on_kernel_restart(dict(record))
+
         def preprocess(self, nb, resources, *args, **kwargs):
+            settings = IsolateGrade(parent=self)  # a bad value: traitlets' TraitError, nothing run
             before = self.kernel_name
             self.kernel_name = route(nb, before)
             who = resources.get("nbgrader") or {}
@@ -124,15 +244,29 @@ def _isolate_grade(c, twins, languages, kernels=None, on_kernel_report=None, on_
             os.environ["ISOLATE_GRADE_LABEL"] = label
             self._isolate_grade_cell = None
             outer_kms, self._isolate_grade_kms = getattr(self, "_isolate_grade_kms", None), []
+            # the flag is ours alone: a submission's own is never shown as if we had set it
+            nb.metadata.pop("isolate_grade", None)
+            outer_deaths = getattr(self, "_isolate_grade_deaths", None)
+            self._isolate_grade_deaths = (_KernelDeaths(settings.max_kernel_restarts)
+                                          if settings.on_kernel_death == "restart" else None)
+            self._isolate_grade_recovered = []
+            self._isolate_grade_notebook = notebook
             self._isolate_grade_reports = reports
             path = (resources.get("metadata") or {}).get("path")
             self._isolate_grade_submission = os.path.realpath(path) if path else None
             kms = self._isolate_grade_kms
             self._isolate_grade_event("execute", kernel=self.kernel_name)
             try:
-                return super().preprocess(nb, resources, *args, **kwargs)
+                done, resources = super().preprocess(nb, resources, *args, **kwargs)
+                deaths = self._isolate_grade_deaths
+                if deaths is not None and deaths.records:
+                    done.metadata["isolate_grade"] = {"kernel_deaths": [dict(r) for r in deaths.records]}
+                return done, resources
             except Exception as e:
-                why = _first_ended(_report_files(reports, kms))
+                # the last kernel that ended and was not restarted past (a restarted one was the
+                # student's doing, and graded past; what failed the notebook is after it)
+                recovered = self._isolate_grade_recovered
+                why = _first_ended(_report_files(reports, [k for k in reversed(kms) if k not in recovered]))
                 if why is None:
                     raise
                 place = f"of {notebook}"
@@ -155,6 +289,7 @@ def _isolate_grade(c, twins, languages, kernels=None, on_kernel_report=None, on_
                     else:
                         os.environ[k] = v
                 self.kernel_name = before
+                self._isolate_grade_deaths = outer_deaths
                 if own:
                     shutil.rmtree(own, ignore_errors=True)
 
@@ -163,6 +298,78 @@ def _isolate_grade(c, twins, languages, kernels=None, on_kernel_report=None, on_
         raise ValueError(f"nbgrader's Execute step is not among the autograde preprocessors {steps}")
     c.Autograde.autograde_preprocessors = [
         SandboxedExecute if isinstance(s, type) and issubclass(s, Execute) else s for s in steps]
+
+
+def _runs(client, cell):
+    """Whether nbclient executes `cell` (`async_execute_cell`: a code cell with code, not
+    tagged to be skipped)."""
+    return (cell.get("cell_type") == "code" and bool(str(cell.get("source", "")).strip())
+            and client.skip_cells_with_tag not in cell.get("metadata", {}).get("tags", []))
+
+
+def _error_output(cell, ename, text):
+    """An error output at the end of `cell`'s: nbgrader scores a test cell with one 0, and
+    formgrader shows it in the cell, in the manual-grading view."""
+    from nbformat import NotebookNode
+
+    cell.setdefault("outputs", []).append(
+        NotebookNode(output_type="error", ename=ename, evalue=text, traceback=[f"{ename}: {text}"]))
+
+
+class _KernelDeaths:
+    """One notebook's kernel ends, with `c.IsolateGrade.on_kernel_death = "restart"`. Each end
+    the student's code made is a record: {"cell": its number (1-based, as nbgrader's log counts),
+    "grade_id": the cell's, or None, "cause": "limit" | "program", "words": the kernel report's
+    ("used more than 256 MiB of memory"), "replay": whether the cell ended it while being
+    re-run after an earlier end, "restarted": whether a fresh kernel was started after it}.
+    At most `max_restarts` fresh kernels; the end past them stops the notebook there, and
+    every cell after it is marked not run (a test cell with an error scores 0, as it would have
+    had it run and failed; one with no output would score full points)."""
+
+    def __init__(self, max_restarts):
+        self.max = max_restarts
+        self.succeeded = []  # the code cells whose last run replied "ok", by index, in order
+        self.records = []
+        self.stopped = None  # the record of the end no kernel was started after
+
+    def end(self, index, cell, why, replay):
+        grade_id = ((cell.get("metadata") or {}).get("nbgrader") or {}).get("grade_id")
+        restarted = sum(r["restarted"] for r in self.records) < self.max
+        record = {"cell": index + 1, "grade_id": grade_id if isinstance(grade_id, str) else None,
+                  "cause": why["cause"], "words": why["words"], "replay": replay, "restarted": restarted}
+        self.records.append(record)
+        if not restarted:
+            self.stopped = record
+        return record
+
+    def cell_words(self, record):
+        """What the cell's error output says."""
+        what = _sentence({"cause": record["cause"], "words": record["words"]}, "in this cell")
+        if record["replay"]:
+            what += (" when it was re-run on a fresh kernel after an earlier cell ended the kernel; "
+                     "it is not re-run again")
+        if not record["restarted"]:
+            return (f"{what}. The kernel was not restarted: it already was {self.max} time(s), the most for one "
+                    "notebook (isolate-grade's max_kernel_restarts), so the cells after this one were not run")
+        return (f"{what}. isolate-grade started a fresh sandboxed kernel, re-ran the code cells before this one "
+                "that had succeeded (their outputs are not shown again), and went on with the next cell; what "
+                "this cell did is lost")
+
+    def not_run_words(self):
+        r = self.stopped
+        return (f"not run: the kernel ended in cell {r['cell']} and was not restarted (at most {self.max} "
+                "restart(s) per notebook)")
+
+    @staticmethod
+    def line(record, notebook):
+        """One line for a log or a report: "kernel restarted after cell 3 (ex3) of p1: ..."."""
+        gid = f" ({record['grade_id']})" if record.get("grade_id") else ""
+        at = f"cell {record['cell']}{gid} of {notebook}"
+        what = _sentence({"cause": record["cause"], "words": record["words"]}, "")
+        replay = " on replay" if record["replay"] else ""
+        if record["restarted"]:
+            return f"kernel restarted after {at}{replay}: {what}"
+        return f"kernel ended in {at}{replay} and was not restarted (the most restarts): the cells after it not run: {what}"
 
 
 def _end_at_once(km):
@@ -266,15 +473,16 @@ def _kernel_ended(reports, earlier):
 
 
 def _sentence(why, place):
-    """As src/report.rs Explanation::sentence words it."""
+    """As src/report.rs Explanation::sentence words it (`place` empty: none)."""
     words, cause = why["words"], why["cause"]
+    at = f" {place}" if place else ""
     if cause == "limit":
-        return f"the code {words} {place}; the sandbox stopped it"
+        return f"the code {words}{at}; the sandbox stopped it"
     if cause == "program":
-        return f"the code {words} {place}"
+        return f"the code {words}{at}"
     if cause == "caller":
-        return f"the kernel {words} {place}"
-    return f"sandbox fault {place}: {words}; not the student's doing (tell the course's admin)"
+        return f"the kernel {words}{at}"
+    return f"sandbox fault{at}: {words}; not the student's doing (tell the course's admin)"
 
 
 class _GradebookLock:

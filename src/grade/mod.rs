@@ -460,6 +460,8 @@ impl Kernels {
             jupyter_path: jupyter,
             lock: layout.gradebook_lock(),
             reports: layout.state.join("kernels"),
+            on_kernel_death: req.args.on_kernel_death,
+            max_restarts: req.args.max_restarts,
         }
     }
 }
@@ -881,6 +883,7 @@ fn from_answer(l: &Layout, notebooks: &[String], a: worker::Answer) -> StudentRe
         }
         nb.wall = a.notebook_wall.get(name).copied();
         report::add_kernels(&mut nb, &report::kernel_reports(&kernel_report_files(l, &a, name)));
+        nb.kernel_deaths = a.kernel_deaths.get(name).cloned().unwrap_or_default();
         nbs.push(nb);
     }
     let kernel_verdict = |nb: &NotebookResult| match nb.verdict {
@@ -1124,6 +1127,7 @@ mod tests {
             seconds_late: None,
             failure,
             kernel_reports: Default::default(),
+            kernel_deaths: Default::default(),
         }
     }
 

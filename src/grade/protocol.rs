@@ -3,8 +3,8 @@
 //! one place that encodes and decodes them; both ends check [`PROTOCOL`].
 //!
 //! ```text
-//! batch → worker   {"msg": "setup", "protocol": 2, ...}       once, first
-//! worker → batch   {"msg": "ready", "protocol": 2, ...}       or {"msg": "fatal", "error": "..."}
+//! batch → worker   {"msg": "setup", "protocol": 3, ...}       once, first
+//! worker → batch   {"msg": "ready", "protocol": 3, ...}       or {"msg": "fatal", "error": "..."}
 //! batch → worker   {"msg": "grade", "student": "..."}         then, one at a time
 //! worker → batch   {"msg": "answer", "student": "...", ...}   (end of input: the worker exits)
 //! ```
@@ -21,13 +21,13 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 /// The version of these messages; `worker.py`'s `PROTOCOL` must be the same.
-pub const PROTOCOL: u32 = 2;
+pub const PROTOCOL: u32 = 3;
 
 /// What the batch sends.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "msg", rename_all = "lowercase")]
 pub enum ToWorker {
-    Setup(Setup),
+    Setup(Box<Setup>),
     Grade(Grade),
 }
 
@@ -60,6 +60,65 @@ pub struct Setup {
     pub lock: PathBuf,
     /// Where the kernels write their reports: `<reports>/<student>/<notebook>/`.
     pub reports: PathBuf,
+    /// `--on-kernel-death`; None: the course's `c.IsolateGrade.on_kernel_death` (route.py).
+    pub on_kernel_death: Option<OnKernelDeath>,
+    /// `--max-restarts`; None: the course's `c.IsolateGrade.max_kernel_restarts` (route.py).
+    pub max_restarts: Option<u32>,
+}
+
+/// What is done when the student's code ends a notebook's kernel in a cell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum OnKernelDeath {
+    /// Mark the cell, start a fresh sandboxed kernel, re-run the cells before it that had
+    /// succeeded, and go on with the next cell.
+    Restart,
+    /// Fail the notebook, as nbgrader does.
+    Fail,
+}
+
+/// An end of a notebook's kernel its student's code made (route.py's `_KernelDeaths`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KernelDeath {
+    /// The cell's number, from 1.
+    pub cell: u32,
+    pub grade_id: Option<String>,
+    /// The kernel report's cause: `limit` or `program`.
+    pub cause: String,
+    /// The kernel report's words: "used more than 256 MiB of memory".
+    pub words: String,
+    /// The cell ended the kernel while being re-run after an earlier end.
+    pub replay: bool,
+    /// A fresh kernel was started after it (else the cells after it were not run).
+    pub restarted: bool,
+}
+
+impl KernelDeath {
+    /// [`KernelDeath::line`] shorter, for the summary table's note: "kernel restarted after
+    /// cell 3 (ex3) of p1: used more than 256 MiB of memory".
+    pub fn note(&self, notebook: &str) -> String {
+        let gid = self.grade_id.as_deref().map(|g| format!(" ({g})")).unwrap_or_default();
+        let what = if self.restarted { "kernel restarted after" } else { "kernel ended, not restarted, in" };
+        format!("{what} cell {}{gid} of {notebook}: {}", self.cell, self.words)
+    }
+
+    /// One line: "kernel restarted after cell 3 (ex3) of p1: the code used more than 256 MiB
+    /// of memory; the sandbox stopped it". The grade id is the notebook's: the caller escapes.
+    pub fn line(&self, notebook: &str) -> String {
+        let gid = self.grade_id.as_deref().map(|g| format!(" ({g})")).unwrap_or_default();
+        let replay = if self.replay { " on replay" } else { "" };
+        let at = format!("cell {}{gid} of {notebook}{replay}", self.cell);
+        let what = match self.cause.as_str() {
+            "limit" => format!("the code {}; the sandbox stopped it", self.words),
+            _ => format!("the code {}", self.words),
+        };
+        if self.restarted {
+            format!("kernel restarted after {at}: {what}")
+        } else {
+            format!("kernel ended in {at}, not restarted (the most restarts), the cells after it not run: {what}")
+        }
+    }
 }
 
 /// Grade one student's checked copy.
@@ -131,6 +190,8 @@ pub struct Answer {
     pub failure: Option<Failure>,
     /// Each notebook's kernels' report files, in the order they started.
     pub kernel_reports: BTreeMap<String, Vec<PathBuf>>,
+    /// Each notebook's kernel ends its student's code made (with `restart`), in order.
+    pub kernel_deaths: BTreeMap<String, Vec<KernelDeath>>,
 }
 
 /// The first exception nbgrader raised on a submission, as worker.py records it.
@@ -201,12 +262,14 @@ mod tests {
             jupyter_path: "/c/.isolate-grade/ps1/jupyter".into(),
             lock: "/c/.isolate-grade/gradebook.lock".into(),
             reports: "/c/.isolate-grade/ps1/kernels".into(),
+            on_kernel_death: Some(OnKernelDeath::Restart),
+            max_restarts: None,
         }
     }
 
     #[test]
     fn every_message_round_trips_tagged() {
-        for m in [ToWorker::Setup(setup()), ToWorker::Grade(Grade { student: "s1".into() })] {
+        for m in [ToWorker::Setup(Box::new(setup())), ToWorker::Grade(Grade { student: "s1".into() })] {
             let line = m.encode();
             assert!(!line.contains('\n'));
             assert_eq!(serde_json::from_str::<ToWorker>(&line).unwrap(), m);
@@ -232,6 +295,18 @@ mod tests {
                 ours: true,
             }),
             kernel_reports: [("p1".to_string(), vec![PathBuf::from("/r/s1/p1/kernel-1.json")])].into(),
+            kernel_deaths: [(
+                "p1".to_string(),
+                vec![KernelDeath {
+                    cell: 3,
+                    grade_id: Some("ex3".into()),
+                    cause: "limit".into(),
+                    words: "used more than 256 MiB of memory".into(),
+                    replay: false,
+                    restarted: true,
+                }],
+            )]
+            .into(),
         };
         for m in [
             FromWorker::Ready(Ready {
@@ -269,7 +344,7 @@ mod tests {
         // even a ready we could not otherwise read says which protocol it speaks
         let e = FromWorker::decode(r#"{"msg": "ready", "protocol": 0}"#).unwrap_err();
         assert!(matches!(e, DecodeError::Version { worker: 0 }), "{e}");
-        let extra = r#"{"msg": "ready", "protocol": 2, "pid": 1, "notebooks": [], "nbgrader": "0.9.6", "gradebook": "sqlite", "x": 1}"#;
+        let extra = r#"{"msg": "ready", "protocol": 3, "pid": 1, "notebooks": [], "nbgrader": "0.9.6", "gradebook": "sqlite", "x": 1}"#;
         assert!(FromWorker::decode(extra).unwrap_err().to_string().contains("unknown field"));
         assert!(FromWorker::decode(r#"{"student": "s"}"#).is_err(), "untagged");
         assert!(serde_json::from_str::<ToWorker>(r#"{"msg": "grade", "student": "s", "force": true}"#).is_err());

@@ -125,6 +125,11 @@ pub struct NotebookResult {
     pub cpu: Option<f64>,
     pub peak_memory: Option<u64>,
     pub kernels: u32,
+    /// Each end of its kernel the student's code made, when grading went on past it
+    /// (`--on-kernel-death restart`): the cell, the limit or crash, whether a fresh kernel
+    /// was started.
+    #[serde(default)]
+    pub kernel_deaths: Vec<crate::grade::protocol::KernelDeath>,
 }
 
 /// One student's submission.
@@ -267,6 +272,8 @@ pub struct Row {
     wall: Option<f64>,
     /// The table's note: escaped, one line, at most [`NOTE_CHARS`] characters.
     note: Box<str>,
+    /// Its notebooks' kernel ends that grading went on past.
+    kernel_deaths: u32,
     stored: Stored,
 }
 
@@ -287,6 +294,16 @@ const NOTE_CHARS: usize = 70;
 impl Row {
     fn of(s: &StudentResult, stored: Stored) -> Row {
         let mut note = crate::escape::line(s.message.as_deref().unwrap_or("").lines().next().unwrap_or(""));
+        let deaths = s.notebooks.iter().flat_map(|nb| nb.kernel_deaths.iter().map(move |d| d.note(&nb.notebook)));
+        let kernel_deaths = s.notebooks.iter().map(|nb| nb.kernel_deaths.len() as u32).sum();
+        if let (true, Some(first)) = (note.is_empty(), deaths.clone().next()) {
+            // a graded student whose kernel ended: what the instructor should look at
+            let more = deaths.count() - 1;
+            note = crate::escape::line(&first);
+            if more > 0 {
+                note = format!("(+{more}) {note}");
+            }
+        }
         if s.from_earlier_run {
             note = "graded by an earlier run".into();
         } else if let Some(late) = s.seconds_late.filter(|l| *l > 0.0) {
@@ -302,6 +319,7 @@ impl Row {
             max_score: s.max_score,
             wall: (!s.from_earlier_run).then_some(s.wall),
             note: note.into(),
+            kernel_deaths,
             stored,
         }
     }
@@ -517,6 +535,7 @@ impl BatchReport {
             "cpu_seconds",
             "peak_memory_bytes",
             "message",
+            "kernel_deaths",
         ];
         write_row(&mut w, header.map(Cell::Text)).map_err(err)?;
         for row in self.students.rows() {
@@ -545,7 +564,13 @@ impl BatchReport {
             line(&out(&r.cells()));
         }
         let counts: Vec<String> = self.counts.iter().map(|(v, n)| format!("{n} {v}")).collect();
-        line(&format!("{} students: {}", self.students.len(), counts.join(", ")));
+        let restarted = self.students.rows().iter().filter(|r| r.kernel_deaths > 0).count();
+        let restarted = if restarted > 0 {
+            format!("; {restarted} with a kernel the student's code ended, graded past it (see the notes)")
+        } else {
+            String::new()
+        };
+        line(&format!("{} students: {}{restarted}", self.students.len(), counts.join(", ")));
         if let Some(s) = self.sandbox.as_ref().filter(|s| !s.not_enforced.is_empty()) {
             line(&format!(
                 "{} sandbox, the policy's best-effort limits: not enforced: {}",
@@ -581,10 +606,13 @@ fn csv_rows<W: std::io::Write>(w: &mut csv::Writer<W>, s: &StudentResult) -> Res
             Cell::Number(None),
             Cell::Number(None),
             Cell::Text(message),
+            Cell::Text(""),
         ];
         write_row(w, student.iter().copied().chain(rest))?;
     }
     for nb in &s.notebooks {
+        let deaths: Vec<String> = nb.kernel_deaths.iter().map(|d| d.line(&nb.notebook)).collect();
+        let deaths = deaths.join("; ");
         let rest = [
             Cell::Text(&nb.notebook),
             Cell::Text(nb.verdict.as_str()),
@@ -594,6 +622,7 @@ fn csv_rows<W: std::io::Write>(w: &mut csv::Writer<W>, s: &StudentResult) -> Res
             Cell::Number(nb.cpu),
             bytes(nb.peak_memory),
             Cell::Text(message),
+            Cell::Text(&deaths),
         ];
         write_row(w, student.iter().copied().chain(rest))?;
     }
@@ -795,8 +824,8 @@ mod tests {
         let csv = std::fs::read_to_string(csv_path).unwrap();
         let lines: Vec<&str> = csv.lines().collect();
         assert_eq!(lines.len(), 3, "{csv}");
-        assert_eq!(lines[1], "alice,graded,problem1,ok,7.5,10,3,0.5,1048576,");
-        assert_eq!(lines[2], "eve,rejected,,,,,0,,,notes.txt: a symlink");
+        assert_eq!(lines[1], "alice,graded,problem1,ok,7.5,10,3,0.5,1048576,,");
+        assert_eq!(lines[2], "eve,rejected,,,,,0,,,notes.txt: a symlink,");
         let json: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(d.path().join("report.json")).unwrap()).unwrap();
         assert_eq!(json["counts"]["graded"], 1);
@@ -822,6 +851,46 @@ mod tests {
             table.ends_with("rootless sandbox, the policy's best-effort limits: not enforced: memory, pids\n"),
             "{table}"
         );
+    }
+
+    #[test]
+    fn a_kernel_the_student_ended_is_flagged_in_the_table_csv_and_json() {
+        use crate::grade::protocol::KernelDeath;
+        let d = tempfile::tempdir().unwrap();
+        let mut alice = graded("alice");
+        alice.notebooks[0].verdict = NotebookVerdict::Kernel(Status::MemoryLimit);
+        alice.notebooks[0].kernels = 2;
+        alice.notebooks[0].kernel_deaths = vec![KernelDeath {
+            cell: 5,
+            // a grade id is the notebook's: escaped in the table, inert in the CSV
+            grade_id: Some("ex3\x1b[2J\u{202e}".into()),
+            cause: "limit".into(),
+            words: "used more than 64 MiB of memory".into(),
+            replay: false,
+            restarted: true,
+        }];
+        let r = batch(vec![alice, graded("bob")]);
+        let table = r.table();
+        assert!(!table.chars().any(|c| (c.is_control() && c != '\n') || c == '\u{202e}'), "{table:?}");
+        assert!(table.contains("graded   7.5/10  3.2s  kernel restarted after cell 5 (ex3"), "{table}");
+        assert!(
+            table.ends_with(
+                "2 students: 2 graded; 1 with a kernel the student's code ended, graded past it (see the notes)\n"
+            ),
+            "{table}"
+        );
+        let csv_path = r.write(&d.path().join("report.json")).unwrap();
+        let rows: Vec<csv::StringRecord> =
+            csv::Reader::from_path(csv_path).unwrap().records().collect::<Result<_, _>>().unwrap();
+        assert_eq!(&rows[0][3], "memory-limit");
+        assert!(rows[0][10].starts_with("kernel restarted after cell 5 (ex3"), "{:?}", &rows[0][10]);
+        assert!(rows[0][10].ends_with("of problem1: the code used more than 64 MiB of memory; the sandbox stopped it"));
+        assert_eq!(&rows[1][10], "");
+        let json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(d.path().join("report.json")).unwrap()).unwrap();
+        let death = &json["students"][0]["notebooks"][0]["kernel_deaths"][0];
+        assert_eq!((death["cell"].as_u64(), death["restarted"].as_bool()), (Some(5), Some(true)));
+        assert_eq!(json["students"][0]["verdict"], "graded");
     }
 
     #[test]

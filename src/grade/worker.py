@@ -31,7 +31,10 @@ goes to stderr (the log). Strings are made valid UTF-8 first (a surrogate escape
 that isn't, becomes the text `\\udcXX`): an answer is always readable. An answer names each
 kernel's report file, per notebook: `<reports>/<student>/<notebook>/kernel-<uuid>.json`, given to
 the kernel on its command line (`--report`, with `--submission`) by route.py, which tells us
-each one (`on_kernel_report`).
+each one (`on_kernel_report`), and, per notebook, each end of a kernel the student's code made
+and grading went on past (`kernel_deaths`: route.py's `on_kernel_restart`). The setup's
+`on_kernel_death` and `max_restarts` (the batch's options; None: the course's settings) become
+`c.IsolateGrade.on_kernel_death` and `max_kernel_restarts` over the course's config.
 
 The worker patches nbgrader's internals: it refuses an nbgrader outside the range it was tested
 with (TESTED_NBGRADER), unless ISOLATE_GRADE_UNTESTED_NBGRADER=1.
@@ -56,7 +59,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, TextIO, Tuple, Type, Union
 
 # The version of the messages below; src/grade/protocol.rs's PROTOCOL must be the same.
-PROTOCOL = 2
+PROTOCOL = 3
 
 # The nbgrader releases this worker was tested with (it patches nbgrader's Autograde and
 # Gradebook): at least the first, below the second. Another refuses to start unless
@@ -78,6 +81,10 @@ class Setup:
     jupyter_path: str
     lock: str
     reports: str
+    # `--on-kernel-death` ("restart" | "fail") and `--max-restarts`; None: the course's
+    # nbgrader_config.py decides (c.IsolateGrade.on_kernel_death, max_kernel_restarts)
+    on_kernel_death: Optional[str]
+    max_restarts: Optional[int]
 
 
 @dataclass(frozen=True)
@@ -119,6 +126,17 @@ class Failure:
     ours: bool
 
 
+@dataclass(frozen=True)
+class KernelDeath:
+    """An end of a notebook's kernel its student's code made (src/route.py, `_KernelDeaths`)."""
+    cell: int
+    grade_id: Optional[str]
+    cause: str
+    words: str
+    replay: bool
+    restarted: bool
+
+
 @dataclass
 class Answer:
     student: str
@@ -131,6 +149,7 @@ class Answer:
     seconds_late: Optional[float] = None
     failure: Optional[Failure] = None
     kernel_reports: Dict[str, List[str]] = field(default_factory=dict)
+    kernel_deaths: Dict[str, List[KernelDeath]] = field(default_factory=dict)
 
 
 Incoming = Union[Setup, Grade]
@@ -348,13 +367,22 @@ class KernelReports:
     def __init__(self) -> None:
         self.notebook: Optional[str] = None
         self.files: Dict[str, List[str]] = {}
+        self.deaths: Dict[str, List[KernelDeath]] = {}
 
     def add(self, path: str) -> None:
         self.files.setdefault(self.notebook or "", []).append(path)
 
+    def died(self, record: Dict[str, Any]) -> None:
+        """A kernel the student's code ended (route.py's `on_kernel_restart`)."""
+        self.deaths.setdefault(self.notebook or "", []).append(KernelDeath(**record))
+
     def take(self) -> Dict[str, List[str]]:
         files, self.files, self.notebook = self.files, {}, None
         return files
+
+    def take_deaths(self) -> Dict[str, List[KernelDeath]]:
+        deaths, self.deaths = self.deaths, {}
+        return deaths
 
 
 @dataclass
@@ -430,13 +458,19 @@ def load(cfg: Setup) -> Union[Grader, Fatal]:
     over.CourseDirectory.submitted_directory = cfg.submitted
     if not any("iopub_timeout" in app.config[k] for k in ("Execute", "ExecutePreprocessor", "NotebookClient")):
         over.Execute.iopub_timeout = IOPUB_TIMEOUT
+    # the batch's options over the course's settings (route.py's IsolateGrade)
+    if cfg.on_kernel_death is not None:
+        over.IsolateGrade.on_kernel_death = cfg.on_kernel_death
+    if cfg.max_restarts is not None:
+        over.IsolateGrade.max_kernel_restarts = cfg.max_restarts
     app.update_config(over)
     # Replaces nbgrader's Execute step (or the one of install's block in the course's config).
     route: Dict[str, Any] = {}
     exec(compile(cfg.route, "isolate-grade:route.py", "exec"), route)
     kernels = KernelReports()
     trace = Trace(os.environ.get(TRACE))
-    route["_isolate_grade"](app.config, cfg.twins, cfg.languages, on_kernel_report=kernels.add, on_event=trace)
+    route["_isolate_grade"](app.config, cfg.twins, cfg.languages, on_kernel_report=kernels.add, on_event=trace,
+                            on_kernel_restart=kernels.died)
     app.coursedir.root = cfg.course
     app.coursedir.submitted_directory = cfg.submitted
 
@@ -542,6 +576,7 @@ def grade(g: Grader, student: str) -> Answer:
     seen: List[Failure] = []
     base = Autograde.convert_single_notebook
     g.kernels.take()
+    g.kernels.take_deaths()
 
     def convert_single_notebook(self, notebook_filename):
         name = notebook_name(notebook_filename)
@@ -590,6 +625,7 @@ def grade(g: Grader, student: str) -> Answer:
         notebook_wall=timings,
         log=result.get("log", ""),
         kernel_reports=g.kernels.take(),
+        kernel_deaths=g.kernels.take_deaths(),
     )
     if leaked:
         out.log += f"\n[isolate-grade] {leaked} gradebook(s) left open by nbgrader; lock released\n"
@@ -636,7 +672,8 @@ def serve(lines: TextIO, channel: Channel) -> int:
         except Exception as e:
             print(traceback.format_exc(), file=sys.stderr)
             out = Answer(student=request.student, success=False, error=traceback.format_exc(),
-                         failure=failure(e, ours=True), kernel_reports=loaded.kernels.take())
+                         failure=failure(e, ours=True), kernel_reports=loaded.kernels.take(),
+                         kernel_deaths=loaded.kernels.take_deaths())
         channel.send(out)
     return 0
 

@@ -191,7 +191,7 @@ impl Worker {
             }
         });
         let mut w = Worker { stdin: child.stdin.take(), child, lines, log: log.to_path_buf() };
-        w.send(&ToWorker::Setup(setup.clone()).encode())?;
+        w.send(&ToWorker::Setup(Box::new(setup.clone())).encode())?;
         let line = w.receive(START_TIMEOUT)?;
         match FromWorker::decode(&line) {
             Ok(FromWorker::Ready(r)) => Ok((w, r)),
@@ -339,6 +339,8 @@ mod tests {
             jupyter_path: dir.into(),
             lock: dir.join("lock"),
             reports: dir.into(),
+            on_kernel_death: None,
+            max_restarts: None,
         }
     }
 

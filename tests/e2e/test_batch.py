@@ -218,7 +218,9 @@ def test_bad_submissions_get_their_verdicts_and_nobody_else_is_affected(tmp_path
     t = threading.Thread(target=writer, daemon=True)
     t.start()
     # nbgrader's worker is resident at about 200 MB; the metadata bomb needs gigabytes
-    code, report, out = batch(course, "--jobs", "2", "--worker-memory", "800M")
+    # (walter's memory bomb fails his notebook, as nbgrader does: --on-kernel-death fail; the
+    # default, restart, is tests/e2e/test_kernel_death.py's)
+    code, report, out = batch(course, "--jobs", "2", "--worker-memory", "800M", "--on-kernel-death", "fail")
     read_by_someone = opened.is_set()
     os.close(os.open(trap, os.O_RDONLY | os.O_NONBLOCK))  # let the writer go
     t.join(5)

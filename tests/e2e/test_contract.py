@@ -54,6 +54,7 @@ def setup_message(worker: ModuleType, course: Path, protocol: Optional[int] = No
         "msg": "setup", "protocol": worker.PROTOCOL if protocol is None else protocol, "course": str(course),
         "assignment": "ps1", "submitted": "staged", "twins": {}, "languages": {}, "route": "",
         "jupyter_path": str(course), "lock": str(course / "lock"), "reports": str(course / "reports"),
+        "on_kernel_death": None, "max_restarts": None,
     }
 
 
@@ -69,7 +70,7 @@ def test_both_sides_have_the_same_messages(worker):
     both sides agree on the protocol's version."""
     rust = rust_fields()
     for cls in (worker.Setup, worker.Grade, worker.Ready, worker.Fatal, worker.NotebookScore, worker.Failure,
-                worker.Answer):
+                worker.KernelDeath, worker.Answer):
         assert [f.name for f in dataclasses.fields(cls)] == rust[cls.__name__], cls.__name__
     version = re.search(r"pub const PROTOCOL: u32 = (\d+);", PROTOCOL_RS.read_text())
     assert version is not None and int(version.group(1)) == worker.PROTOCOL

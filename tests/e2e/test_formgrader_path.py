@@ -66,6 +66,10 @@ def course(tmp_path_factory):
     subprocess.run([str(BIN), "install", "--python", sys.executable, "--kernel", "python3", "--twin-prefix", PREFIX,
                     "--policy", str(policy_file(root)), "--course", str(c)], env=grader_env(), check=True,
                    capture_output=True)
+    # these tests are of a limit failing the notebook, nbgrader's way (the default, restart, is
+    # tests/e2e/test_kernel_death.py's): the setting is read when a notebook runs, after the block
+    with open(c / "nbgrader_config.py", "a") as f:
+        f.write("\nc.IsolateGrade.on_kernel_death = 'fail'\n")
     return c
 
 

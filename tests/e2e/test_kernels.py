@@ -188,7 +188,8 @@ def test_an_r_assignment_is_graded_in_the_sandboxed_irkernel_as_bare(project_pyt
     assert got["dave"] == 5.0 and got["heidi"] == 5.0
     assert_sandboxed_probe(plain, "dave")
 
-    r, rep = batch(batched, tmp_path)
+    # nbgrader's own way with a kernel that dies (tests/e2e/test_kernel_death.py: the default's)
+    r, rep = batch(batched, tmp_path, "--on-kernel-death", "fail")
     assert r.returncode == 1, r.stdout + r.stderr  # frank's memory bomb: not graded, no fault of ours
     by = {s["student"]: s for s in rep["students"]}
     assert by["frank"]["verdict"] == "memory-limit", by["frank"]
