@@ -61,10 +61,12 @@ pieces+=("$(printf '%5ds  %s' $((SECONDS - attacks_start)) "  of which: the adve
 cat target/attack-summary.txt
 # Then two pytest processes at once: the suites against real daemons (PostgreSQL, Slurm, and
 # the Kubernetes manifest's worker command), which share nothing with the others but the
-# built binary, the venv and the slots, beside all the rest. Most of either's time is spent
+# built binary, the venv and the slots, with the rootless, kernel-death and feedback suites
+# (which keep to their own courses), beside all the rest. Most of either's time is spent
 # waiting (kernels starting, cell timeouts, daemons answering), so together they take about
-# the longer one's.
-daemons=(tests/e2e/test_postgres.py tests/e2e/test_slurm.py tests/e2e/test_slurm_cluster.py tests/e2e/test_kubernetes.py)
+# the longer one's (the first about 13 min, the rest about 20).
+daemons=(tests/e2e/test_postgres.py tests/e2e/test_slurm.py tests/e2e/test_slurm_cluster.py tests/e2e/test_kubernetes.py
+  tests/e2e/test_rootless.py tests/e2e/test_kernel_death.py tests/e2e/test_feedback_redact.py)
 (
   start=$SECONDS
   status=0
@@ -93,9 +95,9 @@ rest=0
 pieces+=("$(printf '%5ds  %s' $((SECONDS - rest_start)) "  of which: all the others")")
 daemons_status=0
 wait "$daemons_pid" || daemons_status=$?
-echo "== end to end against real daemons (${daemons[*]})"
+echo "== end to end, beside the others: the daemons' suites and more (${daemons[*]})"
 cat target/e2e-daemons-output.txt
-pieces+=("$(printf '%5ss  %s' "$(cat target/e2e-daemons-seconds 2>/dev/null || echo '?')" "  of which: the daemons' suites, at the same time")")
+pieces+=("$(printf '%5ss  %s' "$(cat target/e2e-daemons-seconds 2>/dev/null || echo '?')" "  of which: the daemons' suites and more, at the same time")")
 rootless_status=0
 wait "$rootless_pid" || rootless_status=$?
 echo "== tests/sandbox.rs and tests/containment.rs rootless (ISOLATE_GRADE_TEST_ROOTLESS=1)"
