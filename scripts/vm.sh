@@ -5,7 +5,7 @@
 #
 #   sudo bash scripts/vm.sh [CONFIG...]      (default: service delegated swap, one boot each)
 #   VM_PARTS="cgroup_v2 batch" bash scripts/vm.sh service    (only these parts; to debug)
-#   VM_PARTS=rootless bash scripts/vm.sh service             (rootless limits alone: about N min)
+#   VM_PARTS=rootless bash scripts/vm.sh service             (rootless limits alone: about a minute)
 #   VM_JOBS=2 bash scripts/vm.sh             (two VMs at once: see the note at the boot loop)
 #
 #   service           cgroup v2 as systemd sets it up; everything runs in system.slice/ci.service
