@@ -198,6 +198,16 @@ part_rootless() { # memory and pids limits enforced rootless in a delegated subt
   echo "pids: exit $code, $pids"
   [[ $pids == "('pids-limit', True, [])" ]] || { echo "FAIL: pids not limited rootless"; ok=1; }
   grep -qE '^forked ([0-9]|1[0-6]) then' "$RL/pids.out" || { echo "FAIL: the fork bomb was not stopped at 16"; ok=1; }
+  # check, by the same caller: where its runs' cgroups go
+  (echo $BASHPID >"$d/supervisor/cgroup.procs" && exec "${NOBODY[@]}" env ISOLATE_GRADE_CONFIG=fixtures/config/test.toml \
+    "$IG" check --format json) >"$RL/check.json" 2>&1
+  local found
+  found=$(python3 -c 'import json, sys
+items = {i["name"]: i for i in json.loads(open(sys.argv[1]).readline())["items"]}
+i = items["cgroup-delegation"]
+print(i["ok"], i["warn"], i["detail"])' "$RL/check.json")
+  echo "check: cgroup-delegation: $found"
+  [[ $found == "True False $d (the cgroup this process runs in) is delegated to you"* ]] || { echo "FAIL: check's cgroup-delegation"; ok=1; }
   # what is left: the leaf, the runs' directory, no run's cgroup; nothing above written
   echo "$d: subtree_control [$(cat $d/cgroup.subtree_control)], children [$(cd $d && ls -d -- */ | xargs)], isolate-grade's [$(cd $d/isolate-grade && ls -d -- */ 2>/dev/null | xargs)]"
   for c in memory pids cpu; do grep -qw $c $d/cgroup.subtree_control || { echo "FAIL: $c not enabled in $d"; ok=1; }; done
@@ -219,7 +229,7 @@ part_rootless() { # memory and pids limits enforced rootless in a delegated subt
   msg=$(report not-owned 'r["sandbox_error"]["message"]')
   [[ $code == 3 && $msg == *"not-chowned.service: owned by uid 0, not by the caller"* ]] ||
     { echo "FAIL: a subtree not owned by the caller not refused: $code $msg"; ok=1; }
-  ((ok == 0)) && echo "rootless: memory ($mem) and pids limited, no pids and not owned refused" >"$IG_RESULTS/rootless.summary"
+  ((ok == 0)) && echo "rootless: memory ($mem) and pids limited, check finds it, no pids and not owned refused" >"$IG_RESULTS/rootless.summary"
   return $ok
 }
 
