@@ -198,6 +198,15 @@ part_rootless() { # memory and pids limits enforced rootless in a delegated subt
   echo "pids: exit $code, $pids"
   [[ $pids == "('pids-limit', True, [])" ]] || { echo "FAIL: pids not limited rootless"; ok=1; }
   grep -qE '^forked ([0-9]|1[0-6]) then' "$RL/pids.out" || { echo "FAIL: the fork bomb was not stopped at 16"; ok=1; }
+  # a best-effort policy uses the delegated cgroup too: nothing left unenforced
+  sed 's/^\[sandbox\]$/[sandbox]\nlimits = "best-effort"/' policies/default.toml >"$RL/best-effort.toml"
+  chmod 644 "$RL/best-effort.toml"
+  rootless_run $d/supervisor best-effort --policy "$RL/best-effort.toml" -- /bin/true
+  code=$?
+  local be
+  be=$(report best-effort '(r["status"], r["sandbox"]["cgroup"], r["sandbox"].get("not_enforced", []))')
+  echo "best-effort: exit $code, $be"
+  [[ $code == 0 && $be == "('ok', 'v2', [])" ]] || { echo "FAIL: best-effort did not use the delegated cgroup"; ok=1; }
   # check, by the same caller: where its runs' cgroups go
   (echo $BASHPID >"$d/supervisor/cgroup.procs" && exec "${NOBODY[@]}" env ISOLATE_GRADE_CONFIG=fixtures/config/test.toml \
     "$IG" check --format json) >"$RL/check.json" 2>&1
@@ -229,7 +238,7 @@ print(i["ok"], i["warn"], i["detail"])' "$RL/check.json")
   msg=$(report not-owned 'r["sandbox_error"]["message"]')
   [[ $code == 3 && $msg == *"not-chowned.service: owned by uid 0, not by the caller"* ]] ||
     { echo "FAIL: a subtree not owned by the caller not refused: $code $msg"; ok=1; }
-  ((ok == 0)) && echo "rootless: memory ($mem) and pids limited, check finds it, no pids and not owned refused" >"$IG_RESULTS/rootless.summary"
+  ((ok == 0)) && echo "rootless: memory ($mem) and pids limited, best-effort uses it, check finds it, no pids and not owned refused" >"$IG_RESULTS/rootless.summary"
   return $ok
 }
 

@@ -12,6 +12,9 @@
 //!   (plan step 2): a thread moving itself skips that lock (measured: 0.6 ms for all four
 //!   hierarchies, against 9 ms), and with one thread, the thread is the whole process.
 //!
+//! Rootless mode (no privilege) has a cgroup only in a cgroup v2 subtree delegated to the
+//! caller: [`delegation`] finds it, [`RunCgroup::create_delegated`] makes the run's there.
+//!
 //! We write only inside our own subtree: controllers must already be enabled for it by its
 //! parent (v2), otherwise we refuse with a message saying which are missing. The cgroups-rs
 //! crate was not used because it fixes the hierarchy paths (no fake cgroupfs in tests) and
