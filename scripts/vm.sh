@@ -5,10 +5,13 @@
 #
 #   sudo bash scripts/vm.sh [CONFIG...]      (default: service delegated swap, one boot each)
 #   VM_PARTS="cgroup_v2 batch" bash scripts/vm.sh service    (only these parts; to debug)
+#   VM_PARTS=rootless bash scripts/vm.sh service             (rootless limits alone: about a minute)
 #   VM_JOBS=2 bash scripts/vm.sh             (two VMs at once: see the note at the boot loop)
 #
 #   service           cgroup v2 as systemd sets it up; everything runs in system.slice/ci.service
 #                     and the tool's cgroup_root is "isolate-grade", right under the root
+#                     (its rootless part: nobody, with no capabilities, runs in cgroups delegated
+#                     to it, system.slice/rootless-nobody.service: limits enforced, or refused)
 #   delegated         the same, but the tool's cgroup_root is inside the service's own cgroup
 #                     (system.slice/ci.service/isolate-grade), as a Delegate=yes unit would have it
 #   swap              like service, with swap on: --memory must still hold, with no swap used

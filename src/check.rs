@@ -32,6 +32,7 @@ pub fn check(config_path: Option<&Path>, args: &CheckArgs) -> CheckExit {
     };
     let mut items = Vec::new();
     let mut insecure_config = false;
+    let mut no_delegation = false;
     let mut add = |name, ok, detail: String| items.push(Item { name, ok, warn: false, detail });
 
     // The mode, and whether a user namespace could hold the sandbox: rootless mode needs it,
@@ -45,10 +46,11 @@ pub fn check(config_path: Option<&Path>, args: &CheckArgs) -> CheckExit {
         match choice.mode {
             crate::userns::Mode::Privileged => format!("privileged: {}", choice.why),
             crate::userns::Mode::Rootless => format!(
-                "rootless: {}; the sandbox is built in a user namespace that maps its uid to yours. No cgroup is \
-                 used (a delegated cgroup v2 subtree is not supported yet), so only policies with [sandbox] limits = \
-                 \"best-effort\" run, without memory and pids caps; and only `run` works rootless so far: the \
-                 kernel, install and the batch need the privileged helper (issue #17)",
+                "rootless: {}; the sandbox is built in a user namespace that maps its uid to yours. Its memory, \
+                 pids and CPU limits need a cgroup v2 subtree delegated to you (see cgroup-delegation); without \
+                 one, only policies with [sandbox] limits = \"best-effort\" run, without memory and pids caps; and \
+                 only `run` works rootless so far: the kernel, install and the batch need the privileged helper \
+                 (issue #17)",
                 choice.why
             ),
         },
@@ -162,6 +164,28 @@ pub fn check(config_path: Option<&Path>, args: &CheckArgs) -> CheckExit {
                     Err(e) => add("cgroup-root", false, e.to_string()),
                 }
             }
+            // Rootless: where the run's cgroup would go, or why nowhere (read only). Not a
+            // refusal of the host: best-effort policies run without one.
+            if !privileged {
+                let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+                let uid = nix::unistd::getuid().as_raw();
+                let h = Hierarchies::read(Path::new("/proc/self/mountinfo")).unwrap_or_default();
+                let (found, detail) =
+                    match crate::cgroup::delegation::find(&h, c.rootless_cgroup_root.as_deref(), &own, uid) {
+                        Ok(d) => (
+                            true,
+                            format!(
+                            "{} ({}) is delegated to you: each run's cgroup goes to its isolate-grade/slot-N, with \
+                             memory, pids and CPU limits",
+                            d.dir.display(),
+                            d.source.as_str()
+                        ),
+                        ),
+                        Err(e) => (false, format!("{e}; without it, {}", crate::host::ROOTLESS_LIMITS)),
+                    };
+                add("cgroup-delegation", true, detail);
+                no_delegation = !found;
+            }
             // Root may run with it; sudo and setuid callers would be refused.
             insecure_config = !secure;
             // The slot uids must belong to nobody: a real account with one of them could
@@ -188,8 +212,12 @@ pub fn check(config_path: Option<&Path>, args: &CheckArgs) -> CheckExit {
         Err(e) => add("config", false, e.to_string()),
     }
 
-    for i in items.iter_mut().filter(|i| i.name == "config") {
-        i.warn = insecure_config;
+    for i in items.iter_mut() {
+        match i.name {
+            "config" => i.warn = insecure_config,
+            "cgroup-delegation" => i.warn = no_delegation,
+            _ => {}
+        }
     }
     if let Some(python) = &args.python {
         // Asked, and the kernel started, as the caller: the way install and the batch do it.

@@ -34,6 +34,7 @@ struct ConfigFile {
     first_uid: Option<u32>,
     slots: Option<u32>,
     cgroup_root: Option<String>,
+    rootless_cgroup_root: Option<String>,
     state_dir: Option<String>,
     policy_dir: Option<String>,
     allowed_group: Option<String>,
@@ -66,6 +67,10 @@ pub struct Config {
     pub slots: u32,
     /// Our subtree, relative to each cgroup hierarchy's mount point.
     pub cgroup_root: PathBuf,
+    /// Rootless mode: the cgroup v2 subtree delegated to the caller (chowned to them by the
+    /// admin), relative to the cgroup2 mount; `None`: the cgroup the caller runs in, if it
+    /// is delegated to them ([`crate::cgroup::delegation`]).
+    pub rootless_cgroup_root: Option<PathBuf>,
     /// Slot locks and the empty directory the sandbox root is mounted on.
     pub state_dir: PathBuf,
     /// Policies by name are looked up here before the built-in ones.
@@ -83,6 +88,7 @@ impl Config {
             first_uid: 60000,
             slots: 64,
             cgroup_root: PathBuf::from("isolate-grade"),
+            rootless_cgroup_root: None,
             state_dir: PathBuf::from("/run/isolate-grade"),
             policy_dir: PathBuf::from("/etc/isolate-grade/policies"),
             allowed_group: None,
@@ -142,6 +148,10 @@ impl Config {
         if let Some(r) = raw.cgroup_root {
             let p = crate::policy::sandbox_path(&format!("/{r}"), true).map_err(|e| err("cgroup_root", e))?;
             c.cgroup_root = p.strip_prefix("/").expect("absolute").to_path_buf();
+        }
+        if let Some(r) = raw.rootless_cgroup_root {
+            let p = crate::policy::sandbox_path(&format!("/{r}"), true).map_err(|e| err("rootless_cgroup_root", e))?;
+            c.rootless_cgroup_root = Some(p.strip_prefix("/").expect("absolute").to_path_buf());
         }
         if let Some(d) = raw.state_dir {
             c.state_dir = crate::policy::sandbox_path(&d, true).map_err(|e| err("state_dir", e))?;
@@ -274,6 +284,7 @@ mod tests {
             ("slots = 0", "slots: must be between"),
             ("first_uid = 4294967000\nslots = 4000", "slots: first_uid + slots overflows"),
             ("cgroup_root = \"../x\"", "cgroup_root:"),
+            ("rootless_cgroup_root = \"a/../../x\"", "rootless_cgroup_root:"),
             ("state_dir = \"run\"", "state_dir:"),
             ("[max]\nmemory = \"-1G\"", "max.memory: must not be negative"),
             ("[max]\ncpu_quota = 0", "max.cpu_quota"),

@@ -9,7 +9,7 @@
 //! with the caller's credentials ([`crate::request`]). A fault from here on is the sandbox's or
 //! the host's, never the caller's: [`run`] always returns a report.
 
-use crate::cgroup::{CgroupLimits, Hierarchies, RunCgroup};
+use crate::cgroup::{delegation, CgroupLimits, Hierarchies, RunCgroup};
 use crate::fault::{Fault, HostStep};
 use crate::plan::Outside;
 use crate::policy::LimitsMode;
@@ -88,24 +88,30 @@ fn steps(req: Request, info: &mut crate::report::SandboxInfo) -> Result<supervis
     (info.slot, info.uid) = (Some(slot.index), Some(uid));
     // 4. The run's cgroup with its memory, pids and CPU limits, before the sandbox exists:
     //    on v2 it is born inside it (clone3), on v1 joining it is the sandbox's first step, so
-    //    nothing of the student's ever runs unlimited. Rootless, there is none unless the
-    //    policy accepts best-effort limits (no delegated subtree is used yet): fail closed.
+    //    nothing of the student's ever runs unlimited. Rootless, it is made in the cgroup v2
+    //    subtree delegated to the caller (cgroup::delegation); without one, the run is
+    //    refused unless the policy accepts best-effort limits, and then the report says
+    //    which are not enforced.
     let l = &req.policy.limits;
-    let cgroup = match (rootless, req.policy.limits_mode) {
-        (None, _) => {
+    let cg_limits = CgroupLimits { memory: l.memory, pids: l.pids, cpu_millicores: l.cpu_quota_millicores };
+    let cgroup = match rootless {
+        None => {
             let backend = Hierarchies::read(Path::new("/proc/self/mountinfo"))
                 .and_then(|h| h.choose())
                 .map_err(|e| Fault::text(HostStep::Cgroup, e))?;
-            let cg_limits = CgroupLimits { memory: l.memory, pids: l.pids, cpu_millicores: l.cpu_quota_millicores };
             RunCgroup::create(&backend, &config.cgroup_root, slot.index, cg_limits)
                 .map_err(|e| Fault::text(HostStep::Cgroup, e))?
         }
-        (Some(_), LimitsMode::BestEffort) => {
-            // what the report must own up to (rlimits, wall time and per-process CPU hold)
-            info.not_enforced = vec!["memory", "pids", "cpu_quota", "cpu_time (per process only)"];
-            RunCgroup::Absent
-        }
-        (Some(_), LimitsMode::Required) => return Err(Fault::text(HostStep::Cgroup, ROOTLESS_LIMITS)),
+        Some(o) => match rootless_cgroup(config, o.uid, slot.index, cg_limits) {
+            Ok(c) => c,
+            Err(e) if req.policy.limits_mode == LimitsMode::BestEffort => {
+                tracing::warn!(error = %e, "best-effort limits: running without a cgroup");
+                // what the report must own up to (rlimits, wall time and per-process CPU hold)
+                info.not_enforced = vec!["memory", "pids", "cpu_quota", "cpu_time (per process only)"];
+                RunCgroup::Absent
+            }
+            Err(e) => return Err(Fault::text(HostStep::Cgroup, format!("{e}; {ROOTLESS_LIMITS}"))),
+        },
     };
     info.cgroup = Some(cgroup.version());
     let join = cgroup.join_files().map_err(|e| Fault::text(HostStep::Cgroup, e))?;
@@ -134,11 +140,29 @@ fn steps(req: Request, info: &mut crate::report::SandboxInfo) -> Result<supervis
     Ok(outcome)
 }
 
-/// Why a rootless run of a policy with required limits is refused.
-const ROOTLESS_LIMITS: &str = "rootless mode has no cgroup for the policy's memory, pids and CPU limits (a \
-     delegated cgroup v2 subtree is not used yet); set limits = \"best-effort\" in the policy's [sandbox] table to run \
-     with rlimits and the wall-clock limit only (the report lists what was not enforced), or run the privileged helper \
-     (as root, through sudo, or installed setuid) on a host that grants it CAP_SYS_ADMIN";
+/// Rootless: the run's cgroup in the subtree delegated to the caller, if there is one.
+fn rootless_cgroup(
+    config: &crate::config::Config,
+    uid: u32,
+    slot: u32,
+    limits: CgroupLimits,
+) -> Result<RunCgroup, crate::cgroup::CgroupError> {
+    let h = Hierarchies::read(Path::new("/proc/self/mountinfo"))?;
+    let own = crate::cgroup::read(Path::new("/proc/self/cgroup"))?;
+    let d = delegation::find(&h, config.rootless_cgroup_root.as_deref(), &own, uid)?;
+    tracing::debug!(dir = %d.dir.display(), source = d.source.as_str(), "delegated cgroup");
+    RunCgroup::create_delegated(&d, slot, limits)
+}
+
+/// What a rootless run of a policy with required limits, refused for want of a delegated
+/// cgroup, can do instead.
+pub const ROOTLESS_LIMITS: &str = "the policy's memory, pids and CPU limits need one: run the server in a cgroup \
+     delegated to you (systemd: systemd-run --user -p Delegate=yes ...; a container runtime that delegates the \
+     container's cgroup), or have the admin chown a cgroup v2 subtree (with its cgroup.procs and \
+     cgroup.subtree_control) to you, start the server inside it and name it rootless_cgroup_root in the config; or set \
+     limits = \"best-effort\" in the policy's [sandbox] table to run with rlimits and the wall-clock limit only (the \
+     report lists what was not enforced); or run the privileged helper (as root, through sudo, or installed setuid) on \
+     a host that grants it CAP_SYS_ADMIN";
 
 fn setuid_without_privilege(mode: &userns::Choice) -> String {
     format!(

@@ -8,7 +8,8 @@
 //! - `isolate-grade run` by that caller: the probe inside sees the same sandbox as privileged
 //!   mode's (slot uid, no capability in any set, no_new_privs, seccomp, only `lo`, only the
 //!   binds), the report says `rootless` and which limits were not enforced; the default policy
-//!   (limits required) is refused, exit 3; the wall-clock limit and the end of everything in
+//!   (limits required) is refused, exit 3, naming the cgroup looked at and why it isn't
+//!   delegated (also a chowned subtree on a host whose v2 has no controllers); the wall-clock limit and the end of everything in
 //!   the sandbox hold; and as a hostile caller's tests would have it: the sandbox can't write
 //!   the caller's files it was given read-only, can't see their others, can't signal their
 //!   processes, can't reach a port they listen on, and can't make a user namespace of its own.
@@ -64,6 +65,10 @@ fn root_is_privileged_and_an_unprivileged_caller_is_rootless_with_a_usable_user_
     assert!(*ok && mode.contains("best-effort") && mode.contains("only `run`"), "{mode}");
     assert!(items["user-namespaces"].0, "{items:?}");
     assert!(items["userns-procfs"].1.contains("can be mounted"), "{items:?}");
+    // where a run's cgroup would go: nowhere here (nobody owns no cgroup), said, not fatal
+    let (ok, detail) = &items["cgroup-delegation"];
+    assert!(*ok && detail.starts_with("rootless: no cgroup v2 subtree is delegated"), "{detail}");
+    assert!(!check_items(&["env"]).contains_key("cgroup-delegation"), "privileged: no such item");
 }
 
 #[test]
@@ -302,8 +307,69 @@ fn required_limits_are_refused_without_a_cgroup() {
     assert_eq!(report["status"], "sandbox-error");
     assert_eq!(report["sandbox_error"]["step"], "cgroup", "{report}");
     let msg = report["sandbox_error"]["message"].as_str().unwrap();
+    // what was looked at (the cgroup the caller runs in: root's, not nobody's) and why it
+    // can't be used, then the alternatives
+    assert!(msg.starts_with("rootless: no cgroup v2 subtree is delegated to this caller (uid 65534): "), "{msg}");
+    assert!(
+        msg.contains("not by the caller: not delegated to it") || msg.contains("cgroup v2 is not mounted"),
+        "{msg}"
+    );
+    assert!(msg.contains("Delegate=yes") && msg.contains("rootless_cgroup_root"), "{msg}");
     assert!(msg.contains("best-effort") && msg.contains("privileged helper"), "{msg}");
     assert_eq!(report["sandbox"]["mode"], "rootless");
+}
+
+/// A cgroup v2 subtree chowned to nobody, with nobody's process inside it, as an admin or
+/// systemd would delegate it. On this hybrid host v2 has no controllers (v1 holds memory and
+/// pids): refused, saying so, and nothing is written in the subtree. (On a pure v2 host the
+/// run is limited there: the VM's `rootless` part, scripts/vm/guest.sh.)
+#[test]
+fn a_delegated_subtree_without_the_controllers_is_refused_naming_them() {
+    if !require_root() {
+        return;
+    }
+    let h = isolate_grade::cgroup::Hierarchies::read(std::path::Path::new("/proc/self/mountinfo")).unwrap();
+    let Some(mount) = h.v2.clone() else {
+        eprintln!("no cgroup2 mount: nothing to delegate");
+        return;
+    };
+    if h.v2_controllers().iter().any(|c| c == "pids") {
+        eprintln!("a pure cgroup v2 host: the VM's rootless part covers it");
+        return;
+    }
+    let _s = serial();
+    let r = Rootless::new();
+    let dir = mount.join(format!("isolate-grade-test-rcg-{}", std::process::id()));
+    std::fs::create_dir(&dir).unwrap();
+    for f in ["", "cgroup.procs", "cgroup.subtree_control", "cgroup.threads"] {
+        std::os::unix::fs::chown(dir.join(f), Some(NOBODY_UID), Some(NOBODY_UID)).unwrap();
+    }
+    let report = r.dir.path().join("report.json");
+    // the shell enters the subtree as root, then becomes nobody
+    let script = format!(
+        "echo $$ > {dir}/cgroup.procs && exec {nobody} env ISOLATE_GRADE_CONFIG={config} XDG_RUNTIME_DIR={runtime} \
+         {bin} run --report {report} -- /bin/true",
+        dir = dir.display(),
+        nobody = NOBODY.join(" "),
+        config = test_config().display(),
+        runtime = r.runtime().display(),
+        bin = bin().display(),
+        report = report.display(),
+    );
+    let out = Command::new("sh").args(["-c", &script]).output().unwrap();
+    let children: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().filter(|e| e.path().is_dir()).collect();
+    std::fs::remove_dir(&dir).unwrap();
+    let text = std::fs::read_to_string(&report).unwrap_or_else(|_| panic!("{out:?}"));
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(out.status.code(), Some(3), "{v}");
+    assert_eq!(v["sandbox_error"]["step"], "cgroup", "{v}");
+    let msg = v["sandbox_error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains(&format!("{}: controllers [\"memory\", \"pids\", \"cpu\"] are not enabled", dir.display())),
+        "{msg}"
+    );
+    assert!(msg.contains("bound to cgroup v1 hierarchies"), "{msg}");
+    assert!(children.is_empty(), "made in the subtree: {children:?}");
 }
 
 #[test]

@@ -62,6 +62,7 @@ part_attacks_run() { # the attack suite's `isolate-grade run` half (tests/e2e/te
 
 # What a Delegate=yes service's tool may not change: everything above the service's cgroup.
 above() {
+  local d
   for d in $cg $cg/system.slice; do
     echo "$d: subtree_control [$(cat $d/cgroup.subtree_control)], children [$(cd $d && ls -d -- */ | xargs)]"
   done
@@ -132,6 +133,129 @@ part_memory_swap() { # --memory 64M holds with swap on: memory-limit, and nothin
 }
 
 
+# The rootless part: an unprivileged caller (nobody, no capabilities, no groups) runs
+# `isolate-grade run` in a cgroup v2 subtree delegated to it, as systemd's Delegate=yes or an
+# admin's chown leaves one (the directory and its cgroup.procs, cgroup.subtree_control and
+# cgroup.threads its own), the caller started inside it.
+NOBODY=(setpriv --reuid=65534 --regid=65534 --clear-groups --inh-caps=-all --bounding-set=-all --)
+FILL='import sys
+print("filling", flush=True)
+b = b"\x01" * (int(sys.argv[1]) << 20)
+print("survived", flush=True)'
+FORK_BOMB='import os, sys, time
+n = 0
+try:
+    while True:
+        if os.fork() == 0:
+            time.sleep(60)
+            os._exit(0)
+        n += 1
+except OSError as e:
+    print("forked", n, "then", e, flush=True)
+    sys.exit(3)'
+
+delegate() { # delegate DIR: made by root, handed to nobody
+  mkdir "$1" && chown 65534:65534 "$1" "$1"/cgroup.procs "$1"/cgroup.subtree_control "$1"/cgroup.threads
+}
+
+rootless_run() { # rootless_run CGROUP NAME [RUN ARGS...]: the caller enters CGROUP (as root), then is nobody
+  local in=$1 name=$2
+  shift 2
+  (echo $BASHPID >"$in/cgroup.procs" && exec "${NOBODY[@]}" env XDG_RUNTIME_DIR="$RL/runtime" \
+    ISOLATE_GRADE_CONFIG="${RL_CONFIG:-fixtures/config/test.toml}" "$IG" run --report "$RL/$name.json" "$@") \
+    >"$RL/$name.out" 2>&1
+  local code=$?
+  echo "== $name: exit $code"
+  tail -n3 "$RL/$name.out"
+  cat "$RL/$name.json" 2>/dev/null
+  echo
+  return $code
+}
+
+report() { # report NAME EXPR: a Python expression of the report r
+  python3 -c 'import json, sys; r = json.load(open(sys.argv[1])); print(eval(sys.argv[2]))' "$RL/$1.json" "$2"
+}
+
+part_rootless() { # memory and pids limits enforced rootless in a delegated subtree; refusals without one
+  local ok=0 d=$cg/system.slice/rootless-nobody.service code
+  RL=$(mktemp -d)
+  chown 65534:65534 "$RL"
+  mkdir -m 700 "$RL/runtime" && chown 65534:65534 "$RL/runtime"
+  delegate $d || return 1
+  above >"$RL/above.before"
+  # memory: 400 MB against --memory 64M, the caller in the delegated cgroup itself (its
+  # processes are moved into a leaf before the controllers are enabled). One C-level fill
+  # (bytes * n), not ALLOC's page-by-page loop: with no swap, the loop's interpreter kept
+  # refaulting its own code from the 9p root at the limit, which counts as reclaim progress,
+  # and on a busy host it thrashed there for minutes without an OOM kill.
+  rootless_run $d memory --memory 64M --wall-time 250s -- python3 -c "$FILL" 400
+  code=$?
+  local mem
+  mem=$(report memory '(r["status"], r["sandbox"]["mode"], r["sandbox"]["cgroup"], r["sandbox"].get("not_enforced", []))')
+  echo "memory: exit $code, $mem"
+  [[ $code == 7 && $mem == "('memory-limit', 'rootless', 'v2', [])" ]] || { echo "FAIL: memory not limited rootless"; ok=1; }
+  grep -q survived "$RL/memory.out" && { echo "FAIL: the allocation survived"; ok=1; }
+  # pids: a fork bomb against --pids 16; the caller (a server that stayed) now in the leaf,
+  # the subtree named by the config this time
+  { echo "rootless_cgroup_root = \"system.slice/rootless-nobody.service\""; cat fixtures/config/test.toml; } >"$RL/config.toml"
+  RL_CONFIG=$RL/config.toml rootless_run $d/supervisor pids --pids 16 --wall-time 120s -- python3 -c "$FORK_BOMB"
+  code=$?
+  local pids
+  pids=$(report pids '(r["status"], "pids" in r["limits_hit"], r["sandbox"].get("not_enforced", []))')
+  echo "pids: exit $code, $pids"
+  [[ $pids == "('pids-limit', True, [])" ]] || { echo "FAIL: pids not limited rootless"; ok=1; }
+  grep -qE '^forked ([0-9]|1[0-6]) then' "$RL/pids.out" || { echo "FAIL: the fork bomb was not stopped at 16"; ok=1; }
+  # a best-effort policy uses the delegated cgroup too: nothing left unenforced
+  sed 's/^\[sandbox\]$/[sandbox]\nlimits = "best-effort"/' policies/default.toml >"$RL/best-effort.toml"
+  chmod 644 "$RL/best-effort.toml"
+  rootless_run $d/supervisor best-effort --policy "$RL/best-effort.toml" -- /bin/true
+  code=$?
+  local be
+  be=$(report best-effort '(r["status"], r["sandbox"]["cgroup"], r["sandbox"].get("not_enforced", []))')
+  echo "best-effort: exit $code, $be"
+  [[ $code == 0 && $be == "('ok', 'v2', [])" ]] || { echo "FAIL: best-effort did not use the delegated cgroup"; ok=1; }
+  # check, by the same caller: where its runs' cgroups go
+  (echo $BASHPID >"$d/supervisor/cgroup.procs" && exec "${NOBODY[@]}" env ISOLATE_GRADE_CONFIG=fixtures/config/test.toml \
+    "$IG" check --format json) >"$RL/check.json" 2>&1
+  local found
+  found=$(python3 -c 'import json, sys
+items = {i["name"]: i for i in json.loads(open(sys.argv[1]).readline())["items"]}
+i = items["cgroup-delegation"]
+print(i["ok"], i["warn"], i["detail"])' "$RL/check.json")
+  echo "check: cgroup-delegation: $found"
+  [[ $found == "True False $d (the cgroup this process runs in) is delegated to you"* ]] || { echo "FAIL: check's cgroup-delegation"; ok=1; }
+  # what is left: the leaf, the runs' directory, no run's cgroup; nothing above written
+  echo "$d: subtree_control [$(cat $d/cgroup.subtree_control)], children [$(cd $d && ls -d -- */ | xargs)], isolate-grade's [$(cd $d/isolate-grade && ls -d -- */ 2>/dev/null | xargs)]"
+  for c in memory pids cpu; do grep -qw $c $d/cgroup.subtree_control || { echo "FAIL: $c not enabled in $d"; ok=1; }; done
+  [[ -z $(cd $d/isolate-grade && ls -d -- */ 2>/dev/null) ]] || { echo "FAIL: a run's cgroup left behind"; ok=1; }
+  above >"$RL/above.after"
+  diff "$RL/above.before" "$RL/above.after" || { echo "FAIL: written above the delegated cgroup"; ok=1; }
+  # refused: a delegated subtree whose parent doesn't enable pids, and one not chowned
+  local p=$cg/system.slice/no-pids
+  mkdir $p && echo "+cpu +memory" >$p/cgroup.subtree_control && delegate $p/rootless.service
+  rootless_run $p/rootless.service no-pids -- /bin/true
+  code=$?
+  local msg
+  msg=$(report no-pids 'r["sandbox_error"]["step"] + ": " + r["sandbox_error"]["message"]')
+  [[ $code == 3 && $msg == "cgroup: rootless: no cgroup v2 subtree is delegated to this caller (uid 65534): $p/rootless.service: controllers [\"pids\"] are not enabled for it by its parent ($p/cgroup.subtree_control)"* ]] ||
+    { echo "FAIL: not refused for want of pids: $code $msg"; ok=1; }
+  # the configured subtree, the caller started outside it (delegation containment)
+  mkdir $cg/system.slice/elsewhere.service
+  RL_CONFIG=$RL/config.toml rootless_run $cg/system.slice/elsewhere.service outside -- /bin/true
+  code=$?
+  msg=$(report outside 'r["sandbox_error"]["message"]')
+  [[ $code == 3 && $msg == *"rootless-nobody.service: the caller runs in $cg/system.slice/elsewhere.service, outside it"* ]] ||
+    { echo "FAIL: a caller outside the configured subtree not refused: $code $msg"; ok=1; }
+  mkdir $cg/system.slice/not-chowned.service
+  rootless_run $cg/system.slice/not-chowned.service not-owned -- /bin/true
+  code=$?
+  msg=$(report not-owned 'r["sandbox_error"]["message"]')
+  [[ $code == 3 && $msg == *"not-chowned.service: owned by uid 0, not by the caller"* ]] ||
+    { echo "FAIL: a subtree not owned by the caller not refused: $code $msg"; ok=1; }
+  ((ok == 0)) && echo "rootless: memory ($mem) and pids limited, best-effort uses it, check finds it; no pids, not owned and the caller outside refused" >"$IG_RESULTS/rootless.summary"
+  return $ok
+}
+
 if [[ $1 == part ]]; then # one part, in the project directory, its output being its log
   source "$IG_RESULTS/setup.sh"
   cd "$IG_ROOT" || exit 1
@@ -161,7 +285,7 @@ mkdir $service
 echo "cgroup v2: root enables [$(cat $cg/cgroup.subtree_control)], system.slice [$(cat $cg/system.slice/cgroup.subtree_control)]"
 
 case $IG_CONFIG in
-service) parts="sandbox containment seccomp hostile cgroup_v2 batch attacks-run" ;;
+service) parts="sandbox containment seccomp hostile cgroup_v2 batch attacks-run rootless" ;;
 delegated)
   # A Delegate=yes service may only touch its own cgroup: point the tool there. The overlay's
   # upper layer takes the edit; the host's file stays as it is.
@@ -191,7 +315,7 @@ parts=${VM_PARTS:-$parts}
   for p in $parts; do
     # a hung part ends (its whole process group) and the next one runs; measured under
     # emulation on 2 cores: 2-130 s for a Rust suite, 260 s for the batch, 130 s for attacks-run
-    case $p in batch | attacks-run) limit=600 ;; *) limit=300 ;; esac
+    case $p in batch | attacks-run | rootless) limit=600 ;; *) limit=300 ;; esac
     echo "vm guest: $p"
     echo "$p" >>"$IG_RESULTS/parts"
     start=$SECONDS

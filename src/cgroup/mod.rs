@@ -12,11 +12,15 @@
 //!   (plan step 2): a thread moving itself skips that lock (measured: 0.6 ms for all four
 //!   hierarchies, against 9 ms), and with one thread, the thread is the whole process.
 //!
+//! Rootless mode (no privilege) has a cgroup only in a cgroup v2 subtree delegated to the
+//! caller: [`delegation`] finds it, [`RunCgroup::create_delegated`] makes the run's there.
+//!
 //! We write only inside our own subtree: controllers must already be enabled for it by its
 //! parent (v2), otherwise we refuse with a message saying which are missing. The cgroups-rs
 //! crate was not used because it fixes the hierarchy paths (no fake cgroupfs in tests) and
 //! enables controllers in ancestors it did not create.
 
+pub mod delegation;
 pub mod detect;
 pub mod v1;
 pub mod v2;
@@ -41,6 +45,11 @@ pub enum CgroupError {
     SwapUncontrolled { path: PathBuf },
     #[error("{path}: processes of an earlier run are still there after being killed")]
     NotEmpty { path: PathBuf },
+    #[error(
+        "rootless: no cgroup v2 subtree is delegated to this caller (uid {uid}): {}",
+        tried.iter().map(|t| t.to_string()).collect::<Vec<_>>().join("; ")
+    )]
+    NoDelegation { uid: u32, tried: Vec<delegation::Tried> },
 }
 
 pub type Result<T> = std::result::Result<T, CgroupError>;
@@ -83,6 +92,12 @@ impl RunCgroup {
             Backend::V2 { mount } => RunCgroup::V2(v2::RunCgroup::create(mount, root, &name, limits)?),
             Backend::V1 { mounts } => RunCgroup::V1(v1::SlotCgroup::create(mounts, root, &name, limits)?),
         })
+    }
+
+    /// Rootless: in the subtree delegated to the caller, `dir/isolate-grade/slot-N`
+    /// ([`delegation`]); v2 only.
+    pub fn create_delegated(d: &delegation::Delegation, slot: u32, limits: CgroupLimits) -> Result<RunCgroup> {
+        Ok(RunCgroup::V2(v2::RunCgroup::create_delegated(&d.dir, &format!("slot-{slot}"), limits)?))
     }
 
     /// The directory fd for `clone3(CLONE_INTO_CGROUP)` (v2 only).

@@ -27,39 +27,18 @@ impl RunCgroup {
             }
             enable_in_delegated(&parent, missing)?;
         }
-        mkdir(&base)?;
-        if !not_enabled(&base)?.is_empty() {
-            write(&base.join("cgroup.subtree_control"), "+memory +pids +cpu")?;
+        create_below(base, name, limits)
+    }
+
+    /// Rootless: `dir/isolate-grade/name` in `dir`, the cgroup delegated to the caller
+    /// ([`super::delegation::find`] said so): its controllers enabled by us if they aren't
+    /// yet, its own processes moved into its leaf first.
+    pub fn create_delegated(dir: &Path, name: &str, limits: CgroupLimits) -> Result<RunCgroup> {
+        let missing = not_enabled(dir)?;
+        if !missing.is_empty() {
+            enable_in_delegated(dir, missing)?;
         }
-        let dir = base.join(name);
-        if dir.exists() {
-            // Left by a supervisor that was killed: nothing of it may survive.
-            tracing::warn!(dir = %dir.display(), "removing a stale cgroup");
-            kill(&dir)?;
-            remove(&dir)?;
-        }
-        mkdir(&dir)?;
-        let set = || -> Result<()> {
-            write(&dir.join("memory.max"), &limits.memory.to_string())?;
-            no_swap(&dir, Path::new("/proc/meminfo"))?;
-            // memory.oom.group stays 0, as on v1: the OOM killer takes the process that used
-            // the memory, and the sandbox's init lives to report how its program ended (with
-            // 1 it took init too, and the report had no signal: issue #13). Init ends what is
-            // left when the program ends, as on every run.
-            write(&dir.join("pids.max"), &limits.pids.to_string())?;
-            write(&dir.join("cpu.max"), &format!("{} {CPU_PERIOD_US}", limits.cpu_millicores * CPU_PERIOD_US / 1000))
-        };
-        if let Err(e) = set() {
-            let _ = remove(&dir);
-            return Err(e);
-        }
-        let fd = nix::fcntl::open(
-            &dir,
-            nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
-            nix::sys::stat::Mode::empty(),
-        )
-        .map_err(|e| CgroupError::Io { path: dir.clone(), source: e.into() })?;
-        Ok(RunCgroup { dir, fd })
+        create_below(dir.join(RUNS_DIR), name, limits)
     }
 
     pub fn dir_fd(&self) -> RawFd {
@@ -77,6 +56,43 @@ impl RunCgroup {
         remove(&self.dir)?;
         Ok(usage)
     }
+}
+
+/// `base/name` with its limits written, `base`'s parent enabling the controllers for it.
+fn create_below(base: PathBuf, name: &str, limits: CgroupLimits) -> Result<RunCgroup> {
+    mkdir(&base)?;
+    if !not_enabled(&base)?.is_empty() {
+        write(&base.join("cgroup.subtree_control"), "+memory +pids +cpu")?;
+    }
+    let dir = base.join(name);
+    if dir.exists() {
+        // Left by a supervisor that was killed: nothing of it may survive.
+        tracing::warn!(dir = %dir.display(), "removing a stale cgroup");
+        kill(&dir)?;
+        remove(&dir)?;
+    }
+    mkdir(&dir)?;
+    let set = || -> Result<()> {
+        write(&dir.join("memory.max"), &limits.memory.to_string())?;
+        no_swap(&dir, Path::new("/proc/meminfo"))?;
+        // memory.oom.group stays 0, as on v1: the OOM killer takes the process that used
+        // the memory, and the sandbox's init lives to report how its program ended (with
+        // 1 it took init too, and the report had no signal: issue #13). Init ends what is
+        // left when the program ends, as on every run.
+        write(&dir.join("pids.max"), &limits.pids.to_string())?;
+        write(&dir.join("cpu.max"), &format!("{} {CPU_PERIOD_US}", limits.cpu_millicores * CPU_PERIOD_US / 1000))
+    };
+    if let Err(e) = set() {
+        let _ = remove(&dir);
+        return Err(e);
+    }
+    let fd = nix::fcntl::open(
+        &dir,
+        nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(|e| CgroupError::Io { path: dir.clone(), source: e.into() })?;
+    Ok(RunCgroup { dir, fd })
 }
 
 /// Swap off for the run. Where the kernel doesn't account swap there is no `memory.swap.max`:
@@ -155,6 +171,9 @@ pub fn own_cgroup(text: &str) -> Option<PathBuf> {
 /// Where a delegated cgroup's own processes go, so that its controllers can be enabled for its
 /// children: systemd's `DelegateSubgroup=supervisor` puts a service's processes there itself.
 pub const SUPERVISOR_LEAF: &str = "supervisor";
+
+/// Rootless: the runs' cgroups in the delegated cgroup, beside [`SUPERVISOR_LEAF`].
+pub const RUNS_DIR: &str = "isolate-grade";
 
 /// The cgroup we run in was delegated to us (systemd's `Delegate=yes`): its parent offers the
 /// controllers, its own `subtree_control` is empty, and it holds our processes, which v2's
@@ -291,6 +310,29 @@ mod tests {
         std::fs::write(svc.join("cgroup.subtree_control"), "").unwrap();
         let e = enable_in_delegated(&svc, not_enabled(&svc).unwrap()).unwrap_err();
         assert!(matches!(&e, CgroupError::NotDelegated { missing, .. } if missing == &["memory", "pids"]), "{e}");
+    }
+
+    /// Rootless, in the delegated cgroup: controllers enabled there (its processes in the
+    /// leaf) and in `isolate-grade`, the run's limits written in `isolate-grade/slot-N`.
+    #[test]
+    fn a_delegated_cgroup_takes_the_run_below_its_runs_dir() {
+        let m = fake_mount("cpu io memory pids\n");
+        let d = m.path().join("user@1000.service/app.slice/run-u7.service");
+        std::fs::create_dir_all(&d).unwrap();
+        for (f, v) in
+            [("cgroup.subtree_control", ""), ("cgroup.controllers", "cpu memory pids\n"), ("cgroup.procs", "")]
+        {
+            std::fs::write(d.join(f), v).unwrap();
+        }
+        std::fs::create_dir(d.join(RUNS_DIR)).unwrap();
+        std::fs::write(d.join(RUNS_DIR).join("cgroup.subtree_control"), "").unwrap();
+        let c = RunCgroup::create_delegated(&d, "slot-1", LIMITS).unwrap();
+        assert_eq!(c.dir, d.join("isolate-grade/slot-1"));
+        assert_eq!(std::fs::read_to_string(d.join("cgroup.subtree_control")).unwrap(), "+memory +pids +cpu");
+        assert!(d.join(SUPERVISOR_LEAF).is_dir());
+        assert_eq!(std::fs::read_to_string(c.dir.join("memory.max")).unwrap(), "268435456");
+        assert_eq!(std::fs::read_to_string(c.dir.join("pids.max")).unwrap(), "32");
+        assert_eq!(std::fs::read_to_string(c.dir.join("cpu.max")).unwrap(), "50000 100000");
     }
 
     /// A kernel that doesn't account swap has no `memory.swap.max` (here: it can't be
