@@ -48,9 +48,8 @@ pub fn check(config_path: Option<&Path>, args: &CheckArgs) -> CheckExit {
             crate::userns::Mode::Rootless => format!(
                 "rootless: {}; the sandbox is built in a user namespace that maps its uid to yours. Its memory, \
                  pids and CPU limits need a cgroup v2 subtree delegated to you (see cgroup-delegation); without \
-                 one, only policies with [sandbox] limits = \"best-effort\" run, without memory and pids caps; and \
-                 only `run` works rootless so far: the kernel, install and the batch need the privileged helper \
-                 (issue #17)",
+                 one, only policies with [sandbox] limits = \"best-effort\" run, without memory and pids caps. \
+                 run, kernel, install and the batch all work rootless",
                 choice.why
             ),
         },

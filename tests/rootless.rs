@@ -62,7 +62,7 @@ fn root_is_privileged_and_an_unprivileged_caller_is_rootless_with_a_usable_user_
     let items = check_items(NOBODY);
     let (ok, mode) = &items["mode"];
     assert!(mode.starts_with("rootless: effective uid 65534 without CAP_SYS_ADMIN"), "{mode}");
-    assert!(*ok && mode.contains("best-effort") && mode.contains("only `run`"), "{mode}");
+    assert!(*ok && mode.contains("best-effort") && mode.contains("the batch all work rootless"), "{mode}");
     assert!(items["user-namespaces"].0, "{items:?}");
     assert!(items["userns-procfs"].1.contains("can be mounted"), "{items:?}");
     // where a run's cgroup would go: nowhere here (nobody owns no cgroup), said, not fatal
