@@ -548,3 +548,68 @@ def test_the_batch_with_feedback_grades_in_the_sandbox_then_writes_the_redacted_
     import json
     rep = json.loads((tmp_path / "report.feedback.json").read_text())
     assert rep["errors"] == "message" and len(rep["students"]) == 3
+
+
+# ---------------------------------------------------------------------------------------------
+# real xeus-python (xpython) and Octave (octave) kernels: their tracebacks as they write them
+
+def xpython_nb(name: str) -> Notebook:
+    nb = py_nb(name)
+    return Notebook(name, nb.cells, kernel="xpython", language="python")
+
+
+def octave_nb(name: str) -> Notebook:
+    return Notebook(name, [
+        nb_cell("code", "function y = square(x)\n  ### BEGIN SOLUTION\n  y = x^2;\n  ### END SOLUTION\nend",
+                grade_id="answer", solution=True),
+        nb_cell("code", f"assert(square(2) == 4)\n### {B}\n{M}_value = 16;  # {M} comment\n"
+                        f"disp('{M} printed')\nassert(square(4) == {M}_value, '{M} message')\n### {E}",
+                grade_id="test_plain", points=2),
+        nb_cell("code", f"assert(square(0) == 0)\n### {B}\nfunction check_{M}(v)\n  # {M} in the helper\n"
+                        f"  if square(v) != v * v\n    error('{M} wrong for %d', v);\n  end\nend\n"
+                        f"check_{M}(5)\n### {E}", grade_id="test_helper", points=3),
+    ], kernel="octave", language="octave")
+
+
+KERNEL_ANSWERS = {
+    "good": {"x": ANSWERS["good"]["p"], "o": "function y = square(x)\n  y = x^2;\nend"},
+    "bad": {"x": ANSWERS["bad"]["p"], "o": "function y = square(x)\n  y = x + x;\nend"},
+    "raiser": {"x": ANSWERS["raiser"]["p"],
+               "o": "function y = square(x)\n  if x > 3\n    error('too big');\n  end\n  y = x^2;\nend"},
+}
+
+
+@pytest.fixture(scope="module")
+def graded_kernels(tmp_path_factory):
+    """A course of one xeus-python and one Octave notebook, autograded once by bare nbgrader
+    (the real kernels), with nbgrader's own feedback."""
+    root = tmp_path_factory.mktemp("fbk") / "course"
+    c = make_assignment(root, Python("venv", Path(sys.executable)), [xpython_nb("x"), octave_nb("o")],
+                        KERNEL_ANSWERS)
+    c.nbgrader("autograde", c.assignment)
+    c.nbgrader("generate_feedback", c.assignment)
+    return c
+
+
+def test_real_xpython_and_octave_feedback_has_no_hidden_test_and_the_same_scores(graded_kernels, tmp_path):
+    g = graded_kernels
+    own = feedback_files(g.root)
+    for s in KERNEL_ANSWERS:
+        for nb in ("x", "o"):
+            assert M.encode() in own[f"feedback/{s}/env1/{nb}.html"], (s, nb)  # the problem, really there
+    sc = scores(g.root)
+    # the good square passes all; the others fail every hidden part (x: 6 points, o: 5)
+    for s, got in (("good", ("6.0", "5.0")), ("bad", ("0.0", "0.0")), ("raiser", ("0.0", "0.0"))):
+        assert [sc[f"feedback/{s}/env1/{nb}.html"][0][0][1] for nb in ("x", "o")] == list(got), (s, sc)
+    for errors in ("", "message"):
+        c = copy_of(g, tmp_path / f"course{errors}", redaction_config(errors))
+        r = c.nbgrader("generate_feedback", c.assignment)
+        assert "hidden tests redacted from the feedback of bad/x" in r.stderr, r.stderr
+        assert "hidden tests redacted from the feedback of bad/o" in r.stderr, r.stderr
+        assert_no_marker(c.root)
+        assert scores(c.root) == sc
+        assert set(feedback_files(c.root)) == set(own)
+        if not errors:
+            # the student's own error, raised in their code called from the hidden helper: kept
+            assert "too big" in (c.root / "feedback/raiser/env1/x.html").read_text()
+            assert "close_to" in (c.root / "feedback/bad/env1/x.html").read_text()  # the visible helper
