@@ -14,7 +14,8 @@ Two levels:
   marker (bytes, and HTML-unescaped), while the score of every cell and notebook is nbgrader's
   own (unredacted) feedback's; strict refusal of a notebook; and, as root, the block that
   `isolate-grade install --course` really writes, with the autograde in the sandbox.
-(xeus-python and Octave are not installed here: their formats are checked on crafted outputs.)
+- real xeus-python (xpython) and Octave (octave) kernels, bare nbgrader, a notebook each whose
+  hidden tests fail, pass and raise inside a helper they define: no marker, nbgrader's scores.
 """
 
 import html
@@ -598,9 +599,15 @@ def test_real_xpython_and_octave_feedback_has_no_hidden_test_and_the_same_scores
         for nb in ("x", "o"):
             assert M.encode() in own[f"feedback/{s}/env1/{nb}.html"], (s, nb)  # the problem, really there
     sc = scores(g.root)
-    # the good square passes all; the others fail every hidden part (x: 6 points, o: 5)
-    for s, got in (("good", ("6.0", "5.0")), ("bad", ("0.0", "0.0")), ("raiser", ("0.0", "0.0"))):
-        assert [sc[f"feedback/{s}/env1/{nb}.html"][0][0][1] for nb in ("x", "o")] == list(got), (s, sc)
+    # xeus-python: the good square passes all, the others fail every hidden part. (Octave:
+    # octave_kernel 1.1.1 prints Octave's errors on stdout, so nbgrader gives every test its
+    # points; see the README's kernels section. The redaction keeps nbgrader's grade either way.)
+    assert [sc[f"feedback/{s}/env1/x.html"][0][0][1] for s in ("good", "bad", "raiser")] == ["6.0", "0.0", "0.0"], sc
+    octave = nbformat.read(g.root / "autograded/bad/env1/o.ipynb", as_version=4)
+    assert any(o.get("name") == "stdout" and f"error: {M} wrong for 5" in o.get("text", "")
+               for o in octave.cells[2].outputs), octave.cells[2].outputs
+    xpy = nbformat.read(g.root / "autograded/bad/env1/x.ipynb", as_version=4)
+    assert xpy.cells[2].outputs[-1].ename == "<class 'AssertionError'>"  # xeus-python's ename: the repr
     for errors in ("", "message"):
         c = copy_of(g, tmp_path / f"course{errors}", redaction_config(errors))
         r = c.nbgrader("generate_feedback", c.assignment)
@@ -609,7 +616,12 @@ def test_real_xpython_and_octave_feedback_has_no_hidden_test_and_the_same_scores
         assert_no_marker(c.root)
         assert scores(c.root) == sc
         assert set(feedback_files(c.root)) == set(own)
+        bad = (c.root / "feedback/bad/env1/x.html").read_text()
+        # the error line as the traceback names the type, not xeus-python's repr of the class
+        assert "AssertionError: (message hidden: it quotes the hidden tests)" in bad and "&lt;class" not in bad
         if not errors:
             # the student's own error, raised in their code called from the hidden helper: kept
-            assert "too big" in (c.root / "feedback/raiser/env1/x.html").read_text()
-            assert "close_to" in (c.root / "feedback/bad/env1/x.html").read_text()  # the visible helper
+            assert "ValueError: too big" in (c.root / "feedback/raiser/env1/x.html").read_text()
+            assert "close_to" in bad  # the visible helper's frame
+            # the traceback's header names the type (a word the hidden region also writes): kept
+            assert bad.count("Traceback (most recent call last)") == 3, bad
