@@ -196,6 +196,20 @@ def test_a_file_frame_as_xeus_python_writes_it_goes_by_what_it_quotes():
     assert "xpython" not in t and "expected" not in t and t.endswith("AssertionError"), t
 
 
+def test_an_ename_written_as_the_class_repr_as_xeus_python_does_names_the_type_as_the_traceback():
+    src = f"assert square(2) == 4\n### {B}\nassert square(4) == 16, '{M}: ValueError'\n### {E}"
+    tb = py_error("ValueError", M, [ansi_frame(2, 3, lines_of(src))])
+    tb.ename = "<class 'ValueError'>"
+    nb = notebook([code("def square(x):\n    return x + x", 1), grade_cell(src, 2, [tb])])
+    nb, s = redacted(nb)
+    t = nb.cells[1].outputs[0].traceback
+    # the header (its type, a word the hidden region also writes) kept; the error line counted
+    # as the error line, not as a removed frame
+    assert fr.strip_ansi(t[1]).startswith("ValueError ") and "Traceback" in fr.strip_ansi(t[1]), t
+    assert fr.strip_ansi(t[-1]) == "ValueError: (message hidden: it quotes the hidden tests)", t
+    assert s.frames == 1, s
+
+
 def test_octaves_error_on_stderr_stays_a_failure_without_its_text():
     src = f"assert(square(2) == 4)\n### {B}\nassert(square(4) == 16, '{M}')\n### {E}"
     nb = notebook([grade_cell(src, 3, [
