@@ -221,19 +221,29 @@ def _is_python_traceback(tb):
                or "Traceback (most recent call last)" in strip_ansi(e) for e in tb)
 
 
+_CLASS_REPR = re.compile(r"^<class '([A-Za-z_][\w.]*)'>$")
+
+
+def _error_name(ename):
+    """The error's type as its traceback's last line names it: xeus-python writes `ename` as
+    the class's repr (`<class 'AssertionError'>`), ipykernel as its name."""
+    m = _CLASS_REPR.match(ename.strip())
+    return m.group(1) if m else ename
+
+
 def _redact_error(out, ctx, cell_has_hidden, is_test, errors, summary):
     tb = out.get("traceback", [])
-    ename = str(out.get("ename", "") or "Error")
+    ename = _error_name(str(out.get("ename", "") or "Error"))
     evalue = str(out.get("evalue", ""))
     python = _is_python_traceback(tb)
     kept, removed = [], 0
     note_at = None  # where the first removed entry was: the note stands there
-    header_words = _HEADER_WORDS | {ename}
+    header_words = _HEADER_WORDS | {ename} | set(ename.split("."))
     for i, el in enumerate(tb):
         plain = strip_ansi(el)
         last = i == len(tb) - 1
         if python:
-            if last and plain.lstrip().startswith(ename):
+            if last and plain.lstrip().startswith((ename, ename.rsplit(".", 1)[-1])):
                 continue  # the error line: rebuilt below
             if set(plain.strip()) <= {"-"} or ("Traceback (most recent call last)" in plain
                                                and not ctx.quotes_hidden(plain, ignore=header_words)):

@@ -4,7 +4,7 @@
 //
 //   node tests/browser/formgrader.mjs '{"url": "http://127.0.0.1:8888", "token": "...",
 //       "assignment": "ps1", "students": ["alice", "probe"], "view": ["probe"],
-//       "notebook": "problem1", "screenshots": "target/browser", "timeout_ms": 60000,
+//       "feedback": ["alice"], "notebook": "problem1", "screenshots": "target/browser", "timeout_ms": 60000,
 //       "deadline_ms": 120000}'
 //
 // The way in is the lab UI, not formgrader's page opened by itself: /lab, the "Nbgrader"
@@ -13,7 +13,8 @@
 // instructor takes, and it also proves the lab extension and the server extension agree.
 // For each student: the lightning button of their row, the modal that answers it (title
 // and whole text, log and traceback included), a screenshot, OK, then the row once the page
-// has fetched it again (status and score). For each student in `view`: formgrader's view of
+// has fetched it again (status and score). Then, for each student in `feedback`, the same with
+// the row's "Generate Feedback" (speech bubble) button. For each student in `view`: formgrader's view of
 // their `notebook` (their name in the submissions table, then the notebook's name), whose
 // text is the graded notebook with its outputs. The views come after every autograde, as
 // they leave the submissions page (the way back is the sidebar, which the notebook view
@@ -27,6 +28,7 @@
 // Output: {"ok": bool, "error": str|null, "screenshot": str|null, "seconds": {...},
 //          "students": {name: {"modal_title", "modal_text", "row_text", "score_text",
 //                              "screenshot", "error", "seconds"}},
+//          "feedback": {name: (the same, for the feedback button)},
 //          "views": {name: {"text", "screenshot", "error"}}}
 // Exit status 0 when the steps ran (whatever the page said), 1 when one could not run.
 
@@ -58,7 +60,7 @@ const why = (e) =>
     .slice(0, 3)
     .join(" | ");
 
-const out = { ok: false, error: null, screenshot: null, seconds: {}, students: {}, views: {} };
+const out = { ok: false, error: null, screenshot: null, seconds: {}, students: {}, feedback: {}, views: {} };
 let browser = null;
 let page = null;
 let fg = null;
@@ -91,12 +93,14 @@ async function manageSubmissions() { // from any formgrader page: its sidebar, t
 const rowOf = (student) =>
   fg.locator("tr", { has: fg.locator("td.student-id", { hasText: new RegExp(`^${student}$`) }) });
 
-async function autograde(student) {
+// a button of a student's row (`column`: the cell's class, "autograde" or "generate-feedback"),
+// the modal that answers it, then the row as the page fetches it again
+async function clickRow(student, column, name) {
   const r = { modal_title: null, modal_text: null, row_text: null, score_text: null, screenshot: null, error: null };
   const t = Date.now();
   try {
     const row = rowOf(student);
-    await row.locator("td.autograde a").click({ timeout: waitMs() });
+    await row.locator(`td.${column} a`).click({ timeout: waitMs() });
     // the handler answers when nbgrader is done; the page then shows a modal
     const modal = fg.locator("#success-modal, #error-modal");
     await modal.waitFor({ state: "visible", timeout: waitMs() });
@@ -105,8 +109,8 @@ async function autograde(student) {
     await page.waitForTimeout(500);
     r.modal_title = (await modal.locator(".modal-title").innerText()).trim();
     r.modal_text = (await modal.locator(".modal-body").innerText()).trim();
-    await page.screenshot({ path: shot(`${student}-modal`) });
-    r.screenshot = shot(`${student}-modal`);
+    await page.screenshot({ path: shot(`${name}-modal`) });
+    r.screenshot = shot(`${name}-modal`);
     await modal.locator(".modal-footer button").click();
     await modal.waitFor({ state: "detached" });
     // the row is fetched again after the answer: wait until it shows a status again
@@ -115,7 +119,7 @@ async function autograde(student) {
     r.score_text = (await row.locator("td.score").innerText()).trim();
   } catch (e) {
     r.error = why(e);
-    r.screenshot = await failShot(`${student}-failure`);
+    r.screenshot = await failShot(`${name}-failure`);
     // a modal left open would cover the next row
     await page.keyboard.press("Escape").catch(() => {});
   }
@@ -157,7 +161,10 @@ try {
   fg = page.frameLocator("#formgrader-iframe iframe");
   await openSubmissions();
   out.seconds.open = since(t0);
-  for (const student of opts.students) out.students[student] = await autograde(student);
+  for (const student of opts.students) out.students[student] = await clickRow(student, "autograde", student);
+  // then formgrader's "Generate Feedback" (speech bubble) button of each student in `feedback`
+  for (const student of opts.feedback ?? [])
+    out.feedback[student] = await clickRow(student, "generate-feedback", `${student}-feedback`);
   for (const student of opts.view ?? []) out.views[student] = await view(student);
   out.ok = true;
 } catch (e) {

@@ -19,7 +19,10 @@ What it exercises, the way an instructor meets it:
   formgrader's submission view, and on disk) shows the sandbox's uid, hostname and `lo`;
   linker's submission is refused on the formgrader path too, and nothing of the source
   notebook reaches autograded/ or the gradebook; bomb's modal says, in words, that the cell
-  used too much memory and the sandbox stopped it.
+  used too much memory and the sandbox stopped it;
+- formgrader's "Generate Feedback" button (issue #18): a second course, test_feedback_redact's
+  Python notebook whose hidden tests carry a marker, installed and autograded; the button of a
+  good and a bad submission: no feedback file has the marker, every test cell's score is there.
 """
 
 import json
@@ -262,3 +265,66 @@ def test_bomb_is_stopped_and_said_so(page, course: Course):
     # what the sandbox itself said (its report), for the message: the page should say it too
     said = [(v["status"], v["peak_memory"]) for v in verdicts_of(course, "bomb")]
     page_says(seen, "memory", "the sandbox stopped it", note=f"the kernel's verdicts (status, peak memory): {said}")
+
+
+# ---------------------------------------------------------------------------------------------
+# formgrader's "Generate Feedback" button, with the redaction the install block sets up
+# (issue #18: the feedback never shows the hidden tests)
+
+FEEDBACK_SCREENSHOTS = ROOT / "target" / "browser-feedback"
+
+
+@pytest.fixture(scope="module")
+def feedback_course(tmp_path_factory, project_python, install_twin):
+    """test_feedback_redact's Python notebook (hidden tests carrying its marker in names,
+    values, comments, messages and a helper), a good and a bad submission, `install --course`,
+    then `nbgrader autograde` (in the sandbox, through the block)."""
+    from conftest import make_assignment
+    from test_feedback_redact import ANSWERS, py_nb
+
+    root = tmp_path_factory.mktemp("browser-feedback") / "course"
+    c = make_assignment(root, project_python, [py_nb("p")], {s: ANSWERS[s] for s in ("good", "bad")})
+    install_twin(root, "isolate-grade-browser-fb-")
+    assert "_isolate_grade_feedback(c)" in (root / "nbgrader_config.py").read_text()
+    c.nbgrader("autograde", c.assignment)
+    assert not (root / "feedback").exists()
+    return c
+
+
+def test_formgraders_generate_feedback_button_writes_feedback_without_the_hidden_tests(feedback_course, jupyter_lab):
+    from test_feedback_redact import SCORE, TOTAL, assert_no_marker
+
+    missing = browser_missing()
+    if missing:
+        msg = f"no browser: {', '.join(missing)} missing (run: bash scripts/browser.sh)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(msg)
+        pytest.skip(msg)
+    c = feedback_course
+    server = jupyter_lab(c.root.parent, c.root)
+    shutil.rmtree(FEEDBACK_SCREENSHOTS, ignore_errors=True)
+    opts = {"url": server.url, "token": server.token, "assignment": c.assignment, "students": [],
+            "feedback": ["good", "bad"], "view": [], "notebook": "p", "screenshots": str(FEEDBACK_SCREENSHOTS),
+            "timeout_ms": AUTOGRADE_MS, "deadline_ms": BROWSER_DEADLINE_MS}
+    stdout, stderr, code = run_browser(opts)
+    try:
+        result = json.loads(stdout.strip().splitlines()[-1])
+    except (IndexError, json.JSONDecodeError):
+        pytest.fail(f"formgrader.mjs printed no result (exit {code}):\n{stdout}\n{stderr}\n{server.log_tail()}")
+    assert result["ok"], f"{result['error']} (screenshot: {result['screenshot']})\n{server.log_tail()}"
+    for student in ("good", "bad"):
+        seen = shown({"students": result["feedback"]}, student)
+        # its log: the redaction ran in the server's GenerateFeedback
+        page_says(seen, "Success", f"Successfully generated feedback for '{c.assignment}' for student '{student}'",
+                  f"isolate-grade: hidden tests redacted from the feedback of {student}/p")
+    # the files the button wrote: no trace of the hidden tests, and every test cell's score
+    assert_no_marker(c.root)
+    expected = {"good": ("6.0", [("test_helper", "3.0", "3.0"), ("test_plain", "2.0", "2.0"),
+                                 ("test_visible_helper", "1.0", "1.0")]),
+                "bad": ("0.0", [("test_helper", "0.0", "3.0"), ("test_plain", "0.0", "2.0"),
+                                ("test_visible_helper", "0.0", "1.0")])}
+    for student, (total, cells) in expected.items():
+        text = (c.root / "feedback" / student / c.assignment / "p.html").read_text()
+        assert TOTAL.findall(text) == [("p", total, "6.0")], (student, TOTAL.findall(text))
+        assert sorted(SCORE.findall(text)) == cells, (student, SCORE.findall(text))
+        assert "# hidden tests removed" in text, student

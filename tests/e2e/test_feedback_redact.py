@@ -14,7 +14,8 @@ Two levels:
   marker (bytes, and HTML-unescaped), while the score of every cell and notebook is nbgrader's
   own (unredacted) feedback's; strict refusal of a notebook; and, as root, the block that
   `isolate-grade install --course` really writes, with the autograde in the sandbox.
-(xeus-python and Octave are not installed here: their formats are checked on crafted outputs.)
+- real xeus-python (xpython) and Octave (octave) kernels, bare nbgrader, a notebook each whose
+  hidden tests fail, pass and raise inside a helper they define: no marker, nbgrader's scores.
 """
 
 import html
@@ -193,6 +194,20 @@ def test_a_file_frame_as_xeus_python_writes_it_goes_by_what_it_quotes():
     nb, s = redacted(nb)
     t = plain_tb(nb.cells[1].outputs[0])
     assert "xpython" not in t and "expected" not in t and t.endswith("AssertionError"), t
+
+
+def test_an_ename_written_as_the_class_repr_as_xeus_python_does_names_the_type_as_the_traceback():
+    src = f"assert square(2) == 4\n### {B}\nassert square(4) == 16, '{M}: ValueError'\n### {E}"
+    tb = py_error("ValueError", M, [ansi_frame(2, 3, lines_of(src))])
+    tb.ename = "<class 'ValueError'>"
+    nb = notebook([code("def square(x):\n    return x + x", 1), grade_cell(src, 2, [tb])])
+    nb, s = redacted(nb)
+    t = nb.cells[1].outputs[0].traceback
+    # the header (its type, a word the hidden region also writes) kept; the error line counted
+    # as the error line, not as a removed frame
+    assert fr.strip_ansi(t[1]).startswith("ValueError ") and "Traceback" in fr.strip_ansi(t[1]), t
+    assert fr.strip_ansi(t[-1]) == "ValueError: (message hidden: it quotes the hidden tests)", t
+    assert s.frames == 1, s
 
 
 def test_octaves_error_on_stderr_stays_a_failure_without_its_text():
@@ -548,3 +563,79 @@ def test_the_batch_with_feedback_grades_in_the_sandbox_then_writes_the_redacted_
     import json
     rep = json.loads((tmp_path / "report.feedback.json").read_text())
     assert rep["errors"] == "message" and len(rep["students"]) == 3
+
+
+# ---------------------------------------------------------------------------------------------
+# real xeus-python (xpython) and Octave (octave) kernels: their tracebacks as they write them
+
+def xpython_nb(name: str) -> Notebook:
+    nb = py_nb(name)
+    return Notebook(name, nb.cells, kernel="xpython", language="python")
+
+
+def octave_nb(name: str) -> Notebook:
+    return Notebook(name, [
+        nb_cell("code", "function y = square(x)\n  ### BEGIN SOLUTION\n  y = x^2;\n  ### END SOLUTION\nend",
+                grade_id="answer", solution=True),
+        nb_cell("code", f"assert(square(2) == 4)\n### {B}\n{M}_value = 16;  # {M} comment\n"
+                        f"disp('{M} printed')\nassert(square(4) == {M}_value, '{M} message')\n### {E}",
+                grade_id="test_plain", points=2),
+        nb_cell("code", f"assert(square(0) == 0)\n### {B}\nfunction check_{M}(v)\n  # {M} in the helper\n"
+                        f"  if square(v) != v * v\n    error('{M} wrong for %d', v);\n  end\nend\n"
+                        f"check_{M}(5)\n### {E}", grade_id="test_helper", points=3),
+    ], kernel="octave", language="octave")
+
+
+KERNEL_ANSWERS = {
+    "good": {"x": ANSWERS["good"]["p"], "o": "function y = square(x)\n  y = x^2;\nend"},
+    "bad": {"x": ANSWERS["bad"]["p"], "o": "function y = square(x)\n  y = x + x;\nend"},
+    "raiser": {"x": ANSWERS["raiser"]["p"],
+               "o": "function y = square(x)\n  if x > 3\n    error('too big');\n  end\n  y = x^2;\nend"},
+}
+
+
+@pytest.fixture(scope="module")
+def graded_kernels(tmp_path_factory):
+    """A course of one xeus-python and one Octave notebook, autograded once by bare nbgrader
+    (the real kernels), with nbgrader's own feedback."""
+    root = tmp_path_factory.mktemp("fbk") / "course"
+    c = make_assignment(root, Python("venv", Path(sys.executable)), [xpython_nb("x"), octave_nb("o")],
+                        KERNEL_ANSWERS)
+    c.nbgrader("autograde", c.assignment)
+    c.nbgrader("generate_feedback", c.assignment)
+    return c
+
+
+def test_real_xpython_and_octave_feedback_has_no_hidden_test_and_the_same_scores(graded_kernels, tmp_path):
+    g = graded_kernels
+    own = feedback_files(g.root)
+    for s in KERNEL_ANSWERS:
+        for nb in ("x", "o"):
+            assert M.encode() in own[f"feedback/{s}/env1/{nb}.html"], (s, nb)  # the problem, really there
+    sc = scores(g.root)
+    # xeus-python: the good square passes all, the others fail every hidden part. (Octave:
+    # octave_kernel 1.1.1 prints Octave's errors on stdout, so nbgrader gives every test its
+    # points; see the README's kernels section. The redaction keeps nbgrader's grade either way.)
+    assert [sc[f"feedback/{s}/env1/x.html"][0][0][1] for s in ("good", "bad", "raiser")] == ["6.0", "0.0", "0.0"], sc
+    octave = nbformat.read(g.root / "autograded/bad/env1/o.ipynb", as_version=4)
+    assert any(o.get("name") == "stdout" and f"error: {M} wrong for 5" in o.get("text", "")
+               for o in octave.cells[2].outputs), octave.cells[2].outputs
+    xpy = nbformat.read(g.root / "autograded/bad/env1/x.ipynb", as_version=4)
+    assert xpy.cells[2].outputs[-1].ename == "<class 'AssertionError'>"  # xeus-python's ename: the repr
+    for errors in ("", "message"):
+        c = copy_of(g, tmp_path / f"course{errors}", redaction_config(errors))
+        r = c.nbgrader("generate_feedback", c.assignment)
+        assert "hidden tests redacted from the feedback of bad/x" in r.stderr, r.stderr
+        assert "hidden tests redacted from the feedback of bad/o" in r.stderr, r.stderr
+        assert_no_marker(c.root)
+        assert scores(c.root) == sc
+        assert set(feedback_files(c.root)) == set(own)
+        bad = (c.root / "feedback/bad/env1/x.html").read_text()
+        # the error line as the traceback names the type, not xeus-python's repr of the class
+        assert "AssertionError: (message hidden: it quotes the hidden tests)" in bad and "&lt;class" not in bad
+        if not errors:
+            # the student's own error, raised in their code called from the hidden helper: kept
+            assert "ValueError: too big" in (c.root / "feedback/raiser/env1/x.html").read_text()
+            assert "close_to" in bad  # the visible helper's frame
+            # the traceback's header names the type (a word the hidden region also writes): kept
+            assert bad.count("Traceback (most recent call last)") == 3, bad
