@@ -32,7 +32,7 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_notebook, new_output
 
-from conftest import BIN, ROOT, Notebook, Python, make_assignment, nb_cell
+from conftest import BIN, NEEDS_ROOT, ROOT, Notebook, Python, make_assignment, nb_cell
 
 M = "SECRET_HIDDEN_MARKER_42"
 REDACT_PY = ROOT / "src" / "feedback_redact.py"
@@ -442,7 +442,7 @@ def test_strict_refuses_a_notebook_it_cant_redact_and_writes_no_feedback_for_it(
     assert_no_marker(c.root)
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="install needs root here (the sandbox)")
+@NEEDS_ROOT  # install needs root here (the sandbox)
 def test_the_block_install_writes_redacts_the_formgrader_path(graded, tmp_path):
     """`isolate-grade install --course`, then nbgrader autograde (in the sandbox) and
     generate_feedback, as the formgrader's buttons run them."""
@@ -545,7 +545,7 @@ def test_a_result_that_is_no_partial_credit_is_hidden():
     assert "49" not in nbformat.writes(nb)
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="the batch needs root here (the sandbox)")
+@NEEDS_ROOT  # the batch needs root here (the sandbox)
 def test_the_batch_with_feedback_grades_in_the_sandbox_then_writes_the_redacted_feedback(graded, tmp_path):
     from conftest import grader_env
     while subprocess.run(["pgrep", "-f", "test_attacks.py"], capture_output=True).stdout:
