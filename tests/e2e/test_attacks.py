@@ -558,7 +558,16 @@ def test_attack_through_the_batch(name, attack_course, results):
     course, r, report = attack_course.course, attack_course.r, attack_course.report
     student = f"attack-{name.replace('_', '-')}"
     got = {s["student"]: s for s in report["students"]}[student]
-    assert got["verdict"] in expected(name)["batch"].split("|"), got
+    want = expected(name)["batch"].split("|")
+    ended = [nb for nb in got["notebooks"] if nb.get("kernel_deaths")]
+    if got["verdict"] == "graded" and "graded" not in want:
+        # The batch's default, --on-kernel-death restart: the attack's end of its kernel costs
+        # that cell, not the notebook; the notebook's verdict is still the ending kernel's, and
+        # its kernel_deaths say where (README, "A cell that ends its kernel").
+        assert ended and all(nb["verdict"] in want for nb in ended), got
+        assert all(d["cause"] in ("limit", "program") for nb in ended for d in nb["kernel_deaths"]), got
+    else:
+        assert got["verdict"] in want, got
     texts = [r.stdout, r.stderr, json.dumps(got)]
     for d in [course / "autograded" / student, course / ".isolate-grade" / "ps1" / "kernels" / student]:
         for p in d.rglob("*"):
