@@ -243,6 +243,17 @@ def pyenv_python() -> Python:
 
 
 
+def policy_with_limits(dst: Path, limits: str) -> Path:
+    """`dst/small.toml`: the default policy with its [limits] table replaced by `limits` (the
+    TOML text of a whole [limits] table)."""
+    text = (ROOT / "policies" / "default.toml").read_text()
+    start = text.index("\n[limits]\n")
+    end = text.index("\n[", start + 1)
+    p = dst / "small.toml"
+    p.write_text(text[:start] + "\n" + limits.strip() + "\n" + text[end:])
+    return p
+
+
 def copy_fixture_course(dst: Path) -> Path:
     """The bundled fixture course (fixtures/course) copied to `dst`, without what grading
     leaves behind (release/, autograded/, the gradebook)."""

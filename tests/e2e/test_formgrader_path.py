@@ -26,7 +26,7 @@ import pytest
 
 import course_tools
 import make_course
-from conftest import BIN, NEEDS_ROOT, ROOT, grader_env
+from conftest import BIN, NEEDS_ROOT, ROOT, grader_env, policy_with_limits
 
 pytestmark = NEEDS_ROOT
 
@@ -47,16 +47,6 @@ shm_size = "64M"
 """
 
 
-def policy_file(dst: Path) -> Path:
-    """The default policy with POLICY's limits."""
-    text = (ROOT / "policies" / "default.toml").read_text()
-    start = text.index("\n[limits]\n")
-    end = text.index("\n[", start + 1)
-    p = dst / "small.toml"
-    p.write_text(text[:start] + "\n" + POLICY.strip() + "\n" + text[end:])
-    return p
-
-
 @pytest.fixture(scope="module")
 def course(tmp_path_factory):
     """The fixture course, installed for: the block in its nbgrader_config.py, the twins
@@ -64,7 +54,7 @@ def course(tmp_path_factory):
     root = tmp_path_factory.mktemp("fgp")
     c = course_tools.prepare(root / "course")
     subprocess.run([str(BIN), "install", "--python", sys.executable, "--kernel", "python3", "--twin-prefix", PREFIX,
-                    "--policy", str(policy_file(root)), "--course", str(c)], env=grader_env(), check=True,
+                    "--policy", str(policy_with_limits(root, POLICY)), "--course", str(c)], env=grader_env(), check=True,
                    capture_output=True)
     # these tests are of a limit failing the notebook, nbgrader's way (the default, restart, is
     # tests/e2e/test_kernel_death.py's): the setting is read when a notebook runs, after the block

@@ -37,8 +37,8 @@ from typing import Dict, List
 import nbformat
 import pytest
 
-from conftest import (BIN, NEEDS_ROOT, ROOT, TWIN_HOME, Notebook, Python, grader_env, make_assignment,
-                      nb_cell)
+from conftest import (BIN, NEEDS_ROOT, TWIN_HOME, Notebook, Python, grader_env, make_assignment,
+                      nb_cell, policy_with_limits)
 
 pytestmark = NEEDS_ROOT
 
@@ -104,15 +104,6 @@ def expected(lost: List[int]) -> float:
     return float(sum(p for i, p in enumerate(POINTS, 1) if i not in lost))
 
 
-def policy_file(dst: Path) -> Path:
-    text = (ROOT / "policies" / "default.toml").read_text()
-    start = text.index("\n[limits]\n")
-    end = text.index("\n[", start + 1)
-    p = dst / "small.toml"
-    p.write_text(text[:start] + "\n" + POLICY.strip() + "\n" + text[end:])
-    return p
-
-
 def add_submission(root: Path, student: str, answers: Dict[str, str], metadata: dict = None) -> None:
     """A submission made from the release, every answer right but those in `answers`."""
     sub = root / "submitted" / student / "ps1"
@@ -172,7 +163,7 @@ def graded(tmp_path_factory):
     forged = {"isolate_grade": {"kernel_deaths": [{"cell": 1, "words": "forged"}]}}
     shutil.rmtree(root / "submitted" / "clean")
     add_submission(root, "clean", {}, metadata=forged)
-    policy = policy_file(tmp)
+    policy = policy_with_limits(tmp, POLICY)
     r, rep = batch(root, policy)
     return root, policy, r, rep
 
@@ -289,7 +280,7 @@ def test_plain_nbgrader_after_install_restarts_too_and_reads_the_config_twin(tmp
     c = make(root, {"memory": {"ex3": BOMB}})
     try:
         r = subprocess.run([str(BIN), "install", "--python", sys.executable, "--kernel", "python3", "--twin-prefix",
-                            PREFIX, "--policy", str(policy_file(tmp_path)), "--course", str(root)], env=grader_env(),
+                            PREFIX, "--policy", str(policy_with_limits(tmp_path, POLICY)), "--course", str(root)], env=grader_env(),
                            capture_output=True, text=True, timeout=300)
         assert r.returncode == 0, r.stdout + r.stderr
         out = c.nbgrader("autograde", "ps1", "--student", "memory")
