@@ -136,6 +136,16 @@ def browser_missing() -> list[str]:
     return missing + [c for c in ("node",) if shutil.which(c) is None]
 
 
+def require_browser() -> None:
+    """Fail (under CI=true) or skip when the browser or playwright-core is missing."""
+    missing = browser_missing()
+    if missing:
+        msg = f"no browser: {', '.join(missing)} missing (run: bash scripts/browser.sh)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(msg)
+        pytest.skip(msg)
+
+
 def run_browser(opts: dict[str, Any]) -> tuple[str, str, int | None]:
     """tests/browser/formgrader.mjs in a session of its own, so that if it outlives its
     deadline, it and its Chromium are killed together (by the group of the PID started here)."""
@@ -153,12 +163,7 @@ def run_browser(opts: dict[str, Any]) -> tuple[str, str, int | None]:
 @pytest.fixture(scope="module")
 def page(course: Course, jupyter_lab) -> dict[str, Any]:
     """What formgrader showed for each student, through the browser (tests/browser/formgrader.mjs)."""
-    missing = browser_missing()
-    if missing:
-        msg = f"no browser: {', '.join(missing)} missing (run: bash scripts/browser.sh)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(msg)
-        pytest.skip(msg)
+    require_browser()
     assert BIN.exists(), f"{BIN} missing (run: cargo build)"
     server = jupyter_lab(course.root.parent, course.root, ISOLATE_GRADE_REPORT_DIR=str(course.reports))
     shutil.rmtree(SCREENSHOTS, ignore_errors=True)
@@ -294,12 +299,7 @@ def feedback_course(tmp_path_factory, project_python, install_twin):
 def test_formgraders_generate_feedback_button_writes_feedback_without_the_hidden_tests(feedback_course, jupyter_lab):
     from test_feedback_redact import SCORE, TOTAL, assert_no_marker
 
-    missing = browser_missing()
-    if missing:
-        msg = f"no browser: {', '.join(missing)} missing (run: bash scripts/browser.sh)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(msg)
-        pytest.skip(msg)
+    require_browser()
     c = feedback_course
     server = jupyter_lab(c.root.parent, c.root)
     shutil.rmtree(FEEDBACK_SCREENSHOTS, ignore_errors=True)
