@@ -291,7 +291,15 @@ impl Kept {
         match self {
             Kept::Fd(fd) => fd.try_clone(),
             // never waiting: it was sent before the kernel started, or never
-            Kept::FromSandbox(socket) => crate::sys::raw::receive_fds::<1>(socket, false).map(|[fd]| fd),
+            Kept::FromSandbox(socket) => crate::sys::raw::receive_fds::<1>(socket, false).map(|[fd]| fd).map_err(|e| {
+                if e.kind() == std::io::ErrorKind::WouldBlock {
+                    std::io::Error::other(
+                        "the sandbox ended before it sent it: the kernel never started, nothing to copy",
+                    )
+                } else {
+                    e
+                }
+            }),
         }
     }
 }
