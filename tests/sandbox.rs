@@ -93,8 +93,9 @@ fn probe_sees_only_the_sandbox() {
         if rootless() && ["/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom"].contains(&mp) {
             // rootless, the documented difference: the five devices are the host's nodes,
             // bound (a node an unprivileged mknod makes can't be opened), on the host's
-            // devtmpfs with its flags
+            // devtmpfs; each bind nosuid and noexec (dev: they are devices)
             assert_eq!(m["fstype"], "devtmpfs", "{mp}: {m}");
+            assert!(has(opts, "nosuid") && has(opts, "noexec"), "{mp}: {opts}");
             continue;
         }
         assert!(has(opts, "nosuid"), "{mp}: {opts}");

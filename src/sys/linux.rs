@@ -8,7 +8,7 @@ use nix::sched::CloneFlags;
 use nix::sys::resource::Resource;
 use nix::unistd::{Gid, Uid};
 use std::ffi::CString;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 pub struct LinuxSys;
 
@@ -245,9 +245,20 @@ impl Sys for LinuxSys {
     }
 
     fn bind_device(&self, source: &Path, target: std::os::fd::RawFd) -> Result<(), SysError> {
-        let at = PathBuf::from(format!("/proc/self/fd/{target}"));
-        nix::mount::mount(Some(source), &at, None::<&str>, MsFlags::MS_BIND, None::<&str>)
-            .map_err(|e| SysError::new("mount", format!("bind {}", disp(source)), e))
+        use super::raw::{mount_setattr, move_mount, open_tree_clone, MOUNT_ATTR_NOEXEC, MOUNT_ATTR_NOSUID};
+        use std::os::fd::AsRawFd;
+        let fd = nix::fcntl::open(
+            source,
+            nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .map_err(|e| SysError::new("open", disp(source), e))?;
+        let tree = open_tree_clone(fd.as_raw_fd()).map_err(|e| SysError::new("open_tree", disp(source), e))?;
+        // nosuid and noexec (not nodev: it is a device) on the detached copy: mount_setattr
+        // only adds these, where a remount in a user namespace must restate every locked flag
+        mount_setattr(tree.as_raw_fd(), MOUNT_ATTR_NOSUID | MOUNT_ATTR_NOEXEC)
+            .map_err(|e| SysError::new("mount_setattr", disp(source), e))?;
+        move_mount(tree.as_raw_fd(), target).map_err(|e| SysError::new("move_mount", format!("fd {target}"), e))
     }
 
     fn setgroups_empty(&self) -> Result<(), SysError> {

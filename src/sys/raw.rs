@@ -150,6 +150,7 @@ const MOVE_MOUNT_F_EMPTY_PATH: u32 = 0x4;
 pub const MOUNT_ATTR_RDONLY: u64 = 0x1;
 pub const MOUNT_ATTR_NOSUID: u64 = 0x2;
 pub const MOUNT_ATTR_NODEV: u64 = 0x4;
+pub const MOUNT_ATTR_NOEXEC: u64 = 0x8;
 
 /// `open_tree(fd, "", OPEN_TREE_CLONE)`: a detached copy of the mount at `fd` (not recursive).
 /// Done in the supervisor's mount namespace, where the source lives; the sandbox attaches it
