@@ -106,8 +106,8 @@ fn steps(req: Request, info: &mut crate::report::SandboxInfo) -> Result<supervis
             Ok(c) => c,
             Err(e) if req.policy.limits_mode == LimitsMode::BestEffort => {
                 tracing::warn!(error = %e, "best-effort limits: running without a cgroup");
-                // what the report must own up to (rlimits, wall time and per-process CPU hold)
-                info.not_enforced = vec!["memory", "pids", "cpu_quota", "cpu_time (per process only)"];
+                // what the report must own up to (rlimits, wall time and total CPU time hold)
+                info.not_enforced = vec!["memory", "pids", "cpu_quota"];
                 RunCgroup::Absent
             }
             Err(e) => return Err(Fault::text(HostStep::Cgroup, format!("{e}; {ROOTLESS_LIMITS}"))),

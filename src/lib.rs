@@ -28,6 +28,7 @@ pub mod mounts;
 pub mod plan;
 pub mod policy;
 pub mod preflight;
+pub mod proctree;
 pub mod python;
 pub mod relay;
 pub mod report;

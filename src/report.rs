@@ -167,14 +167,18 @@ pub struct Facts {
     /// kernel counts it for `RLIMIT_CPU`: that limit may fire before the cgroup's count, read
     /// by the supervisor, shows the limit reached.
     pub reaped_cpu: Duration,
+    /// Without a cgroup (rootless, best-effort limits): the supervisor's largest reading of the
+    /// sandbox's process tree ([`crate::proctree`]).
+    pub tree_cpu: Duration,
     pub wall: Duration,
 }
 
 impl Facts {
-    /// The CPU time the sandbox used: the larger of the two counts (the cgroup's covers every
-    /// process, also those still unreaped; the reaped processes' is the one `RLIMIT_CPU` acts on).
+    /// The CPU time the sandbox used: the largest count (the cgroup's, or without one the
+    /// process tree's, covers every process, also those still unreaped; the reaped processes'
+    /// is the one `RLIMIT_CPU` acts on).
     pub fn cpu(&self) -> Duration {
-        self.usage.cpu.max(self.reaped_cpu)
+        self.usage.cpu.max(self.reaped_cpu).max(self.tree_cpu)
     }
 }
 

@@ -285,7 +285,7 @@ impl Watcher<'_> {
             tracing::debug!(grace = ?END_GRACE, "outlived the caller's SIGTERM: killed");
             return Ok(None);
         }
-        let used = self.cgroup.cpu_usage().map_err(|e| Fault::text(HostStep::Accounting, e))?;
+        let used = self.cpu_used()?;
         let cpu_limit = self.limits.cpu_time;
         if used >= cpu_limit {
             self.facts.killed_for_cpu = true;
@@ -297,6 +297,19 @@ impl Watcher<'_> {
         let soonest = (cpu_limit - used).mul_f64(1000.0 / self.limits.cpu_quota_millicores.max(1) as f64);
         let wait = self.end_by.unwrap_or(self.deadline).min(self.deadline).saturating_duration_since(now);
         Ok(Some(wait.min(soonest.clamp(Duration::from_millis(5), Duration::from_millis(100)))))
+    }
+
+    /// The sandbox's CPU time so far: its cgroup's count, or without one (rootless with
+    /// best-effort limits) the sum over its process tree, whose largest reading the report keeps.
+    fn cpu_used(&mut self) -> Result<Duration, Fault> {
+        if !matches!(self.cgroup, RunCgroup::Absent) {
+            return self.cgroup.cpu_usage().map_err(|e| Fault::text(HostStep::Accounting, e));
+        }
+        let init = self.sandbox.pid.as_raw();
+        let used = crate::proctree::cpu_time(std::path::Path::new("/proc"), init)
+            .map_err(|e| Fault::text(HostStep::Accounting, format!("/proc/{init}/stat: {e}")))?;
+        self.facts.tree_cpu = self.facts.tree_cpu.max(used);
+        Ok(self.facts.tree_cpu)
     }
 
     /// `poll` the sources that are still open; the ones that are ready.
@@ -347,6 +360,11 @@ impl Watcher<'_> {
             self.facts.output_bytes = Some(seen.output);
             self.facts.killed_for_output = seen.exceeded;
             self.facts.shutdown_requested = seen.shutdown_requested;
+        }
+        if matches!(self.cgroup, RunCgroup::Absent) {
+            // The last reading: the init is a zombie now, its count holding every process
+            // the namespace's end reaped.
+            let _ = self.cpu_used();
         }
         nix::sys::wait::waitpid(self.sandbox.pid, None).map_err(|e| Fault::errno(HostStep::Reap, e))?;
         self.sandbox.reaped = true;

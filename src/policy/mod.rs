@@ -68,8 +68,9 @@ pub enum LimitsMode {
     /// Refuse to run where they can't be enforced (rootless without a delegated cgroup).
     Required,
     /// Run anyway, with what remains: rlimits (open files, file size, stack, processes per
-    /// uid in the sandbox's own user namespace, CPU time per process) and the supervisor's
-    /// wall-clock limit; the report says which limits were not enforced.
+    /// uid in the sandbox's own user namespace) and the supervisor's total CPU time (summed over the
+    /// process tree, [`crate::proctree`]) and wall-clock limits; the report says which limits
+    /// were not enforced.
     BestEffort,
 }
 
