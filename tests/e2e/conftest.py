@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from dataclasses import dataclass, field
@@ -33,6 +34,8 @@ from make_course import DUEDATES  # noqa: E402  (the fixture course's due dates)
 # Where `install` puts the twins of this venv's kernels: off the Jupyter path (out of
 # JupyterLab's Launcher); JUPYTER_PATH=TWIN_HOME starts one by name.
 TWIN_HOME = Path(sys.prefix) / "share" / "isolate-grade" / "jupyter"
+# The project venv (the one pytest runs in).
+PROJECT_VENV = Path(sys.prefix)
 
 # Every suite runs the real binary as root: without root it is skipped, except under CI=true,
 # where it runs (and fails) so that the suite can never pass by skipping.
@@ -253,6 +256,75 @@ def policy_with_limits(dst: Path, limits: str) -> Path:
     p.write_text(text[:start] + "\n" + limits.strip() + "\n" + text[end:])
     return p
 
+
+
+# Rootless mode (issue #17): the instructor as an unprivileged user with no capabilities
+# (`nobody` through `setpriv`), as an instructor's Jupyter server in a container runs.
+NOBODY = 65534
+AS_NOBODY = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "--inh-caps=-all",
+             "--bounding-set=-all", "--"]
+
+
+def best_effort_policy(dst: Path) -> Path:
+    """`dst`: the default policy with `limits = "best-effort"` (no cgroup for nobody here)."""
+    default = (ROOT / "policies" / "default.toml").read_text()
+    assert "\n[sandbox]\n" in default and "\nlimits =" not in default
+    dst.write_text(default.replace("\n[sandbox]\n", '\n[sandbox]\nlimits = "best-effort"\n', 1))
+    return dst
+
+
+class Instructor:
+    """An unprivileged instructor's home (under the host's /tmp, 0755: pytest's tmp is root's
+    0700), theirs: a runtime dir, a venv and a best-effort policy. The venv is made without
+    pip, the project venv's packages reached through a .pth file, as a hub's user image has
+    one the user owns."""
+
+    def __init__(self, prefix: str):
+        self.home = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+        self.home.chmod(0o755)
+        self.runtime = self.home / "runtime"
+        self.venv = self.home / "venv"
+        self.python = self.venv / "bin" / "python"
+        self.runtime.mkdir(mode=0o700)
+        subprocess.run([sys._base_executable, "-m", "venv", "--without-pip", str(self.venv)], check=True)
+        site = next(self.venv.glob("lib/python3*/site-packages"))
+        (site / "project.pth").write_text(f"{next(PROJECT_VENV.glob('lib/python3*/site-packages'))}\n")
+        self.policy = best_effort_policy(self.home / "best-effort.toml")
+        self.own(self.home)
+
+    def env(self, **extra: str) -> Dict[str, str]:
+        e = {
+            "HOME": str(self.home),
+            "XDG_RUNTIME_DIR": str(self.runtime),
+            "PATH": f"{self.venv / 'bin'}:/usr/bin:/bin",
+            "LANG": "C.UTF-8",
+            "ISOLATE_GRADE_CONFIG": str(TEST_CONFIG),
+            "ISOLATE_GRADE_PYTHON": str(self.python),
+        }
+        e.update(extra)
+        return e
+
+    def run(self, *args: str, cwd: Path, timeout: float = 600, **env: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*AS_NOBODY, *args], cwd=cwd, env=self.env(**env), capture_output=True, text=True,
+                              timeout=timeout, stdin=subprocess.DEVNULL)
+
+    def own(self, path: Path) -> None:
+        subprocess.run(["chown", "-R", f"{NOBODY}:{NOBODY}", str(path)], check=True)
+
+    def remove(self) -> None:
+        shutil.rmtree(self.home, ignore_errors=True)
+
+
+def nobodys_processes() -> List[int]:
+    """Live processes whose real uid is nobody's (a rootless run's are, on the host)."""
+    out = []
+    for p in Path("/proc").iterdir():
+        try:
+            if p.name.isdigit() and (p / "status").read_text().split("\nUid:\t", 1)[1].split()[0] == str(NOBODY):
+                out.append(int(p.name))
+        except (OSError, IndexError):
+            pass
+    return out
 
 def copy_fixture_course(dst: Path) -> Path:
     """The bundled fixture course (fixtures/course) copied to `dst`, without what grading

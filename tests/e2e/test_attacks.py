@@ -20,6 +20,9 @@ capabilities, the default policy made best-effort), but the two whose containmen
 rootless mode documents as not enforced (the memory cap, the CPU quota): the same verdict,
 contained, nothing of the run left, no cgroup made, and besides the secrets above the caller's
 own (a file only nobody may read) and the caller's other process (nobody's, not sandboxed).
+The batch runs rootless too: the attack course (without those two) is then an unprivileged
+instructor's, graded by them; and so do the terminal attacks, `run` and a twin kernel the
+instructor installed.
 
 The summary line, written to target/attack-summary.txt (scripts/test.sh prints it): "attack
 suite: N attacks, R runs (isolate-grade run, privileged and rootless, and the batch), M
@@ -49,7 +52,8 @@ import nbformat
 import pytest
 
 import course_tools
-from conftest import BIN, NEEDS_ROOT, ROOT, TWIN_HOME, grader_env
+from conftest import (AS_NOBODY, BIN, NEEDS_ROOT, NOBODY, ROOT, TWIN_HOME, Instructor, grader_env,
+                      nobodys_processes)
 
 ATTACKS = ROOT / "fixtures" / "attacks"
 
@@ -318,9 +322,6 @@ def test_attack_through_run(name, planted, victim, results, tmp_path):
 # attacks whose containment rootless mode documents as absent are not run (each would only
 # take the shared host's memory or cores); every other one must end as its header says,
 # contained, with nothing left on the host.
-NOBODY = 65534
-AS_NOBODY = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "--inh-caps=-all",
-             "--bounding-set=-all", "--"]
 ROOTLESS_NOT_ENFORCED = {
     "memory_bomb": "memory",  # no memory cap: it would allocate until the host's OOM killer
     "busy_threads": "cpu_quota",  # no CPU quota: it gets every core, as its header says
@@ -331,39 +332,49 @@ MARKER_VAR = "ISOLATE_GRADE_TEST_RUN"
 
 @dataclass(frozen=True)
 class Rootless:
-    """nobody's side: its directory (0755, under the host's /tmp, made before any test's
-    snapshot of it), the best-effort policy there, its runtime dir, a secret of its own (0600
-    in a 0700 directory: only the caller itself may read it), and another process of its own,
-    not sandboxed (the caller's: the attacks get its pid with the victims')."""
+    """nobody's side: an unprivileged instructor (their home under the host's /tmp, made
+    before any test's snapshot of it; a venv and a best-effort policy there), a secret of
+    their own (0600 in a 0700 directory: only the caller itself may read it), and another
+    process of their own, not sandboxed (the caller's: the attacks get its pid with the
+    victims')."""
 
-    home: Path
-    policy: Path
-    runtime: Path
+    instructor: Instructor
     secret: Path
     other: subprocess.Popen
+
+    @property
+    def home(self) -> Path:
+        return self.instructor.home
+
+    @property
+    def policy(self) -> Path:
+        return self.instructor.policy
+
+    @property
+    def runtime(self) -> Path:
+        return self.instructor.runtime
+
+    def targets(self, planted):
+        """The planted targets and the caller's own: its secret, and its other process."""
+        t = planted.targets()
+        return {**t, "files": [*t["files"], str(self.secret)], "dirs": [*t["dirs"], str(self.secret.parent)],
+                "victims": [*t["victims"], self.other.pid]}
 
 
 @pytest.fixture(scope="module")
 def rootless():
-    home = Path(f"/tmp/isolate-grade-rootless-attacks-{os.getpid()}")
-    home.mkdir(mode=0o755)
-    policy = home / "default-best-effort.toml"
-    text = (ROOT / "policies" / "default.toml").read_text()
-    assert "\nlimits =" not in text
-    policy.write_text(text.replace("\n[sandbox]\n", '\n[sandbox]\nlimits = "best-effort"\n', 1))
-    runtime, private = home / "runtime", home / "private"
-    for d in (runtime, private):
-        d.mkdir(mode=0o700)
+    instructor = Instructor("isolate-grade-rootless-attacks-")
+    private = instructor.home / "private"
+    private.mkdir(mode=0o700)
     secret = private / "secret.txt"
     secret.write_text(TOKEN)
     secret.chmod(0o600)
-    for q in (home, runtime, private, secret):
-        os.chown(q, NOBODY, NOBODY)
+    instructor.own(private)
     other = subprocess.Popen([*AS_NOBODY, "sleep", "3600"], stdin=subprocess.DEVNULL)
-    yield Rootless(home, policy, runtime, secret, other)
+    yield Rootless(instructor, secret, other)
     other.kill()
     other.wait()
-    shutil.rmtree(home)
+    instructor.remove()
 
 
 def processes_with_marker(marker):
@@ -402,10 +413,7 @@ def test_attack_through_run_rootless(name, planted, victim, rootless, results):
     work = rootless.home / name
     work.mkdir(mode=0o755)
     os.chown(work, NOBODY, NOBODY)
-    targets = planted.targets()
-    targets["files"] = [*targets["files"], str(rootless.secret)]
-    targets["dirs"] = [*targets["dirs"], str(rootless.secret.parent)]
-    targets["victims"] = [*targets["victims"], rootless.other.pid]
+    targets = rootless.targets(planted)
     script = work / "attack.py"
     script.write_text(filled(name, targets))
     os.chmod(script, 0o644)
@@ -445,22 +453,23 @@ def test_attack_through_run_rootless(name, planted, victim, rootless, results):
 @dataclass(frozen=True)
 class AttackBatch:
     """The attack course after `isolate-grade ps1`: the batch's result and report, and what was
-    on the host before it (mount count, scratch entries), and how often the swap race swapped."""
+    on the host before it (mount count, scratch entries, our cgroups), and how often the swap
+    race swapped."""
 
     course: Path
     r: subprocess.CompletedProcess
     report: dict
     mounts: int
     scratch: Set[str]
+    cgroups: Set[str]
     swaps: int
 
 
-@pytest.fixture(scope="module")
-def attack_course(tmp_path_factory, planted):
-    """The fixture course's ps1 with a student per attack (alice's submission, her first
-    solution cell replaced by the attack), the control student alice, secrets planted in the
-    course, graded once with `isolate-grade ps1`."""
-    course = course_tools.prepare(tmp_path_factory.mktemp("attack-course") / "course")
+def make_attack_course(dst: Path, targets: dict, names: List[str]) -> Path:
+    """The fixture course's ps1 at `dst` with a student per attack of `names` (alice's
+    submission, her first solution cell replaced by the attack), the control student alice,
+    and secrets planted in the course (added to `targets`)."""
+    course = course_tools.prepare(dst)
     for d in list((course / "submitted").iterdir()):
         if d.name != "alice":
             shutil.rmtree(d)
@@ -484,11 +493,10 @@ def attack_course(tmp_path_factory, planted):
     other = course / "submitted" / "zed" / "ps2"
     other.mkdir(parents=True)
     (other / "notes.txt").write_text(TOKEN)
-    targets = planted.targets()
     targets["files"] += [str(src), str(course / "gradebook.db"), str(other / "notes.txt"),
                          str(course / "source" / "ps1" / "problem2.ipynb")]
     targets["dirs"] += [str(course), str(course / "source"), str(course / "release"), str(course / "submitted")]
-    for name in NAMES:
+    for name in names:
         dst = course / "submitted" / f"attack-{name.replace('_', '-')}" / "ps1"
         shutil.copytree(course / "submitted" / "alice" / "ps1", dst)
         p = dst / "problem1.ipynb"
@@ -496,15 +504,51 @@ def attack_course(tmp_path_factory, planted):
         cell = next(c for c in nb.cells if c.cell_type == "code" and c.metadata.get("nbgrader", {}).get("solution"))
         cell.source = filled(name, targets)
         nbformat.write(nb, p)
-    race = SwapRace(course, src)
-    before = mounts(), host_scratch()
+    return course
+
+
+def grade_attack_course(course: Path, grade) -> AttackBatch:
+    """`grade(report)` (the batch on `course`, two workers) while the swap race runs."""
+    race = SwapRace(course, course / "source" / "ps1" / "problem1.ipynb")
+    before = mounts(), host_scratch(), set(our_cgroups())
     report = course / "report.json"
     try:
-        r = subprocess.run([str(BIN), "ps1", "--course", str(course), "--jobs", "2", "--report", str(report)],
-                           env=env(), capture_output=True, text=True, timeout=3000)
+        r = grade(report)
     finally:
         race.stop()
     return AttackBatch(course, r, json.loads(report.read_text()), *before, race.swaps)
+
+
+@pytest.fixture(scope="module")
+def attack_course_privileged(tmp_path_factory, planted):
+    """The attack course, graded once with `isolate-grade ps1` by root."""
+    course = make_attack_course(tmp_path_factory.mktemp("attack-course") / "course", planted.targets(), NAMES)
+    return grade_attack_course(course, lambda report: subprocess.run(
+        [str(BIN), "ps1", "--course", str(course), "--jobs", "2", "--report", str(report)],
+        env=env(), capture_output=True, text=True, timeout=3000))
+
+
+@pytest.fixture(scope="module")
+def attack_course_rootless(planted, rootless):
+    """The attack course, the unprivileged instructor's (nobody's, with the caller's own
+    secret and other process among the targets), graded once with `isolate-grade ps1` by
+    them under the best-effort policy. The attacks whose containment needs a limit rootless
+    mode does not enforce are left out, as through `run`."""
+    instructor = rootless.instructor
+    course = make_attack_course(instructor.home / "attack-course", rootless.targets(planted), ROOTLESS_NAMES)
+    instructor.own(course)
+    return grade_attack_course(course, lambda report: instructor.run(
+        str(BIN), "ps1", "--course", str(course), "--jobs", "2", "--policy", str(instructor.policy), "--report",
+        str(report), cwd=course, timeout=3000, JUPYTERHUB_API_TOKEN=TOKEN))
+
+
+# The batch's tests run for both: root's batch (privileged sandboxes) and the unprivileged
+# instructor's (rootless ones).
+MODES = ["privileged", "rootless"]
+
+
+def attack_batch(request, mode: str) -> AttackBatch:
+    return request.getfixturevalue(f"attack_course_{mode}")
 
 
 RACER = "race-symlink-swap"
@@ -544,18 +588,23 @@ class SwapRace:
         self.thread.join()
 
 
-def test_the_batch_finishes_and_the_control_student_keeps_full_marks(attack_course):
-    r, report = attack_course.r, attack_course.report
+@pytest.mark.parametrize("mode", MODES)
+def test_the_batch_finishes_and_the_control_student_keeps_full_marks(mode, request):
+    batch = attack_batch(request, mode)
+    r, report = batch.r, batch.report
     by = {s["student"]: s for s in report["students"]}
     assert by["alice"]["verdict"] == "graded" and by["alice"]["score"] == by["alice"]["max_score"] == 10, r.stdout
-    assert len(by) == len(NAMES) + 2  # and the swap race
+    assert len(by) == len(NAMES if mode == "privileged" else ROOTLESS_NAMES) + 2  # and the swap race
+    assert report["sandbox"]["mode"] == mode, report["sandbox"]
     assert r.returncode in (0, 1), r.stdout + r.stderr  # no fault of ours
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_attack_through_the_batch(name, attack_course, results):
-    results[("batch", name)] = False
-    course, r, report = attack_course.course, attack_course.r, attack_course.report
+@pytest.mark.parametrize("mode,name", [("privileged", n) for n in NAMES] + [("rootless", n) for n in ROOTLESS_NAMES])
+def test_attack_through_the_batch(mode, name, request, results):
+    key = ("batch" if mode == "privileged" else "batch-rootless", name)
+    results[key] = False
+    batch = attack_batch(request, mode)
+    course, r, report = batch.course, batch.r, batch.report
     student = f"attack-{name.replace('_', '-')}"
     got = {s["student"]: s for s in report["students"]}[student]
     want = expected(name)["batch"].split("|")
@@ -580,13 +629,14 @@ def test_attack_through_the_batch(name, attack_course, results):
     if log.exists():
         texts.append(log.read_text(errors="replace"))
     assert_contained(texts, name)
-    results[("batch", name)] = True
+    results[key] = True
 
 
-def test_the_stdio_flood_never_reached_the_logs(attack_course):
+@pytest.mark.parametrize("mode", MODES)
+def test_the_stdio_flood_never_reached_the_logs(mode, request):
     """stdio_fds.py writes 256 MiB to each of its fds 1 and 2: the kernel's stdout and stderr
     are the supervisor's pipes, capped by the output limit (16 MB), not the worker's log."""
-    course = attack_course.course
+    course = attack_batch(request, mode).course
     logs = course / ".isolate-grade" / "ps1" / "logs"
     sizes = {p.name: p.stat().st_size for p in logs.iterdir() if p.is_file()}
     assert sum(sizes.values()) < 48 << 20, sizes
@@ -646,37 +696,66 @@ km.shutdown_kernel(now=True)
 
 @pytest.fixture(scope="module")
 def attack_twin():
-    """A sandboxed twin of the venv's python3 kernel, as `install` makes them."""
+    """A sandboxed twin of the venv's python3 kernel, as `install` makes them: (its name, the
+    Jupyter path that has it)."""
     name = "isolate-grade-attack-python3"
     subprocess.run([str(BIN), "install", "--python", sys.executable, "--kernel", "python3", "--twin-prefix",
                     "isolate-grade-attack-"], env=env(), check=True, capture_output=True)
-    return name
+    return name, TWIN_HOME
+
+
+@pytest.fixture(scope="module")
+def attack_twin_rootless(rootless):
+    """The same, installed by the unprivileged instructor for their venv under their best-effort
+    policy."""
+    i = rootless.instructor
+    r = i.run(str(BIN), "install", "--python", str(i.python), "--kernel", "python3", "--twin-prefix",
+              "isolate-grade-attack-", "--policy", str(i.policy), cwd=i.home)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return "isolate-grade-attack-python3", i.venv / "share" / "isolate-grade" / "jupyter"
 
 
 @pytest.mark.parametrize("how", ["run", "kernel"])
-def test_the_callers_terminal_is_out_of_reach(how, tmp_path, attack_twin, results):
-    """Started on a terminal (nbgrader autograde in a shell, `run` by hand): the sandboxed code
-    finds no terminal among its fds, reads nothing the instructor types, can't turn echo off,
-    and what it writes reaches the terminal escaped."""
+@pytest.mark.parametrize("mode", MODES)
+def test_the_callers_terminal_is_out_of_reach(mode, how, tmp_path, request, results):
+    """Started on a terminal (nbgrader autograde in a shell, `run` by hand), by root or by the
+    unprivileged instructor: the sandboxed code finds no terminal among its fds, reads nothing
+    the instructor types, can't turn echo off, and what it writes reaches the terminal escaped."""
     import pty
     import termios
 
-    results[(how, "terminal")] = False
-    os.chmod(tmp_path, 0o755)
-    attack = tmp_path / "attack.py"
+    key = (how if mode == "privileged" else f"{how}-rootless", "terminal")
+    results[key] = False
+    if mode == "rootless":
+        rootless = request.getfixturevalue("rootless")
+        work = rootless.home / f"terminal-{how}"
+        work.mkdir()
+        rootless.instructor.own(work)
+        as_caller, python = AS_NOBODY, str(rootless.instructor.python)
+        caller_env = rootless.instructor.env(JUPYTERHUB_API_TOKEN=TOKEN)
+        policy = ["--policy", str(rootless.policy)]
+    else:
+        work = tmp_path
+        os.chmod(work, 0o755)
+        as_caller, python, caller_env, policy = [], sys.executable, env(), []
+    attack = work / "attack.py"
     attack.write_text(TERMINAL_ATTACK)
     os.chmod(attack, 0o644)
-    result = tmp_path / "kernel-output.txt"
+    result = work / "kernel-output.txt"
     if how == "run":
-        cmd = [str(BIN), "run", "--wall-time", "30s", "--bind", f"{attack}:/attack.py", "--", "python3", "/attack.py"]
+        cmd = [str(BIN), "run", *policy, "--wall-time", "30s", "--bind", f"{attack}:/attack.py", "--", "python3",
+               "/attack.py"]
     else:
-        client = tmp_path / "client.py"
+        twin, twin_home = request.getfixturevalue(f"attack_twin{'_rootless' if mode == 'rootless' else ''}")
+        client = work / "client.py"
         client.write_text(KERNEL_CLIENT)
-        cmd = [sys.executable, str(client), attack_twin, str(attack), str(result)]
+        os.chmod(client, 0o644)
+        # (the twin by name: install keeps it off the Jupyter path)
+        caller_env = {**caller_env, "JUPYTER_PATH": str(twin_home)}
+        cmd = [python, str(client), twin, str(attack), str(result)]
     master, slave = pty.openpty()
-    # (the twin by name: install keeps it off the Jupyter path)
-    p = subprocess.Popen(cmd, env={**env(), "JUPYTER_PATH": str(TWIN_HOME)}, stdin=slave, stdout=slave, stderr=slave,
-                         start_new_session=True)
+    p = subprocess.Popen([*as_caller, *cmd], env=caller_env, stdin=slave, stdout=slave, stderr=slave,
+                         start_new_session=True, cwd=work)
     os.close(slave)
     seen = bytearray()
 
@@ -704,13 +783,14 @@ def test_the_callers_terminal_is_out_of_reach(how, tmp_path, attack_twin, result
     assert b"\\x1b]0;PWNED-TITLE" in seen, seen  # it came through, escaped
     assert b"\x1b]0;PWNED" not in seen and b"\x1b[8m" not in seen and b"\x1b[2J" not in seen, seen
     assert attrs[3] & termios.ECHO, "echo was turned off"
-    results[(how, "terminal")] = True
+    results[key] = True
 
 
-def test_what_the_kernel_leaves_comes_out_safely(attack_course):
+@pytest.mark.parametrize("mode", MODES)
+def test_what_the_kernel_leaves_comes_out_safely(mode, request):
     """copy_out.py's plants: in autograded/ afterwards only regular files and directories, its
     marker file, no notebook or timestamp of the kernel's, at most 1000 of its files."""
-    course = attack_course.course
+    course = attack_batch(request, mode).course
     student = "attack-copy-out"
     out = course / "autograded" / student / "ps1"
     assert (out / "copied-out-marker.txt").read_text() == "from the kernel"
@@ -723,12 +803,15 @@ def test_what_the_kernel_leaves_comes_out_safely(attack_course):
     assert len(list((out / "many").iterdir())) <= 1000
 
 
-def test_files_swapped_for_symlinks_during_the_batch_are_never_followed(attack_course, results):
+@pytest.mark.parametrize("mode", MODES)
+def test_files_swapped_for_symlinks_during_the_batch_are_never_followed(mode, request, results):
     """Whatever state each file was caught in, the solutions never reach the graded copy: the
     student is `graded` (every file caught plain, twice) or `rejected` (a symlink seen, or a
     file that became one between its check and its copy: refused as ELOOP)."""
-    results[("batch", "swap_race")] = False
-    course, r, report = attack_course.course, attack_course.r, attack_course.report
+    key = ("batch" if mode == "privileged" else "batch-rootless", "swap_race")
+    results[key] = False
+    batch = attack_batch(request, mode)
+    course, r, report = batch.course, batch.r, batch.report
     got = {s["student"]: s for s in report["students"]}[RACER]
     assert got["verdict"] in ("graded", "rejected"), got
     copies = [course / ".isolate-grade" / "ps1" / "submitted" / RACER, course / "autograded" / RACER]
@@ -739,22 +822,31 @@ def test_files_swapped_for_symlinks_during_the_batch_are_never_followed(attack_c
                 assert TOKEN not in p.read_text(errors="replace"), f"the solutions were copied into {p}"
     assert TOKEN not in json.dumps(got) + r.stdout + r.stderr
     caught = "ELOOP" in (got.get("message") or "")  # plain when checked, a symlink when opened
-    print(f"swap race: {attack_course.swaps} swaps, {got['verdict']}, {'caught' if caught else 'not caught'} "
+    print(f"swap race: {batch.swaps} swaps, {got['verdict']}, {'caught' if caught else 'not caught'} "
           f"between check and copy; {(got.get('message') or '')[:300]}")
-    results[("batch", "swap_race")] = True
+    results[key] = True
 
 
-def test_the_other_sandbox_survived_untouched(attack_course, victim):
+@pytest.mark.parametrize("mode", MODES)
+def test_the_other_sandbox_survived_untouched(mode, request, victim, rootless):
+    attack_batch(request, mode)
+    assert victim_state(rootless.other.pid) == ("S", 0), "the caller's other process was stopped or traced"
     for pid in victim.pids:
         assert victim_state(pid) == ("S", 0), f"the victim {pid} was stopped or traced"
 
 
-def test_nothing_of_the_batch_is_left_on_the_host(attack_course, planted, victim):
-    course = attack_course.course
-    assert mounts() == attack_course.mounts
-    assert not host_scratch() - attack_course.scratch
+@pytest.mark.parametrize("mode", MODES)
+def test_nothing_of_the_batch_is_left_on_the_host(mode, request, victim, rootless):
+    batch = attack_batch(request, mode)
+    course = batch.course
+    assert mounts() == batch.mounts
+    assert not host_scratch() - batch.scratch
     assert not sandbox_processes(victim)
     assert not cgroup_leftovers(victim)
+    # rootless, its processes were nobody's on the host: none is left but the caller's other one
+    assert set(nobodys_processes()) <= {rootless.other.pid}
+    if mode == "rootless":
+        assert set(our_cgroups()) == batch.cgroups  # none made (root's batch keeps its v1 slots)
     assert not Path("/tmp/pwned-by-attack").exists()
     for p in course.rglob("*"):
         assert not (p.name in ("sitecustomize.py", "zz-pwn.pth", "00-pwn.py") or
@@ -762,9 +854,11 @@ def test_nothing_of_the_batch_is_left_on_the_host(attack_course, planted, victim
     assert "pwn" not in (course / "nbgrader_config.py").read_text()
 
 
-def test_no_listener_on_the_host_was_reached(attack_course, planted):
+@pytest.mark.parametrize("mode", MODES)
+def test_no_listener_on_the_host_was_reached(mode, request, planted):
     """The harness's loopback port, abstract socket and root-only path socket: network.py
     reaches for them directly, relay_deputy.py through the relay (symlinks in the runtime dir
     where the relay once resolved the kernel's sockets)."""
+    attack_batch(request, mode)
     assert planted.connections == 0, "a listener on the host was reached"
 

@@ -18,75 +18,24 @@ packages reached through a .pth file), as a hub's user image has one the user ow
 """
 
 import json
-import os
 import shutil
 import socket
 import subprocess
-import sys
-import tempfile
-import textwrap
 from pathlib import Path
 from typing import Dict, Iterator
 
 import pytest
 
-from conftest import BIN, NEEDS_ROOT, ROOT, TEST_CONFIG, course_tools, prepare_fixture
+from conftest import AS_NOBODY, BIN, NEEDS_ROOT, NOBODY, PROJECT_VENV, Instructor, course_tools, prepare_fixture
 from make_course import EXPECTED
 
 pytestmark = NEEDS_ROOT
 
-NOBODY = 65534
-AS_NOBODY = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "--inh-caps=-all",
-             "--bounding-set=-all", "--"]
-PROJECT_VENV = Path(sys.prefix)
-
-
-class Instructor:
-    """An unprivileged instructor's home: a runtime dir, a venv and a best-effort policy of theirs."""
-
-    def __init__(self, home: Path):
-        self.home = home
-        self.runtime = home / "runtime"
-        self.venv = home / "venv"
-        self.policy = home / "best-effort.toml"
-
-    def env(self, **extra: str) -> Dict[str, str]:
-        e = {
-            "HOME": str(self.home),
-            "XDG_RUNTIME_DIR": str(self.runtime),
-            "PATH": f"{self.venv / 'bin'}:/usr/bin:/bin",
-            "LANG": "C.UTF-8",
-            "ISOLATE_GRADE_CONFIG": str(TEST_CONFIG),
-            "ISOLATE_GRADE_PYTHON": str(self.venv / "bin" / "python"),
-        }
-        e.update(extra)
-        return e
-
-    def run(self, *args: str, cwd: Path, timeout: float = 600, **env: str) -> subprocess.CompletedProcess:
-        return subprocess.run([*AS_NOBODY, *args], cwd=cwd, env=self.env(**env), capture_output=True, text=True,
-                              timeout=timeout, stdin=subprocess.DEVNULL)
-
-    def own(self, path: Path) -> None:
-        subprocess.run(["chown", "-R", f"{NOBODY}:{NOBODY}", str(path)], check=True)
-
-
 @pytest.fixture(scope="module")
 def instructor() -> Iterator[Instructor]:
-    # not under pytest's tmp (root's, 0700): nobody must reach it
-    home = Path(tempfile.mkdtemp(prefix="isolate-grade-rootless-", dir="/tmp"))
-    home.chmod(0o755)
-    i = Instructor(home)
-    i.runtime.mkdir(mode=0o700)
-    subprocess.run([sys._base_executable, "-m", "venv", "--without-pip", str(i.venv)], check=True)
-    site = next(i.venv.glob("lib/python3*/site-packages"))
-    project_site = next(PROJECT_VENV.glob("lib/python3*/site-packages"))
-    (site / "project.pth").write_text(f"{project_site}\n")
-    default = (ROOT / "policies" / "default.toml").read_text()
-    assert "\n[sandbox]\n" in default
-    i.policy.write_text(default.replace("\n[sandbox]\n", '\n[sandbox]\nlimits = "best-effort"\n', 1))
-    i.own(home)
+    i = Instructor("isolate-grade-rootless-")
     yield i
-    shutil.rmtree(home, ignore_errors=True)
+    i.remove()
 
 
 @pytest.fixture
@@ -130,7 +79,7 @@ def test_the_batch_refuses_required_limits_without_a_cgroup_and_grades_nobody(in
 
 
 def test_plain_nbgrader_after_install_grades_rootless(instructor, course):
-    python = str(instructor.venv / "bin" / "python")
+    python = str(instructor.python)
     prefix = "isolate-grade-rootless-"
     r = instructor.run(str(BIN), "install", "--python", python, "--course", str(course), "--kernel", "python3",
                        "--twin-prefix", prefix, "--policy", str(instructor.policy), cwd=course)
@@ -207,7 +156,7 @@ def test_a_rootless_kernel_gets_nothing_of_the_callers_beyond_its_submission(ins
     listener.bind(("127.0.0.1", 0))
     listener.listen(1)
     try:
-        python = str(instructor.venv / "bin" / "python")
+        python = str(instructor.python)
         argv = [str(BIN), "kernel", "--policy", str(instructor.policy), "--bind", str(PROJECT_VENV), "--bind",
                 str(instructor.venv), "--submission", str(submission), "--report", str(report), "--", python, "-m",
                 "ipykernel_launcher", "-f", "{connection_file}"]
@@ -255,7 +204,7 @@ def test_in_a_container_like_namespace_a_kernel_runs_without_proc_and_is_refused
     no_proc.write_text(instructor.policy.read_text().replace('\nproc = "full"\n', '\nproc = "none"\n', 1))
     assert 'proc = "none"' in no_proc.read_text() and 'proc = "full"' not in no_proc.read_text()
     instructor.own(instructor.home)
-    python = str(instructor.venv / "bin" / "python")
+    python = str(instructor.python)
 
     def kernel(policy: Path) -> subprocess.CompletedProcess:
         report = instructor.home / f"report-{policy.stem}.json"
