@@ -377,6 +377,13 @@ def rootless():
     instructor.remove()
 
 
+def callers_files(home, *but):
+    """Every path under the caller's `home` (theirs, all writable by them) but those of the
+    directories `but`, with its size and modification time."""
+    return {(str(p), p.lstat().st_size, p.lstat().st_mtime_ns) for p in home.rglob("*")
+            if not any(p == b or b in p.parents for b in but)}
+
+
 def processes_with_marker(marker):
     """Live processes with `marker` in their environment (a run's, rootless: on the host they
     are all nobody's)."""
@@ -418,6 +425,7 @@ def test_attack_through_run_rootless(name, planted, victim, rootless, results):
     script.write_text(filled(name, targets))
     os.chmod(script, 0o644)
     before, scratch, cgroups = mounts(), host_scratch(), our_cgroups()
+    callers = callers_files(rootless.home, work, rootless.runtime)
     report = work / "report.json"
     out, err = work / "stdout", work / "stderr"
     stdin_r, stdin_w = os.pipe()
@@ -445,6 +453,9 @@ def test_attack_through_run_rootless(name, planted, victim, rootless, results):
     # no cgroup made (nor any other left)
     assert our_cgroups().keys() == cgroups.keys()
     assert not host_scratch() - scratch
+    # nothing the caller may write was written (but the run's own directory, where its report
+    # is, and the tool's state in the runtime directory: its slot locks)
+    assert callers_files(rootless.home, work, rootless.runtime) == callers
     # the caller's other process: alive, never stopped nor traced
     assert victim_state(rootless.other.pid) == ("S", 0)
     results[("run-rootless", name)] = True
