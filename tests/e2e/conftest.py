@@ -265,11 +265,12 @@ AS_NOBODY = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-group
              "--bounding-set=-all", "--"]
 
 
-def best_effort_policy(dst: Path) -> Path:
-    """`dst`: the default policy with `limits = "best-effort"` (no cgroup for nobody here)."""
-    default = (ROOT / "policies" / "default.toml").read_text()
-    assert "\n[sandbox]\n" in default and "\nlimits =" not in default
-    dst.write_text(default.replace("\n[sandbox]\n", '\n[sandbox]\nlimits = "best-effort"\n', 1))
+def best_effort_policy(dst: Path, base: Path = ROOT / "policies" / "default.toml") -> Path:
+    """`dst`: the policy `base` (the default one) with `limits = "best-effort"` (no cgroup for
+    nobody here)."""
+    text = base.read_text()
+    assert "\n[sandbox]\n" in text and "\nlimits =" not in text
+    dst.write_text(text.replace("\n[sandbox]\n", '\n[sandbox]\nlimits = "best-effort"\n', 1))
     return dst
 
 

@@ -37,8 +37,8 @@ from typing import Dict, List
 import nbformat
 import pytest
 
-from conftest import (BIN, NEEDS_ROOT, TWIN_HOME, Notebook, Python, grader_env, make_assignment,
-                      nb_cell, policy_with_limits)
+from conftest import (BIN, NEEDS_ROOT, TWIN_HOME, Instructor, Notebook, Python, best_effort_policy, grader_env,
+                      make_assignment, nb_cell, policy_with_limits)
 
 pytestmark = NEEDS_ROOT
 
@@ -270,6 +270,37 @@ def test_fail_is_nbgraders_way_as_before(graded):
     assert s["verdict"] == "memory-limit" and s["score"] is None, s
     assert s["notebooks"][0]["kernel_deaths"] == [] and s["notebooks"][0]["kernels"] == 1
     assert "kd: its kernel ended with memory-limit" in s["message"], s
+
+
+def test_rootless_a_kernel_the_program_ended_costs_only_its_points():
+    """The unprivileged instructor's batch (rootless, best-effort limits: no memory or pids cap
+    to end a kernel, so the program's own ends): each ended kernel restarted in a fresh
+    rootless sandbox, the notebook graded but for that exercise."""
+    instructor = Instructor("isolate-grade-kd-rootless-")
+    try:
+        root = instructor.home / "course"
+        make(root, {"exit": {"ex3": KILLERS["exit"][0]}, "segfault": {"ex3": KILLERS["segfault"][0]}, "clean": {}})
+        policy = best_effort_policy(instructor.home / "kd.toml", policy_with_limits(instructor.home, POLICY))
+        instructor.own(instructor.home)
+        report = root / "report.json"
+        r = instructor.run(str(BIN), "ps1", "--course", str(root), "--policy", str(policy), "--report", str(report),
+                           "--jobs", "3", cwd=root, timeout=900)
+        assert r.returncode == 0, r.stdout + r.stderr
+        rep = json.loads(report.read_text())
+        assert rep["sandbox"]["mode"] == "rootless", rep["sandbox"]
+        by = by_student(rep)
+        assert {s: v["score"] for s, v in by.items()} == {"exit": expected([3]), "segfault": expected([3]),
+                                                          "clean": expected([])}, r.stdout
+        for student in ("exit", "segfault"):
+            _, cause, words = KILLERS[student]
+            nb = by[student]["notebooks"][0]
+            assert nb["kernel_deaths"] == [{"cell": cell_number("ex3"), "grade_id": "ex3", "cause": cause,
+                                            "words": words, "replay": False, "restarted": True}], nb
+            assert nb["kernels"] == 2, nb
+            g = graded_notebook(root, student)
+            assert not outputs_of(g, "test4") and not outputs_of(g, "test5")  # on the fresh kernel
+    finally:
+        instructor.remove()
 
 
 PREFIX = "isolate-grade-kd-"
