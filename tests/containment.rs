@@ -217,7 +217,7 @@ fn busy_loop_is_stopped_at_the_cpu_time_limit() {
     assert_eq!((r.status(), r.code), ("timeout-cpu", 6), "{r:?}");
     assert_eq!(limits_hit(&r), ["cpu_time"], "{r:?}");
     if rootless() {
-        // no cgroup to count it: the supervisor reads the process tree instead, as soon
+        // no cgroup to count it: the supervisor sums the process tree instead, as promptly
         assert_rootless_without_cgroup(&r);
     }
     let (cpu, wall) = (secs(&r, "cpu_time"), secs(&r, "wall_time"));

@@ -10,6 +10,29 @@ use nix::unistd::{Gid, Uid};
 use std::ffi::CString;
 use std::path::Path;
 
+/// A detached copy of the mount at `source` (`open_tree`), with the mounts beneath it where
+/// they are locked there (a user namespace's copy of the host's).
+fn detached_copy(source: &Path) -> Result<std::os::fd::OwnedFd, SysError> {
+    use nix::fcntl::{open, OFlag};
+    use std::os::fd::AsRawFd;
+    let fd = open(source, OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC, nix::sys::stat::Mode::empty())
+        .map_err(|e| SysError::new("open", disp(source), e))?;
+    match super::raw::open_tree_clone(fd.as_raw_fd()) {
+        // mounts from the host beneath it, locked in a user namespace: copied along
+        Err(Errno::EINVAL) => super::raw::open_tree_clone_recursive(fd.as_raw_fd()),
+        other => other,
+    }
+    .map_err(|e| SysError::new("open_tree", disp(source), e))
+}
+
+/// Set `attrs` on the detached `tree`, then attach it on the empty file or directory open at
+/// `target`.
+fn attach_with(tree: std::os::fd::RawFd, target: std::os::fd::RawFd, attrs: u64) -> Result<(), SysError> {
+    use super::raw::{mount_setattr, move_mount};
+    mount_setattr(tree, attrs).map_err(|e| SysError::new("mount_setattr", format!("fd {tree}"), e))?;
+    move_mount(tree, target).map_err(|e| SysError::new("move_mount", format!("fd {target}"), e))
+}
+
 pub struct LinuxSys;
 
 fn disp(p: &Path) -> String {
@@ -49,24 +72,13 @@ impl Sys for LinuxSys {
         target: std::os::fd::RawFd,
         writable: bool,
     ) -> Result<(), SysError> {
-        use super::raw::{mount_setattr, move_mount, MOUNT_ATTR_NODEV, MOUNT_ATTR_NOSUID, MOUNT_ATTR_RDONLY};
-        let attrs = MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | if writable { 0 } else { MOUNT_ATTR_RDONLY };
-        mount_setattr(tree, attrs).map_err(|e| SysError::new("mount_setattr", format!("fd {tree}"), e))?;
-        move_mount(tree, target).map_err(|e| SysError::new("move_mount", format!("fd {target}"), e))
+        use super::raw::{MOUNT_ATTR_NODEV, MOUNT_ATTR_NOSUID, MOUNT_ATTR_RDONLY};
+        attach_with(tree, target, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | if writable { 0 } else { MOUNT_ATTR_RDONLY })
     }
 
     fn attach_path(&self, source: &Path, target: std::os::fd::RawFd, writable: bool) -> Result<(), SysError> {
-        use nix::fcntl::{open, OFlag};
         use std::os::fd::AsRawFd;
-        let fd = open(source, OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC, nix::sys::stat::Mode::empty())
-            .map_err(|e| SysError::new("open", disp(source), e))?;
-        let tree = match super::raw::open_tree_clone(fd.as_raw_fd()) {
-            // mounts from the host beneath it, locked in a user namespace: copied along
-            Err(Errno::EINVAL) => super::raw::open_tree_clone_recursive(fd.as_raw_fd()),
-            other => other,
-        }
-        .map_err(|e| SysError::new("open_tree", disp(source), e))?;
-        self.attach_tree(tree.as_raw_fd(), target, writable)
+        self.attach_tree(detached_copy(source)?.as_raw_fd(), target, writable)
     }
 
     fn chown_at(&self, dir: std::os::fd::RawFd, name: &str, uid: u32) -> Result<(), SysError> {
@@ -245,20 +257,11 @@ impl Sys for LinuxSys {
     }
 
     fn bind_device(&self, source: &Path, target: std::os::fd::RawFd) -> Result<(), SysError> {
-        use super::raw::{mount_setattr, move_mount, open_tree_clone, MOUNT_ATTR_NOEXEC, MOUNT_ATTR_NOSUID};
+        use super::raw::{MOUNT_ATTR_NOEXEC, MOUNT_ATTR_NOSUID};
         use std::os::fd::AsRawFd;
-        let fd = nix::fcntl::open(
-            source,
-            nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_CLOEXEC,
-            nix::sys::stat::Mode::empty(),
-        )
-        .map_err(|e| SysError::new("open", disp(source), e))?;
-        let tree = open_tree_clone(fd.as_raw_fd()).map_err(|e| SysError::new("open_tree", disp(source), e))?;
         // nosuid and noexec (not nodev: it is a device) on the detached copy: mount_setattr
         // only adds these, where a remount in a user namespace must restate every locked flag
-        mount_setattr(tree.as_raw_fd(), MOUNT_ATTR_NOSUID | MOUNT_ATTR_NOEXEC)
-            .map_err(|e| SysError::new("mount_setattr", disp(source), e))?;
-        move_mount(tree.as_raw_fd(), target).map_err(|e| SysError::new("move_mount", format!("fd {target}"), e))
+        attach_with(detached_copy(source)?.as_raw_fd(), target, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NOEXEC)
     }
 
     fn setgroups_empty(&self) -> Result<(), SysError> {
