@@ -316,17 +316,6 @@ class Instructor:
         shutil.rmtree(self.home, ignore_errors=True)
 
 
-def nobodys_processes() -> List[int]:
-    """Live processes whose real uid is nobody's (a rootless run's are, on the host)."""
-    out = []
-    for p in Path("/proc").iterdir():
-        try:
-            if p.name.isdigit() and (p / "status").read_text().split("\nUid:\t", 1)[1].split()[0] == str(NOBODY):
-                out.append(int(p.name))
-        except (OSError, IndexError):
-            pass
-    return out
-
 def copy_fixture_course(dst: Path) -> Path:
     """The bundled fixture course (fixtures/course) copied to `dst`, without what grading
     leaves behind (release/, autograded/, the gradebook)."""

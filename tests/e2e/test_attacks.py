@@ -52,8 +52,7 @@ import nbformat
 import pytest
 
 import course_tools
-from conftest import (AS_NOBODY, BIN, NEEDS_ROOT, NOBODY, ROOT, TWIN_HOME, Instructor, grader_env,
-                      nobodys_processes)
+from conftest import AS_NOBODY, BIN, NEEDS_ROOT, NOBODY, ROOT, TWIN_HOME, Instructor, grader_env
 
 ATTACKS = ROOT / "fixtures" / "attacks"
 
@@ -93,9 +92,8 @@ def uid_of(pid):
     return int(re.search(r"^Uid:\s+(\d+)", Path(f"/proc/{pid}/status").read_text(), re.M).group(1))
 
 
-def sandbox_processes(victim):
-    """Processes running as a sandbox slot's uid (the test config's first_uid is 60000), but
-    the victim's."""
+def processes_where(uid_ok):
+    """Live processes whose real uid passes `uid_ok`."""
     out = []
     for p in Path("/proc").iterdir():
         if p.name.isdigit():
@@ -103,9 +101,20 @@ def sandbox_processes(victim):
                 uid = uid_of(p.name)
             except (OSError, AttributeError):
                 continue
-            if 60000 <= uid < 60000 + 64 and uid != victim.uid:
+            if uid_ok(uid):
                 out.append(int(p.name))
     return out
+
+
+def sandbox_processes(victim):
+    """Processes running as a sandbox slot's uid (the test config's first_uid is 60000), but
+    the victim's."""
+    return processes_where(lambda uid: 60000 <= uid < 60000 + 64 and uid != victim.uid)
+
+
+def nobodys_processes():
+    """Processes running as nobody (a rootless run's are, on the host)."""
+    return processes_where(lambda uid: uid == NOBODY)
 
 
 def our_cgroups():
@@ -562,6 +571,11 @@ def attack_batch(request, mode: str) -> AttackBatch:
     return request.getfixturevalue(f"attack_course_{mode}")
 
 
+def in_mode(kind: str, mode: str) -> str:
+    """The summary's name for a kind of run (`batch`, `run`, `kernel`) in `mode`."""
+    return kind if mode == "privileged" else f"{kind}-rootless"
+
+
 RACER = "race-symlink-swap"
 
 
@@ -612,7 +626,7 @@ def test_the_batch_finishes_and_the_control_student_keeps_full_marks(mode, reque
 
 @pytest.mark.parametrize("mode,name", [("privileged", n) for n in NAMES] + [("rootless", n) for n in ROOTLESS_NAMES])
 def test_attack_through_the_batch(mode, name, request, results):
-    key = ("batch" if mode == "privileged" else "batch-rootless", name)
+    key = (in_mode("batch", mode), name)
     results[key] = False
     batch = attack_batch(request, mode)
     course, r, report = batch.course, batch.r, batch.report
@@ -735,7 +749,7 @@ def test_the_callers_terminal_is_out_of_reach(mode, how, tmp_path, request, resu
     import pty
     import termios
 
-    key = (how if mode == "privileged" else f"{how}-rootless", "terminal")
+    key = (in_mode(how, mode), "terminal")
     results[key] = False
     if mode == "rootless":
         rootless = request.getfixturevalue("rootless")
@@ -819,7 +833,7 @@ def test_files_swapped_for_symlinks_during_the_batch_are_never_followed(mode, re
     """Whatever state each file was caught in, the solutions never reach the graded copy: the
     student is `graded` (every file caught plain, twice) or `rejected` (a symlink seen, or a
     file that became one between its check and its copy: refused as ELOOP)."""
-    key = ("batch" if mode == "privileged" else "batch-rootless", "swap_race")
+    key = (in_mode("batch", mode), "swap_race")
     results[key] = False
     batch = attack_batch(request, mode)
     course, r, report = batch.course, batch.r, batch.report
